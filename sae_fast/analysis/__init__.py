@@ -1,0 +1,1 @@
+"""One module per analysis of the seed-dependence study."""
