@@ -1,0 +1,154 @@
+"""Differentiable SAE operations: input checks, then dispatch to the Triton kernels or the reference.
+
+Dispatch (`backend()`): "auto" (default) runs the Triton kernels on CUDA tensors and `sae_fast.reference`
+on CPU tensors; "triton" forces the kernels (on CPU this needs TRITON_INTERPRET=1, set before the kernels are
+imported — tests/conftest.py does it); "reference" forces the plain-PyTorch path everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import reference
+
+__all__ = ["EncodeOutput", "backend", "decode", "encode", "get_backend", "set_backend"]
+
+_BACKENDS = ("auto", "triton", "reference")
+_backend = os.environ.get("SAE_FAST_BACKEND", "auto")
+
+
+def set_backend(name: str) -> None:
+    """Select "auto", "triton" or "reference" for every following call (process-wide)."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {name!r}")
+    _backend = name
+
+
+def get_backend() -> str:
+    """The current backend name."""
+    return _backend
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Context manager: `with ops.backend("triton"): ...` forces the kernels (tests use it on CPU)."""
+    previous = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def _use_triton(t: Tensor) -> bool:
+    if _backend == "reference":
+        return False
+    if _backend == "triton":
+        if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("the Triton backend on CPU tensors needs TRITON_INTERPRET=1 set before import")
+        return True
+    return t.device.type == "cuda"
+
+
+class EncodeOutput(NamedTuple):
+    """Top-k activations and, when a dead mask was given, the AuxK ones (None otherwise)."""
+
+    values: Tensor
+    indices: Tensor
+    aux_values: Tensor | None
+    aux_indices: Tensor | None
+
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _check_matrix(name: str, t: Tensor, cols: int | None = None) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2 or (cols is not None and t.shape[1] != cols):
+        want = f"(rows, {cols})" if cols is not None else "(rows, cols)"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (fp32/fp64/bf16/fp16), got {t.dtype}")
+
+
+def _check_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead_mask: Tensor | None) -> None:
+    _check_matrix("W_enc", W_enc)
+    num_latents, d_in = W_enc.shape
+    _check_matrix("x", x, d_in)
+    if not isinstance(b_enc, Tensor) or b_enc.shape != (num_latents,):
+        raise ValueError(f"b_enc must have shape ({num_latents},), got {tuple(getattr(b_enc, 'shape', ()))}")
+    if x.dtype != W_enc.dtype or b_enc.dtype != W_enc.dtype:
+        raise TypeError(f"x, W_enc, b_enc must share a dtype, got {x.dtype}, {W_enc.dtype}, {b_enc.dtype}")
+    if x.device != W_enc.device or b_enc.device != W_enc.device:
+        raise ValueError("x, W_enc and b_enc must be on the same device")
+    if not isinstance(k, int) or not 1 <= k <= num_latents:
+        raise ValueError(f"k must be an int in [1, num_latents={num_latents}], got {k!r}")
+    if dead_mask is not None:
+        if not isinstance(dead_mask, Tensor) or dead_mask.dtype != torch.bool or dead_mask.shape != (num_latents,):
+            raise ValueError(f"dead_mask must be a bool tensor of shape ({num_latents},)")
+        if dead_mask.device != W_enc.device:
+            raise ValueError("dead_mask must be on the same device as W_enc")
+
+
+def _check_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> None:
+    _check_matrix("W_dec", W_dec)
+    _check_matrix("values", values)
+    if not isinstance(indices, Tensor) or indices.dtype not in (torch.int64, torch.int32):
+        raise TypeError("indices must be an int64 (or int32) tensor")
+    if indices.shape != values.shape:
+        raise ValueError(f"indices must have the shape of values {tuple(values.shape)}, got {tuple(indices.shape)}")
+    if values.device != W_dec.device or indices.device != W_dec.device:
+        raise ValueError("values, indices and W_dec must be on the same device")
+
+
+def encode(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    k: int,
+    *,
+    dead_mask: Tensor | None = None,
+    k_aux: int | None = None,
+    check_finite: bool = True,
+) -> EncodeOutput:
+    """Top-k of relu(x W_encᵀ + b_enc) per row, and the AuxK top-k_aux among dead latents.
+
+    x: (N, d) already centred by b_dec; W_enc: (F, d); b_enc: (F,), all one float dtype, one device.
+    Returns values (N, k) in x's dtype, indices (N, k) int64 (values descending, ties: lowest index), and with
+    `dead_mask` (F,) bool: aux_values / aux_indices (N, min(k_aux, num_dead)). Differentiable w.r.t. x, W_enc,
+    b_enc through both the top-k and the AuxK values.
+    """
+    _check_encode(x, W_enc, b_enc, k, dead_mask)
+    if dead_mask is not None:
+        if k_aux is None:
+            k_aux = x.shape[1] // 2
+        if not isinstance(k_aux, int) or k_aux < 1:
+            raise ValueError(f"k_aux must be a positive int, got {k_aux!r}")
+    if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf")
+    if _use_triton(x):
+        from ._triton_ops import triton_encode
+
+        return EncodeOutput(*triton_encode(x, W_enc, b_enc, k, dead_mask, k_aux))
+    return EncodeOutput(*reference.encode_topk(x, W_enc, b_enc, k, dead_mask, k_aux))
+
+
+def decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    """Σ_j values[n, j] · W_dec[indices[n, j]] -> (N, d) in W_dec's dtype (no decoder bias).
+
+    values, indices: (N, k); W_dec: (F, d). Differentiable w.r.t. values and W_dec.
+    """
+    _check_decode(values, indices, W_dec)
+    if _use_triton(W_dec):
+        from ._triton_ops import triton_decode
+
+        return triton_decode(values, indices, W_dec)
+    return reference.decode(values, indices.long(), W_dec)

@@ -1,0 +1,100 @@
+"""TopKSAE on the reference path: API, init, losses, AuxK gradients, decoder-norm upkeep."""
+
+import pytest
+import torch
+
+from sae_fast import ForwardOutput, TopKSAE
+from sae_fast.sae import geometric_median
+
+
+def _data(n: int = 32, d: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_init_is_tied_unit_norm_and_seeded() -> None:
+    a, b = TopKSAE(12, 40, 4, seed=3), TopKSAE(12, 40, 4, seed=3)
+    torch.testing.assert_close(a.W_enc, b.W_enc)
+    assert not torch.equal(a.W_enc, TopKSAE(12, 40, 4, seed=4).W_enc)
+    torch.testing.assert_close(a.W_dec.norm(dim=1), torch.ones(40))
+    torch.testing.assert_close(a.W_dec, a.W_enc / a.W_enc.norm(dim=1, keepdim=True))
+    assert (a.d_in, a.num_latents, a.k) == (12, 40, 4)
+    assert a.W_enc.shape == (40, 12) and a.b_enc.shape == (40,) and a.b_dec.shape == (12,)
+
+
+def test_forward_matches_definition() -> None:
+    sae = TopKSAE(12, 40, 4, seed=0)
+    x = _data()
+    sae.init_b_dec_from_data(x, method="mean")
+    out = sae(x)
+    assert isinstance(out, ForwardOutput)
+    pre = torch.relu((x - sae.b_dec) @ sae.W_enc.T + sae.b_enc)
+    top = torch.topk(pre, 4)
+    dense = torch.zeros_like(pre).scatter(1, top.indices, top.values)
+    recon = dense @ sae.W_dec + sae.b_dec
+    torch.testing.assert_close(out.recon, recon)
+    fvu = (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    torch.testing.assert_close(out.fvu, fvu)
+    assert out.auxk_loss.item() == 0.0
+    v, i = sae.encode(x)
+    torch.testing.assert_close(sae.decode(v, i), recon)
+
+
+def test_auxk_loss_definition_and_encoder_gradient() -> None:
+    sae = TopKSAE(12, 40, 4, seed=1)
+    x = _data(seed=1)
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[:10] = True
+    out = sae(x, dead_mask=dead, k_aux=6)
+    pre = torch.relu((x - sae.b_dec) @ sae.W_enc.T + sae.b_enc)
+    aux = torch.topk(pre[:, :10], 6)
+    aux_recon = torch.zeros(32, 10).scatter(1, aux.indices, aux.values) @ sae.W_dec[:10]  # no b_dec
+    expected = min(10 / 6, 1.0) * (aux_recon - (x - out.recon).detach()).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    torch.testing.assert_close(out.auxk_loss, expected)
+    out.auxk_loss.backward()
+    assert sae.W_enc.grad[:10].abs().sum() > 0 and sae.b_enc.grad[:10].abs().sum() > 0
+    assert sae.W_enc.grad[10:].abs().sum() == 0  # only dead latents get AuxK gradient
+
+
+def test_auxk_scale_and_no_dead() -> None:
+    sae = TopKSAE(12, 40, 4, seed=2)
+    x = _data(seed=2)
+    assert sae(x, dead_mask=torch.zeros(40, dtype=torch.bool)).auxk_loss.item() == 0.0
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[5] = True
+    out = sae(x, dead_mask=dead)  # k_aux defaults to d_in // 2 = 6: scale 1/6
+    assert out.auxk_loss.item() > 0
+
+
+def test_decoder_norm_upkeep() -> None:
+    sae = TopKSAE(12, 40, 4, seed=0)
+    with torch.no_grad():
+        sae.W_dec.mul_(3.0)
+    sae.set_decoder_norm_to_unit_norm()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(40))
+    sae(_data()).fvu.backward()
+    sae.remove_gradient_parallel_to_decoder_directions()
+    assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-6
+
+
+def test_geometric_median_is_robust() -> None:
+    pts = torch.cat([torch.zeros(9, 2), torch.tensor([[1000.0, 1000.0]])])
+    assert geometric_median(pts).norm() < 1e-2
+    sae = TopKSAE(2, 4, 1, seed=0)
+    sae.init_b_dec_from_data(pts)
+    assert sae.b_dec.norm() < 1e-2
+    with pytest.raises(ValueError, match="method"):
+        sae.init_b_dec_from_data(pts, method="median")
+
+
+def test_empty_batch_and_bad_input() -> None:
+    sae = TopKSAE(12, 40, 4, seed=0)
+    out = sae(torch.zeros(0, 12))
+    assert out.recon.shape == (0, 12) and out.values.shape == (0, 4) and out.fvu.item() == 0.0
+    with pytest.raises(ValueError, match=r"\(N, 12\)"):
+        sae(torch.zeros(3, 11))
+    with pytest.raises(ValueError, match="NaN"):
+        sae(torch.full((3, 12), float("nan")))
+    with pytest.raises(ValueError, match="dead_mask"):
+        sae(_data(), dead_mask=torch.zeros(39, dtype=torch.bool))
+    with pytest.raises(ValueError, match="k="):
+        TopKSAE(12, 4, 5)
