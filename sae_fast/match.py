@@ -1,0 +1,589 @@
+"""Top-k cosine matching between the rows of two dictionaries, in one sweep over tiles of the score matrix.
+
+``match(A, B)`` finds, for every row of A (shape (F_A, d)), the k rows of B (shape (F_B, d)) with the largest
+cosine similarity, and optionally the same from B to A. Rows are unit-normalised internally (float32).
+
+Backends
+--------
+``exact``
+    Tiles of ``A @ B.T`` are computed one at a time (never the whole F_A x F_B matrix) and folded into a
+    running row top-k (A -> B) and a running column top-k (B -> A), so one pass over the tiles serves both
+    directions. CPU: float32 tiles. GPU: bfloat16 (default) or float16 tiles with float32 accumulation; each
+    row keeps ``candidates`` low-precision candidates, which are then re-scored in float32. A row is certified
+    when its float32 k-th best candidate beats the low-precision score of the last candidate by more than a
+    rounding-error bound (computed from the actual rounding of the inputs, see ``_rounding_tolerance``);
+    rows that are not certified (near ties) are recomputed in float32 against all of B. The returned indices
+    are therefore the float32 top-k and the returned cosines are float32 cosines.
+``faiss``
+    A faiss index over B (and over A when both directions are asked): ``flat`` (IndexFlatIP, exact),
+    ``ivf`` (IndexIVFFlat), ``ivf_sq`` (IVF with an fp16 scalar quantiser), ``hnsw`` (IndexHNSWFlat, CPU only).
+    GPU faiss is used when the installed faiss has GPU support and a GPU is visible. Build an index once with
+    :class:`FaissIndex` and pass it as ``index_b`` to reuse it against many dictionaries. Returned cosines
+    are re-scored in float32 for the returned indices.
+``auto``
+    ``exact`` (torch on the GPU when one is visible, else float32 blocks on the CPU); ``faiss`` when a
+    prebuilt index is passed. What was picked is in ``Match.backend`` and is logged at INFO level.
+
+``absolute=True`` ranks by |cos| (a row and its negation count as the same feature) and returns |cos|.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+ArrayLike = Any  # numpy array or torch tensor of shape (F, d)
+
+BACKENDS = ("auto", "exact", "faiss")
+INDEX_KINDS = ("flat", "ivf", "ivf_sq", "hnsw")
+_LOW_PRECISION = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}  # unit roundoff
+
+
+@dataclass
+class Match:
+    """Top-k matches between the rows of A and the rows of B.
+
+    index_ab: (F_A, k) int64, for row i of A the rows of B with the k largest cosines, best first
+        (-1 where an approximate index returned fewer than k results).
+    cos_ab: (F_A, k) float32, those cosines computed in float32 (|cos| when ``absolute``; -inf where index is -1).
+    index_ba, cos_ba: (F_B, k), the same from B to A; None unless ``both=True``.
+    backend: what ran, in words (e.g. ``"exact: torch float32 tiles 1024x16384 on cpu"``).
+    info: numbers about the run: ``seconds``, ``rescored_rows`` (rows recomputed in float32), ``flop`` ...
+    """
+
+    index_ab: torch.Tensor
+    cos_ab: torch.Tensor
+    index_ba: torch.Tensor | None
+    cos_ba: torch.Tensor | None
+    backend: str
+    absolute: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_ab(self) -> torch.Tensor:
+        """(F_A,) best cosine of each row of A in B."""
+        return self.cos_ab[:, 0]
+
+    @property
+    def best_ba(self) -> torch.Tensor:
+        """(F_B,) best cosine of each row of B in A (needs ``both=True``)."""
+        if self.cos_ba is None:
+            raise ValueError("this Match was computed with both=False; call match(..., both=True)")
+        return self.cos_ba[:, 0]
+
+    def mutual(self, theta: float | None = None) -> torch.Tensor:
+        """(F_A,) bool: row i of A and its best row j of B are each other's nearest neighbour (and, when
+        ``theta`` is given, their cosine is >= theta). Needs ``both=True``. A 1:1 partial matching."""
+        if self.index_ba is None:
+            raise ValueError("mutual nearest neighbours need both directions; call match(..., both=True)")
+        j = self.index_ab[:, 0]
+        ok = j >= 0
+        back = torch.full_like(j, -1)
+        back[ok] = self.index_ba[j[ok], 0]
+        out = ok & (back == torch.arange(j.numel()))
+        if theta is not None:
+            out &= self.cos_ab[:, 0] >= theta
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# input checks
+
+
+def as_unit_rows(name: str, x: ArrayLike, device: torch.device | str | None = None) -> torch.Tensor:
+    """Checks a dictionary (2-D, floating, finite, no zero rows) and returns its unit-normalised rows as a
+    float32 tensor on ``device`` (default: where it is). Raises ValueError/TypeError naming ``name``."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    else:
+        raise TypeError(f"{name} must be a torch tensor or numpy array of shape (F, d), got {type(x).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be floating point (float32/float64/bfloat16/float16), got {t.dtype}")
+    if t.ndim != 2:
+        raise ValueError(f"{name} must have shape (F, d), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
+    if device is not None:
+        t = t.to(device)
+    t = t.to(torch.float32)
+    bad = ~torch.isfinite(t).all(dim=1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()
+        raise ValueError(f"{name} has {rows.numel()} rows with NaN or inf (first: row {int(rows[0])})")
+    norms = t.norm(dim=1, keepdim=True)
+    zero = (norms == 0).flatten()
+    if bool(zero.any()):
+        rows = zero.nonzero().flatten()
+        raise ValueError(f"{name} has {rows.numel()} zero rows (first: row {int(rows[0])}); cosine is undefined")
+    return t / norms
+
+
+# ----------------------------------------------------------------------------------------------------------
+# exact backend: tiled GEMM with running top-k in both directions
+
+
+def _default_blocks(device: torch.device, fa: int, fb: int) -> tuple[int, int]:
+    """Tile sizes (rows of A, rows of B) per score tile: ~2^22 fp32 entries on CPU, 2^27 on GPU."""
+    if device.type == "cuda":
+        bm, budget = 8192, 2**27
+    else:
+        bm, budget = 1024, 2**22
+    bm = min(bm, fa)
+    return bm, max(1, min(fb, budget // bm))
+
+
+def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T; on CUDA with low-precision inputs, asks for a float32 result when torch supports it."""
+    if a.dtype in _LOW_PRECISION and a.is_cuda and _cuda_out_dtype_ok():
+        return torch.mm(a, b.T, out_dtype=torch.float32)
+    return a @ b.T
+
+
+_OUT_DTYPE_OK: bool | None = None
+
+
+def _cuda_out_dtype_ok() -> bool:
+    global _OUT_DTYPE_OK
+    if _OUT_DTYPE_OK is None:
+        try:
+            x = torch.ones(16, 16, device="cuda", dtype=torch.bfloat16)
+            _OUT_DTYPE_OK = torch.mm(x, x, out_dtype=torch.float32).dtype == torch.float32
+        except (RuntimeError, TypeError):
+            _OUT_DTYPE_OK = False
+    return _OUT_DTYPE_OK
+
+
+def _merge(
+    val: torch.Tensor, idx: torch.Tensor, s: torch.Tensor, offset: int, m: int, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Folds the top-m of score tile ``s`` along ``dim`` (index offset ``offset``) into a running top-m
+    (val (n, m) float32 sorted descending, idx (n, m) int64). Earlier tiles win exact ties."""
+    if m == 1:
+        v, j = s.max(dim=dim)
+        v = v.float()
+        better = v > val[:, 0]
+        return (torch.where(better, v, val[:, 0]).unsqueeze(1),
+                torch.where(better, j + offset, idx[:, 0]).unsqueeze(1))
+    mt = min(m, s.shape[dim])
+    v, j = s.topk(mt, dim=dim)
+    if dim == 0:
+        v, j = v.T, j.T
+    v = torch.cat([val, v.float()], dim=1)
+    j = torch.cat([idx, j + offset], dim=1)
+    top, order = v.topk(m, dim=1)
+    return top, j.gather(1, order)
+
+
+def _topk_sweep(
+    a_mat: torch.Tensor, b_mat: torch.Tensor, m: int, both: bool, absolute: bool, block_rows: int, block_cols: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One pass over the tiles of ``a_mat @ b_mat.T``: running top-m per row and (if ``both``) per column.
+
+    a_mat (F_A, d), b_mat (F_B, d) of one dtype on one device. Returns row values (F_A, min(m, F_B)) float32,
+    row indices int64, and the column analogues (F_B, min(m, F_A)) or None.
+    """
+    fa, fb = a_mat.shape[0], b_mat.shape[0]
+    mr, mc = min(m, fb), min(m, fa)
+    dev = a_mat.device
+    row_val = torch.empty((fa, mr), dtype=torch.float32, device=dev)
+    row_idx = torch.empty((fa, mr), dtype=torch.int64, device=dev)
+    col_val = torch.full((fb, mc), -math.inf, dtype=torch.float32, device=dev) if both else None
+    col_idx = torch.zeros((fb, mc), dtype=torch.int64, device=dev) if both else None
+    for i0 in range(0, fa, block_rows):
+        a = a_mat[i0:i0 + block_rows]
+        rv = torch.full((a.shape[0], mr), -math.inf, dtype=torch.float32, device=dev)
+        ri = torch.zeros((a.shape[0], mr), dtype=torch.int64, device=dev)
+        for j0 in range(0, fb, block_cols):
+            s = _scores(a, b_mat[j0:j0 + block_cols])
+            if absolute:
+                s = s.abs_()
+            rv, ri = _merge(rv, ri, s, j0, mr, dim=1)
+            if both:
+                j1 = j0 + s.shape[1]
+                col_val[j0:j1], col_idx[j0:j1] = _merge(col_val[j0:j1], col_idx[j0:j1], s, i0, mc, dim=0)
+        row_val[i0:i0 + a.shape[0]] = rv
+        row_idx[i0:i0 + a.shape[0]] = ri
+    return row_val, row_idx, col_val, col_idx
+
+
+def _rounding_error(x32: torch.Tensor, xl: torch.Tensor, chunk: int = 65536) -> float:
+    """max over rows of ||x32 - float(xl)||_2, the actual input rounding error of each row."""
+    err = 0.0
+    for r0 in range(0, x32.shape[0], chunk):
+        err = max(err, float((x32[r0:r0 + chunk] - xl[r0:r0 + chunk].float()).norm(dim=1).max()))
+    return err
+
+
+def _rounding_tolerance(a32, al, b32, bl, output_low_precision: bool) -> float:
+    """Upper bound on |cos_float32 - cos_low| for unit rows a, b and their rounded copies ã, b̃:
+    |a·b - ã·b̃| <= ||a-ã|| + ||ã|| ||b-b̃|| (Cauchy-Schwarz), plus the rounding of the output when the
+    score tile is stored in low precision, plus float32 accumulation over d terms (d 2^-24)."""
+    ea, eb = _rounding_error(a32, al), _rounding_error(b32, bl)
+    norm = (1 + ea) * (1 + eb)
+    tol = ea + (1 + ea) * eb + a32.shape[1] * 2.0**-24 * norm
+    if output_low_precision:
+        tol += _LOW_PRECISION[al.dtype] * norm
+    return tol + 1e-6
+
+
+def _rescore(
+    q: torch.Tensor,
+    db: torch.Tensor,
+    cand_val: torch.Tensor,
+    cand_idx: torch.Tensor,
+    k: int,
+    tol: float,
+    absolute: bool,
+    blocks: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Float32 top-k of each row of q among its low-precision candidates, certified against ``tol``;
+    uncertified rows are recomputed in float32 against all of db. Returns (values, indices, n_recomputed)."""
+    n, m = cand_idx.shape
+    d = q.shape[1]
+    out_val = torch.empty((n, k), dtype=torch.float32, device=q.device)
+    out_idx = torch.empty((n, k), dtype=torch.int64, device=q.device)
+    chunk = max(1, 2**26 // (m * d))
+    for r0 in range(0, n, chunk):
+        cand = cand_idx[r0:r0 + chunk]
+        exact = torch.bmm(db[cand], q[r0:r0 + chunk].unsqueeze(2)).squeeze(2)
+        if absolute:
+            exact = exact.abs_()
+        v, order = exact.topk(k, dim=1)
+        out_val[r0:r0 + chunk], out_idx[r0:r0 + chunk] = v, cand.gather(1, order)
+    if m >= db.shape[0]:
+        return out_val, out_idx, 0  # every row of db was a candidate
+    unsure = (out_val[:, k - 1] <= cand_val[:, m - 1] + tol).nonzero().flatten()
+    if unsure.numel():
+        v, i, _, _ = _topk_sweep(q[unsure], db, k, False, absolute, *blocks)
+        out_val[unsure], out_idx[unsure] = v, i
+    return out_val, out_idx, int(unsure.numel())
+
+
+def _exact(
+    a32: torch.Tensor,
+    b32: torch.Tensor,
+    k: int,
+    both: bool,
+    absolute: bool,
+    dtype: torch.dtype,
+    candidates: int,
+    tol: float | None,
+    blocks: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+    if dtype == torch.float32:
+        rv, ri, cv, ci = _topk_sweep(a32, b32, k, both, absolute, *blocks)
+        return rv, ri, cv, ci, {"rescored_rows": 0}
+    if dtype not in _LOW_PRECISION:
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    al, bl = a32.to(dtype), b32.to(dtype)
+    output_low = not (a32.is_cuda and _cuda_out_dtype_ok())
+    if tol is None:
+        tol = _rounding_tolerance(a32, al, b32, bl, output_low)
+    m = max(candidates, k + 1)
+    rv, ri, cv, ci = _topk_sweep(al, bl, m, both, absolute, *blocks)
+    del al, bl
+    rv, ri, n_rows = _rescore(a32, b32, rv, ri, k, tol, absolute, blocks)
+    n_cols = 0
+    if both:
+        cv, ci, n_cols = _rescore(b32, a32, cv, ci, k, tol, absolute, blocks[::-1])
+    return rv, ri, cv, ci, {"rescored_rows": n_rows, "rescored_cols": n_cols, "tolerance": tol, "candidates": m}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# faiss backend
+
+
+def _import_faiss():
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("backend='faiss' needs faiss: pip install 'sae_fast[faiss]' (faiss-cpu)") from err
+    return faiss
+
+
+def faiss_available() -> bool:
+    """True when the module ``faiss`` can be imported."""
+    try:
+        _import_faiss()
+    except ImportError:
+        return False
+    return True
+
+
+def faiss_has_gpu() -> bool:
+    """True when the installed faiss is a GPU build and sees at least one GPU."""
+    if not faiss_available():
+        return False
+    faiss = _import_faiss()
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def default_nlist(n: int) -> int:
+    """IVF list count: about 4 sqrt(n), a power of two, with at least 39 training points per list."""
+    nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
+    return max(1, min(nlist, n // 39))
+
+
+class FaissIndex:
+    """A faiss inner-product index over the unit-normalised rows of one dictionary (F, d).
+
+    Build it once and search it with many query dictionaries. ``kind``: ``flat`` (exact IndexFlatIP),
+    ``ivf`` (IndexIVFFlat), ``ivf_sq`` (IVF, fp16 scalar quantiser), ``hnsw`` (IndexHNSWFlat, CPU only).
+    ``nlist`` (IVF lists, default ``default_nlist(F)``), ``nprobe`` (lists searched, default max(1, nlist/64)),
+    ``hnsw_m`` / ``ef_construction`` / ``ef_search`` for HNSW. ``use_gpu``: None = when a GPU faiss is
+    installed and a GPU is visible. ``threads``: OpenMP threads for faiss on CPU (None: faiss's default).
+    """
+
+    def __init__(
+        self,
+        x: ArrayLike,
+        kind: str = "flat",
+        *,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        hnsw_m: int = 32,
+        ef_construction: int = 40,
+        ef_search: int = 64,
+        use_gpu: bool | None = None,
+        threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {kind!r}")
+        faiss = _import_faiss()
+        if threads is not None:
+            faiss.omp_set_num_threads(int(threads))
+        self.rows = as_unit_rows("x", x, device="cpu")
+        xn = np.ascontiguousarray(self.rows.numpy())
+        n, d = xn.shape
+        self.kind, self.d, self.n = kind, d, n
+        t0 = time.perf_counter()
+        self._keep: list[Any] = []  # objects faiss indexes refer to
+        if kind == "flat":
+            index = faiss.IndexFlatIP(d)
+            desc = "IndexFlatIP"
+        elif kind in ("ivf", "ivf_sq"):
+            nlist = default_nlist(n) if nlist is None else int(nlist)
+            if not 1 <= nlist <= n:
+                raise ValueError(f"nlist must be in [1, {n}] (rows of x), got {nlist}")
+            quantizer = faiss.IndexFlatIP(d)
+            self._keep.append(quantizer)
+            if kind == "ivf":
+                index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            else:
+                index = faiss.IndexIVFScalarQuantizer(
+                    quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+                )
+            index.cp.seed = seed
+            nprobe = max(1, nlist // 64) if nprobe is None else int(nprobe)
+            desc = f"{type(index).__name__}(nlist={nlist})"
+        else:
+            index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = ef_construction
+            index.hnsw.efSearch = ef_search
+            desc = f"IndexHNSWFlat(M={hnsw_m}, efConstruction={ef_construction}, efSearch={ef_search})"
+        if use_gpu is None:
+            use_gpu = faiss_has_gpu() and kind != "hnsw"
+        if use_gpu:
+            if kind == "hnsw":
+                raise ValueError("HNSW has no GPU index in faiss; use kind='flat', 'ivf' or 'ivf_sq'")
+            if not faiss_has_gpu():
+                raise ValueError("use_gpu=True but the installed faiss has no GPU support or sees no GPU")
+            res = faiss.StandardGpuResources()
+            self._keep.append(res)
+            index = faiss.index_cpu_to_gpu(res, 0, index)
+        if kind in ("ivf", "ivf_sq"):
+            index.train(xn)
+        index.add(xn)
+        self.nprobe = nprobe
+        if nprobe is not None:
+            self.set_nprobe(nprobe, index)
+        self.index = index
+        self.build_seconds = time.perf_counter() - t0
+        self.description = f"faiss {desc} on {'gpu' if use_gpu else 'cpu'}"
+
+    def set_nprobe(self, nprobe: int, index: Any = None) -> None:
+        """Sets the number of IVF lists searched per query (IVF kinds only)."""
+        if self.kind not in ("ivf", "ivf_sq"):
+            raise ValueError(f"nprobe applies to IVF indexes, this one is {self.kind!r}")
+        index = self.index if index is None else index
+        if hasattr(index, "nprobe"):
+            index.nprobe = int(nprobe)
+        else:  # pragma: no cover - GPU index wrappers
+            _import_faiss().GpuParameterSpace().set_index_parameter(index, "nprobe", int(nprobe))
+        self.nprobe = int(nprobe)
+
+    def search(self, q: ArrayLike, k: int = 1, *, absolute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k rows of this index for every row of q: (cosines (n, k) float32, indices (n, k) int64),
+        cosines re-scored in float32; index -1 and cosine -inf where fewer than k results were found."""
+        qn = as_unit_rows("q", q, device="cpu")
+        if qn.shape[1] != self.d:
+            raise ValueError(f"q must have d = {self.d} columns like the index, got shape {tuple(qn.shape)}")
+        if not 1 <= k <= self.n:
+            raise ValueError(f"k must be in [1, {self.n}] (rows in the index), got {k}")
+        q_np = np.ascontiguousarray(qn.numpy())
+        _, idx = self.index.search(q_np, k)
+        idx = torch.from_numpy(idx).to(torch.int64)
+        if absolute:
+            _, idx_neg = self.index.search(np.ascontiguousarray(-q_np), k)
+            idx = torch.cat([idx, torch.from_numpy(idx_neg).to(torch.int64)], dim=1)
+        val = _gather_cos(qn, self.rows, idx, absolute)
+        if absolute:  # merge the searches for q and -q, dropping duplicate indices
+            dup = torch.zeros_like(idx, dtype=torch.bool)
+            srt, order = idx.sort(dim=1)
+            dup.scatter_(1, order[:, 1:], (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0))
+            val = val.masked_fill(dup, -math.inf)
+        val, order = val.topk(k, dim=1)
+        idx = idx.gather(1, order)
+        idx[torch.isinf(val)] = -1
+        return val, idx
+
+
+def _gather_cos(q: torch.Tensor, db: torch.Tensor, idx: torch.Tensor, absolute: bool) -> torch.Tensor:
+    """Float32 cosines of q[i] with db[idx[i, j]]; -inf where idx is -1."""
+    valid = idx >= 0
+    safe = idx.clamp_min(0)
+    out = torch.empty(idx.shape, dtype=torch.float32)
+    chunk = max(1, 2**26 // (idx.shape[1] * q.shape[1]))
+    for r0 in range(0, q.shape[0], chunk):
+        out[r0:r0 + chunk] = torch.bmm(db[safe[r0:r0 + chunk]], q[r0:r0 + chunk].unsqueeze(2)).squeeze(2)
+    if absolute:
+        out = out.abs_()
+    return out.masked_fill_(~valid, -math.inf)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public entry point
+
+
+def resolve_device(device: torch.device | str | None, *xs: ArrayLike) -> torch.device:
+    """The device to compute on: ``device`` if given, else that of a CUDA tensor input, else CUDA when
+    available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    for x in xs:
+        if isinstance(x, torch.Tensor) and x.is_cuda:
+            return x.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_backend(backend: str, device: torch.device, index_given: bool) -> str:
+    """Resolves ``auto``: ``faiss`` when a prebuilt index is given, else ``exact`` (a tiled GEMM is exact and,
+    measured on 2 CPU cores and on an H100, at least as fast as faiss's exact search)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    return "faiss" if index_given else "exact"
+
+
+def match(
+    A: ArrayLike,
+    B: ArrayLike,
+    *,
+    k: int = 1,
+    both: bool = False,
+    backend: str = "auto",
+    absolute: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    candidates: int = 8,
+    tol: float | None = None,
+    block_rows: int | None = None,
+    block_cols: int | None = None,
+    index: str = "flat",
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    index_a: FaissIndex | None = None,
+    index_b: FaissIndex | None = None,
+    verbose: bool = False,
+) -> Match:
+    """For every row of A (F_A, d), its top-k rows of B (F_B, d) by cosine; with ``both``, also B -> A.
+
+    backend: ``auto`` | ``exact`` | ``faiss`` (see the module docstring). ``absolute``: rank by |cos|.
+    Exact backend: ``device`` (default: CUDA when available), ``dtype`` of the score tiles (default float32
+    on CPU, bfloat16 on CUDA; low-precision results are re-scored so the top-k is the float32 one),
+    ``candidates`` kept per row before re-scoring, ``tol`` the certification margin (default: a rounding
+    bound computed from the inputs), ``block_rows`` x ``block_cols`` the tile. faiss backend: ``index`` kind,
+    ``nlist``, ``nprobe``, or prebuilt ``index_b`` (searched with A) and ``index_a`` (searched with B).
+    Returns a :class:`Match` with CPU tensors; ``Match.backend`` says what ran.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    dev = resolve_device(device, A, B)
+    chosen = pick_backend(backend, dev, index_b is not None or index_a is not None)
+    t0 = time.perf_counter()
+    if chosen == "exact":
+        a32, b32 = as_unit_rows("A", A, dev), as_unit_rows("B", B, dev)
+        if a32.shape[1] != b32.shape[1]:
+            raise ValueError(f"A and B must have the same d, got A {tuple(a32.shape)} and B {tuple(b32.shape)}")
+        if k > b32.shape[0] or (both and k > a32.shape[0]):
+            raise ValueError(f"k = {k} exceeds the rows of B ({b32.shape[0]}) or, with both, of A ({a32.shape[0]})")
+        tile_dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        bm, bn = _default_blocks(dev, a32.shape[0], b32.shape[0])
+        blocks = (block_rows or bm, block_cols or bn)
+        rv, ri, cv, ci, info = _exact(a32, b32, k, both, absolute, tile_dtype, candidates, tol, blocks)
+        name = str(tile_dtype).replace("torch.", "")
+        desc = f"exact: torch {name} tiles {blocks[0]}x{blocks[1]} on {dev.type}"
+        if tile_dtype != torch.float32:
+            desc += f", top-{info['candidates']} re-scored in float32"
+        if dev.type == "cpu":
+            desc += f", {torch.get_num_threads()} threads"
+        fa, fb, d = a32.shape[0], b32.shape[0], a32.shape[1]
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        result = Match(ri.cpu(), rv.cpu(), ci.cpu() if both else None, cv.cpu() if both else None, desc, absolute, info)
+    else:
+        ia = index_a
+        ib = index_b if index_b is not None else FaissIndex(B, index, nlist=nlist, nprobe=nprobe)
+        if both and ia is None:
+            ia = FaissIndex(A, index, nlist=nlist, nprobe=nprobe)
+        if nprobe is not None:
+            for ix in (ia, ib):
+                if ix is not None and ix.kind in ("ivf", "ivf_sq"):
+                    ix.set_nprobe(nprobe)
+        cos_ab, idx_ab = ib.search(A, k, absolute=absolute)
+        cos_ba = idx_ba = None
+        if both:
+            cos_ba, idx_ba = ia.search(B, k, absolute=absolute)
+        desc = ib.description + (f", nprobe={ib.nprobe}" if ib.kind.startswith("ivf") else "")
+        fa, fb, d = idx_ab.shape[0], ib.n, ib.d
+        info = {"build_seconds": ib.build_seconds + (ia.build_seconds if ia is not None and both else 0.0)}
+        result = Match(idx_ab, cos_ab, idx_ba, cos_ba, desc, absolute, info)
+    seconds = time.perf_counter() - t0
+    result.info.update(seconds=seconds, flop=2.0 * fa * fb * d, picked=chosen)
+    msg = f"match: backend={backend!r} -> {result.backend} ({fa}x{fb}, d={d}, {seconds:.3f} s)"
+    log.info(msg)
+    if verbose:
+        print(msg, file=sys.stderr)
+    return result
+
+
+def recall_at_1(approx: Match, exact: Match) -> float:
+    """Fraction of rows of A whose top-1 in ``approx`` equals the top-1 in ``exact`` (or ties it in cosine)."""
+    same = approx.index_ab[:, 0] == exact.index_ab[:, 0]
+    tie = approx.cos_ab[:, 0] >= exact.cos_ab[:, 0] - 1e-6
+    return float((same | tie).float().mean())
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``sae_fast.match(A, B)`` work even after ``import sae_fast.match`` has bound the package attribute
+    ``match`` to this module (the function and the module share the name)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Match:
+        return match(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
