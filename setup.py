@@ -50,6 +50,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DSAE_FAST_NATIVE={'ON' if os.environ.get('SAE_FAST_NATIVE') == '1' else 'OFF'}",
+            f"-DSAE_FAST_PORTABLE={'ON' if os.environ.get('SAE_FAST_PORTABLE') == '1' else 'OFF'}",
         ]
         prefix = _cmeel_prefix()
         if prefix:

@@ -51,7 +51,7 @@ def _demo(threads: int) -> int:
     # 2. Many pairs of 16-dim subspaces in d = 768, against the random-subspace null.
     rng = np.random.default_rng(0)
     shared = np.linalg.qr(rng.standard_normal((768, 16)))[0]
-    bases = [shared + 0.05 * rng.standard_normal((768, 16)) for _ in range(100)]
+    bases = [shared + 0.01 * rng.standard_normal((768, 16)) for _ in range(100)]
     pairs = np.array([(i, j) for i in range(100) for j in range(i + 1, 100)])
     t0 = time.perf_counter()
     theta = principal_angles_pairs(bases, pairs, num_threads=threads)
