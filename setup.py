@@ -3,7 +3,8 @@
 Metadata lives in pyproject.toml; this file only adds the CMake-driven extension.
 Environment switches:
   SAE_FAST_SKIP_EXTENSION=1  install without the extension (principal angles then need it built later)
-  SAE_FAST_NATIVE=1          compile with -march=native (faster, not portable to other CPUs)
+  SAE_FAST_NATIVE=1          compile with -march=native (not portable to other CPUs)
+  SAE_FAST_PORTABLE=1        baseline x86-64 code (default: AVX2+FMA where the building CPU has them)
   SAE_FAST_BUILD_JOBS=N      parallel compile jobs (default: CPU count)
 """
 
