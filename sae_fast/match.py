@@ -508,6 +508,7 @@ def match(
     nprobe: int | None = None,
     index_a: FaissIndex | None = None,
     index_b: FaissIndex | None = None,
+    normalize: bool = True,
     verbose: bool = False,
 ) -> Match:
     """For every row of A (F_A, d), its top-k rows of B (F_B, d) by cosine; with ``both``, also B -> A.
@@ -518,7 +519,9 @@ def match(
     ``candidates`` kept per row before re-scoring, ``tol`` the certification margin (default: a rounding
     bound computed from the inputs), ``block_rows`` x ``block_cols`` the tile. faiss backend: ``index`` kind,
     ``nlist``, ``nprobe``, or prebuilt ``index_b`` (searched with A) and ``index_a`` (searched with B).
-    Returns a :class:`Match` with CPU tensors; ``Match.backend`` says what ran.
+    ``normalize=False`` (exact backend) trusts that A and B are already checked unit-norm float32 rows on
+    the device and skips the checks and the copy. Returns a :class:`Match` with CPU tensors;
+    ``Match.backend`` says what ran.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
@@ -526,7 +529,10 @@ def match(
     chosen = pick_backend(backend, dev, index_b is not None or index_a is not None)
     t0 = time.perf_counter()
     if chosen == "exact":
-        a32, b32 = as_unit_rows("A", A, dev), as_unit_rows("B", B, dev)
+        if normalize:
+            a32, b32 = as_unit_rows("A", A, dev), as_unit_rows("B", B, dev)
+        else:
+            a32, b32 = A, B
         if a32.shape[1] != b32.shape[1]:
             raise ValueError(f"A and B must have the same d, got A {tuple(a32.shape)} and B {tuple(b32.shape)}")
         if k > b32.shape[0] or (both and k > a32.shape[0]):

@@ -1,0 +1,551 @@
+"""Per-feature stability across seeds (method.md §1) and the one-to-one matching variants (§2).
+
+``stability_scores(decoders)`` takes S decoder matrices (F, d) — in memory, or a directory of saved SAEs read
+one at a time from memory-mapped safetensors — and, for each anchor seed and each of its features, finds the
+best-matching feature (largest cosine of unit-normalised decoder rows, many-to-one argmax) in every other seed.
+It keeps the evidence, ``best_cos`` and ``best_j`` per (anchor, other seed, feature), so that
+
+    p_hat_i(theta) = #{other seeds k : best_cos[k, i] >= theta} / (S - 1)
+
+and the endpoint split (stable: p_hat >= 1 - eps, unstable: p_hat <= eps) cost nothing for any theta and eps.
+With ``anchor="all"`` every directed pair is computed, and with the exact backend one sweep over the score
+tiles of an unordered pair serves both directions (row and column maxima).
+
+One-to-one variants: :func:`hungarian_match` (scipy's linear_sum_assignment), :func:`mutual_nearest_neighbours`,
+:func:`encoder_decoder_match` (Paulo & Belrose), :func:`pw_mcc` (Song et al.), :func:`hungarian_argmax_iou`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import distributed as dist_utils
+from .match import ArrayLike, FaissIndex, as_unit_rows, match, pick_backend, resolve_device
+
+SPARSIFY_FILE = "sae.safetensors"
+SAELENS_FILE = "sae_weights.safetensors"
+DECODER_KEY = "W_dec"
+_ARRAYS_FILE = "stability.safetensors"
+_META_FILE = "stability.json"
+_FORMAT = "sae_fast.stability/1"
+
+UNSTABLE, NEITHER, STABLE = -1, 0, 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# result
+
+
+@dataclass
+class Stability:
+    """Evidence and scores of a stability run.
+
+    best_cos: (A, S, F) float32, for anchor seed ``anchors[a]`` and seed s, the best cosine of each anchor
+        feature among the features of seed s (|cos| if ``absolute``); NaN where s is the anchor or the pair
+        is not computed yet.
+    best_j: (A, S, F) int32, the index of that best feature in seed s; -1 where best_cos is NaN.
+    done: (A, S) bool, which (anchor, seed) pairs are computed.
+    anchors: seed indices used as anchors; seeds: the seed names (folder names, or "0", "1", ...).
+    theta, eps: the defaults used by :meth:`p_hat` and :meth:`split`; any other value can be passed there.
+    """
+
+    best_cos: torch.Tensor
+    best_j: torch.Tensor
+    done: torch.Tensor
+    anchors: list[int]
+    seeds: list[str]
+    theta: float = 0.7
+    eps: float = 0.05
+    absolute: bool = False
+    backend: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_seeds(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def num_features(self) -> int:
+        return self.best_cos.shape[2]
+
+    @property
+    def complete(self) -> bool:
+        """True when every (anchor, other seed) pair is computed."""
+        return int(self.done.sum()) == len(self.anchors) * (self.num_seeds - 1)
+
+    def _anchor_pos(self, anchor: int | None) -> slice | int:
+        if anchor is None:
+            return slice(None)
+        if anchor not in self.anchors:
+            raise ValueError(f"seed {anchor} was not an anchor; anchors are {self.anchors}")
+        return self.anchors.index(anchor)
+
+    def matched(self, theta: float | None = None, anchor: int | None = None) -> torch.Tensor:
+        """(A, S, F) bool (or (S, F) for one ``anchor``): best cosine >= theta in that seed."""
+        theta = self.theta if theta is None else theta
+        return self.best_cos[self._anchor_pos(anchor)] >= theta  # NaN compares False
+
+    def p_hat(self, theta: float | None = None, anchor: int | None = None) -> torch.Tensor:
+        """(A, F) float32 (or (F,) for one ``anchor``): fraction of the S - 1 other seeds with a match >= theta."""
+        if not self.complete:
+            raise RuntimeError("the run is incomplete; resume it with stability_scores(..., out=...) first")
+        return self.matched(theta, anchor).sum(dim=-2).float() / (self.num_seeds - 1)
+
+    def split(self, theta: float | None = None, eps: float | None = None, anchor: int | None = None) -> torch.Tensor:
+        """(A, F) int8 (or (F,)): STABLE (1) if p_hat >= 1 - eps, UNSTABLE (-1) if p_hat <= eps, else NEITHER (0)."""
+        eps = self.eps if eps is None else eps
+        p = self.p_hat(theta, anchor)
+        out = torch.zeros(p.shape, dtype=torch.int8)
+        out[p >= 1 - eps - 1e-9] = STABLE
+        out[p <= eps + 1e-9] = UNSTABLE
+        return out
+
+    def stable(self, theta: float | None = None, eps: float | None = None, anchor: int | None = None) -> torch.Tensor:
+        """Bool mask of stable features (p_hat >= 1 - eps)."""
+        return self.split(theta, eps, anchor) == STABLE
+
+    def unstable(self, theta: float | None = None, eps: float | None = None, anchor: int | None = None) -> torch.Tensor:
+        """Bool mask of unstable features (p_hat <= eps)."""
+        return self.split(theta, eps, anchor) == UNSTABLE
+
+    def summary(self, theta: float | None = None, eps: float | None = None) -> dict[str, Any]:
+        """Counts and means for printing: seeds, features, anchors, stable/unstable/neither shares, mean p_hat."""
+        lab = self.split(theta, eps)
+        n = lab.numel()
+        return {
+            "seeds": self.num_seeds, "features": self.num_features, "anchors": len(self.anchors),
+            "theta": self.theta if theta is None else theta, "eps": self.eps if eps is None else eps,
+            "mean_p_hat": float(self.p_hat(theta).mean()),
+            "stable": float((lab == STABLE).sum()) / n, "unstable": float((lab == UNSTABLE).sum()) / n,
+            "neither": float((lab == NEITHER).sum()) / n, "backend": self.backend,
+        }
+
+    # -- persistence ---------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes ``path/stability.safetensors`` (best_cos, best_j, done) and ``path/stability.json`` (the
+        rest), each atomically (write to a temporary file, then rename). Returns the directory."""
+        from safetensors.torch import save_file
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {"best_cos": self.best_cos.contiguous(), "best_j": self.best_j.contiguous(),
+                   "done": self.done.to(torch.uint8).contiguous()}
+        tmp = out / (_ARRAYS_FILE + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, out / _ARRAYS_FILE)
+        meta = {"format": _FORMAT, "anchors": self.anchors, "seeds": self.seeds, "theta": self.theta,
+                "eps": self.eps, "absolute": self.absolute, "backend": self.backend, "info": self.info}
+        tmp = out / (_META_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, out / _META_FILE)
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Stability:
+        """Reads what :meth:`save` wrote."""
+        from safetensors.torch import load_file
+
+        src = Path(path)
+        if not (src / _META_FILE).is_file() or not (src / _ARRAYS_FILE).is_file():
+            raise FileNotFoundError(f"{src} holds no saved stability run ({_META_FILE} + {_ARRAYS_FILE})")
+        meta = json.loads((src / _META_FILE).read_text())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{src / _META_FILE} has format {meta.get('format')!r}, expected {_FORMAT!r}")
+        t = load_file(str(src / _ARRAYS_FILE))
+        return cls(t["best_cos"], t["best_j"], t["done"].bool(), list(meta["anchors"]), list(meta["seeds"]),
+                   meta["theta"], meta["eps"], meta["absolute"], meta["backend"], meta.get("info", {}))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# seeds: in memory or on disk, loaded one at a time
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", text)]
+
+
+def find_saved_saes(root: str | os.PathLike, hookpoint: str | None = None) -> list[tuple[str, Path]]:
+    """Folders under ``root`` holding a saved SAE (``sae.safetensors``, sparsify layout, or
+    ``sae_weights.safetensors``, SAELens), as (name relative to root, weights file), in natural order.
+
+    With several hookpoints per seed (``root/seed/hookpoint/sae.safetensors``) pass ``hookpoint``.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"decoders directory {base} does not exist")
+    found: dict[Path, Path] = {}
+    for name in (SAELENS_FILE, SPARSIFY_FILE):  # sparsify file wins where a folder has both
+        for f in base.rglob(name):
+            found[f.parent] = f
+    items = sorted(((str(p.relative_to(base)), f) for p, f in found.items()), key=lambda x: _natural_key(x[0]))
+    if hookpoint is not None:
+        items = [(n, f) for n, f in items if Path(n).name == hookpoint]
+    else:
+        leaves = {Path(n).name for n, _ in items if "/" in n.replace(os.sep, "/")}
+        if len(leaves) > 1:
+            raise ValueError(f"{base} holds SAEs for several hookpoints {sorted(leaves)}; pass hookpoint=")
+    if not items:
+        raise ValueError(f"no saved SAEs ({SPARSIFY_FILE} or {SAELENS_FILE}) under {base}"
+                         + (f" for hookpoint {hookpoint!r}" if hookpoint else ""))
+    return items
+
+
+class SeedDecoders:
+    """S decoder matrices (F, d), served one at a time as unit-normalised float32 rows on ``device``.
+
+    ``decoders``: a sequence of arrays/tensors, or a directory of saved SAEs (see :func:`find_saved_saes`),
+    read with safetensors ``safe_open`` (memory-mapped) only when needed. A small LRU cache holds at most
+    ``cache_bytes`` of normalised decoders, so never all seeds are in (GPU) memory at once unless they fit.
+    """
+
+    def __init__(self, decoders: str | os.PathLike | Sequence[ArrayLike], device: torch.device,
+                 cache_bytes: int = 2**31, hookpoint: str | None = None) -> None:
+        self.device = device
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._arrays: Sequence[ArrayLike] | None = None
+        self._files: list[Path] = []
+        shapes: list[tuple[int, ...]]
+        if isinstance(decoders, (str, os.PathLike)):
+            items = find_saved_saes(decoders, hookpoint)
+            self.names = [n for n, _ in items]
+            self._files = [f for _, f in items]
+            shapes = [self._file_shape(f) for f in self._files]
+        elif isinstance(decoders, Sequence) and not isinstance(decoders, (bytes, str)):
+            self._arrays = decoders
+            self.names = [str(i) for i in range(len(decoders))]
+            shapes = []
+            for i, x in enumerate(decoders):
+                if not isinstance(x, (torch.Tensor, np.ndarray)):
+                    raise TypeError(f"decoders[{i}] must be a tensor or array of shape (F, d), got {type(x).__name__}")
+                shapes.append(tuple(x.shape))
+        else:
+            raise TypeError("decoders must be a directory of saved SAEs or a sequence of (F, d) arrays/tensors, "
+                            f"got {type(decoders).__name__}")
+        if len(shapes) < 2:
+            raise ValueError(f"stability needs at least 2 seeds, got {len(shapes)}")
+        for i, shp in enumerate(shapes):
+            if len(shp) != 2:
+                raise ValueError(f"decoder of seed {self.names[i]} must have shape (F, d), got {shp}")
+        ds = {s[1] for s in shapes}
+        if len(ds) > 1:
+            raise ValueError(f"all decoders must have the same d (model width), got d = {sorted(ds)} "
+                             f"(shapes {dict(zip(self.names, shapes))})")
+        fs = {s[0] for s in shapes}
+        if len(fs) > 1:
+            raise ValueError(f"all decoders must have the same number of features F, got F = {sorted(fs)}")
+        self.num_features, self.d = shapes[0]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @staticmethod
+    def _file_shape(f: Path) -> tuple[int, ...]:
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as h:
+            if DECODER_KEY not in h.keys():  # noqa: SIM118 - safe_open handles have no __contains__
+                raise ValueError(f"{f} has no tensor {DECODER_KEY!r} (keys: {sorted(h.keys())})")
+            return tuple(h.get_slice(DECODER_KEY).get_shape())
+
+    def raw(self, s: int) -> ArrayLike:
+        """Seed s's decoder as stored (a CPU tensor read from disk, or the array given)."""
+        if self._arrays is not None:
+            return self._arrays[s]
+        from safetensors import safe_open
+
+        with safe_open(str(self._files[s]), framework="pt") as h:
+            return h.get_tensor(DECODER_KEY)
+
+    def get(self, s: int) -> torch.Tensor:
+        """Seed s's unit-normalised decoder rows, float32 on the device (cached)."""
+        if s in self._cache:
+            self._cache.move_to_end(s)
+            return self._cache[s]
+        x = as_unit_rows(f"decoder of seed {self.names[s]}", self.raw(s), self.device)
+        size = x.numel() * 4
+        while self._cache and sum(t.numel() * 4 for t in self._cache.values()) + size > self.cache_bytes:
+            self._cache.popitem(last=False)
+        if size <= self.cache_bytes:
+            self._cache[s] = x
+        return x
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+
+
+def _jobs(num_seeds: int, anchors: list[int], backend: str) -> list[list[tuple[int, int]]]:
+    """Groups of directed pairs (query seed, database seed) in the order they are computed.
+
+    exact: every group is one unordered pair (a, b), a < b, both directions from one sweep when both seeds
+    are anchors, else one directed pair (anchor -> other). faiss: groups share a database seed, whose index
+    is built once for the group.
+    """
+    anchor_set = set(anchors)
+    if backend == "exact":
+        groups = []
+        for a in range(num_seeds):
+            for b in range(a + 1, num_seeds):
+                g = [(q, s) for q, s in ((a, b), (b, a)) if q in anchor_set]
+                if g:
+                    groups.append(g)
+        return groups
+    return [[(q, s) for q in anchors if q != s] for s in range(num_seeds) if any(q != s for q in anchors)]
+
+
+def _check_compatible(old: Stability, seeds: list[str], anchors: list[int], num_features: int, absolute: bool,
+                      where: Path) -> None:
+    same = (old.seeds == seeds and old.anchors == anchors and old.num_features == num_features
+            and old.absolute == absolute)
+    if not same:
+        raise ValueError(f"{where} holds a stability run with other settings (seeds, anchors, F or absolute); "
+                         "use another out= directory or delete it")
+
+
+def stability_scores(
+    decoders: str | os.PathLike | Sequence[ArrayLike],
+    *,
+    theta: float = 0.7,
+    anchor: str | int = "all",
+    backend: str = "auto",
+    eps: float = 0.05,
+    absolute: bool = False,
+    device: torch.device | str | None = None,
+    out: str | os.PathLike | None = None,
+    save_every: float = 60.0,
+    progress: bool = True,
+    hookpoint: str | None = None,
+    cache_bytes: int = 2**31,
+    distributed: bool = True,
+    **match_kwargs: Any,
+) -> Stability:
+    """Stability of every anchor feature across S seeds (method.md §1): best decoder cosine per other seed.
+
+    decoders: S decoder matrices (F, d) (arrays/tensors), or a directory of saved SAEs (subfolders with
+        ``sae.safetensors`` or ``sae_weights.safetensors`` holding ``W_dec`` (F, d)), read one at a time.
+    theta, eps: defaults of the returned :class:`Stability` (its p_hat/split accept any other value).
+    anchor: ``"all"`` (every seed is an anchor; every directed pair) or one seed index.
+    backend: ``auto`` | ``exact`` | ``faiss`` (see :func:`sae_fast.match.match`); ``match_kwargs`` go to it
+        (``dtype``, ``block_rows``, ``index``, ``nprobe``, ...). ``absolute``: match on |cos|.
+    out: a directory; the result is saved there, progress is checkpointed every ``save_every`` seconds and
+        when interrupted, and a run found there is resumed at the next unfinished pair.
+    progress: a tqdm bar per pair. distributed: when torch.distributed is initialised, ranks split the pairs
+        and the results are gathered on every rank (rank-private checkpoints go to ``out/rank{r}of{w}``).
+    """
+    if not -1.0 <= theta <= 1.0:
+        raise ValueError(f"theta must be a cosine in [-1, 1], got {theta}")
+    if not 0.0 <= eps < 0.5:
+        raise ValueError(f"eps must be in [0, 0.5), got {eps}")
+    dev = resolve_device(device)
+    seeds = SeedDecoders(decoders, dev, cache_bytes=cache_bytes, hookpoint=hookpoint)
+    num_seeds, num_features = len(seeds), seeds.num_features
+    if anchor == "all":
+        anchors = list(range(num_seeds))
+    elif isinstance(anchor, (int, np.integer)) and not isinstance(anchor, bool):
+        if not 0 <= int(anchor) < num_seeds:
+            raise ValueError(f"anchor must be 'all' or a seed index in [0, {num_seeds}), got {anchor}")
+        anchors = [int(anchor)]
+    else:
+        raise ValueError(f"anchor must be 'all' or a seed index, got {anchor!r}")
+    chosen = pick_backend(backend, dev, False)
+    use_dist = distributed and dist_utils.get_world_size() > 1
+    rank, world = (dist_utils.get_rank(), dist_utils.get_world_size()) if use_dist else (0, 1)
+
+    out_dir = Path(out) if out is not None else None
+    ckpt_dir = out_dir if (out_dir is None or world == 1) else out_dir / f"rank{rank}of{world}"
+    state: Stability | None = None
+    if out_dir is not None and (out_dir / _META_FILE).is_file():
+        old = Stability.load(out_dir)
+        _check_compatible(old, seeds.names, anchors, num_features, absolute, out_dir)
+        if old.complete:
+            old.theta, old.eps = theta, eps
+            return old
+        if world == 1:
+            state = old
+    if world > 1 and ckpt_dir is not None and (ckpt_dir / _META_FILE).is_file():
+        state = Stability.load(ckpt_dir)
+        _check_compatible(state, seeds.names, anchors, num_features, absolute, ckpt_dir)
+    if state is None:
+        shape = (len(anchors), num_seeds, num_features)
+        state = Stability(torch.full(shape, math.nan), torch.full(shape, -1, dtype=torch.int32),
+                          torch.zeros(shape[:2], dtype=torch.bool), anchors, seeds.names, theta, eps, absolute)
+    state.theta, state.eps = theta, eps
+    pos = {a: i for i, a in enumerate(anchors)}
+
+    groups = _jobs(num_seeds, anchors, chosen)
+    mine = dist_utils.shard(groups, rank, world) if use_dist else groups
+    todo = [g for g in mine if not all(bool(state.done[pos[q], s]) for q, s in g)]
+    n_done_before = len(mine) - len(todo)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(mine), initial=n_done_before, desc="stability pairs", unit="pair",
+               disable=not progress or rank != 0)
+    last_save = time.monotonic()
+    t_start = time.perf_counter()
+    index_cache: tuple[int, FaissIndex] | None = None
+    backend_desc = state.backend
+    try:
+        for group in todo:
+            if chosen == "exact":
+                (q, s) = group[0]
+                a_seed, b_seed = min(q, s), max(q, s)
+                both = len(group) == 2
+                qa, qb = (q, s) if not both else (a_seed, b_seed)
+                m = match(seeds.get(qa), seeds.get(qb), both=both, backend="exact", absolute=absolute,
+                          device=dev, normalize=False, **match_kwargs)
+                _store(state, pos, qa, qb, m.cos_ab[:, 0], m.index_ab[:, 0])
+                if both:
+                    _store(state, pos, qb, qa, m.cos_ba[:, 0], m.index_ba[:, 0])
+            else:
+                s = group[0][1]
+                if index_cache is None or index_cache[0] != s:
+                    kw = {k: v for k, v in match_kwargs.items() if k in ("nlist", "nprobe", "use_gpu", "threads")}
+                    index_cache = (s, FaissIndex(seeds.get(s).cpu(), match_kwargs.get("index", "flat"), **kw))
+                for q, _ in group:
+                    if bool(state.done[pos[q], s]):
+                        continue
+                    m = match(seeds.get(q), None, backend="faiss", absolute=absolute, index_b=index_cache[1])
+                    _store(state, pos, q, s, m.cos_ab[:, 0], m.index_ab[:, 0])
+            backend_desc = m.backend
+            bar.update(1)
+            bar.set_postfix_str(" ".join(f"{seeds.names[q]}->{seeds.names[s]}" for q, s in group))
+            if ckpt_dir is not None and time.monotonic() - last_save >= save_every:
+                state.backend = backend_desc
+                state.save(ckpt_dir)
+                last_save = time.monotonic()
+    except BaseException:
+        if ckpt_dir is not None:
+            state.backend = backend_desc
+            state.save(ckpt_dir)
+        raise
+    finally:
+        bar.close()
+    state.backend = backend_desc
+    state.info["seconds"] = state.info.get("seconds", 0.0) + time.perf_counter() - t_start
+    if use_dist:
+        if ckpt_dir is not None:
+            state.save(ckpt_dir)
+        state = _gather(state)
+    if out_dir is not None and (not use_dist or rank == 0):
+        state.save(out_dir)
+    return state
+
+
+def _store(state: Stability, pos: dict[int, int], q: int, s: int, cos: torch.Tensor, idx: torch.Tensor) -> None:
+    """Records the best match in seed s of every feature of anchor q."""
+    p = pos[q]
+    state.best_cos[p, s] = cos.float()
+    state.best_j[p, s] = idx.to(torch.int32)
+    state.done[p, s] = True
+
+
+def _gather(state: Stability) -> Stability:
+    """Merges the ranks' partial results (each pair computed by exactly one rank) on every rank."""
+    done = state.done.clone()
+    cos = torch.where(done.unsqueeze(-1), state.best_cos, torch.zeros(()))
+    j = torch.where(done.unsqueeze(-1), state.best_j, torch.zeros((), dtype=torch.int32))
+    count = done.to(torch.int32)
+    for t in (cos, j, count):
+        dist_utils.all_reduce_sum_(t)
+    if int(count.max()) > 1:
+        raise RuntimeError("a seed pair was computed by more than one rank")
+    done = count > 0
+    state.best_cos = torch.where(done.unsqueeze(-1), cos, torch.full((), math.nan))
+    state.best_j = torch.where(done.unsqueeze(-1), j, torch.full((), -1, dtype=torch.int32))
+    state.done = done
+    seconds = dist_utils.all_gather_objects(state.info.get("seconds", 0.0))
+    state.info["seconds_per_rank"] = seconds
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one-to-one variants (method.md §2)
+
+
+def _dense_cos(A: ArrayLike, B: ArrayLike, absolute: bool, max_features: int) -> np.ndarray:
+    a, b = as_unit_rows("A", A, "cpu"), as_unit_rows("B", B, "cpu")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"A and B must have the same d, got A {tuple(a.shape)} and B {tuple(b.shape)}")
+    if max(a.shape[0], b.shape[0]) > max_features:
+        raise ValueError(f"Hungarian matching needs a dense F_A x F_B matrix; F = {max(a.shape[0], b.shape[0])} "
+                         f"exceeds max_features = {max_features} (raise it if you have the memory and time)")
+    c = (a @ b.T).numpy().astype(np.float64)
+    return np.abs(c) if absolute else c
+
+
+def hungarian_match(A: ArrayLike, B: ArrayLike, *, absolute: bool = False,
+                    max_features: int = 2**15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Optimal one-to-one matching of the rows of A and B maximising the summed cosine (Hungarian / LAPJV via
+    ``scipy.optimize.linear_sum_assignment``). Returns (rows of A, their partners in B, cosines), min(F_A, F_B)
+    pairs. Dense: O(F^2) memory and up to O(F^3) time, so limited to ``max_features`` rows."""
+    from scipy.optimize import linear_sum_assignment
+
+    c = _dense_cos(A, B, absolute, max_features)
+    rows, cols = linear_sum_assignment(c, maximize=True)
+    return rows, cols, c[rows, cols].astype(np.float32)
+
+
+def hungarian_argmax_iou(A: ArrayLike, B: ArrayLike, *, theta: float = 0.7, absolute: bool = False,
+                         max_features: int = 2**15) -> float:
+    """Agreement of the two rules on which features of A are matched: IoU of {i : max_j cos(i, j) >= theta}
+    (many-to-one argmax) and {i : cos(i, hungarian(i)) >= theta}. 1.0 when both sets are empty."""
+    c = _dense_cos(A, B, absolute, max_features)
+    argmax_set = c.max(axis=1) >= theta
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(c, maximize=True)
+    hung_set = np.zeros(c.shape[0], dtype=bool)
+    hung_set[rows] = c[rows, cols] >= theta
+    union = int((argmax_set | hung_set).sum())
+    return 1.0 if union == 0 else int((argmax_set & hung_set).sum()) / union
+
+
+def mutual_nearest_neighbours(A: ArrayLike, B: ArrayLike, *, theta: float | None = None, absolute: bool = False,
+                              **match_kwargs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i, j) where j is i's best row in B and i is j's best row in A (a partial 1:1 matching from one
+    exact sweep, row and column maxima together), optionally only those with cosine >= theta.
+    Returns (rows of A, rows of B, cosines)."""
+    m = match(A, B, both=True, absolute=absolute, **match_kwargs)
+    keep = m.mutual(theta).numpy()
+    rows = np.nonzero(keep)[0]
+    return rows, m.index_ab[rows, 0].numpy(), m.cos_ab[rows, 0].numpy()
+
+
+def encoder_decoder_match(enc_A: ArrayLike, dec_A: ArrayLike, enc_B: ArrayLike, dec_B: ArrayLike, *,
+                          theta: float = 0.7, absolute: bool = False,
+                          max_features: int = 2**15) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The shared-feature rule of Paulo & Belrose (2025): Hungarian matching separately on encoder rows and on
+    decoder rows; feature i of A is shared with feature j of B when both matchings pick j for i and both the
+    encoder and the decoder cosines are >= theta. Encoders are given as (F, d) rows (feature directions; transpose
+    SAELens's (d, F) ``W_enc``). Returns (rows of A, partners in B, encoder cosines, decoder cosines)."""
+    r_e, c_e, cos_e = hungarian_match(enc_A, enc_B, absolute=absolute, max_features=max_features)
+    r_d, c_d, cos_d = hungarian_match(dec_A, dec_B, absolute=absolute, max_features=max_features)
+    n = max(int(r_e.max(initial=-1)), int(r_d.max(initial=-1))) + 1
+    part_e, part_d = np.full(n, -1), np.full(n, -1)
+    ce, cd = np.full(n, -np.inf, np.float32), np.full(n, -np.inf, np.float32)
+    part_e[r_e], ce[r_e] = c_e, cos_e
+    part_d[r_d], cd[r_d] = c_d, cos_d
+    rows = np.nonzero((part_e == part_d) & (part_e >= 0) & (ce >= theta) & (cd >= theta))[0]
+    return rows, part_d[rows], ce[rows], cd[rows]
+
+
+def pw_mcc(A: ArrayLike, B: ArrayLike, *, absolute: bool = False, max_features: int = 2**15) -> float:
+    """Pairwise dictionary mean correlation coefficient (Song et al. 2025): the mean cosine of the
+    Hungarian-matched decoder rows of two SAEs (signed unless ``absolute``). A per-pair summary in [-1, 1]."""
+    _, _, cos = hungarian_match(A, B, absolute=absolute, max_features=max_features)
+    return float(np.mean(cos, dtype=np.float64))
