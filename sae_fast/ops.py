@@ -48,7 +48,7 @@ def backend(name: str) -> Iterator[None]:
 
 
 def _use_triton(t: Tensor) -> bool:
-    if _backend == "reference":
+    if _backend == "reference" or t.dtype == torch.float64:  # the kernels take fp32/bf16/fp16
         return False
     if _backend == "triton":
         if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -135,9 +135,10 @@ def encode(
     if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or inf")
     if _use_triton(x):
-        from ._triton_ops import triton_encode
-
-        return EncodeOutput(*triton_encode(x, W_enc, b_enc, k, dead_mask, k_aux))
+        values, indices, aux_values, aux_indices = _EncodeTopK.apply(x, W_enc, b_enc, k, dead_mask, k_aux)
+        if dead_mask is None:
+            return EncodeOutput(values, indices, None, None)
+        return EncodeOutput(values, indices, aux_values, aux_indices)
     return EncodeOutput(*reference.encode_topk(x, W_enc, b_enc, k, dead_mask, k_aux))
 
 
@@ -148,7 +149,76 @@ def decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     """
     _check_decode(values, indices, W_dec)
     if _use_triton(W_dec):
-        from ._triton_ops import triton_decode
-
-        return triton_decode(values, indices, W_dec)
+        return _Decode.apply(values, indices, W_dec)
     return reference.decode(values, indices.long(), W_dec)
+
+
+class _EncodeTopK(torch.autograd.Function):
+    """Fused encoder top-k forward (kernels/encoder_topk.py); sparse backward (kernels/decoder.py gather for dx,
+    kernels/sparse_transpose.py for dW_enc and db_enc) over the top-k AND AuxK pairs together."""
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, k, dead_mask, k_aux):  # type: ignore[override]
+        from .kernels.encoder_topk import encoder_topk
+
+        x, W_enc, b_enc = x.contiguous(), W_enc.contiguous(), b_enc.contiguous()
+        mask = dead_mask.contiguous() if dead_mask is not None else None
+        values, indices, aux_values, aux_indices = encoder_topk(x, W_enc, b_enc, k, mask, k_aux)
+        values = values.to(x.dtype)
+        if aux_values is None:
+            aux_values = values.new_empty((x.shape[0], 0))
+            aux_indices = indices.new_empty((x.shape[0], 0))
+        aux_values = aux_values.to(x.dtype)
+        ctx.save_for_backward(x, W_enc, values, indices, aux_values, aux_indices)
+        ctx.mark_non_differentiable(indices, aux_indices)
+        return values, indices, aux_values, aux_indices
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_indices, grad_aux_values, _grad_aux_indices):  # type: ignore[override]
+        from .kernels.decoder import gather_weighted_sum
+        from .kernels.sparse_transpose import sparse_transpose_matmul
+
+        x, W_enc, values, indices, aux_values, aux_indices = ctx.saved_tensors
+        if grad_values is None:
+            grad_values = torch.zeros_like(values)
+        if grad_aux_values is None:
+            grad_aux_values = torch.zeros_like(aux_values)
+        all_values = torch.cat([values, aux_values], 1)
+        all_indices = torch.cat([indices, aux_indices], 1).contiguous()
+        g = (torch.cat([grad_values.float(), grad_aux_values.float()], 1) * (all_values > 0)).contiguous()
+        dx = dW = db = None
+        if ctx.needs_input_grad[0]:
+            dx = gather_weighted_sum(g, all_indices, W_enc).to(x.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dW, colsum = sparse_transpose_matmul(
+                all_indices, g, x, W_enc.shape[0], out_dtype=W_enc.dtype, with_colsum=True
+            )
+            db = colsum.to(W_enc.dtype) if colsum is not None else None
+        return dx, dW, db, None, None, None
+
+
+class _Decode(torch.autograd.Function):
+    """Sparse decode forward (gather, kernels/decoder.py); backward: k dot products for the values and the
+    latent-sorted row-sparse dW_dec (kernels/sparse_transpose.py)."""
+
+    @staticmethod
+    def forward(ctx, values, indices, W_dec):  # type: ignore[override]
+        from .kernels.decoder import gather_weighted_sum
+
+        values, indices, W_dec = values.contiguous(), indices.long().contiguous(), W_dec.contiguous()
+        ctx.save_for_backward(values, indices, W_dec)
+        return gather_weighted_sum(values, indices, W_dec)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        from .kernels.decoder import sparse_dot
+        from .kernels.sparse_transpose import sparse_transpose_matmul
+
+        values, indices, W_dec = ctx.saved_tensors
+        grad_out = grad_out.to(W_dec.dtype).contiguous()
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[0]:
+            grad_values = sparse_dot(grad_out, indices, W_dec).to(values.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_W, _ = sparse_transpose_matmul(indices, values, grad_out, W_dec.shape[0], out_dtype=W_dec.dtype)
+        return grad_values, None, grad_W

@@ -1,0 +1,109 @@
+"""Row-sparse weight gradients without atomics: out[f] = Σ_{(n, j): indices[n, j] = f} weights[n, j] · dense[n].
+
+This is dW_dec (dense = grad_out, weights = values) and dW_enc (dense = x, weights = gradient of the
+selected pre-activations; its column sums give db_enc). The (N·k) pairs are sorted by latent (a stable
+device sort, so the summation order is deterministic), giving a CSR layout: per latent, a start and a
+count. One program per (latent, block of d columns) walks that latent's occurrences BLOCK_O at a time and
+writes its row once — no atomics, hot latents only lengthen their own loop, unused latents write zeros.
+Work O(N·k·d + F·d); extra memory O(N·k + F); no (N·k × d) temporary.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check_tensor, interpreting, next_pow2
+
+__all__ = ["LatentCSR", "latent_csr", "sparse_transpose_matmul"]
+
+
+class LatentCSR:
+    """(N, k) indices sorted by latent: rows (N·k,) int64 token row of each pair, `order` (N·k,) int64 position
+    of each pair in the flattened (N, k) array, start (F,) int64 and count (F,) int32 per latent."""
+
+    def __init__(self, rows: torch.Tensor, order: torch.Tensor, start: torch.Tensor, count: torch.Tensor) -> None:
+        self.rows, self.order, self.start, self.count = rows, order, start, count
+
+
+def latent_csr(indices: torch.Tensor, num_latents: int) -> LatentCSR:
+    """Build the latent-sorted layout of (N, k) int64 indices (values in [0, num_latents))."""
+    n, k = indices.shape
+    flat = indices.reshape(-1)
+    _, order = torch.sort(flat, stable=True)
+    count = torch.bincount(flat, minlength=num_latents)
+    start = torch.cumsum(count, 0) - count
+    return LatentCSR(order // max(k, 1), order, start.contiguous(), count.to(torch.int32).contiguous())
+
+
+@triton.jit
+def _csr_rows_kernel(
+    rows_ptr, w_ptr, start_ptr, count_ptr, dense_ptr, out_ptr, colsum_ptr, D,
+    HAS_COLSUM: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """rows (P,) int64 and w (P,) fp32 in latent-sorted order; start (F,) int64, count (F,) int32;
+    dense (N, D) float; out (F, D) any float; colsum (F,) fp32 (when HAS_COLSUM). All contiguous.
+
+    out[f, c] = Σ_{p in [start[f], start[f] + count[f])} w[p] · dense[rows[p], c]; colsum[f] = Σ w[p].
+    Grid (F, cdiv(D, BLOCK_D)).
+    """
+    f = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    begin = tl.load(start_ptr + f)
+    cnt = tl.load(count_ptr + f)
+    acc = tl.zeros((BLOCK_D,), tl.float32)
+    wsum = tl.zeros((BLOCK_O,), tl.float32)
+    for o0 in range(0, cnt, BLOCK_O):
+        o = o0 + tl.arange(0, BLOCK_O)
+        o_ok = o < cnt
+        r = tl.load(rows_ptr + begin + o, mask=o_ok, other=0)
+        w = tl.load(w_ptr + begin + o, mask=o_ok, other=0.0)
+        vals = tl.load(dense_ptr + r[:, None] * D + cols[None, :], mask=o_ok[:, None] & col_ok[None, :], other=0.0)
+        acc += tl.sum(w[:, None] * vals.to(tl.float32), 0)
+        wsum += w
+    tl.store(out_ptr + f * D + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
+    if HAS_COLSUM:
+        if pid_d == 0:
+            tl.store(colsum_ptr + f, tl.sum(wsum, 0))
+
+
+def sparse_transpose_matmul(
+    indices: torch.Tensor,
+    weights: torch.Tensor,
+    dense: torch.Tensor,
+    num_latents: int,
+    *,
+    out_dtype: torch.dtype = torch.float32,
+    with_colsum: bool = False,
+    csr: LatentCSR | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(F, d) = Σ over pairs of weights[n, j] · dense[n] into row indices[n, j]; optional column sums (F,) fp32.
+
+    indices (N, k) int64 in [0, F); weights (N, k) float; dense (N, d) fp32/bf16/fp16; contiguous.
+    `csr` reuses a layout from `latent_csr(indices, F)` (the decoder and encoder backward share one).
+    Every output row is written (zeros for latents that never fired).
+    """
+    n, k = indices.shape
+    d = dense.shape[1]
+    check_tensor("indices", indices, (n, k), (torch.int64,))
+    check_tensor("weights", weights, (n, k), (torch.float32, torch.bfloat16, torch.float16, torch.float64))
+    check_tensor("dense", dense, (n, d), (torch.float32, torch.bfloat16, torch.float16))
+    device = dense.device
+    out = torch.empty((num_latents, d), dtype=out_dtype, device=device)
+    colsum = torch.empty((num_latents,), dtype=torch.float32, device=device) if with_colsum else None
+    if num_latents == 0:
+        return out, colsum
+    if csr is None:
+        csr = latent_csr(indices, num_latents)
+    w_sorted = weights.reshape(-1)[csr.order].float().contiguous()
+    block_d = min(next_pow2(d), 1024 if interpreting() else 128)
+    block_o = 64 if interpreting() else 32
+    grid = (num_latents, triton.cdiv(max(d, 1), block_d))
+    _csr_rows_kernel[grid](
+        csr.rows, w_sorted, csr.start, csr.count, dense, out, colsum if colsum is not None else out, d,
+        HAS_COLSUM=with_colsum, BLOCK_O=block_o, BLOCK_D=block_d,
+    )  # fmt: skip
+    return out, colsum
