@@ -29,7 +29,7 @@ class LatentCSR:
 
 def latent_csr(indices: torch.Tensor, num_latents: int) -> LatentCSR:
     """Build the latent-sorted layout of (N, k) int64 indices (values in [0, num_latents))."""
-    n, k = indices.shape
+    _, k = indices.shape
     flat = indices.reshape(-1)
     _, order = torch.sort(flat, stable=True)
     count = torch.bincount(flat, minlength=num_latents)
@@ -66,8 +66,7 @@ def _csr_rows_kernel(
         wsum += w
     tl.store(out_ptr + f * D + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
     if HAS_COLSUM:
-        if pid_d == 0:
-            tl.store(colsum_ptr + f, tl.sum(wsum, 0))
+        tl.store(colsum_ptr + f, tl.sum(wsum, 0), mask=pid_d == 0)
 
 
 def sparse_transpose_matmul(
