@@ -203,6 +203,31 @@ def find_saved_saes(root: str | os.PathLike, hookpoint: str | None = None) -> li
     return items
 
 
+def load_decoder(path: str | os.PathLike, key: str = DECODER_KEY) -> torch.Tensor:
+    """One decoder matrix (F, d) from a saved-SAE folder (``sae.safetensors`` or ``sae_weights.safetensors``),
+    a ``.safetensors`` file (tensor ``key``) or a ``.npy`` file."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if p.is_dir():
+        for name in (SPARSIFY_FILE, SAELENS_FILE):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise FileNotFoundError(f"{path} holds neither {SPARSIFY_FILE} nor {SAELENS_FILE}")
+    if not p.is_file():
+        raise FileNotFoundError(f"decoder file {p} does not exist")
+    if p.suffix == ".npy":
+        return torch.from_numpy(np.load(p, mmap_mode="r").copy())
+    if p.suffix != ".safetensors":
+        raise ValueError(f"decoder file must be .safetensors or .npy (or an SAE folder), got {p}")
+    with safe_open(str(p), framework="pt") as h:
+        if key not in h.keys():  # noqa: SIM118 - safe_open handles have no __contains__
+            raise ValueError(f"{p} has no tensor {key!r} (keys: {sorted(h.keys())})")
+        return h.get_tensor(key)
+
+
 class SeedDecoders:
     """S decoder matrices (F, d), served one at a time as unit-normalised float32 rows on ``device``.
 

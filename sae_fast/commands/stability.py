@@ -1,0 +1,66 @@
+"""`sae-fast stability DIR`: per-feature stability across the seeds saved under DIR."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAME = "stability"
+HELP = "Stability scores p_hat of every feature across the seeds saved under DIR (one SAE folder per seed)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", help="directory with one folder per seed holding sae.safetensors or "
+                                    "sae_weights.safetensors (W_dec of shape (F, d))")
+    parser.add_argument("--theta", type=float, default=0.7, help="cosine threshold for a match")
+    parser.add_argument("--eps", type=float, default=0.05, help="endpoint split: stable p>=1-eps, unstable p<=eps")
+    parser.add_argument("--anchor", default="all", help="'all' or the index of one anchor seed")
+    parser.add_argument("--backend", choices=["auto", "exact", "faiss"], default="auto", help="matching backend")
+    parser.add_argument("--abs", dest="absolute", action="store_true", help="match on |cos| instead of signed cos")
+    parser.add_argument("--hookpoint", default=None, help="pick this hookpoint when seeds hold several")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="score-tile dtype of the exact backend (default float32 on CPU, bfloat16 on GPU)")
+    parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw"], default="flat", help="faiss index")
+    parser.add_argument("--nprobe", type=int, default=None, help="faiss IVF lists searched per query")
+    parser.add_argument("--out", default=None, help="where results and checkpoints go (default DIR/stability); "
+                                                    "a partial run found there is resumed")
+    parser.add_argument("--no-save", action="store_true", help="do not write results or checkpoints")
+    parser.add_argument("--save-every", type=float, default=60.0, help="checkpoint interval in seconds")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and faiss (0: default)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..stability import stability_scores
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    anchor: str | int = "all" if args.anchor == "all" else int(args.anchor)
+    out = None if args.no_save else (args.out or str(Path(args.dir) / "stability"))
+    kwargs = {}
+    if args.dtype:
+        kwargs["dtype"] = getattr(torch, args.dtype)
+    if args.backend == "faiss":
+        kwargs["index"] = args.index
+        if args.nprobe is not None:
+            kwargs["nprobe"] = args.nprobe
+        if args.threads > 0:
+            kwargs["threads"] = args.threads
+    result = stability_scores(args.dir, theta=args.theta, eps=args.eps, anchor=anchor, backend=args.backend,
+                              absolute=args.absolute, device=args.device, out=out, save_every=args.save_every,
+                              progress=not args.no_progress, hookpoint=args.hookpoint, **kwargs)
+    summary = result.summary()
+    summary["seconds"] = round(result.info.get("seconds", 0.0), 3)
+    if out:
+        summary["out"] = out
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, val in summary.items():
+            print(f"{key:>12}: {val}")
+    return 0
