@@ -1,0 +1,197 @@
+"""Candidate subspaces of unstable features and their cross-seed reproducibility (beyond the paper, [D]).
+
+1. **Cluster** each seed's unstable latents into candidate low-rank subspaces. Affinity between latents i, j:
+   ``"coactivation"``: ``|i and j fire together| / min(|i fires|, |j fires|)`` on held-out activations;
+   ``"cosine"``: ``|cos(d_i, d_j)|`` of unit decoder rows; ``"max"``: the larger of the two. Average-linkage
+   hierarchical clustering on ``1 - affinity`` cut at ``1 - threshold``; clusters of at least ``min_size``
+   latents become candidates (a single latent is a feature, not a subspace).
+2. **Basis** of a candidate: the top right singular vectors of its unit decoder rows holding ``energy``
+   (default 95 %) of their squared norm, at most ``max_rank``.
+3. **Match** every candidate against every candidate of every other seed by principal angles
+   (:func:`sae_fast.principal_angles_pairs`). Similarity of two candidates of ranks p, q:
+   ``sum cos²θ / max(p, q)`` (1 only for identical subspaces; a small subspace inside a big one scores
+   p / q). A candidate is *reproduced* in seed b when its best similarity there is >= ``tau``.
+4. **Score** of a candidate = share of the other seeds in which it is reproduced, the subspace analogue of
+   p̂. **Null**: the same score for Haar-random subspaces of the same ranks matched against the same
+   candidates. Unstable latents whose candidate scores >= ``min_score`` belong to a reproducible subspace
+   (basis ambiguity); the others look like noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..angles import principal_angles_pairs
+from ._common import ArrayLike, check_decoders, index_array
+
+
+def coactivation_affinity(fires: ArrayLike) -> np.ndarray:
+    """(n, n) co-firing affinity from a boolean firing matrix (N tokens, n latents)."""
+    f = np.asarray(fires, dtype=np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"fires must be (N, n), got shape {f.shape}")
+    both = f.T @ f
+    count = np.diag(both).copy()
+    denom = np.minimum.outer(count, count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        aff = np.where(denom > 0, both / np.maximum(denom, 1), 0.0)
+    np.fill_diagonal(aff, 1.0)
+    return aff
+
+
+def cluster_latents(
+    rows: ArrayLike,
+    *,
+    fires: ArrayLike | None = None,
+    method: str = "coactivation",
+    threshold: float = 0.3,
+    min_size: int = 2,
+) -> list[np.ndarray]:
+    """Clusters (arrays of positions into ``rows``) of at least ``min_size`` latents; see the module docstring."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    D = check_decoders([rows], "rows")[0]
+    n = D.shape[0]
+    if n < max(2, min_size):
+        return []
+    if method in ("coactivation", "max"):
+        if fires is None:
+            raise ValueError(f"method={method!r} needs fires (N tokens, {n} latents)")
+        fires = np.asarray(fires)
+        if fires.ndim != 2 or fires.shape[1] != n:
+            raise ValueError(f"fires must have shape (N, {n}), got {fires.shape}")
+    if method == "coactivation":
+        aff = coactivation_affinity(fires)
+    elif method == "cosine":
+        aff = np.abs(D @ D.T)
+    elif method == "max":
+        aff = np.maximum(coactivation_affinity(fires), np.abs(D @ D.T))
+    else:
+        raise ValueError(f"method must be 'coactivation', 'cosine' or 'max', got {method!r}")
+    dist = np.clip(1.0 - aff, 0.0, None)
+    dist = (dist + dist.T) / 2
+    np.fill_diagonal(dist, 0.0)
+    tree = linkage(squareform(dist, checks=False), method="average")
+    labels = fcluster(tree, t=1.0 - threshold, criterion="distance")
+    clusters = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    return sorted((c for c in clusters if len(c) >= min_size), key=len, reverse=True)
+
+
+def candidate_basis(rows: np.ndarray, *, energy: float = 0.95, max_rank: int = 32) -> np.ndarray:
+    """(d, r) orthonormal basis of the top singular subspace of rows holding ``energy`` of their norm²."""
+    _, s, vt = np.linalg.svd(rows, full_matrices=False)
+    cum = np.cumsum(s**2) / max(float((s**2).sum()), 1e-300)
+    r = int(min(np.searchsorted(cum, energy - 1e-12) + 1, max_rank, len(s)))
+    return vt[:r].T.copy()
+
+
+def _best_similarity(bases: list[np.ndarray], owner: np.ndarray, queries: list[np.ndarray], query_owner: np.ndarray,
+                     num_seeds: int) -> np.ndarray:
+    """(Q, S) best similarity of each query basis among the candidates of each seed (NaN: own seed or none)."""
+    allb = queries + bases
+    Q = len(queries)
+    pairs = np.array([(q, Q + c) for q in range(Q) for c in range(len(bases)) if owner[c] != query_owner[q]],
+                     dtype=np.int64)
+    best = np.full((Q, num_seeds), np.nan)
+    if len(pairs) == 0:
+        return best
+    theta = principal_angles_pairs(allb, pairs)
+    cos2 = np.where(np.isfinite(theta), np.cos(theta) ** 2, 0.0).sum(axis=1)
+    ranks = np.array([b.shape[1] for b in allb])
+    sim = cos2 / np.maximum(ranks[pairs[:, 0]], ranks[pairs[:, 1]])
+    seed_of = owner[pairs[:, 1] - Q]
+    for (q, _), s, v in zip(pairs, seed_of, sim):
+        if not (best[q, s] >= v):
+            best[q, s] = v
+    return best
+
+
+def candidate_subspaces(
+    decoders: list[ArrayLike],
+    sets: list[ArrayLike],
+    *,
+    fires: list[ArrayLike] | None = None,
+    method: str | None = None,
+    threshold: float = 0.3,
+    min_size: int = 2,
+    energy: float = 0.95,
+    max_rank: int = 32,
+    tau: float = 0.7,
+    min_score: float = 0.5,
+    n_null: int = 1,
+    seed: int = 0,
+) -> dict:
+    """Candidate subspaces of ``sets[s]`` (e.g. each seed's unstable latents) and their reproducibility.
+
+    ``fires[s]``: boolean (N, F_s) firing matrix of seed s on shared held-out activations (needed for the
+    co-activation affinity; ``method`` defaults to "coactivation" when given, else "cosine").
+    Returns ``{"candidates": [per-candidate dicts: seed, latents, rank, score, mean_best_similarity],
+    "null": {"score_mean", "reproduced_share", ...}, "per_seed": [{"num_unstable", "num_in_reproducible",
+    "share_in_reproducible", "reproducible_latents"}], "params": {...}}``.
+    """
+    decs = check_decoders(decoders)
+    S = len(decs)
+    if len(sets) != S:
+        raise ValueError(f"sets must hold one index set per seed ({S}), got {len(sets)}")
+    if fires is not None and len(fires) != S:
+        raise ValueError(f"fires must hold one firing matrix per seed ({S}), got {len(fires)}")
+    method = method or ("coactivation" if fires is not None else "cosine")
+    d = decs[0].shape[1]
+    bases: list[np.ndarray] = []
+    owner: list[int] = []
+    members: list[np.ndarray] = []
+    idx_sets = [index_array(sets[s], len(decs[s]), f"sets[{s}]") for s in range(S)]
+    for s in range(S):
+        idx = idx_sets[s]
+        f = None if fires is None else np.asarray(fires[s])[:, idx]
+        for cl in cluster_latents(decs[s][idx], fires=f, method=method, threshold=threshold, min_size=min_size):
+            bases.append(candidate_basis(decs[s][idx[cl]], energy=energy, max_rank=max_rank))
+            owner.append(s)
+            members.append(idx[cl])
+    owner_arr = np.asarray(owner, dtype=np.int64)
+    params = {"method": method, "threshold": threshold, "min_size": min_size, "energy": energy,
+              "max_rank": max_rank, "tau": tau, "min_score": min_score}
+    out: dict = {"params": params, "candidates": [], "null": {}, "per_seed": []}
+    if bases:
+        best = _best_similarity(bases, owner_arr, bases, owner_arr, S)
+        rng = np.random.default_rng(seed)
+        null_q = [np.linalg.qr(rng.standard_normal((d, b.shape[1])))[0] for b in bases for _ in range(n_null)]
+        null_owner = np.repeat(owner_arr, n_null)
+        null_best = _best_similarity(bases, owner_arr, null_q, null_owner, S)
+        for c in range(len(bases)):
+            others = [b for b in range(S) if b != owner[c]]
+            vals = np.nan_to_num(best[c, others], nan=0.0)
+            out["candidates"].append({
+                "seed": owner[c], "latents": members[c].tolist(), "size": len(members[c]),
+                "rank": int(bases[c].shape[1]), "score": float((vals >= tau).mean()) if others else float("nan"),
+                "mean_best_similarity": float(vals.mean()) if others else float("nan"),
+            })
+        nulls = []
+        for q in range(len(null_q)):
+            others = [b for b in range(S) if b != null_owner[q]]
+            vals = np.nan_to_num(null_best[q, others], nan=0.0)
+            nulls.append(((vals >= tau).mean(), vals.mean()))
+        nulls_arr = np.asarray(nulls)
+        out["null"] = {"score_mean": float(nulls_arr[:, 0].mean()),
+                       "reproduced_share": float((nulls_arr[:, 0] >= min_score).mean()),
+                       "mean_best_similarity": float(nulls_arr[:, 1].mean()),
+                       "mean_best_similarity_q99": float(np.quantile(nulls_arr[:, 1], 0.99)),
+                       "draws": len(nulls)}
+    for s in range(S):
+        repro = sorted(
+            {int(i) for c in out["candidates"] if c["seed"] == s and c["score"] >= min_score for i in c["latents"]}
+        )
+        n_set = len(idx_sets[s])
+        out["per_seed"].append({
+            "num_set": n_set,
+            "num_candidates": int(sum(c["seed"] == s for c in out["candidates"])),
+            "num_in_candidates": int(sum(c["size"] for c in out["candidates"] if c["seed"] == s)),
+            "num_in_reproducible": len(repro),
+            "share_in_reproducible": len(repro) / n_set if n_set else float("nan"),
+            "reproducible_latents": repro,
+        })
+    scores = [c["score"] for c in out["candidates"]]
+    out["score_mean"] = float(np.mean(scores)) if scores else float("nan")
+    out["reproduced_share"] = float(np.mean([s >= min_score for s in scores])) if scores else float("nan")
+    return out

@@ -1,0 +1,218 @@
+"""Masking ablation (method.md §3.1): explained variance after zeroing feature sets.
+
+A set of latents is *masked* by zeroing their values after the TopK selection (no re-selection), then
+decoding. ``EV = 1 - FVU`` with ``FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` on held-out
+activations. Sets compared: all stable, all unstable, random sets of the same sizes, random sets matched in
+activation frequency, and the paper's comparison of ``n`` stable versus ``ratio * n`` unstable features
+(``ratio = 4`` by default), each against random sets of the same size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ._common import STABLE, UNSTABLE, ArrayLike, index_array
+
+
+class SparseCoder(Protocol):
+    """What the analyses need of an SAE (``sae_fast.TopKSAE`` satisfies it)."""
+
+    num_latents: int
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def decode(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor: ...
+
+
+def num_latents_of(sae: SparseCoder) -> int:
+    """The dictionary size of an SAE-like object (attribute ``num_latents``, else the decoder's rows)."""
+    for name in ("num_latents", "F"):
+        if hasattr(sae, name):
+            return int(getattr(sae, name))
+    for name in ("W_dec", "decoder"):
+        if hasattr(sae, name):
+            w = getattr(sae, name)
+            w = w.weight if hasattr(w, "weight") else w
+            return int(w.shape[0])
+    raise TypeError("sae must expose num_latents (or a W_dec of shape (num_latents, d))")
+
+
+def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Row blocks of x."""
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start : start + batch_size]
+
+
+def check_activations(x: ArrayLike, name: str = "activations") -> torch.Tensor:
+    """(N, d) float32 CPU-or-device tensor with no NaN/inf, else a clear error."""
+    t = torch.as_tensor(x)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, d), got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {t.dtype}")
+    if t.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 rows, got {t.shape[0]}")
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad.any(dim=1)).flatten()[:5].tolist()
+        raise ValueError(f"{name} contains NaN or inf (first bad rows: {rows})")
+    return t
+
+
+@torch.no_grad()
+def masked_fvu(
+    sae: SparseCoder, x: ArrayLike, masks: dict[str, ArrayLike], *, batch_size: int = 4096
+) -> dict[str, float]:
+    """FVU of the SAE on x with each named latent set zeroed after encoding; key "none" is the full SAE.
+
+    All masks are evaluated in one pass over x (one encode per batch).
+    """
+    xt = check_activations(x)
+    F = num_latents_of(sae)
+    device = xt.device
+    mask_rows = {}
+    for name, idx in masks.items():
+        m = torch.zeros(F, dtype=torch.bool, device=device)
+        m[torch.as_tensor(index_array(idx, F, f"masks[{name!r}]"), device=device)] = True
+        mask_rows[name] = m
+    mean = xt.double().mean(dim=0)
+    total = float(((xt.double() - mean) ** 2).sum())
+    if total <= 0:
+        raise ValueError("activations have zero variance; FVU is undefined")
+    err = {name: 0.0 for name in ["none", *mask_rows]}
+    for xb in batches(xt, batch_size):
+        values, indices = sae.encode(xb)
+        err["none"] += float(((sae.decode(values, indices).double() - xb.double()) ** 2).sum())
+        for name, m in mask_rows.items():
+            masked = values * (~m[indices]).to(values.dtype)
+            err[name] += float(((sae.decode(masked, indices).double() - xb.double()) ** 2).sum())
+    return {name: e / total for name, e in err.items()}
+
+
+def _frequency_matched(pool: np.ndarray, target: np.ndarray, freq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random subset of ``pool`` (same size as target) whose frequencies follow those of target."""
+    pool = np.setdiff1d(pool, target)
+    if len(pool) < len(target):
+        pool = np.arange(len(freq))
+    order = pool[np.argsort(freq[pool], kind="stable")]
+    chosen: list[int] = []
+    taken = np.zeros(len(order), dtype=bool)
+    pos = np.searchsorted(freq[order], freq[target])
+    for p in rng.permutation(len(target)):
+        i = min(int(pos[p]), len(order) - 1)
+        # nearest untaken neighbour around the target's rank, random tie-break by the permuted order
+        for off in range(len(order)):
+            for j in (i - off, i + off):
+                if 0 <= j < len(order) and not taken[j]:
+                    taken[j] = True
+                    chosen.append(int(order[j]))
+                    break
+            else:
+                continue
+            break
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def masking_study(
+    sae: SparseCoder,
+    x: ArrayLike,
+    labels: ArrayLike,
+    *,
+    freq: ArrayLike | None = None,
+    ratio: int = 4,
+    n_random: int = 5,
+    seed: int = 0,
+    batch_size: int = 4096,
+) -> dict:
+    """EV and ΔEV after masking stable, unstable and matched random sets (see the module docstring).
+
+    ``labels`` (F,): STABLE 1, UNSTABLE -1, NEITHER 0 (from ``analysis.stability.split``).
+    ``freq`` (F,): firing frequencies; when given, frequency-matched random sets are added.
+    Returns a dict of plain numbers: ``ev`` per set name, ``delta_ev`` = EV_full - EV_masked, set sizes,
+    and random-set means and standard deviations over ``n_random`` draws.
+    """
+    F = num_latents_of(sae)
+    lab = np.asarray(labels).reshape(-1)
+    if lab.shape != (F,):
+        raise ValueError(f"labels must have shape ({F},), got {lab.shape}")
+    if ratio < 1:
+        raise ValueError(f"ratio must be >= 1, got {ratio}")
+    rng = np.random.default_rng(seed)
+    stable = np.flatnonzero(lab == STABLE)
+    unstable = np.flatnonzero(lab == UNSTABLE)
+    n = int(min(len(stable), len(unstable) // ratio))
+    everyone = np.arange(F)
+    masks: dict[str, np.ndarray] = {"stable": stable, "unstable": unstable}
+    if n > 0:
+        masks["stable_n"] = rng.choice(stable, n, replace=False)
+        masks[f"unstable_{ratio}n"] = rng.choice(unstable, ratio * n, replace=False)
+    f = None if freq is None else np.asarray(freq, dtype=np.float64).reshape(-1)
+    if f is not None and f.shape != (F,):
+        raise ValueError(f"freq must have shape ({F},), got {f.shape}")
+    for r in range(n_random):
+        for name in list(k for k in masks if not k.startswith("random")):
+            size = len(masks[name])
+            if size == 0:
+                continue
+            masks[f"random_like_{name}/{r}"] = rng.choice(everyone, size, replace=False)
+            if f is not None:
+                masks[f"freqmatched_like_{name}/{r}"] = _frequency_matched(everyone, masks[name], f, rng)
+    fvu = masked_fvu(sae, x, masks, batch_size=batch_size)
+    ev = {name: 1.0 - v for name, v in fvu.items()}
+    out: dict = {
+        "ev_full": ev["none"],
+        "fvu_full": fvu["none"],
+        "n": n,
+        "ratio": ratio,
+        "sizes": {name: len(idx) for name, idx in masks.items() if "/" not in name},
+        "ev": {},
+        "delta_ev": {},
+        "random": {},
+    }
+    for name in masks:
+        if "/" in name:
+            continue
+        out["ev"][name] = ev[name]
+        out["delta_ev"][name] = ev["none"] - ev[name]
+        for kind in ("random_like", "freqmatched_like"):
+            draws = [ev["none"] - ev[k] for k in ev if k.startswith(f"{kind}_{name}/")]
+            if draws:
+                out["random"][f"{kind}_{name}"] = {"delta_ev_mean": float(np.mean(draws)),
+                                                    "delta_ev_std": float(np.std(draws)), "draws": len(draws)}
+    return out
+
+
+def delta_ev_sweep(
+    sae: SparseCoder,
+    x: ArrayLike,
+    labels: ArrayLike,
+    sizes: tuple[int, ...] | None = None,
+    *,
+    seed: int = 0,
+    batch_size: int = 4096,
+) -> dict:
+    """ΔEV after masking random subsets of size m of the stable set, the unstable set and all latents, per m."""
+    F = num_latents_of(sae)
+    lab = np.asarray(labels).reshape(-1)
+    rng = np.random.default_rng(seed)
+    groups = {"stable": np.flatnonzero(lab == STABLE), "unstable": np.flatnonzero(lab == UNSTABLE), "all": np.arange(F)}
+    biggest = max(len(groups["stable"]), len(groups["unstable"]))
+    if sizes is None:
+        sizes = tuple(sorted({max(1, int(biggest * f)) for f in (0.05, 0.1, 0.25, 0.5, 1.0)}))
+    masks = {}
+    for name, idx in groups.items():
+        for m in sizes:
+            if 0 < m <= len(idx):
+                masks[f"{name}/{m}"] = rng.choice(idx, m, replace=False)
+    fvu = masked_fvu(sae, x, masks, batch_size=batch_size)
+    rows = {name: [] for name in groups}
+    for key, v in fvu.items():
+        if key == "none":
+            continue
+        name, m = key.split("/")
+        rows[name].append({"size": int(m), "delta_ev": v - fvu["none"]})
+    return {"ev_full": 1 - fvu["none"], "curves": rows}

@@ -1,0 +1,194 @@
+"""Pooling unique features across seeds (method.md §6; the algorithm is our reading [D]).
+
+1. Gather the unit decoder rows of the pool seeds. Link two features of different seeds when they are
+   mutual nearest neighbours with cosine >= theta (``link="mutual"``, default) or when either is the
+   other's argmax with cosine >= theta (``link="argmax"``). Connected components are the **unique
+   features**; the **recurrence** of one is the number of distinct seeds among its members.
+2. Keep ``target_size`` components ranked by recurrence, then by the representative's firing frequency
+   (when given; else by component size). The representative is the medoid member (highest mean cosine to
+   the other members); its encoder row, encoder bias and decoder row make the pooled SAE's latent.
+   The pooled ``b_dec`` is the mean of the pool seeds' ``b_dec``; each encoder bias is shifted so that the
+   latent's pre-activation is exactly the one it had in its own SAE.
+3. Optionally refit the encoder and biases briefly with the decoder frozen.
+4. Evaluate the pooled SAE's EV on held-out activations, and its stability p̂ against **held-out seeds**
+   (not used to build the pool), both next to a single pool seed's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._common import ArrayLike, unit_rows
+
+
+@dataclass
+class Pool:
+    """Unique cross-seed features. ``members[c]`` lists (seed, latent) pairs of component c."""
+
+    members: list[list[tuple[int, int]]]
+    recurrence: np.ndarray  # (C,) distinct seeds per component
+    representative: np.ndarray  # (C, 2) (seed, latent) of each component's medoid
+    order: np.ndarray  # component indices ranked (recurrence, then frequency / size)
+
+
+def pool_features(
+    decoders: list[ArrayLike],
+    *,
+    theta: float = 0.7,
+    link: str = "mutual",
+    freqs: list[ArrayLike] | None = None,
+) -> Pool:
+    """Unique features across seeds: components of the cross-seed cosine graph (module docstring, step 1-2)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if link not in ("mutual", "argmax"):
+        raise ValueError(f"link must be 'mutual' or 'argmax', got {link!r}")
+    decs = [unit_rows(d, f"decoders[{i}]") for i, d in enumerate(decoders)]
+    S = len(decs)
+    if S < 1:
+        raise ValueError("decoders must be non-empty")
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in decs])])
+    rows_i, rows_j = [], []
+    for a in range(S):
+        for b in range(a + 1, S):
+            cos = decs[a] @ decs[b].T
+            ja = cos.argmax(axis=1)  # a -> b
+            ib = cos.argmax(axis=0)  # b -> a
+            ia = np.arange(len(decs[a]))
+            ok_a = cos[ia, ja] >= theta
+            if link == "mutual":
+                keep = ok_a & (ib[ja] == ia)
+                rows_i.append(offsets[a] + ia[keep])
+                rows_j.append(offsets[b] + ja[keep])
+            else:
+                jb = np.arange(len(decs[b]))
+                ok_b = cos[ib, jb] >= theta
+                rows_i += [offsets[a] + ia[ok_a], offsets[a] + ib[ok_b]]
+                rows_j += [offsets[b] + ja[ok_a], offsets[b] + jb[ok_b]]
+    n = int(offsets[-1])
+    i = np.concatenate(rows_i) if rows_i else np.zeros(0, dtype=np.int64)
+    j = np.concatenate(rows_j) if rows_j else np.zeros(0, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    ncomp, comp = connected_components(graph, directed=False)
+    seed_of = np.searchsorted(offsets, np.arange(n), side="right") - 1
+    latent_of = np.arange(n) - offsets[seed_of]
+    allrows = np.concatenate(decs)
+    freq_all = None if freqs is None else np.concatenate([np.asarray(f, dtype=np.float64).reshape(-1) for f in freqs])
+    members, recurrence, rep, tiebreak = [], np.zeros(ncomp, dtype=np.int64), np.zeros((ncomp, 2), np.int64), []
+    groups = np.split(np.argsort(comp, kind="stable"), np.cumsum(np.bincount(comp, minlength=ncomp))[:-1])
+    for c, g in enumerate(groups):
+        members.append([(int(seed_of[x]), int(latent_of[x])) for x in g])
+        recurrence[c] = len(set(seed_of[g].tolist()))
+        if len(g) > 2:
+            sims = allrows[g] @ allrows[g].T
+            best = g[int(np.argmax(sims.sum(axis=1)))]
+        else:
+            best = g[0]
+        rep[c] = (seed_of[best], latent_of[best])
+        tiebreak.append(freq_all[best] if freq_all is not None else len(g))
+    order = np.lexsort((-np.asarray(tiebreak, dtype=np.float64), -recurrence))
+    return Pool(members=members, recurrence=recurrence, representative=rep, order=order)
+
+
+@torch.no_grad()
+def pooled_sae(saes: list[torch.nn.Module], pool: Pool, target_size: int | None = None) -> torch.nn.Module:
+    """A TopKSAE made of the ``target_size`` top-ranked unique features (default: the first SAE's size)."""
+    from ..sae import TopKSAE
+
+    first = saes[0]
+    size = first.num_latents if target_size is None else int(target_size)
+    chosen = pool.order[:size]
+    if len(chosen) < size:
+        raise ValueError(f"the pool holds only {len(chosen)} unique features, fewer than target_size={size}")
+    b_dec = torch.stack([s.b_dec.float() for s in saes]).mean(0)
+    out = TopKSAE(first.d_in, size, first.k, dtype=torch.float32, seed=0)
+    for new, c in enumerate(chosen):
+        s, j = (int(v) for v in pool.representative[c])
+        sae = saes[s]
+        w = sae.W_enc[j].float()
+        out.W_enc[new] = w
+        out.b_enc[new] = sae.b_enc[j].float() + w @ (b_dec - sae.b_dec.float())
+        out.W_dec[new] = sae.W_dec[j].float()
+    out.b_dec.copy_(b_dec)
+    out.set_decoder_norm_to_unit_norm()
+    return out
+
+
+def refit_encoder(sae: torch.nn.Module, x: torch.Tensor, *, steps: int = 200, batch_size: int = 1024,
+                  lr: float = 1e-3, seed: int = 0) -> list[float]:
+    """Fine-tune W_enc, b_enc and b_dec with W_dec frozen (Adam on FVU); returns the FVU per step."""
+    params = [sae.W_enc, sae.b_enc, sae.b_dec]
+    sae.W_dec.requires_grad_(False)
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    try:
+        for _ in range(steps):
+            xb = x[torch.randint(x.shape[0], (batch_size,), generator=gen)]
+            loss = sae(xb).fvu
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+    finally:
+        sae.W_dec.requires_grad_(True)
+    return losses
+
+
+def pooling_study(
+    pool_saes: list[torch.nn.Module],
+    heldout_decoders: list[ArrayLike],
+    x_eval: torch.Tensor,
+    *,
+    x_train: torch.Tensor | None = None,
+    theta: float = 0.7,
+    eps: float = 0.05,
+    link: str = "mutual",
+    freqs: list[ArrayLike] | None = None,
+    refit_steps: int = 0,
+    batch_size: int = 4096,
+) -> dict:
+    """Pool ``pool_saes``; compare the pooled SAE with each single pool seed on EV and on p̂ vs held-out seeds."""
+    from .masking import masked_fvu
+    from .stability import anchor_scores, summarize
+
+    if len(pool_saes) < 2 or len(heldout_decoders) < 1:
+        raise ValueError("pooling needs at least 2 pool seeds and 1 held-out seed")
+    decs = [s.W_dec.detach().float().cpu() for s in pool_saes]
+    pool = pool_features(decs, theta=theta, link=link, freqs=freqs)
+    pooled = pooled_sae(pool_saes, pool)
+    chosen = pool.order[: pooled.num_latents]
+    held = [unit_rows(h, "heldout_decoders") for h in heldout_decoders]
+
+    def stability_vs_heldout(decoder: ArrayLike) -> dict:
+        sc = anchor_scores([decoder, *held], theta=theta, anchors=[0])
+        return summarize(sc.p_hat[0], eps=eps)
+
+    out: dict = {
+        "num_pool_seeds": len(pool_saes), "num_heldout_seeds": len(held), "theta": theta, "link": link,
+        "num_unique_features": len(pool.members), "target_size": int(pooled.num_latents),
+        "recurrence_hist": np.bincount(pool.recurrence, minlength=len(pool_saes) + 1).tolist(),
+        "chosen_recurrence_hist": np.bincount(pool.recurrence[chosen], minlength=len(pool_saes) + 1).tolist(),
+        "single": [], "pooled": {},
+    }
+    for s, sae in enumerate(pool_saes):
+        st = stability_vs_heldout(decs[s])
+        out["single"].append({"seed": s, "ev": 1.0 - masked_fvu(sae, x_eval, {}, batch_size=batch_size)["none"],
+                              "p_hat_mean": st["p_hat_mean"], "share_stable": st["share_stable"],
+                              "share_unstable": st["share_unstable"]})
+    st = stability_vs_heldout(pooled.W_dec.detach())
+    out["pooled"] = {"ev": 1.0 - masked_fvu(pooled, x_eval, {}, batch_size=batch_size)["none"],
+                     "p_hat_mean": st["p_hat_mean"], "share_stable": st["share_stable"],
+                     "share_unstable": st["share_unstable"]}
+    if refit_steps > 0 and x_train is not None:
+        losses = refit_encoder(pooled, x_train, steps=refit_steps)
+        out["pooled"]["ev_refit"] = 1.0 - masked_fvu(pooled, x_eval, {}, batch_size=batch_size)["none"]
+        out["pooled"]["refit_steps"] = refit_steps
+        out["pooled"]["refit_final_train_fvu"] = losses[-1]
+    for key in ("ev", "p_hat_mean", "share_stable", "share_unstable"):
+        out[f"single_{key}_mean"] = float(np.mean([r[key] for r in out["single"]]))
+    return out

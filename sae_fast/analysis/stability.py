@@ -1,0 +1,127 @@
+"""Stability summaries (method.md §1): p̂ per feature, the stable / unstable / neither split, histograms.
+
+The scores themselves come from :func:`sae_fast.stability_scores`; :func:`anchor_scores` is a small exact
+fallback (one GEMM per pair) used by the study when it is handed plain decoder matrices, and by tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._common import NEITHER, STABLE, UNSTABLE, ArrayLike, as_numpy, check_decoders
+
+
+@dataclass
+class AnchorScores:
+    """Cross-seed evidence for every anchor seed.
+
+    p_hat[a, i]: share of the other seeds holding a feature with cosine >= theta to feature i of seed a.
+    best_cos[a, k, i]: the best cosine of feature i of anchor a in the k-th other seed (others in order).
+    """
+
+    p_hat: np.ndarray  # (A, F) float64
+    best_cos: np.ndarray  # (A, S - 1, F) float32
+    anchors: np.ndarray  # (A,) seed index of each anchor
+    theta: float
+
+
+def anchor_scores(
+    decoders: list[ArrayLike],
+    *,
+    theta: float = 0.7,
+    anchors: list[int] | None = None,
+    signed: bool = True,
+    block: int = 4096,
+) -> AnchorScores:
+    """Exact p̂ (many-to-one argmax rule) of every feature of every anchor against all other seeds.
+
+    ``decoders``: S matrices (F, d) (rows need not be unit). ``anchors``: seed indices (default all).
+    ``signed=False`` uses |cos|. Rows are processed in blocks of ``block`` so no F x F matrix is held.
+    """
+    decs = check_decoders(decoders)
+    S = len(decs)
+    if S < 2:
+        raise ValueError(f"decoders must hold at least 2 seeds, got {S}")
+    if not 0.0 < theta <= 1.0:
+        raise ValueError(f"theta must be in (0, 1], got {theta}")
+    anchors = list(range(S)) if anchors is None else [int(a) for a in anchors]
+    for a in anchors:
+        if not 0 <= a < S:
+            raise ValueError(f"anchor {a} outside [0, {S})")
+    F = decs[anchors[0]].shape[0]
+    if any(decs[a].shape[0] != F for a in anchors):
+        raise ValueError("all anchor decoders must have the same number of latents")
+    best = np.zeros((len(anchors), S - 1, F), dtype=np.float32)
+    for ai, a in enumerate(anchors):
+        others = [b for b in range(S) if b != a]
+        for k, b in enumerate(others):
+            for start in range(0, F, block):
+                cos = decs[a][start : start + block] @ decs[b].T
+                if not signed:
+                    cos = np.abs(cos)
+                best[ai, k, start : start + block] = cos.max(axis=1)
+    p_hat = (best >= theta).mean(axis=1)
+    return AnchorScores(p_hat=p_hat, best_cos=best, anchors=np.asarray(anchors), theta=float(theta))
+
+
+def split(p_hat: ArrayLike, eps: float = 0.05) -> np.ndarray:
+    """Endpoint split per feature: STABLE 1 (p̂ >= 1 - eps), UNSTABLE -1 (p̂ <= eps), NEITHER 0 (dropped)."""
+    if not 0.0 <= eps < 0.5:
+        raise ValueError(f"eps must be in [0, 0.5), got {eps}")
+    p = as_numpy(p_hat, "p_hat")
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError("p_hat must lie in [0, 1]")
+    labels = np.full(p.shape, NEITHER, dtype=np.int8)
+    labels[p >= 1.0 - eps - 1e-9] = STABLE
+    labels[p <= eps + 1e-9] = UNSTABLE
+    return labels
+
+
+def summarize(p_hat: ArrayLike, best_cos: ArrayLike | None = None, *, eps: float = 0.05, bins: int = 20) -> dict:
+    """Shares of stable / unstable / neither, p̂ mean and histograms (counts and edges) of p̂ and best cosines.
+
+    ``p_hat`` (F,) for one anchor (or (A, F) for several: the split statistics then pool all anchors).
+    ``best_cos`` optional, any shape: every stored best cosine goes into its histogram.
+    """
+    p = as_numpy(p_hat, "p_hat").reshape(-1)
+    if p.size == 0:
+        raise ValueError("p_hat must not be empty")
+    labels = split(p, eps)
+    counts, edges = np.histogram(p, bins=bins, range=(0.0, 1.0))
+    out = {
+        "num_features": int(p.size),
+        "eps": float(eps),
+        "num_stable": int((labels == STABLE).sum()),
+        "num_unstable": int((labels == UNSTABLE).sum()),
+        "num_neither": int((labels == NEITHER).sum()),
+        "share_stable": float((labels == STABLE).mean()),
+        "share_unstable": float((labels == UNSTABLE).mean()),
+        "share_neither": float((labels == NEITHER).mean()),
+        "p_hat_mean": float(p.mean()),
+        "p_hat_median": float(np.median(p)),
+        "p_hat_hist": {"counts": counts.tolist(), "edges": edges.tolist()},
+    }
+    if best_cos is not None:
+        c = as_numpy(best_cos, "best_cos").reshape(-1)
+        ccounts, cedges = np.histogram(c, bins=2 * bins, range=(min(-1.0, float(c.min())), 1.0))
+        out["best_cos_mean"] = float(c.mean())
+        out["best_cos_hist"] = {"counts": ccounts.tolist(), "edges": cedges.tolist()}
+    return out
+
+
+def theta_eps_sweep(
+    best_cos: ArrayLike, thetas: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9), eps_values: tuple[float, ...] = (
+        0.02, 0.05, 0.1)
+) -> list[dict]:
+    """Shares stable/unstable for a grid of theta and eps, from stored best cosines (S-1, F) of one anchor."""
+    c = as_numpy(best_cos, "best_cos", ndim=2)
+    rows = []
+    for theta in thetas:
+        p = (c >= theta).mean(axis=0)
+        for eps in eps_values:
+            lab = split(p, eps)
+            rows.append({"theta": float(theta), "eps": float(eps), "share_stable": float((lab == STABLE).mean()),
+                         "share_unstable": float((lab == UNSTABLE).mean())})
+    return rows

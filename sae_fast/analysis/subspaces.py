@@ -1,0 +1,86 @@
+"""Cross-seed reproducibility of the unstable (and stable) subspace (method.md §4.2, our procedure [D]).
+
+For every seed s, take the latents of a set (e.g. unstable, with s as the anchor), form their unit decoder
+rows ``D_s`` (n_s, d) and the top-r right singular vectors ``V_s`` (d, r). For every seed pair the principal
+angles between span(V_a) and span(V_b) give mean cos², the largest angle and the energy captured
+``||D_b V_a||_F^2 / ||D_b||_F^2``. Null baselines: (i) Haar-random r-subspaces (expected mean cos² = r/d);
+(ii) top-r subspaces of random latent subsets of the same size drawn from all latents of each seed (controls
+for the anisotropy of decoder rows). r is swept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..angles import principal_angles_pairs, random_subspace_angles, subspace_similarity
+from ._common import ArrayLike, check_decoders, index_array
+
+
+def top_subspace(rows: np.ndarray, r: int) -> np.ndarray:
+    """(d, r) orthonormal basis of the top-r right singular subspace of rows (n, d); needs n >= r."""
+    if rows.shape[0] < r:
+        raise ValueError(f"need at least r={r} rows for a rank-r subspace, got {rows.shape[0]}")
+    return np.linalg.svd(rows, full_matrices=False)[2][:r].T.copy()
+
+
+def _pair_stats(bases: list[np.ndarray], rows: list[np.ndarray]) -> dict:
+    S = len(bases)
+    pairs = np.array([(a, b) for a in range(S) for b in range(a + 1, S)], dtype=np.int64)
+    sim = subspace_similarity(principal_angles_pairs(bases, pairs))
+    energy = [float(np.linalg.norm(rows[b] @ bases[a]) ** 2 / np.linalg.norm(rows[b]) ** 2)
+              for a in range(S) for b in range(S) if a != b]
+    return {
+        "mean_cos2": float(np.mean(sim.mean_cos2)),
+        "mean_cos2_std": float(np.std(sim.mean_cos2)),
+        "largest_angle": float(np.mean(sim.largest_angle)),
+        "energy": float(np.mean(energy)),
+        "pairs": len(pairs),
+    }
+
+
+def cross_seed_subspaces(
+    decoders: list[ArrayLike],
+    sets: list[ArrayLike],
+    *,
+    ranks: tuple[int, ...] = (8, 16, 32, 64),
+    n_random: int = 5,
+    reference_sets: dict[str, list[ArrayLike]] | None = None,
+    seed: int = 0,
+) -> dict:
+    """Principal-angle reproducibility of ``sets[s]`` (latent indices or masks of seed s) across seeds.
+
+    ``reference_sets`` (e.g. {"stable": [...]}) are treated the same way for comparison. Ranks larger than
+    the smallest set or than d are skipped. Returns ``{"d", "sizes", "ranks": {r: {"set", "random_subset",
+    "haar", <reference names>}}}`` where each entry holds mean cos², largest angle and (except "haar")
+    energy, averaged over seed pairs (and over ``n_random`` draws for random subsets).
+    """
+    decs = check_decoders(decoders)
+    S = len(decs)
+    if S < 2:
+        raise ValueError("need at least 2 seeds")
+    if len(sets) != S:
+        raise ValueError(f"sets must hold one index set per seed ({S}), got {len(sets)}")
+    d = decs[0].shape[1]
+    rows = [decs[s][index_array(sets[s], len(decs[s]), f"sets[{s}]")] for s in range(S)]
+    refs = {name: [decs[s][index_array(v[s], len(decs[s]), f"{name}[{s}]")] for s in range(S)]
+            for name, v in (reference_sets or {}).items()}
+    rng = np.random.default_rng(seed)
+    smallest = min(len(r) for r in rows)
+    out: dict = {"d": d, "sizes": [len(r) for r in rows], "ranks": {}}
+    for r in ranks:
+        if r > smallest or r > d or r < 1:
+            continue
+        entry = {"set": _pair_stats([top_subspace(x, r) for x in rows], rows)}
+        draws = []
+        for _ in range(n_random):
+            subs = [decs[s][rng.choice(len(decs[s]), len(rows[s]), replace=False)] for s in range(S)]
+            draws.append(_pair_stats([top_subspace(x, r) for x in subs], subs))
+        entry["random_subset"] = {key: float(np.mean([dr[key] for dr in draws])) for key in draws[0]}
+        haar = subspace_similarity(random_subspace_angles(d, r, r, 200, seed=seed))
+        entry["haar"] = {"mean_cos2": float(haar.mean_cos2.mean()), "largest_angle": float(haar.largest_angle.mean()),
+                         "expected_mean_cos2": r / d}
+        for name, ref_rows in refs.items():
+            if min(len(x) for x in ref_rows) >= r:
+                entry[name] = _pair_stats([top_subspace(x, r) for x in ref_rows], ref_rows)
+        out["ranks"][int(r)] = entry
+    return out
