@@ -13,7 +13,7 @@ import triton.language as tl
 
 from ._common import check_tensor, interpreting, next_pow2
 
-__all__ = ["gather_weighted_sum", "sparse_dot"]
+__all__ = ["decoder_backward", "gather_weighted_sum", "sparse_dot"]
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -117,3 +117,19 @@ def sparse_dot(grad_out: torch.Tensor, indices: torch.Tensor, table: torch.Tenso
     grid = (n, triton.cdiv(k, block_k))
     _sparse_dot_kernel[grid](grad_out, indices, table, out, k, d, BLOCK_K=block_k, BLOCK_D=block_d)
     return out
+
+
+def decoder_backward(
+    grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of out = gather_weighted_sum(values, indices, W_dec).
+
+    grad_out (N, d) in W_dec's dtype, values (N, k) float, indices (N, k) int64, W_dec (F, d); contiguous.
+    Returns grad_values (N, k) fp32 and grad_W_dec (F, d) in W_dec's dtype (row-sparse: zero rows for latents
+    that never fired; built latent-sorted, without atomics).
+    """
+    from .sparse_transpose import sparse_transpose_matmul
+
+    grad_values = sparse_dot(grad_out, indices, W_dec)
+    grad_W, _ = sparse_transpose_matmul(indices.long(), values, grad_out, W_dec.shape[0], out_dtype=W_dec.dtype)
+    return grad_values, grad_W

@@ -37,6 +37,14 @@ def latent_csr(indices: torch.Tensor, num_latents: int) -> LatentCSR:
     return LatentCSR(order // max(k, 1), order, start.contiguous(), count.to(torch.int32).contiguous())
 
 
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK_O": 16, "BLOCK_D": 512}, num_warps=4),
+    triton.Config({"BLOCK_O": 32, "BLOCK_D": 256}, num_warps=4),
+    triton.Config({"BLOCK_O": 16, "BLOCK_D": 256}, num_warps=2),
+    triton.Config({"BLOCK_O": 8, "BLOCK_D": 1024}, num_warps=4),
+]
+
+
 @triton.jit
 def _csr_rows_kernel(
     rows_ptr, w_ptr, start_ptr, count_ptr, dense_ptr, out_ptr, colsum_ptr, D,
@@ -69,6 +77,9 @@ def _csr_rows_kernel(
         tl.store(colsum_ptr + f, tl.sum(wsum, 0), mask=pid_d == 0)
 
 
+_csr_rows_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["D", "HAS_COLSUM"])(_csr_rows_kernel)
+
+
 def sparse_transpose_matmul(
     indices: torch.Tensor,
     weights: torch.Tensor,
@@ -98,11 +109,10 @@ def sparse_transpose_matmul(
     if csr is None:
         csr = latent_csr(indices, num_latents)
     w_sorted = weights.reshape(-1)[csr.order].float().contiguous()
-    block_d = min(next_pow2(d), 1024 if interpreting() else 128)
-    block_o = 64 if interpreting() else 32
-    grid = (num_latents, triton.cdiv(max(d, 1), block_d))
-    _csr_rows_kernel[grid](
-        csr.rows, w_sorted, csr.start, csr.count, dense, out, colsum if colsum is not None else out, d,
-        HAS_COLSUM=with_colsum, BLOCK_O=block_o, BLOCK_D=block_d,
-    )  # fmt: skip
+    args = (csr.rows, w_sorted, csr.start, csr.count, dense, out, colsum if colsum is not None else out, d)
+    if interpreting():  # one chunk per row, few occurrences per step: the interpreter pays per program-step
+        _csr_rows_kernel[(num_latents, 1)](*args, HAS_COLSUM=with_colsum, BLOCK_O=16, BLOCK_D=next_pow2(d))
+    else:
+        grid = lambda meta: (num_latents, triton.cdiv(max(d, 1), meta["BLOCK_D"]))
+        _csr_rows_tuned[grid](*args, HAS_COLSUM=with_colsum)
     return out, colsum

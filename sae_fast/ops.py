@@ -175,25 +175,22 @@ class _EncodeTopK(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values, _grad_indices, grad_aux_values, _grad_aux_indices):  # type: ignore[override]
-        from .kernels.decoder import gather_weighted_sum
-        from .kernels.sparse_transpose import sparse_transpose_matmul
+        from .kernels.encoder_backward import encoder_backward
 
         x, W_enc, values, indices, aux_values, aux_indices = ctx.saved_tensors
         if grad_values is None:
             grad_values = torch.zeros_like(values)
         if grad_aux_values is None:
             grad_aux_values = torch.zeros_like(aux_values)
-        all_values = torch.cat([values, aux_values], 1)
-        all_indices = torch.cat([indices, aux_indices], 1).contiguous()
-        g = (torch.cat([grad_values.float(), grad_aux_values.float()], 1) * (all_values > 0)).contiguous()
-        dx = dW = db = None
-        if ctx.needs_input_grad[0]:
-            dx = gather_weighted_sum(g, all_indices, W_enc).to(x.dtype)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            dW, colsum = sparse_transpose_matmul(
-                all_indices, g, x, W_enc.shape[0], out_dtype=W_enc.dtype, with_colsum=True
-            )
-            db = colsum.to(W_enc.dtype) if colsum is not None else None
+        dx, dW, db = encoder_backward(
+            torch.cat([grad_values.float(), grad_aux_values.float()], 1),
+            torch.cat([values, aux_values], 1),
+            torch.cat([indices, aux_indices], 1),
+            x,
+            W_enc,
+            need_dx=ctx.needs_input_grad[0],
+            need_dW=ctx.needs_input_grad[1] or ctx.needs_input_grad[2],
+        )
         return dx, dW, db, None, None, None
 
 
@@ -219,6 +216,6 @@ class _Decode(torch.autograd.Function):
         grad_values = grad_W = None
         if ctx.needs_input_grad[0]:
             grad_values = sparse_dot(grad_out, indices, W_dec).to(values.dtype)
-        if ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # same work as kernels.decoder.decoder_backward, skipping unneeded parts
             grad_W, _ = sparse_transpose_matmul(indices, values, grad_out, W_dec.shape[0], out_dtype=W_dec.dtype)
         return grad_values, None, grad_W
