@@ -1,0 +1,268 @@
+"""Tests of sae_fast.stability: p_hat on seeds with planted stable/unstable features, resume, save/load,
+saved-SAE directories, bad input, and the one-to-one variants (Hungarian, mutual NN, encoder+decoder, PW-MCC)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import sae_fast.stability as stab
+from sae_fast import Stability, stability_scores
+from sae_fast.stability import (
+    STABLE,
+    UNSTABLE,
+    encoder_decoder_match,
+    find_saved_saes,
+    hungarian_argmax_iou,
+    hungarian_match,
+    mutual_nearest_neighbours,
+    pw_mcc,
+)
+
+F, D, S = 240, 48, 6
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def synthetic_seeds(num_seeds: int = S, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Seeds of F features: features 0..79 are shared by every seed (noisy copies, cos ~ 0.9 to the source),
+    80..159 by the first half of the seeds only, 160..239 are fresh random directions in every seed.
+    Each seed's rows are shuffled; returns (decoders, the permutation of each seed)."""
+    g = torch.Generator().manual_seed(seed)
+    shared = unit(torch.randn(160, D, generator=g))
+    decs, perms = [], []
+    for s in range(num_seeds):
+        x = unit(torch.randn(F, D, generator=g))
+        noisy = unit(shared + 0.25 * unit(torch.randn(160, D, generator=g)))
+        x[:80] = noisy[:80]
+        if s < num_seeds // 2:
+            x[80:160] = noisy[80:160]
+        perm = torch.randperm(F, generator=g)
+        decs.append(x[perm] * (1 + torch.rand(F, 1, generator=g)))  # rows not unit-norm on purpose
+        perms.append(perm)
+    return decs, perms
+
+
+def expected_p_hat(anchor: int, perm: torch.Tensor, num_seeds: int = S) -> torch.Tensor:
+    """p_hat of anchor's rows (in its stored order) from the planted design."""
+    orig = perm  # stored row r holds original feature perm[r]
+    p = torch.zeros(F)
+    p[orig < 80] = 1.0
+    half = num_seeds // 2
+    if anchor < half:  # the half-shared features exist in this anchor and in half - 1 other seeds
+        p[(orig >= 80) & (orig < 160)] = (half - 1) / (num_seeds - 1)
+    return p
+
+
+@pytest.fixture(scope="module")
+def seeds() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    return synthetic_seeds()
+
+
+@pytest.fixture(scope="module")
+def reference(seeds) -> Stability:
+    return stability_scores(seeds[0], progress=False)
+
+
+def test_planted_stable_and_unstable_features(seeds, reference: Stability) -> None:
+    _decs, perms = seeds
+    st = reference
+    assert st.best_cos.shape == (S, S, F) and st.best_j.dtype == torch.int32 and st.complete
+    assert bool(torch.isnan(st.best_cos[torch.arange(S), torch.arange(S)]).all())
+    p = st.p_hat()
+    for a in range(S):
+        assert torch.allclose(p[a], expected_p_hat(a, perms[a]), atol=1e-6)
+        lab = st.split(anchor=a)
+        assert bool((lab[perms[a] < 80] == STABLE).all()) and bool((lab[perms[a] >= 160] == UNSTABLE).all())
+        middle = lab[(perms[a] >= 80) & (perms[a] < 160)]
+        assert bool((middle == (0 if a < S // 2 else UNSTABLE)).all())
+    # best_j points at the planted partner for shared features
+    inv1 = torch.argsort(perms[1])
+    rows = (perms[0] < 80).nonzero().flatten()
+    assert torch.equal(st.best_j[0, 1, rows].long(), inv1[perms[0][rows]])
+    # any theta is free later: at theta = -1 everything matches
+    assert bool((st.p_hat(theta=-1.0) == 1).all())
+    assert st.summary()["stable"] == pytest.approx(80 / 240)
+    assert st.summary()["unstable"] == pytest.approx((80 + 80 * (S - S // 2) / S) / 240)
+
+
+def test_single_anchor_equals_row_of_all(seeds, reference: Stability) -> None:
+    one = stability_scores(seeds[0], anchor=3, progress=False)
+    assert one.anchors == [3] and one.best_cos.shape == (1, S, F)
+    torch.testing.assert_close(one.best_cos[0], reference.best_cos[3], equal_nan=True)
+    assert torch.equal(one.best_j[0], reference.best_j[3])
+    assert torch.equal(one.p_hat(anchor=3), reference.p_hat(anchor=3))
+
+
+def test_faiss_backend_agrees(seeds, reference: Stability) -> None:
+    st = stability_scores(seeds[0], backend="faiss", progress=False)
+    assert torch.equal(st.best_j, reference.best_j)
+    torch.testing.assert_close(st.best_cos, reference.best_cos, equal_nan=True, atol=1e-6, rtol=0)
+    assert st.backend.startswith("faiss IndexFlatIP")
+
+
+def test_resume_after_interruption_is_identical(seeds, reference: Stability, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real_match = stab.match
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_match(*args, **kwargs)
+
+    monkeypatch.setattr(stab, "match", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        stability_scores(seeds[0], out=tmp_path, progress=False, save_every=1e9)
+    partial = Stability.load(tmp_path)
+    assert int(partial.done.sum()) == 6 and not partial.complete  # 3 unordered pairs, both directions each
+    with pytest.raises(RuntimeError, match="incomplete"):
+        partial.p_hat()
+    calls.clear()
+    monkeypatch.setattr(stab, "match", real_match)
+    monkeypatch.setattr(stab, "match", lambda *a, **k: (calls.append(1), real_match(*a, **k))[1])
+    resumed = stability_scores(seeds[0], out=tmp_path, progress=False)
+    assert len(calls) == S * (S - 1) // 2 - 3  # only the unfinished pairs
+    assert torch.equal(resumed.best_j, reference.best_j)
+    torch.testing.assert_close(resumed.best_cos, reference.best_cos, equal_nan=True, atol=0, rtol=0)
+    calls.clear()
+    again = stability_scores(seeds[0], out=tmp_path, progress=False, theta=0.5)  # complete: nothing recomputed
+    assert not calls and again.theta == 0.5
+    with pytest.raises(ValueError, match="other settings"):
+        stability_scores(seeds[0], out=tmp_path, progress=False, absolute=True)
+
+
+def test_save_load_round_trip(reference: Stability, tmp_path: Path) -> None:
+    reference.info["note"] = "x"
+    reference.save(tmp_path / "run")
+    back = Stability.load(tmp_path / "run")
+    assert back.anchors == reference.anchors and back.seeds == reference.seeds and back.info["note"] == "x"
+    assert (back.theta, back.eps, back.absolute, back.backend) == (0.7, 0.05, False, reference.backend)
+    torch.testing.assert_close(back.best_cos, reference.best_cos, equal_nan=True, atol=0, rtol=0)
+    assert torch.equal(back.best_j, reference.best_j) and torch.equal(back.done, reference.done)
+    with pytest.raises(FileNotFoundError):
+        Stability.load(tmp_path / "nothing")
+
+
+def _write_seeds(root: Path, decs: list[torch.Tensor], layout: str, hookpoint: str | None = None) -> None:
+    for s, w in enumerate(decs):
+        folder = root / f"seed{s}" / (hookpoint or "")
+        folder.mkdir(parents=True, exist_ok=True)
+        if layout == "sparsify":
+            save_file({"W_dec": w.contiguous(), "encoder.weight": w.clone(), "b_dec": torch.zeros(D)},
+                      str(folder / "sae.safetensors"))
+        else:
+            save_file({"W_dec": w.contiguous(), "W_enc": w.T.clone().contiguous()},
+                      str(folder / "sae_weights.safetensors"))
+
+
+@pytest.mark.parametrize("layout", ["sparsify", "saelens"])
+def test_directory_of_saved_saes(seeds, reference: Stability, tmp_path: Path, layout: str) -> None:
+    decs = [seeds[0][i] for i in range(S)]
+    _write_seeds(tmp_path, decs[:S], layout)
+    st = stability_scores(tmp_path, progress=False, cache_bytes=2 * F * D * 4)  # at most 2 seeds cached
+    assert st.seeds == [f"seed{s}" for s in range(S)]
+    assert torch.equal(st.best_j, reference.best_j)
+
+
+def test_seed_folders_sort_naturally_and_hookpoints(tmp_path: Path) -> None:
+    decs = [torch.randn(16, 8) for _ in range(11)]
+    _write_seeds(tmp_path, decs, "sparsify")
+    assert [n for n, _ in find_saved_saes(tmp_path)][:3] == ["seed0", "seed1", "seed2"]
+    assert find_saved_saes(tmp_path)[-1][0] == "seed10"
+    other = tmp_path / "multi"
+    _write_seeds(other, decs[:2], "sparsify", "layers.3")
+    _write_seeds(other, decs[:2], "sparsify", "layers.4")
+    with pytest.raises(ValueError, match="several hookpoints"):
+        find_saved_saes(other)
+    assert [n for n, _ in find_saved_saes(other, "layers.4")] == ["seed0/layers.4", "seed1/layers.4"]
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    ok = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        stability_scores([ok], progress=False)
+    with pytest.raises(ValueError, match="same d"):
+        stability_scores([ok, torch.randn(10, 5)], progress=False)
+    with pytest.raises(ValueError, match="same number of features"):
+        stability_scores([ok, torch.randn(11, 4)], progress=False)
+    bad = ok.clone()
+    bad[3, 1] = math.inf
+    with pytest.raises(ValueError, match="seed 1 has 1 rows with NaN or inf \\(first: row 3\\)"):
+        stability_scores([ok, bad], progress=False)
+    zero = ok.clone()
+    zero[7] = 0
+    with pytest.raises(ValueError, match="zero rows"):
+        stability_scores([zero, ok], progress=False)
+    with pytest.raises(ValueError, match="anchor"):
+        stability_scores([ok, ok], anchor=2, progress=False)
+    with pytest.raises(ValueError, match="theta"):
+        stability_scores([ok, ok], theta=1.5, progress=False)
+    with pytest.raises(TypeError, match="decoders"):
+        stability_scores(42, progress=False)
+    with pytest.raises(ValueError, match="no saved SAEs"):
+        stability_scores(tmp_path, progress=False)
+    with pytest.raises(FileNotFoundError):
+        stability_scores(tmp_path / "missing", progress=False)
+
+
+def test_absolute_option() -> None:
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(50, 32, generator=g)
+    decs = [a, -a, a * 2]
+    signed = stability_scores(decs, progress=False)
+    both = stability_scores(decs, absolute=True, progress=False)
+    assert bool((both.p_hat() == 1).all())
+    assert torch.allclose(signed.p_hat()[0], torch.full((50,), 0.5))
+
+
+def planted_pair(f: int = 300, d: int = 64, frac: float = 0.7, seed: int = 0):
+    """B = a permuted copy of A in which the first frac*f features are noisy partners (cos 0.9) and the rest
+    are random. Returns A, B, inv (partner in B of each matched row of A)."""
+    g = torch.Generator().manual_seed(seed)
+    a = unit(torch.randn(f, d, generator=g))
+    n = int(frac * f)
+    b = unit(torch.randn(f, d, generator=g))
+    noise = unit(torch.randn(n, d, generator=g))
+    noise = unit(noise - (noise * a[:n]).sum(1, keepdim=True) * a[:n])
+    b[:n] = 0.9 * a[:n] + math.sqrt(1 - 0.81) * noise
+    perm = torch.randperm(f, generator=g)
+    return a, b[perm], torch.argsort(perm), n
+
+
+def test_hungarian_recovers_planted_partners_and_agrees_with_argmax() -> None:
+    a, b, inv, n = planted_pair()
+    _rows, cols, cos = hungarian_match(a, b)
+    assert np.array_equal(cols[:n], inv[:n].numpy()) and np.allclose(cos[:n], 0.9, atol=1e-5)
+    iou = hungarian_argmax_iou(a, b, theta=0.7)
+    assert iou == pytest.approx(1.0)
+    # lower theta: random rows start to match by argmax but not all by Hungarian -> IoU < 1 but high
+    iou_low = hungarian_argmax_iou(a, b, theta=0.3)
+    assert 0.7 < iou_low <= 1.0
+    with pytest.raises(ValueError, match="max_features"):
+        hungarian_match(a, b, max_features=100)
+
+
+def test_mutual_nn_encoder_decoder_rule_and_pw_mcc() -> None:
+    a, b, inv, n = planted_pair(seed=1)
+    rows, cols, _cos = mutual_nearest_neighbours(a, b, theta=0.7)
+    assert np.array_equal(rows, np.arange(n)) and np.array_equal(cols, inv[:n].numpy())
+    # encoders agree with decoders on the first half of the planted features only
+    enc_b = b.clone()
+    half = n // 2
+    enc_b[inv[half:n]] = unit(torch.randn(n - half, a.shape[1], generator=torch.Generator().manual_seed(9)))
+    shared, partner, ce, cd = encoder_decoder_match(a, a, enc_b, b, theta=0.7)
+    assert np.array_equal(shared, np.arange(half)) and np.array_equal(partner, inv[:half].numpy())
+    assert (ce >= 0.7).all() and (cd >= 0.7).all()
+    perm = torch.randperm(a.shape[0], generator=torch.Generator().manual_seed(2))
+    assert pw_mcc(a, a[perm] * 3) == pytest.approx(1.0, abs=1e-6)
+    mcc = pw_mcc(a, b)
+    assert 0.9 * n / a.shape[0] < mcc < 0.9
