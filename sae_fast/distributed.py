@@ -67,10 +67,15 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """Sums ``tensor`` over ranks in place and returns it (unchanged in one process).
 
     Useful to merge results where each entry was written by exactly one rank and is zero elsewhere.
-    The tensor must live on a device the process group's backend supports (CPU for gloo).
+    With the NCCL backend a CPU tensor is reduced through a copy on the current CUDA device.
     """
     if is_initialized() and get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and not tensor.is_cuda:
+            staged = tensor.to(f"cuda:{torch.cuda.current_device()}")
+            dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+            tensor.copy_(staged.cpu())
+        else:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
