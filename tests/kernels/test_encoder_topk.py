@@ -1,0 +1,100 @@
+"""Fused encoder top-k kernel (Triton interpreter on CPU) against sae_fast.reference."""
+
+import pytest
+import torch
+from sae_fast.kernels.encoder_topk import encoder_topk
+
+from sae_fast import reference
+
+
+def _inputs(n: int, d: int, f: int, seed: int, dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    W = torch.randn(f, d, generator=g) / d**0.5
+    b = torch.randn(f, generator=g) * 0.1
+    return x.to(dtype), W.to(dtype), b.to(dtype)
+
+
+def assert_topk_matches(values, indices, pre, k, atol=1e-5, rtol=1e-5) -> None:
+    """Values equal the reference top-k values; each index points at a pre-activation equal to its value
+    (tolerant to near-ties computed in a different summation order); indices unique per row."""
+    ref_values, _ = reference.topk_lowest_index(pre, k)
+    torch.testing.assert_close(values.float(), ref_values.float(), atol=atol, rtol=rtol)
+    torch.testing.assert_close(pre.gather(1, indices).float(), values.float(), atol=atol, rtol=rtol)
+    if indices.numel():
+        assert (indices.sort(1).values.diff(dim=1) > 0).all()
+
+
+CASES = [  # (N, d, F, k, dead fraction, k_aux, splits)
+    (1, 770, 257, 1, 0.3, 5, 1),
+    (7, 384, 300, 3, 0.0, None, 2),
+    (7, 100, 300, 32, 0.5, 200, 1),  # more aux slots than dead latents
+    (130, 100, 200, 32, 0.2, 16, 3),
+    (0, 100, 130, 3, 0.5, 4, 1),
+]
+
+
+@pytest.mark.parametrize(("n", "d", "f", "k", "dead_frac", "k_aux", "splits"), CASES)
+def test_matches_reference(n, d, f, k, dead_frac, k_aux, splits) -> None:
+    x, W, b = _inputs(n, d, f, seed=n + d + f + k)
+    dead = None
+    if k_aux is not None:
+        dead = torch.rand(f, generator=torch.Generator().manual_seed(1)) < dead_frac
+    values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, splits=splits)
+    _, ri, rav, _ = reference.encode_topk(x, W, b, k, dead, k_aux)
+    assert values.shape == (n, k) and indices.shape == (n, k) and indices.dtype == torch.int64
+    pre = reference.preactivations(x, W, b)
+    assert_topk_matches(values, indices, pre, k)
+    assert (indices == ri).float().mean() >= 0.99 if n else True  # exact except for rare fp near-ties
+    if dead is None:
+        assert av is None and ai is None
+        return
+    assert av.shape == rav.shape == (n, min(k_aux, int(dead.sum())))
+    assert bool(dead[ai].all())
+    torch.testing.assert_close(av, rav, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pre.gather(1, ai), av, atol=1e-5, rtol=1e-5)
+
+
+def test_ties_lowest_index_wins_exactly() -> None:
+    # x = 0 makes every pre-activation exactly relu(b): many exact ties, including at zero
+    f, d, k = 150, 20, 8
+    b = torch.tensor([0.5, -1.0, 0.25] * 50)
+    x = torch.zeros(5, d)
+    W = torch.randn(f, d)
+    dead = torch.arange(f) % 7 == 0
+    for splits in (1, 2):
+        values, indices, av, ai = encoder_topk(x, W, b, k, dead, 30, splits=splits)
+        rv, ri, rav, rai = reference.encode_topk(x, W, b, k, dead, 30)
+        assert torch.equal(indices, ri) and torch.equal(values, rv)
+        assert indices[0].tolist() == [0, 3, 6, 9, 12, 15, 18, 21]
+        assert torch.equal(ai, rai) and torch.equal(av, rav)
+    # all pre-activations negative: relu gives zeros, the lowest k indices win
+    values, indices, _, _ = encoder_topk(x, W, -b.abs() - 1, k)
+    assert indices[0].tolist() == list(range(k)) and values.abs().max() == 0
+
+
+def test_no_dead_latents_gives_empty_aux() -> None:
+    x, W, b = _inputs(4, 100, 130, seed=0)
+    _, _, av, ai = encoder_topk(x, W, b, 3, torch.zeros(130, dtype=torch.bool), 10)
+    assert av.shape == (4, 0) and ai.shape == (4, 0)
+
+
+def test_bf16_close_to_fp32_reference() -> None:
+    x, W, b = _inputs(7, 100, 200, seed=5, dtype=torch.bfloat16)
+    values, indices, _, _ = encoder_topk(x, W, b, 3)
+    pre = reference.preactivations(x.float(), W.float(), b.float())  # kernel accumulates in fp32
+    assert_topk_matches(values, indices, pre, 3, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_inputs() -> None:
+    x, W, b = _inputs(4, 100, 130, seed=0)
+    with pytest.raises(ValueError, match="k must be"):
+        encoder_topk(x, W, b, 131)
+    with pytest.raises(ValueError, match="contiguous"):
+        encoder_topk(x.t().contiguous().t(), W, b, 3)
+    with pytest.raises(TypeError, match="W_enc"):
+        encoder_topk(x, W.double(), b, 3)
+    with pytest.raises(ValueError, match="dead_mask"):
+        encoder_topk(x, W, b, 3, torch.zeros(129, dtype=torch.bool), 4)
+    with pytest.raises(ValueError, match="k_aux"):
+        encoder_topk(x, W, b, 3, torch.zeros(130, dtype=torch.bool), None)
