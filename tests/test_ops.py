@@ -1,0 +1,91 @@
+"""sae_fast.ops: dispatch, input checks, and the Triton autograd path (interpreter) against the reference."""
+
+import pytest
+import torch
+
+from sae_fast import ops
+
+
+def _params(n: int, d: int, f: int, seed: int, dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g).to(dtype).requires_grad_()
+    W = (torch.randn(f, d, generator=g) / d**0.5).to(dtype).requires_grad_()
+    b = (torch.randn(f, generator=g) * 0.1).to(dtype).requires_grad_()
+    W_dec = torch.randn(f, d, generator=g).to(dtype).requires_grad_()
+    return x, W, b, W_dec
+
+
+def _run(backend: str, x, W, b, W_dec, k, dead, k_aux):
+    for t in (x, W, b, W_dec):
+        t.grad = None
+    with ops.backend(backend):
+        enc = ops.encode(x, W, b, k, dead_mask=dead, k_aux=k_aux)
+        out = ops.decode(enc.values, enc.indices, W_dec)
+        loss = out.pow(2).sum()
+        if enc.aux_values is not None:
+            loss = loss + 0.7 * ops.decode(enc.aux_values, enc.aux_indices, W_dec).pow(2).sum()
+        loss.backward()
+    return enc, out, [t.grad.clone() for t in (x, W, b, W_dec)]
+
+
+@pytest.mark.parametrize(("n", "d", "f", "k", "k_aux"), [(7, 100, 150, 3, 10), (33, 384, 130, 32, None)])
+def test_triton_path_matches_reference_with_gradients(n, d, f, k, k_aux) -> None:
+    x, W, b, W_dec = _params(n, d, f, seed=n)
+    dead = (torch.arange(f) % 4 == 1) if k_aux else None
+    enc_r, out_r, grads_r = _run("reference", x, W, b, W_dec, k, dead, k_aux)
+    enc_t, out_t, grads_t = _run("triton", x, W, b, W_dec, k, dead, k_aux)
+    assert torch.equal(enc_t.indices, enc_r.indices)
+    torch.testing.assert_close(enc_t.values, enc_r.values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out_t, out_r, atol=1e-4, rtol=1e-5)
+    if dead is not None:
+        assert torch.equal(enc_t.aux_indices, enc_r.aux_indices)
+    for name, gt, gr in zip(("x", "W_enc", "b_enc", "W_dec"), grads_t, grads_r):
+        # fp32 sums in another order: absolute tolerance relative to the gradient's scale
+        atol = 1e-5 * float(gr.abs().max())
+        torch.testing.assert_close(gt, gr, atol=atol, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_empty_batch() -> None:
+    x, W, b, W_dec = _params(0, 100, 130, seed=0)
+    with ops.backend("triton"):
+        enc = ops.encode(x, W, b, 3, dead_mask=torch.ones(130, dtype=torch.bool), k_aux=4)
+        out = ops.decode(enc.values, enc.indices, W_dec)
+        out.sum().backward()
+    assert enc.values.shape == (0, 3) and enc.aux_values.shape == (0, 4) and out.shape == (0, 100)
+    assert W.grad.abs().sum() == 0 and W_dec.grad.abs().sum() == 0
+
+
+def test_backend_switch_and_float64_fallback() -> None:
+    assert ops.get_backend() == "auto"
+    with ops.backend("reference"):
+        assert ops.get_backend() == "reference"
+    assert ops.get_backend() == "auto"
+    with pytest.raises(ValueError, match="backend"):
+        ops.set_backend("cuda")
+    x, W, b, _ = _params(3, 8, 10, seed=0, dtype=torch.float64)
+    with ops.backend("triton"):  # the kernels take fp32/bf16/fp16: float64 goes to the reference
+        assert ops.encode(x, W, b, 2).values.dtype == torch.float64
+
+
+def test_bad_inputs_name_the_argument() -> None:
+    x, W, b, W_dec = _params(4, 10, 20, seed=0)
+    with pytest.raises(ValueError, match=r"x must have shape \(rows, 10\)"):
+        ops.encode(x[:, :9], W, b, 3)
+    with pytest.raises(ValueError, match="b_enc"):
+        ops.encode(x, W, b[:5], 3)
+    with pytest.raises(TypeError, match="share a dtype"):
+        ops.encode(x, W.double(), b, 3)
+    with pytest.raises(ValueError, match="k must be"):
+        ops.encode(x, W, b, 0)
+    with pytest.raises(ValueError, match="dead_mask"):
+        ops.encode(x, W, b, 3, dead_mask=torch.zeros(20))
+    with pytest.raises(ValueError, match="k_aux"):
+        ops.encode(x, W, b, 3, dead_mask=torch.zeros(20, dtype=torch.bool), k_aux=0)
+    with pytest.raises(ValueError, match="NaN"):
+        ops.encode(torch.full((2, 10), float("inf")), W, b, 3)
+    with pytest.raises(TypeError, match="indices"):
+        ops.decode(torch.ones(4, 3), torch.ones(4, 3), W_dec)
+    with pytest.raises(ValueError, match="indices must have the shape"):
+        ops.decode(torch.ones(4, 3), torch.zeros(4, 2, dtype=torch.long), W_dec)
+    with pytest.raises(TypeError, match="W_dec"):
+        ops.decode(torch.ones(4, 3), torch.zeros(4, 3, dtype=torch.long), torch.zeros(20, 10, dtype=torch.long))
