@@ -95,6 +95,18 @@ class TopKSAE(nn.Module):
     def device(self) -> torch.device:
         return self.W_enc.device
 
+    def compute_dtype(self) -> torch.dtype:
+        """dtype of the kernels' inputs: the autocast dtype when autocast is on for the parameters' device and the
+        parameters are fp32 (fp32 master weights, bf16 GEMMs), else the parameters' dtype."""
+        device_type = self.W_enc.device.type
+        if self.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return self.dtype
+
+    def _weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        cdtype = self.compute_dtype()
+        return tuple(p.to(cdtype) for p in (self.W_enc, self.b_enc, self.W_dec, self.b_dec))  # type: ignore[return-value]
+
     def _check_x(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -102,17 +114,19 @@ class TopKSAE(nn.Module):
             raise ValueError(f"x must have shape (N, {self.d_in}), got {tuple(x.shape)}")
         if not x.dtype.is_floating_point:
             raise TypeError(f"x must be floating point, got {x.dtype}")
-        return x.to(self.dtype)
+        return x.to(self.compute_dtype())
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(N, d) -> top-k (values (N, k), indices (N, k) int64)."""
         x = self._check_x(x)
-        out = ops.encode(x - self.b_dec, self.W_enc, self.b_enc, self.k)
+        W_enc, b_enc, _, b_dec = self._weights()
+        out = ops.encode(x - b_dec, W_enc, b_enc, self.k)
         return out.values, out.indices
 
     def decode(self, values: Tensor, indices: Tensor) -> Tensor:
         """(N, k) values and indices -> (N, d) reconstruction including b_dec."""
-        return ops.decode(values.to(self.dtype), indices, self.W_dec) + self.b_dec
+        _, _, W_dec, b_dec = self._weights()
+        return ops.decode(values.to(W_dec.dtype), indices, W_dec) + b_dec
 
     def forward(self, x: Tensor, *, dead_mask: Tensor | None = None, k_aux: int | None = None) -> ForwardOutput:
         """Reconstruction, FVU and (with `dead_mask`) the AuxK loss.
@@ -129,10 +143,9 @@ class TopKSAE(nn.Module):
         ):
             raise ValueError(f"dead_mask must be a bool tensor of shape ({self.num_latents},)")
         use_aux = dead_mask is not None and bool(dead_mask.any())
-        enc = ops.encode(
-            x - self.b_dec, self.W_enc, self.b_enc, self.k, dead_mask=dead_mask if use_aux else None, k_aux=k_aux
-        )
-        recon = ops.decode(enc.values, enc.indices, self.W_dec) + self.b_dec
+        W_enc, b_enc, W_dec, b_dec = self._weights()
+        enc = ops.encode(x - b_dec, W_enc, b_enc, self.k, dead_mask=dead_mask if use_aux else None, k_aux=k_aux)
+        recon = ops.decode(enc.values, enc.indices, W_dec) + b_dec
         xf = x.float()
         if x.shape[0] == 0:
             zero = recon.float().sum() * 0.0
@@ -144,7 +157,7 @@ class TopKSAE(nn.Module):
             assert dead_mask is not None and enc.aux_values is not None and enc.aux_indices is not None
             num_dead = dead_mask.sum().float()
             scale = (num_dead / k_aux).clamp(max=1.0)
-            aux_recon = ops.decode(enc.aux_values, enc.aux_indices, self.W_dec).float()
+            aux_recon = ops.decode(enc.aux_values, enc.aux_indices, W_dec).float()
             auxk_loss = scale * (aux_recon - residual.detach()).pow(2).sum() / total_variance
         else:
             auxk_loss = torch.zeros((), dtype=torch.float32, device=x.device)

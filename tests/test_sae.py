@@ -126,3 +126,15 @@ def test_triton_backend_training_steps_match_reference() -> None:
     assert losses["triton"] == pytest.approx(losses["reference"], rel=1e-5)
     for a, b in zip(params["triton"], params["reference"]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_autocast_runs_kernels_in_bf16_with_fp32_master_weights() -> None:
+    sae = TopKSAE(16, 64, 4, seed=0)
+    x = _data(n=10, d=16)
+    assert sae.compute_dtype() == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert sae.compute_dtype() == torch.bfloat16
+        out = sae(x, dead_mask=torch.arange(64) < 5)
+    assert out.recon.dtype == torch.bfloat16 and out.fvu.dtype == torch.float32
+    (out.fvu + out.auxk_loss).backward()
+    assert sae.W_enc.grad.dtype == torch.float32 and sae.W_enc.grad.abs().sum() > 0
