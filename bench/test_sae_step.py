@@ -1,0 +1,327 @@
+"""A full TopK SAE training step on a GPU: sae_fast vs a dense torch TopK SAE vs eai-sparsify, beside the floor.
+
+    python -m pytest bench/test_sae_step.py --benchmark-only -s     # pytest-benchmark; skips without CUDA
+    python bench/test_sae_step.py [--shapes 768x16384,2048x131072] [--modes fp32-adam,bf16-signsgd]
+                                                                    # one run, prints the markdown table
+
+Step = forward (FVU + AuxK over 1% dead latents, k_aux = d/2), backward, decoder-gradient projection,
+optimizer step, decoder renormalisation; N = 8192 tokens, k = 64. Modes:
+- fp32-adam:    fp32 parameters, torch Adam (fused), forward under bf16 autocast (the anchors' setting);
+- bf16-signsgd: bf16 parameters, stateless SignSGD (sae_fast.optim.SignSGD, used for every implementation);
+- bf16-lmadam:  bf16 parameters, sae_fast.optim.LowMemoryAdam with bf16 moments (8 bytes per parameter).
+Floor = bare bf16 encoder GEMM (N x d x F) + the optimizer's memory traffic at the measured copy bandwidth.
+Peers that run out of memory are reported as OOM. Kernels are also timed alone (`test_kernels_alone`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import sys
+import types
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from sae_fast import TopKSAE
+from sae_fast.optim import LowMemoryAdam, SignSGD
+
+N_TOKENS = 8192
+K = 64
+SHAPES = [(768, 2**14), (768, 2**17), (2048, 2**17), (768, 2**20), (2048, 2**20), (4096, 2**20)]
+MODES = ["fp32-adam", "bf16-signsgd", "bf16-lmadam"]
+# bytes read + written per parameter by one optimizer step (parameter, gradient, states)
+TRAFFIC = {"fp32-adam": 28, "bf16-signsgd": 6, "bf16-lmadam": 14}
+# bytes stored per parameter (parameter + gradient + states): skip modes that cannot fit
+STORED = {"fp32-adam": 16, "bf16-signsgd": 4, "bf16-lmadam": 8}
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def cuda_time_ms(fn: Callable[[], object], warmup: int = 2, reps: int = 5) -> float:
+    """Median wall time of fn() in ms, measured with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def copy_bandwidth_gbs() -> float:
+    """Device copy bandwidth (GB/s, read + write) on a 2 GiB buffer."""
+    src = torch.empty(2**29, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    ms = cuda_time_ms(lambda: dst.copy_(src), warmup=2, reps=5)
+    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def gemm_ms(d: int, f: int) -> float:
+    """The bare bf16 encoder GEMM x (N, d) @ W_enc.T (d, F): the physical floor of the step."""
+    x = torch.randn(N_TOKENS, d, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(f, d, device="cuda", dtype=torch.bfloat16)
+    return cuda_time_ms(lambda: x @ w.T)
+
+
+def _param_dtype(mode: str) -> torch.dtype:
+    return torch.float32 if mode == "fp32-adam" else torch.bfloat16
+
+
+def _optimizer(mode: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if mode == "fp32-adam":
+        return torch.optim.Adam(params, lr=1e-4, fused=True)
+    if mode == "bf16-signsgd":
+        return SignSGD(params, lr=1e-4)
+    return LowMemoryAdam(params, lr=1e-4)
+
+
+def _autocast(mode: str) -> contextlib.AbstractContextManager:
+    if mode == "fp32-adam":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class DenseTopKSAE(torch.nn.Module):
+    """Baseline: dense encoder GEMM, torch.topk, dense decode (scatter into N x F, then GEMM), same AuxK."""
+
+    def __init__(self, sae: TopKSAE) -> None:
+        super().__init__()
+        self.k = sae.k
+        self.W_enc, self.b_enc, self.W_dec, self.b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+
+    def forward(self, x: torch.Tensor, dead_mask: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(torch.nn.functional.linear(x - self.b_dec, self.W_enc, self.b_enc))
+        top = torch.topk(pre, self.k, sorted=False)
+        dense = torch.zeros_like(pre).scatter(1, top.indices, top.values)
+        recon = dense @ self.W_dec + self.b_dec
+        e = x.float() - recon.float()
+        total_variance = (x.float() - x.float().mean(0)).pow(2).sum()
+        num_dead = int(dead_mask.sum())
+        k_aux = x.shape[1] // 2
+        aux = torch.topk(torch.where(dead_mask, pre, -1.0), min(k_aux, num_dead), sorted=False)
+        aux_dense = torch.zeros_like(pre).scatter(1, aux.indices, aux.values.clamp_min(0))
+        aux_loss = (aux_dense @ self.W_dec).float() - e.detach()
+        return (
+            e.pow(2).sum() / total_variance + min(num_dead / k_aux, 1.0) * aux_loss.pow(2).sum() / total_variance / 32
+        )
+
+    @torch.no_grad()
+    def upkeep_after_backward(self) -> None:
+        w = self.W_dec.float()
+        g = self.W_dec.grad.float()
+        self.W_dec.grad.copy_(g - (g * w).sum(1, keepdim=True) * w)
+
+
+def import_sparsify():
+    """sparsify.sparse_coder without running sparsify/__init__ (which imports its trainer and `datasets`)."""
+    if "sparsify" not in sys.modules:
+        spec = importlib.util.find_spec("sparsify")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        bare = types.ModuleType("sparsify")
+        bare.__path__ = list(spec.submodule_search_locations)
+        sys.modules["sparsify"] = bare
+    try:
+        config = importlib.import_module("sparsify.config")
+        coder = importlib.import_module("sparsify.sparse_coder")
+    except Exception:
+        return None
+    return config.SparseCoderConfig, coder.SparseCoder
+
+
+def make_step(impl: str, d: int, f: int, mode: str) -> Callable[[], None]:
+    """Build one training step of `impl` in {"sae_fast", "dense", "sparsify"}; raises if unavailable."""
+    dtype = _param_dtype(mode)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(N_TOKENS, d, device="cuda", generator=g).to(dtype)
+    dead = torch.zeros(f, dtype=torch.bool, device="cuda")
+    dead[torch.randperm(f, device="cuda", generator=g)[: f // 100]] = True
+    if impl == "sparsify":
+        found = import_sparsify()
+        if found is None:
+            raise ModuleNotFoundError("eai-sparsify is not importable")
+        config_cls, coder_cls = found
+        model = coder_cls(d, config_cls(num_latents=f, k=K), device="cuda", dtype=dtype)
+        opt = _optimizer(mode, list(model.parameters()))
+
+        def step() -> None:
+            model.set_decoder_norm_to_unit_norm()
+            out = model(x, dead_mask=dead)
+            opt.zero_grad(set_to_none=True)
+            (out.fvu + out.auxk_loss / 32).backward()
+            model.remove_gradient_parallel_to_decoder_directions()
+            opt.step()
+
+        return step
+    sae = TopKSAE(d, f, K, dtype=dtype, device="cuda", seed=0)
+    opt = _optimizer(mode, list(sae.parameters()))
+    if impl == "dense":
+        dense = DenseTopKSAE(sae)
+
+        def step() -> None:
+            sae.set_decoder_norm_to_unit_norm()
+            with _autocast(mode):
+                loss = dense(x, dead)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            dense.upkeep_after_backward()
+            opt.step()
+
+        return step
+
+    def step() -> None:
+        sae.set_decoder_norm_to_unit_norm()
+        with _autocast(mode):
+            out = sae(x, dead_mask=dead)
+        opt.zero_grad(set_to_none=True)
+        (out.fvu + out.auxk_loss / 32).backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+
+    return step
+
+
+def measure(impl: str, d: int, f: int, mode: str) -> tuple[str, str]:
+    """(ms per step, peak GiB) as strings; "OOM" or "n/a" when it cannot run."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        step = make_step(impl, d, f, mode)
+        ms = cuda_time_ms(step, warmup=2, reps=5)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        return f"{ms:.1f}", f"{peak:.1f}"
+    except torch.OutOfMemoryError:
+        return "OOM", "-"
+    except ModuleNotFoundError:
+        return "n/a", "-"
+    finally:
+        torch.cuda.empty_cache()
+
+
+def fits(d: int, f: int, mode: str) -> bool:
+    total = torch.cuda.get_device_properties(0).total_memory
+    return 2 * f * d * STORED[mode] < 0.9 * total
+
+
+def table(shapes: list[tuple[int, int]], modes: list[str]) -> str:
+    """Markdown table: every implementation side by side per (shape, mode), with the floor."""
+    bw = copy_bandwidth_gbs()
+    lines = [
+        f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bw:.0f} GB/s; "
+        f"N = {N_TOKENS}, k = {K}, AuxK on 1% dead latents",
+        "",
+        "| d | F | mode | bf16 GEMM ms | floor ms | sae_fast ms (GiB) | dense ms (GiB) | sparsify ms (GiB) |"
+        " sae_fast tok/s | vs sparsify | step / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d, f in shapes:
+        gemm = gemm_ms(d, f)
+        for mode in modes:
+            if not fits(d, f, mode):
+                lines.append(f"| {d} | {f} | {mode} | {gemm:.2f} | - | does not fit | | | | | |")
+                continue
+            floor = gemm + TRAFFIC[mode] * 2 * f * d / (bw * 1e9) * 1e3
+            res = {impl: measure(impl, d, f, mode) for impl in ("sae_fast", "dense", "sparsify")}
+            ours = res["sae_fast"][0]
+            tok = f"{N_TOKENS / (float(ours) * 1e-3):,.0f}" if ours not in ("OOM", "n/a") else "-"
+            peer = res["sparsify"][0]
+            speedup = f"{float(peer) / float(ours):.2f}x" if tok != "-" and peer not in ("OOM", "n/a") else "-"
+            ratio = f"{float(ours) / floor:.2f}" if tok != "-" else "-"
+            cells = " | ".join(f"{ms} ({gib})" for ms, gib in res.values())
+            lines.append(f"| {d} | {f} | {mode} | {gemm:.2f} | {floor:.2f} | {cells} | {tok} | {speedup} | {ratio} |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def kernel_times(d: int, f: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, float]:
+    """Each kernel alone (ms) at (d, F), N = 8192, k = 64, with 1% dead latents."""
+    from sae_fast.kernels.decoder import decoder_backward, gather_weighted_sum
+    from sae_fast.kernels.encoder_backward import encoder_backward
+    from sae_fast.kernels.encoder_topk import encoder_topk
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(N_TOKENS, d, device="cuda", generator=g).to(dtype)
+    W = (torch.randn(f, d, device="cuda", generator=g) / d**0.5).to(dtype)
+    b = torch.zeros(f, device="cuda", dtype=dtype)
+    dead = torch.zeros(f, dtype=torch.bool, device="cuda")
+    dead[: f // 100] = True
+    values, indices, _, _ = encoder_topk(x, W, b, K)
+    grad = torch.randn(N_TOKENS, d, device="cuda", generator=g).to(dtype)
+    gv = torch.randn_like(values)
+    out = {
+        "bf16 GEMM (floor)": gemm_ms(d, f),
+        "encoder top-k (fused)": cuda_time_ms(lambda: encoder_topk(x, W, b, K)),
+        "encoder top-k + AuxK (fused)": cuda_time_ms(lambda: encoder_topk(x, W, b, K, dead, d // 2)),
+        "decoder forward": cuda_time_ms(lambda: gather_weighted_sum(values, indices, W)),
+        "decoder backward": cuda_time_ms(lambda: decoder_backward(grad, values, indices, W)),
+        "encoder backward": cuda_time_ms(lambda: encoder_backward(gv, values, indices, x, W)),
+    }
+    if f <= 2**18:  # the dense (N, F) pre-activations fit
+        out["cuBLAS GEMM + relu + torch.topk"] = cuda_time_ms(
+            lambda: torch.topk(torch.relu(torch.nn.functional.linear(x, W, b)), K, sorted=False)
+        )
+    return out
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("d", "f"), SHAPES, ids=[f"{d}x{f}" for d, f in SHAPES])
+@pytest.mark.parametrize("impl", ["sae_fast", "dense", "sparsify"])
+def test_sae_step(benchmark, impl: str, d: int, f: int, mode: str) -> None:
+    if not fits(d, f, mode):
+        pytest.skip(f"{mode} needs {STORED[mode]} bytes per parameter: does not fit")
+    torch.cuda.empty_cache()
+    try:
+        step = make_step(impl, d, f, mode)
+    except ModuleNotFoundError as err:
+        pytest.skip(str(err))
+    except torch.OutOfMemoryError:
+        pytest.skip("OOM")
+
+    def run() -> None:
+        step()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=2)
+    gemm = gemm_ms(d, f)
+    floor = gemm + TRAFFIC[mode] * 2 * f * d / (copy_bandwidth_gbs() * 1e9) * 1e3
+    benchmark.extra_info.update(
+        {"gemm_ms": gemm, "floor_ms": floor, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    )
+    print(f"\n{impl} d={d} F={f} {mode}: floor {floor:.2f} ms (bf16 GEMM {gemm:.2f} ms)")
+
+
+@needs_cuda
+@pytest.mark.parametrize(("d", "f"), SHAPES, ids=[f"{d}x{f}" for d, f in SHAPES])
+def test_kernels_alone(d: int, f: int) -> None:
+    times = kernel_times(d, f)
+    print(f"\nd={d} F={f}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in times.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default=",".join(f"{d}x{f}" for d, f in SHAPES))
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--kernels", action="store_true", help="also time each kernel alone")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA device")
+        return
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    print(table(shapes, args.modes.split(",")))  # type: ignore[arg-type]
+    if args.kernels:
+        for d, f in shapes:
+            times = kernel_times(d, f)
+            print(f"d={d} F={f}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in times.items()))
+
+
+if __name__ == "__main__":
+    main()
