@@ -69,7 +69,11 @@ _BASE_LR = {"adam": 2e-4, "adam_lowmem": 2e-4}
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of a multi-seed training run (every field is also a `sae-fast train` option)."""
+    """Hyperparameters of a multi-seed training run (every field is also a `sae-fast train` option).
+
+    The defaults train small SAEs quickly on a CPU (4 seeds, 4x expansion, k = 16, 131k tokens); a study-scale run
+    on a GPU sets e.g. num_latents=16384, k=64, batch_size=8192, total_tokens=50_000_000.
+    """
 
     d_in: int | None = None
     """Width of the activations; None takes it from the source."""
@@ -77,19 +81,19 @@ class TrainConfig:
     num_latents: int | None = None
     """Number of latents F; None means expansion_factor * d_in."""
 
-    expansion_factor: int = 8
+    expansion_factor: int = 4
     """F = expansion_factor * d_in when num_latents is not given."""
 
-    k: int = 32
+    k: int = 16
     """Active latents per token (TopK)."""
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     """One SAE per seed, all trained on the same batches; the init depends only on the seed."""
 
-    batch_size: int = 4096
+    batch_size: int = 1024
     """Activation vectors (tokens) per optimizer step."""
 
-    total_tokens: int = 1_000_000
+    total_tokens: int = 131_072
     """Tokens to train on (the run takes ceil(total_tokens / batch_size) steps; a cached source is cycled)."""
 
     lr: float | None = None
