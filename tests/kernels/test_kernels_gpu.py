@@ -50,8 +50,10 @@ def check_encoder(d: int, f: int, k: int, n: int, dtype: torch.dtype, device: st
             exact += int((indices[rows] == ref_i).all(1).sum())
             dead_pre = pre[:, dead]
             ref_av, _ = reference.topk_lowest_index(dead_pre, min(k_aux, int(dead.sum())))
-            torch.testing.assert_close(av[rows], ref_av, atol=tol, rtol=tol)
-            torch.testing.assert_close(pre.gather(1, ai[rows]), av[rows], atol=tol, rtol=tol)
+            # the AuxK buffer is kept in the input dtype: bf16 rounding of the values (2^-8 relative)
+            aux_tol = tol if dtype == torch.float32 else 1e-2
+            torch.testing.assert_close(av[rows].float(), ref_av, atol=aux_tol, rtol=aux_tol)
+            torch.testing.assert_close(pre.gather(1, ai[rows]), av[rows].float(), atol=aux_tol, rtol=aux_tol)
         assert bool(dead[ai].all())
         assert exact >= 0.99 * n, f"only {exact}/{n} rows with identical indices"
     finally:
