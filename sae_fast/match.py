@@ -170,6 +170,17 @@ def _merge(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Folds the top-m of score tile ``s`` along ``dim`` (index offset ``offset``) into a running top-m
     (val (n, m) float32 sorted descending, idx (n, m) int64). Earlier tiles win exact ties."""
+    if m == 1 and not s.is_cuda:
+        # CPU: the max value is cheap, the arg-max along dim 0 is not (strided); find the arg-max only where the
+        # tile improves the running max (a fraction that shrinks as the sweep goes on). No host sync on GPU.
+        v = s.amax(dim=dim).float()
+        better = (v > val[:, 0]).nonzero().flatten()
+        if better.numel():
+            j = s.index_select(1 - dim, better).argmax(dim=dim)
+            val, idx = val.clone(), idx.clone()
+            val[better, 0] = v[better]
+            idx[better, 0] = j + offset
+        return val, idx
     if m == 1:
         v, j = s.max(dim=dim)
         v = v.float()
