@@ -52,7 +52,9 @@ Eigen::VectorXd jacobi_singular_values(Mat a) {
         if (std::abs(gamma) <= eps * std::sqrt(alpha * beta)) continue;
         rotated = true;
         const double zeta = (beta - alpha) / (2.0 * gamma);
-        const double t = (zeta >= 0 ? 1.0 : -1.0) / (std::abs(zeta) + std::hypot(1.0, zeta));
+        // tan of the rotation angle, the smaller root; for huge |zeta|, 1 / (2 zeta) avoids overflow
+        const double az = std::abs(zeta);
+        const double t = (zeta >= 0 ? 1.0 : -1.0) / (az < 1e150 ? az + std::sqrt(1.0 + az * az) : 2.0 * az);
         const double c = 1.0 / std::sqrt(1.0 + t * t), s = c * t;
         for (Index k = 0; k < rows; ++k) {
           const double x = ci[k], y = cj[k];
