@@ -17,7 +17,16 @@ from torch import Tensor
 
 from . import reference
 
-__all__ = ["EncodeOutput", "backend", "decode", "encode", "get_backend", "set_backend"]
+__all__ = [
+    "EncodeOutput",
+    "backend",
+    "decode",
+    "encode",
+    "get_backend",
+    "normalize_rows_",
+    "remove_parallel_component_",
+    "set_backend",
+]
 
 _BACKENDS = ("auto", "triton", "reference")
 _backend = os.environ.get("SAE_FAST_BACKEND", "auto")
@@ -151,6 +160,53 @@ def decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     if _use_triton(W_dec):
         return _Decode.apply(values, indices, W_dec)
     return reference.decode(values, indices.long(), W_dec)
+
+
+_ROW_CHUNK_ELEMENTS = 1 << 24  # fp32 working set of the torch path: 64 MiB
+
+
+def _row_chunks(rows: int, cols: int) -> list[slice]:
+    step = max(1, _ROW_CHUNK_ELEMENTS // max(cols, 1))
+    return [slice(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
+@torch.no_grad()
+def normalize_rows_(W: Tensor) -> Tensor:
+    """Rescale every row of W (F, d) to unit L2 norm in place (norms in fp32; no full-size fp32 copy)."""
+    _check_matrix("W", W)
+    eps = torch.finfo(torch.float32).eps
+    if _use_triton(W) and W.is_contiguous():
+        from .kernels.decoder_norm import MAX_D
+        from .kernels.decoder_norm import normalize_rows_ as kernel
+
+        if W.shape[1] <= MAX_D:
+            return kernel(W, eps)
+    for rows in _row_chunks(*W.shape):
+        w = W[rows].float()
+        W[rows] = (w / w.norm(dim=1, keepdim=True).clamp_min(eps)).to(W.dtype)
+    return W
+
+
+@torch.no_grad()
+def remove_parallel_component_(G: Tensor, W: Tensor) -> Tensor:
+    """G[r] -= <G[r], u_r> u_r with u_r = W[r] / ||W[r]||, in place (the decoder-gradient projection)."""
+    _check_matrix("W", W)
+    _check_matrix("G", G, W.shape[1])
+    if G.shape != W.shape:
+        raise ValueError(f"G must have the shape of W {tuple(W.shape)}, got {tuple(G.shape)}")
+    eps = torch.finfo(torch.float32).eps
+    if _use_triton(W) and W.is_contiguous() and G.is_contiguous():
+        from .kernels.decoder_norm import MAX_D
+        from .kernels.decoder_norm import remove_parallel_component_ as kernel
+
+        if W.shape[1] <= MAX_D:
+            return kernel(G, W, eps)
+    for rows in _row_chunks(*W.shape):
+        w = W[rows].float()
+        u = w / w.norm(dim=1, keepdim=True).clamp_min(eps)
+        g = G[rows].float()
+        G[rows] = (g - (g * u).sum(dim=1, keepdim=True) * u).to(G.dtype)
+    return G
 
 
 class _EncodeTopK(torch.autograd.Function):

@@ -165,21 +165,14 @@ class TopKSAE(nn.Module):
 
     @torch.no_grad()
     def set_decoder_norm_to_unit_norm(self) -> None:
-        """Rescale every W_dec row to unit L2 norm (in place)."""
-        norms = self.W_dec.float().norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).eps)
-        self.W_dec.copy_((self.W_dec.float() / norms).to(self.dtype))
+        """Rescale every W_dec row to unit L2 norm (in place; one fused pass on the GPU)."""
+        ops.normalize_rows_(self.W_dec.data)
 
     @torch.no_grad()
     def remove_gradient_parallel_to_decoder_directions(self) -> None:
         """Project out of W_dec.grad the component parallel to each decoder row (call after backward)."""
-        grad = self.W_dec.grad
-        if grad is None:
-            return
-        w = self.W_dec.float()
-        w = w / w.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).eps)
-        g = grad.float()
-        g -= (g * w).sum(dim=1, keepdim=True) * w
-        grad.copy_(g.to(grad.dtype))
+        if self.W_dec.grad is not None:
+            ops.remove_parallel_component_(self.W_dec.grad, self.W_dec.data)
 
     @torch.no_grad()
     def init_b_dec_from_data(self, x: Tensor, method: str = "geometric_median") -> None:
