@@ -1,0 +1,253 @@
+"""Matching two dictionaries: our exact tiled sweep side by side with faiss (flat, IVF at two nprobe, IVF-SQfp16)
+and a naive full-matrix torch baseline; plus the stability settings on a GPU.
+
+    python bench/test_match.py --device cpu                 # CPU sizes (a minute or two), prints markdown rows
+    python bench/test_match.py --device cuda                # GPU sizes (2^14..2^20), needs an 80 GB GPU
+    python bench/test_match.py --device cuda --stability    # + 96 x (2^14, 768) all anchors, 32 x (2^20, 4096)
+    python -m pytest bench/test_match.py --benchmark-only -s   # the same cases through pytest-benchmark
+
+Rates are GEMM-equivalent: 2 F^2 d / t, whether one direction or both (both come from one sweep for `exact`;
+faiss needs one search per direction, so its both-direction time is twice the one-direction time shown).
+Cases: `random` (independent unit Gaussian rows: near ties, worst case for IVF) and `planted` (B is a permuted
+noisy copy of A with cos 0.8 to the partner: real-data-like). recall@1 is against the float32 exact top-1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from sae_fast.match import FaissIndex, faiss_available, faiss_has_gpu, match
+
+CPU_SIZES = [(2**12, 768), (2**13, 768), (2**14, 768)]
+GPU_SIZES = [(2**14, 768), (2**17, 2048), (2**20, 4096)]
+NAIVE_BYTES = {"cpu": 2**32, "cuda": 40 * 2**30}  # full score matrix budget for the naive baseline
+
+
+@dataclass
+class Row:
+    device: str
+    case: str
+    f: int
+    d: int
+    method: str
+    seconds: float
+    recall: float | None = None
+    note: str = ""
+
+    def markdown(self) -> str:
+        rate = 2.0 * self.f * self.f * self.d / self.seconds
+        unit, scale = ("TFLOP/s", 1e12) if self.device == "cuda" else ("GFLOP/s", 1e9)
+        rec = "" if self.recall is None else f"{self.recall:.4f}"
+        return (f"| {self.case} | 2^{int(math.log2(self.f))} | {self.d} | {self.method} | {self.seconds:.4g} | "
+                f"{rate / scale:.1f} {unit} | {rec} | {self.note} |")
+
+
+def make_pair(f: int, d: int, case: str, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit rows A (f, d) and B: independent (`random`) or a permuted noisy copy with cos 0.8 (`planted`)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    a = torch.randn(f, d, generator=g, device=device)
+    a /= a.norm(dim=1, keepdim=True)
+    b = torch.randn(f, d, generator=g, device=device)
+    if case == "planted":
+        b -= (b * a).sum(1, keepdim=True) * a
+        b /= b.norm(dim=1, keepdim=True)
+        b = (0.8 * a + 0.6 * b)[torch.randperm(f, generator=g, device=device)]
+    b /= b.norm(dim=1, keepdim=True)
+    return a, b
+
+
+REPEAT = 1  # timings are the best of REPEAT runs (--repeat)
+
+
+def timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
+    best, out = math.inf, None
+    for _ in range(REPEAT):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def naive(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole score matrix at once, then row and column arg-max."""
+    s = a @ b.T
+    return s.max(dim=1).indices, s.max(dim=0).indices
+
+
+def run_case(f: int, d: int, case: str, device: str, nprobes: Sequence[int] = (4, 32)) -> list[Row]:
+    a, b = make_pair(f, d, case, device)
+    rows: list[Row] = []
+    low = torch.bfloat16 if device == "cuda" else torch.float32
+    if device == "cuda":
+        match(a[:1024], b[:4096], both=True, dtype=low)  # warm-up (cuBLAS handles, allocator)
+    t, ref = timed(lambda: match(a, b, both=True, dtype=torch.float32, device=device), device)
+    rows.append(Row(device, case, f, d, "exact float32, both directions", t))
+    if device == "cuda":
+        for dt in (torch.bfloat16, torch.float16):
+            t, m = timed(lambda dt=dt: match(a, b, both=True, dtype=dt), device)
+            same = float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean())
+            rows.append(Row(device, case, f, d, f"exact {str(dt)[6:]} + fp32 re-score, both", t, same,
+                            f"re-scored rows {m.info['rescored_rows']}, cols {m.info['rescored_cols']}"))
+        t, m = timed(lambda: match(a, b, dtype=torch.bfloat16), device)
+        rows.append(Row(device, case, f, d, "exact bfloat16 + fp32 re-score, A->B only", t))
+        al, bl = a.bfloat16(), b.bfloat16()
+        plain = torch.cat([(al[i:i + 8192] @ bl.T).argmax(1) for i in range(0, f, 8192)]).cpu()
+        rows.append(Row(device, case, f, d, "plain bf16 arg-max (no re-score), agreement", float("nan"),
+                        float((plain == ref.index_ab[:, 0]).float().mean())))
+        rows[-1].seconds = rows[-2].seconds  # placeholder time: the agreement is the point of this row
+    else:
+        t, _ = timed(lambda: match(a, b, dtype=torch.float32), device)
+        rows.append(Row(device, case, f, d, "exact float32, A->B only", t))
+    if f * f * (2 if device == "cuda" else 4) <= NAIVE_BYTES[device]:
+        if device == "cuda":
+            al, bl = a.bfloat16(), b.bfloat16()
+            t, _ = timed(lambda: naive(al, bl), device)
+            rows.append(Row(device, case, f, d, "naive torch bf16 full matrix, both", t))
+        else:
+            t, _ = timed(lambda: naive(a, b), device)
+            rows.append(Row(device, case, f, d, "naive torch float32 full matrix, both", t))
+    if faiss_available() and (device == "cpu" or faiss_has_gpu()):
+        where = "gpu" if device == "cuda" else "cpu"
+        t_build, index = timed(lambda: FaissIndex(b.cpu(), "flat"), "cpu")
+        t, m = timed(lambda: match(a.cpu(), None, index_b=index), "cpu")
+        rows.append(Row(device, case, f, d, f"faiss IndexFlatIP ({where}), A->B", t,
+                        float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean()), f"build {t_build:.3g} s"))
+        for kind in ("ivf", "ivf_sq"):
+            t_build, index = timed(lambda kind=kind: FaissIndex(b.cpu(), kind), "cpu")
+            for nprobe in nprobes:
+                index.set_nprobe(nprobe)
+                t, m = timed(lambda index=index: match(a.cpu(), None, index_b=index), "cpu")
+                same = float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean())
+                rows.append(Row(device, case, f, d, f"faiss {index.description.split()[1]} nprobe={nprobe}, A->B",
+                                t, same, f"build {t_build:.3g} s"))
+    return rows
+
+
+def run_stability(device: str) -> list[str]:
+    """The paper setting (96 seeds of (2^14, 768), all anchors) and 32 seeds of (2^20, 4096), one anchor."""
+    from sae_fast import stability_scores
+
+    out = []
+
+    class LazySeeds(Sequence):
+        """Seeds generated on demand on the GPU: shared features + seed-specific ones."""
+
+        def __init__(self, n: int, f: int, d: int) -> None:
+            self.n, self.f, self.d = n, f, d
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, s: int) -> torch.Tensor:
+            if not 0 <= s < self.n:
+                raise IndexError(s)
+            g = torch.Generator(device=device)
+            base = torch.randn(self.f, self.d, generator=g.manual_seed(10_000), device=device)
+            own = torch.randn(self.f, self.d, generator=g.manual_seed(s), device=device)
+            base[self.f // 2:] = own[self.f // 2:]  # half the features are seed-specific
+            base.add_(own, alpha=0.3)  # the shared half: cos ~ 0.96 between seeds
+            return base
+
+    for n, f, d, anchor in [(96, 2**14, 768, "all"), (32, 2**20, 4096, 0)]:
+        seeds = LazySeeds(n, f, d)
+        t, st = timed(lambda seeds=seeds, anchor=anchor: stability_scores(seeds, anchor=anchor, device=device,
+                                                                           progress=False, cache_bytes=2**34), device)
+        pairs = n * (n - 1) // 2 if anchor == "all" else n - 1
+        out.append(f"| stability, {n} seeds of (2^{int(math.log2(f))}, {d}), anchor={anchor} | {pairs} GEMM sweeps | "
+                   f"{t:.3g} s | {2.0 * f * f * d * pairs / t / 1e12:.1f} TFLOP/s | {st.backend} |")
+    return out
+
+
+def environment(device: str) -> str:
+    threads = torch.get_num_threads()
+    extra = ""
+    if faiss_available():
+        import faiss
+
+        extra = f", faiss {faiss.__version__} with {faiss.omp_get_max_threads()} OpenMP threads"
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}{extra}"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"with {threads} threads{extra}, load average at start {load:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", default=None, help="comma-separated FxD, e.g. 16384x768,131072x2048")
+    parser.add_argument("--cases", default="random,planted")
+    parser.add_argument("--stability", action="store_true", help="also time the stability settings (GPU)")
+    parser.add_argument("--repeat", type=int, default=1, help="report the best of this many runs")
+    args = parser.parse_args()
+    global REPEAT
+    REPEAT = args.repeat
+    sizes = CPU_SIZES if args.device == "cpu" else GPU_SIZES
+    if args.sizes:
+        sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
+    print(f"device: {environment(args.device)}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    print("| case | F | d | method | seconds | rate (2 F^2 d / t) | top-1 = float32 exact | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for f, d in sizes:
+        for case in args.cases.split(","):
+            for row in run_case(f, d, case, args.device):
+                print(row.markdown(), flush=True)
+    if args.stability:
+        print("\n| setting | work | seconds | rate | backend |\n|---|---|---|---|---|")
+        for line in run_stability(args.device):
+            print(line, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- pytest-benchmark
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("size", CPU_SIZES[:2], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_exact_cpu(benchmark, size: tuple[int, int]) -> None:
+    a, b = make_pair(*size, "planted", "cpu")
+    m = benchmark.pedantic(lambda: match(a, b, both=True), rounds=1, iterations=1)
+    benchmark.extra_info["gflops"] = 2.0 * size[0] ** 2 * size[1] / benchmark.stats.stats.min / 1e9
+    benchmark.extra_info["threads"] = torch.get_num_threads()
+    assert bool(m.mutual(0.7).all())
+
+
+@pytest.mark.skipif(not faiss_available(), reason="needs faiss")
+@pytest.mark.parametrize("size", CPU_SIZES[:2], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_faiss_flat_cpu(benchmark, size: tuple[int, int]) -> None:
+    a, b = make_pair(*size, "planted", "cpu")
+    index = FaissIndex(b, "flat")
+    benchmark.pedantic(lambda: match(a, None, index_b=index), rounds=1, iterations=1)
+
+
+@needs_cuda
+@pytest.mark.parametrize("size", GPU_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_exact_gpu_bf16(benchmark, size: tuple[int, int]) -> None:
+    a, b = make_pair(*size, "planted", "cuda")
+    match(a[:1024], b[:4096], both=True)
+
+    def run():
+        m = match(a, b, both=True)
+        torch.cuda.synchronize()
+        return m
+
+    m = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info["tflops"] = 2.0 * size[0] ** 2 * size[1] / benchmark.stats.stats.min / 1e12
+    assert bool(m.mutual(0.7).all())
+
+
+if __name__ == "__main__":
+    main()
