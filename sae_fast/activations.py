@@ -512,16 +512,23 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
             file = f"shard_{i:05d}.npy"
             if (out / file).is_file():  # written by an earlier, interrupted run
                 rows = int(np.load(out / file, mmap_mode="r").shape[0])
+                bar.update(rows)
             else:
                 order = range(i * texts_per_shard, min((i + 1) * texts_per_shard, len(source.texts)))
-                acts = torch.cat(list(source.iter_activations(order)))
-                if max_tokens is not None:
-                    acts = acts[:max_tokens - total]
-                _write_shard(out / file, acts, name)
-                rows = int(acts.shape[0])
+                parts: list[torch.Tensor] = []
+                got = 0
+                for acts in source.iter_activations(order):
+                    if max_tokens is not None:
+                        acts = acts[:max_tokens - total - got]
+                    parts.append(acts)
+                    got += acts.shape[0]
+                    bar.update(acts.shape[0])
+                    if max_tokens is not None and total + got >= max_tokens:
+                        break
+                rows = got
+                _write_shard(out / file, torch.cat(parts), name)
             shards.append({"file": file, "rows": rows})
             total += rows
-            bar.update(rows)
     finally:
         bar.close()
     _write_manifest(out, {**spec, "num_tokens": total, "shards": shards, "complete": True})

