@@ -312,6 +312,54 @@ def _exact(
     return rv, ri, cv, ci, {"rescored_rows": n_rows, "rescored_cols": n_cols, "tolerance": tol, "candidates": m}
 
 
+def _best_cos(q: torch.Tensor, db: torch.Tensor, idx: torch.Tensor, chunk: int = 2**16) -> torch.Tensor:
+    """Float32 cos(q[i], db[idx[i]]) for every row i."""
+    out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
+    for r0 in range(0, q.shape[0], chunk):
+        out[r0:r0 + chunk] = (q[r0:r0 + chunk] * db[idx[r0:r0 + chunk]]).sum(1)
+    return out
+
+
+def _exact_fused(
+    a32: torch.Tensor,
+    b32: torch.Tensor,
+    both: bool,
+    dtype: torch.dtype,
+    candidates: int,
+    tol: float | None,
+    blocks: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+    """Top-1 in both directions with the fused Triton kernel (sae_fast.kernels.match_max), which never writes the
+    score tile and returns each row's best and second-best low-precision score. The best is re-scored in float32;
+    a row is certified when that beats the second-best low-precision score by more than the rounding bound,
+    others go through the candidate path of ``_exact``."""
+    if dtype not in _LOW_PRECISION:
+        raise ValueError(f"kernel='triton' needs dtype torch.bfloat16 or torch.float16 (tl.dot on float32 "
+                         f"would use TF32), got {dtype}")
+    from .kernels.match_max import match_max
+
+    al, bl = a32.to(dtype).contiguous(), b32.to(dtype).contiguous()
+    if tol is None:
+        tol = _rounding_tolerance(a32, al, b32, bl, output_low_precision=False)
+    _, ri, r2, _, ci, c2 = match_max(al, bl, both=both)
+    del al, bl
+    info: dict[str, Any] = {"tolerance": tol, "candidates": max(candidates, 2), "kernel": "triton"}
+
+    def certify(q, db, idx, second):
+        val = _best_cos(q, db, idx)
+        unsure = (val <= second + tol).nonzero().flatten()
+        if unsure.numel():
+            v, i, _, _, _ = _exact(q[unsure], db, 1, False, False, dtype, candidates, tol, blocks)
+            val[unsure], idx[unsure] = v[:, 0], i[:, 0]
+        return val.unsqueeze(1), idx.unsqueeze(1), int(unsure.numel())
+
+    rv, ri, info["rescored_rows"] = certify(a32, b32, ri, r2)
+    cv = None
+    if both:
+        cv, ci, info["rescored_cols"] = certify(b32, a32, ci, c2)
+    return rv, ri, cv, ci if both else None, info
+
+
 # ----------------------------------------------------------------------------------------------------------
 # faiss backend
 
@@ -520,6 +568,7 @@ def match(
     index_a: FaissIndex | None = None,
     index_b: FaissIndex | None = None,
     normalize: bool = True,
+    kernel: str = "torch",
     verbose: bool = False,
 ) -> Match:
     """For every row of A (F_A, d), its top-k rows of B (F_B, d) by cosine; with ``both``, also B -> A.
@@ -530,9 +579,10 @@ def match(
     ``candidates`` kept per row before re-scoring, ``tol`` the certification margin (default: a rounding
     bound computed from the inputs), ``block_rows`` x ``block_cols`` the tile. faiss backend: ``index`` kind,
     ``nlist``, ``nprobe``, or prebuilt ``index_b`` (searched with A) and ``index_a`` (searched with B).
-    ``normalize=False`` (exact backend) trusts that A and B are already checked unit-norm float32 rows on
-    the device and skips the checks and the copy. Returns a :class:`Match` with CPU tensors;
-    ``Match.backend`` says what ran.
+    ``kernel``: ``torch`` (tiled torch GEMM + running top-k) or ``triton`` (fused GEMM + max kernel, k = 1, signed
+    cosine, bfloat16/float16 tiles; CUDA, or CPU under TRITON_INTERPRET=1). ``normalize=False`` (exact
+    backend) trusts that A and B are already checked unit-norm float32 rows on the device and skips the checks
+    and the copy. Returns a :class:`Match` with CPU tensors; ``Match.backend`` says what ran.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
@@ -551,10 +601,20 @@ def match(
         tile_dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
         bm, bn = _default_blocks(dev, a32.shape[0], b32.shape[0])
         blocks = (block_rows or bm, block_cols or bn)
-        rv, ri, cv, ci, info = _exact(a32, b32, k, both, absolute, tile_dtype, candidates, tol, blocks)
         name = str(tile_dtype).replace("torch.", "")
-        desc = f"exact: torch {name} tiles {blocks[0]}x{blocks[1]} on {dev.type}"
-        if tile_dtype != torch.float32:
+        if kernel == "triton":
+            if k != 1 or absolute:
+                raise ValueError("kernel='triton' supports k = 1 and signed cosine only; use kernel='torch'")
+            rv, ri, cv, ci, info = _exact_fused(a32, b32, both, tile_dtype, candidates, tol, blocks)
+            desc = f"exact: fused Triton GEMM+max kernel, {name} inputs, float32 accumulation, on {dev.type}"
+        elif kernel == "torch":
+            rv, ri, cv, ci, info = _exact(a32, b32, k, both, absolute, tile_dtype, candidates, tol, blocks)
+            desc = f"exact: torch {name} tiles {blocks[0]}x{blocks[1]} on {dev.type}"
+        else:
+            raise ValueError(f"kernel must be 'torch' or 'triton', got {kernel!r}")
+        if kernel == "triton":
+            desc += ", best re-scored in float32 and certified against the second best"
+        elif tile_dtype != torch.float32:
             desc += f", top-{info['candidates']} re-scored in float32"
         if dev.type == "cpu":
             desc += f", {torch.get_num_threads()} threads"

@@ -1,0 +1,82 @@
+"""The fused GEMM + row/column max kernel (kernels/match_max.py) under the Triton interpreter on tiny shapes,
+and match(kernel="triton") against the float32 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_fast.kernels.match_max import match_max
+
+from sae_fast.match import match
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _inputs(m: int, n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+    b[7] = b[3]  # an exact tie between columns 3 and 7 for every row: the smaller index must win
+    a[5] = a[2]
+    return a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_kernel_best_and_second_best(dtype: torch.dtype) -> None:
+    a, b = _inputs(70, 100, 40, seed=1)
+    al, bl = a.to(dtype).contiguous(), b.to(dtype).contiguous()
+    rv, ri, r2, cv, ci, c2 = match_max(al, bl, block_m=32, block_n=32, block_k=16)
+    s = al.float() @ bl.float().T
+    rows, cols = s.topk(2, dim=1), s.topk(2, dim=0)
+    torch.testing.assert_close(rv, rows.values[:, 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(r2, rows.values[:, 1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(cv, cols.values[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(c2, cols.values[1], atol=1e-6, rtol=0)
+    assert torch.equal(ri, s.argmax(1)) and torch.equal(ci, s.argmax(0))  # argmax: first of equal maxima
+    assert bool((ri != 7).all()) and bool((ci != 5).all())
+
+
+def test_kernel_rows_only_and_bad_input() -> None:
+    a, b = _inputs(33, 65, 24, seed=2)
+    _rv, ri, _r2, cv, ci, c2 = match_max(a, b, both=False, block_m=32, block_n=32, block_k=32)
+    assert cv is None and ci is None and c2 is None
+    assert torch.equal(ri, (a @ b.T).argmax(1))
+    with pytest.raises(AssertionError, match="same K"):
+        match_max(a, b[:, :10].contiguous())
+    with pytest.raises(AssertionError, match="contiguous"):
+        match_max(a, b.T.contiguous().T)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_match_with_fused_kernel_returns_float32_argmax(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(150, 64, generator=g), torch.randn(90, 64, generator=g)
+    b[1] = b[0]
+    b[1, 0] += 1e-3  # near ties that bf16 cannot order
+    m = match(a, b, both=True, dtype=dtype, kernel="triton")
+    ref = match(a, b, both=True)
+    assert torch.equal(m.index_ab, ref.index_ab) and torch.equal(m.index_ba, ref.index_ba)
+    torch.testing.assert_close(m.cos_ab, ref.cos_ab, atol=1e-6, rtol=0)
+    assert m.info["kernel"] == "triton" and "fused Triton" in m.backend
+
+
+def test_fused_kernel_rejects_what_it_cannot_do() -> None:
+    a = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="k = 1"):
+        match(a, a, k=2, dtype=torch.bfloat16, kernel="triton")
+    with pytest.raises(ValueError, match="k = 1"):
+        match(a, a, absolute=True, dtype=torch.bfloat16, kernel="triton")
+    with pytest.raises(ValueError, match="TF32"):
+        match(a, a, dtype=torch.float32, kernel="triton")
+    with pytest.raises(ValueError, match="kernel must be"):
+        match(a, a, kernel="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_fused_kernel_on_gpu(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8192, 768, generator=g), torch.randn(16384, 768, generator=g)
+    ref = match(a, b, both=True, device="cpu")
+    m = match(a.cuda(), b.cuda(), both=True, dtype=dtype, kernel="triton")
+    assert torch.equal(m.index_ab, ref.index_ab) and torch.equal(m.index_ba, ref.index_ba)
+    torch.testing.assert_close(m.cos_ab, ref.cos_ab, atol=1e-5, rtol=0)
