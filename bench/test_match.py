@@ -101,6 +101,12 @@ def run_case(f: int, d: int, case: str, device: str, nprobes: Sequence[int] = (4
             same = float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean())
             rows.append(Row(device, case, f, d, f"exact {str(dt)[6:]} + fp32 re-score, both", t, same,
                             f"re-scored rows {m.info['rescored_rows']}, cols {m.info['rescored_cols']}"))
+        for dt in (torch.bfloat16, torch.float16):
+            match(a[:1024], b[:4096], both=True, dtype=dt, kernel="triton")  # compile
+            t, m = timed(lambda dt=dt: match(a, b, both=True, dtype=dt, kernel="triton"), device)
+            same = float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean())
+            rows.append(Row(device, case, f, d, f"exact fused Triton kernel {str(dt)[6:]} + fp32 certify, both", t,
+                            same, f"re-scored rows {m.info['rescored_rows']}, cols {m.info['rescored_cols']}"))
         t, m = timed(lambda: match(a, b, dtype=torch.bfloat16), device)
         rows.append(Row(device, case, f, d, "exact bfloat16 + fp32 re-score, A->B only", t))
         al, bl = a.bfloat16(), b.bfloat16()
