@@ -1,0 +1,302 @@
+"""The multi-seed trainer: seed independence, the recipe, logs, checkpoints, exact resume, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae_fast.activations import NonFiniteActivationsError, TensorSource, save_tensor_cache
+from sae_fast.checkpoint import load_sae, read_cfg
+from sae_fast.sae import TopKSAE, geometric_median
+from sae_fast.train import TrainConfig, Trainer, field_docs, train
+
+PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+def _data(n: int = 4000, d: int = 16, latents: int = 48, seed: int = 0) -> torch.Tensor:
+    """Sparse combinations of unit directions plus noise: something an SAE can learn quickly."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(latents, d, generator=g)
+    dirs /= dirs.norm(dim=1, keepdim=True)
+    codes = (torch.rand(n, latents, generator=g) < 0.06).float() * torch.rand(n, latents, generator=g) * 3
+    return codes @ dirs + 0.05 * torch.randn(n, d, generator=g) + 0.5
+
+
+def _cfg(tmp: Path, **kw) -> TrainConfig:
+    base = dict(num_latents=48, k=4, seeds=[0, 1], batch_size=128, total_tokens=128 * 30, lr=3e-3,
+                checkpoint_interval=0, log_interval=5, progress=False, output_dir=str(tmp / "run"))
+    return TrainConfig(**{**base, **kw})
+
+
+def _same(a: TopKSAE, b: TopKSAE) -> bool:
+    return all(torch.equal(getattr(a, n), getattr(b, n)) for n in PARAMS)
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def test_config_validation_names_the_field() -> None:
+    for kw, match in [({"k": 0}, "k must be a positive int"), ({"seeds": []}, "at least one seed"),
+                      ({"seeds": [1, 1]}, "distinct"), ({"seeds": [-1]}, "non-negative"),
+                      ({"batch_size": 1.5}, "batch_size"), ({"lr": -1.0}, "lr must be"),
+                      ({"optimizer": "sgd"}, "optimizer must be"), ({"dtype": "int8"}, "dtype must be"),
+                      ({"b_dec_init": "median"}, "b_dec_init"), ({"num_latents": 8, "k": 9}, "must not exceed"),
+                      ({"adam_betas": (0.9, 1.0)}, "adam_betas"), ({"auxk_alpha": -0.1}, "auxk_alpha")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**kw)
+
+
+def test_every_config_field_is_documented_and_lr_scales() -> None:
+    docs = field_docs(TrainConfig)
+    assert set(docs) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(len(doc) > 10 for doc in docs.values())
+    cfg = TrainConfig()
+    assert cfg.resolved_lr(2**14) == pytest.approx(2e-4)
+    assert cfg.resolved_lr(2**16) == pytest.approx(1e-4)
+    assert TrainConfig(lr=1e-3).resolved_lr(2**16) == 1e-3
+    assert TrainConfig(total_tokens=1000, batch_size=300).num_steps == 4
+
+
+# ---------------------------------------------------------------------------------------------- seeds
+
+
+class CountingSource(TensorSource):
+    """Counts the batches handed out."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__(x)
+        self.batches_read = 0
+
+    def iter_batches(self, batch_size: int, *, seed: int = 0, start: int = 0):
+        for batch in super().iter_batches(batch_size, seed=seed, start=start):
+            self.batches_read += 1
+            yield batch
+
+
+def test_seeds_trained_together_equal_seeds_trained_alone_and_read_each_batch_once(tmp_path: Path) -> None:
+    x = _data()
+    source = CountingSource(x)
+    together = train(source, _cfg(tmp_path / "both", seeds=[0, 1, 7]))
+    steps = TrainConfig(total_tokens=128 * 30, batch_size=128).num_steps
+    assert steps <= source.batches_read <= steps + 3  # one read per step (+ at most the prefetch depth)
+    for seed in (0, 7):
+        alone = train(TensorSource(x), _cfg(tmp_path / f"alone{seed}", seeds=[seed]))
+        assert _same(together[seed], alone[seed]), seed
+    assert not torch.equal(together[0].W_dec, together[1].W_dec)
+    # The init depends only on the seed.
+    fresh = Trainer(source, _cfg(tmp_path / "x", seeds=[3, 7])).saes[7]
+    assert torch.equal(TopKSAE(16, 48, 4, seed=7).W_enc, fresh.W_enc)
+
+
+def test_recipe_unit_decoder_b_dec_from_first_batch_parallel_gradient_removed(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    x = _data()
+    calls = {"n": 0}
+    original = TopKSAE.remove_gradient_parallel_to_decoder_directions
+
+    def counting(self: TopKSAE) -> None:
+        calls["n"] += 1
+        grad_before = self.W_dec.grad.clone()
+        original(self)
+        parallel = (self.W_dec.grad * self.W_dec).sum(dim=1)
+        assert parallel.abs().max() <= 1e-5 * max(1.0, float(grad_before.abs().max()))
+
+    monkeypatch.setattr(TopKSAE, "remove_gradient_parallel_to_decoder_directions", counting)
+    saes = train(TensorSource(x), _cfg(tmp_path, seeds=[0, 1], total_tokens=128 * 6))
+    assert calls["n"] == 2 * 6
+    for sae in saes.values():
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(48), rtol=0, atol=1e-5)
+    # b_dec starts at the geometric median of the first batch: with a vanishing lr it stays there.
+    one = train(TensorSource(x), _cfg(tmp_path / "one", seeds=[0], total_tokens=128, lr=1e-30))
+    first = next(TensorSource(x).iter_batches(128, seed=0))
+    torch.testing.assert_close(one[0].b_dec, geometric_median(first), rtol=1e-5, atol=1e-5)
+    mean = train(TensorSource(x), _cfg(tmp_path / "mean", seeds=[0], total_tokens=128, lr=1e-30, b_dec_init="mean"))
+    torch.testing.assert_close(mean[0].b_dec, first.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_dead_latents_are_counted_in_tokens_and_auxk_revives_them(tmp_path: Path) -> None:
+    x = _data()
+
+    def sabotage(trainer: Trainer) -> Trainer:
+        with torch.no_grad():
+            for st in trainer.states:
+                st.sae.W_enc[:8] *= -1e-3  # latents 0..7 barely reach the top k
+                st.sae.b_enc[:8] = -5.0
+        return trainer
+
+    plain = sabotage(Trainer(TensorSource(x), _cfg(tmp_path / "plain", seeds=[0], auxk_alpha=0.0,
+                                                  dead_tokens_threshold=256)))
+    plain.fit()
+    counters = plain.states[0].tokens_since_fired
+    assert (counters % 128 == 0).all() and (counters <= plain.tokens_seen).all()
+    assert (counters[:8] == plain.tokens_seen).all()  # never fired
+    rows = [json.loads(line) for line in (tmp_path / "plain" / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["dead_fraction"] >= 8 / 48 and rows[-1]["auxk_loss"] == 0.0
+
+    aux = sabotage(Trainer(TensorSource(x), _cfg(tmp_path / "aux", seeds=[0], dead_tokens_threshold=256)))
+    assert aux.cfg.auxk_alpha > 0  # AuxK is on by default
+    aux.fit()
+    rows = [json.loads(line) for line in (tmp_path / "aux" / "run" / "log.jsonl").read_text().splitlines()]
+    assert any(r["auxk_loss"] > 0 for r in rows)
+    assert not _same(aux.states[0].sae, plain.states[0].sae)
+
+
+def test_logs_per_seed_and_fvu_goes_down(tmp_path: Path) -> None:
+    train(TensorSource(_data()), _cfg(tmp_path, seeds=[2, 5], total_tokens=128 * 40))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 8 and {r["seed"] for r in rows} == {2, 5}
+    for key in ("fvu", "explained_variance", "l0", "dead_fraction", "tokens_per_s", "step", "tokens", "lr"):
+        assert all(key in r for r in rows), key
+    for seed in (2, 5):
+        mine = [r for r in rows if r["seed"] == seed]
+        assert mine[-1]["fvu"] < 0.8 * mine[0]["fvu"]
+        assert all(r["explained_variance"] == pytest.approx(1 - r["fvu"]) for r in mine)
+        assert all(0 < r["l0"] <= 4 for r in mine)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train_config"]["seeds"] == [2, 5] and config["num_latents"] == 48
+
+
+def test_non_finite_batches_are_reported(tmp_path: Path) -> None:
+    x = _data()
+    x[::50, 3] = float("nan")
+    with pytest.raises(NonFiniteActivationsError, match="training batch 0"):
+        train(TensorSource(x, check=False), _cfg(tmp_path))
+
+
+def test_trainer_validates_its_inputs(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="ActivationSource"):
+        Trainer(torch.zeros(3, 3), _cfg(tmp_path))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="width 16"):
+        Trainer(TensorSource(_data()), _cfg(tmp_path, d_in=8))
+    with pytest.raises(TypeError, match="unknown TrainConfig fields"):
+        train(TensorSource(_data()), _cfg(tmp_path), num_seeds=3)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoints_are_per_seed_and_final_saes_load(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, seeds=[0, 3], checkpoint_interval=128 * 10, keep_checkpoints=2)
+    saes = train(TensorSource(_data()), cfg)
+    out = tmp_path / "run"
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step_000000020", "step_000000030"]  # every 10 steps, last 2 kept
+    files = sorted(p.name for p in (out / "checkpoints" / "step_000000030" / "seed3").iterdir())
+    assert files == ["cfg.json", "optimizer.pt", "sae.safetensors", "train_state.safetensors"]
+    for seed in (0, 3):
+        loaded = load_sae(out / f"seed{seed}")
+        assert _same(loaded, saes[seed])
+        meta = read_cfg(out / f"seed{seed}")["sae_fast"]
+        assert meta["seed"] == seed and meta["tokens"] == 128 * 30
+    with pytest.raises(FileExistsError, match="resume"):
+        train(TensorSource(_data()), cfg)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_an_interruption_gives_the_same_weights(tmp_path: Path) -> None:
+    x = _data()
+    kw = dict(seeds=[1, 4], total_tokens=128 * 50, checkpoint_interval=128 * 15, dead_tokens_threshold=640)
+    straight = train(TensorSource(x), _cfg(tmp_path / "a", **kw))
+
+    def stop_at_step_37(t: Trainer) -> None:  # after the checkpoint at step 30, before the one at 45
+        if t.step == 37:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Trainer(TensorSource(x), _cfg(tmp_path / "b", **kw)).fit(on_step=stop_at_step_37)
+    resumed_trainer = Trainer(TensorSource(x), _cfg(tmp_path / "b", resume=True, **kw))
+    resumed = resumed_trainer.fit()
+    for seed in (1, 4):
+        assert _same(straight[seed], resumed[seed]), seed
+    with pytest.raises(ValueError, match="other settings"):
+        Trainer(TensorSource(x), _cfg(tmp_path / "b", resume=True, **{**kw, "batch_size": 64})).fit()
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        Trainer(TensorSource(x), _cfg(tmp_path / "c", resume=True, **kw)).fit()
+
+
+_KILLED_RUN = textwrap.dedent("""
+    import sys, time, torch
+    sys.path.insert(0, {tests!r})
+    from test_train import _cfg, _data
+    from pathlib import Path
+    from sae_fast.activations import TensorSource
+    from sae_fast.train import Trainer
+
+    def slow(trainer):
+        time.sleep(0.02)
+
+    Trainer(TensorSource(_data()), _cfg(Path({tmp!r}), **{kw!r})).fit(on_step=slow)
+""")
+
+
+def test_resume_after_kill_9_gives_the_same_weights(tmp_path: Path) -> None:
+    kw = dict(seeds=[0, 2], total_tokens=128 * 120, checkpoint_interval=128 * 20, log_interval=20)
+    script = _KILLED_RUN.format(tests=str(Path(__file__).parent), tmp=str(tmp_path / "killed"), kw=kw)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpts = tmp_path / "killed" / "run" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and any(p.name.startswith("step_") for p in ckpts.iterdir()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = Trainer(TensorSource(_data()), _cfg(tmp_path / "killed", resume=True, **kw))
+    latest = resumed.latest_checkpoint()
+    assert latest is not None and int(latest.name.split("_")[1]) < 120  # killed mid-run
+    assert not (tmp_path / "killed" / "run" / "seed0").exists()
+    resumed_saes = resumed.fit()
+    straight = train(TensorSource(_data()), _cfg(tmp_path / "straight", **kw))
+    for seed in (0, 2):
+        assert _same(straight[seed], resumed_saes[seed]), seed
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_train_on_a_cache_saves_every_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sae_fast.cli import main
+
+    save_tensor_cache(_data(), tmp_path / "cache")
+    out = tmp_path / "cli_run"
+    rc = main(["train", "--cache", str(tmp_path / "cache"), "--num-seeds", "3", "--num-latents", "32", "--k", "4",
+               "--batch-size", "100", "--total-tokens", "1000", "--lr", "0.003", "--no-progress",
+               "--output-dir", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "trained 3 SAEs" in printed and "seed2" in printed
+    for seed in range(3):
+        sae = load_sae(out / f"seed{seed}")
+        assert (sae.d_in, sae.num_latents, sae.k) == (16, 32, 4)
+
+
+def test_cli_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from sae_fast.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--no-progress" if f.name == "progress" else "--" + f.name.replace("_", "-")
+        assert flag in text, f.name
+    for option in ("--cache", "--num-seeds", "--layer", "--module", "--cache-tokens", "--model"):
+        assert option in text
+    with pytest.raises(SystemExit):
+        main(["cache", "--help"])
+    assert "--out" in capsys.readouterr().out
