@@ -64,7 +64,7 @@ __all__ = ["TrainConfig", "Trainer", "field_docs", "train"]
 _STATE_FORMAT = "sae_fast.train/1"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Optimizers: name -> base learning rate at 2**14 latents (scaled by 1/sqrt(num_latents / 2**14)).
-_BASE_LR = {"adam": 2e-4, "adam_lowmem": 2e-4}
+_BASE_LR = {"adam": 2e-4, "low_memory_adam": 2e-4, "signum": 5e-3}
 
 
 @dataclass
@@ -97,13 +97,13 @@ class TrainConfig:
     """Tokens to train on (the run takes ceil(total_tokens / batch_size) steps; a cached source is cycled)."""
 
     lr: float | None = None
-    """Learning rate; None means 2e-4 / sqrt(num_latents / 2**14) (sparsify's and OpenAI's scaling)."""
+    """Learning rate; None means base / sqrt(num_latents / 2**14), base 2e-4 for Adam, 5e-3 for signum (sparsify)."""
 
     lr_warmup_steps: int = 0
     """Linear learning-rate warm-up from 0 over this many steps."""
 
     optimizer: str = "adam"
-    """'adam' (torch.optim.Adam) or 'adam_lowmem' (sae_fast.optim's memory-light Adam, when available)."""
+    """'adam' (torch.optim.Adam, fused on CUDA), 'low_memory_adam' (bf16 moments) or 'signum' (sign descent)."""
 
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam's (beta1, beta2)."""
@@ -246,19 +246,41 @@ class _SeedState:
 
 
 def _make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
-    try:
-        from . import optim
-    except ImportError as exc:
-        raise ValueError(f"optimizer {name!r} needs sae_fast.optim, which is not available: {exc}") from exc
-    factory = getattr(optim, "make_optimizer", None)
-    if factory is not None:
-        return factory(name, params, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
-    for attr in ("LowMemoryAdam", "AdamLowMem", "Adam8bit", "MemoryLightAdam"):
-        if hasattr(optim, attr):
-            return getattr(optim, attr)(params, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
-    raise ValueError(f"sae_fast.optim provides no optimizer for {name!r}")
+    from .optim import make_optimizer
+
+    if name == "signum":
+        return make_optimizer(name, params, lr)
+    return make_optimizer(name, params, lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+
+
+def _rng_states(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """States of the generators an optimizer keeps outside its state_dict (LowMemoryAdam's stochastic rounding)."""
+    generators = getattr(optimizer, "_generators", None) or {}
+    return {f"rng/{device}": gen.get_state() for device, gen in generators.items()}
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any], device: torch.device) -> None:
+    """``optimizer.load_state_dict(saved)``, keeping each state tensor's saved dtype.
+
+    torch casts floating-point state to the parameter's dtype on load, which would turn bf16 moments
+    (LowMemoryAdam, signum) into fp32 ones and make a resumed run differ from an uninterrupted one.
+    """
+    optimizer.load_state_dict(saved)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, state in saved["state"].items():
+        live = optimizer.state[params[int(index)]]
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and live[key].dtype != value.dtype:
+                live[key] = value.to(device)
+
+
+def _set_rng_states(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    make = getattr(optimizer, "_generator", None)
+    for key, state in tensors.items():
+        if key.startswith("rng/") and make is not None:
+            gen = make(torch.device(key[4:]))
+            if gen is not None:
+                gen.set_state(state.cpu())
 
 
 def _prefetch(iterator: Iterator[torch.Tensor], depth: int, device: torch.device) -> Iterator[torch.Tensor]:
@@ -559,7 +581,7 @@ class Trainer:
                 buffer = io.BytesIO()
                 torch.save(st.optimizer.state_dict(), buffer)
                 atomic_write(folder / "optimizer.pt", lambda f, b=buffer: f.write(b.getvalue()))
-                atomic_save_safetensors({"tokens_since_fired": st.tokens_since_fired},
+                atomic_save_safetensors({"tokens_since_fired": st.tokens_since_fired, **_rng_states(st.optimizer)},
                                         folder / "train_state.safetensors")
         dist_utils.barrier()
         if self.rank == 0:
@@ -618,11 +640,12 @@ class Trainer:
                     getattr(st.sae, name).copy_(getattr(sae, name))
             try:
                 opt_state = torch.load(seed_dir / "optimizer.pt", map_location=self.device, weights_only=True)
-                st.optimizer.load_state_dict(opt_state)
+                _load_optimizer_state(st.optimizer, opt_state, self.device)
             except Exception as exc:
                 raise CheckpointError(f"resume: {seed_dir / 'optimizer.pt'} is missing or corrupt: {exc}") from exc
             counters = load_safetensors(seed_dir / "train_state.safetensors", device=self.device)
             st.tokens_since_fired.copy_(counters["tokens_since_fired"])
+            _set_rng_states(st.optimizer, counters)
         self.step = int(state["step"])
 
 

@@ -206,9 +206,12 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_after_an_interruption_gives_the_same_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("optimizer", "dtype"), [("adam", "float32"), ("low_memory_adam", "float32"),
+                                                  ("low_memory_adam", "bfloat16"), ("signum", "float32")])
+def test_resume_after_an_interruption_gives_the_same_weights(tmp_path: Path, optimizer: str, dtype: str) -> None:
     x = _data()
-    kw = dict(seeds=[1, 4], total_tokens=128 * 50, checkpoint_interval=128 * 15, dead_tokens_threshold=640)
+    kw = dict(seeds=[1, 4], total_tokens=128 * 50, checkpoint_interval=128 * 15, dead_tokens_threshold=640,
+              optimizer=optimizer, dtype=dtype, lr=None if optimizer == "signum" else 3e-3)
     straight = train(TensorSource(x), _cfg(tmp_path / "a", **kw))
 
     def stop_at_step_37(t: Trainer) -> None:  # after the checkpoint at step 30, before the one at 45
