@@ -125,6 +125,10 @@ def run_case(f: int, d: int, case: str, device: str, nprobes: Sequence[int] = (4
         else:
             t, _ = timed(lambda: naive(a, b), device)
             rows.append(Row(device, case, f, d, "naive torch float32 full matrix, both", t))
+    if device == "cuda" and faiss_has_gpu():
+        row = faiss_knn_gpu_bf16(a, b, ref.index_ab[:, 0], case)
+        if row is not None:
+            rows.append(row)
     if faiss_available() and (device == "cpu" or faiss_has_gpu()):
         where = "gpu" if device == "cuda" else "cpu"
         t_build, index = timed(lambda: FaissIndex(b.cpu(), "flat"), "cpu")
@@ -140,6 +144,23 @@ def run_case(f: int, d: int, case: str, device: str, nprobes: Sequence[int] = (4
                 rows.append(Row(device, case, f, d, f"faiss {index.description.split()[1]} nprobe={nprobe}, A->B",
                                 t, same, f"build {t_build:.3g} s"))
     return rows
+
+
+def faiss_knn_gpu_bf16(a: torch.Tensor, b: torch.Tensor, ref_top1: torch.Tensor, case: str) -> Row | None:
+    """faiss's brute-force `knn_gpu` on bf16 torch tensors, one direction (its fastest exact path, gpu.md)."""
+    try:
+        import faiss
+        import faiss.contrib.torch_utils  # lets knn_gpu take torch tensors
+
+        res = faiss.StandardGpuResources()
+        al, bl = a.bfloat16(), b.bfloat16()
+        faiss.knn_gpu(res, al[:1024], bl[:4096], 1, metric=faiss.METRIC_INNER_PRODUCT)
+        t, (_, idx) = timed(lambda: faiss.knn_gpu(res, al, bl, 1, metric=faiss.METRIC_INNER_PRODUCT), "cuda")
+    except Exception as err:  # a faiss build without bf16 or torch support: say so instead of failing the run
+        print(f"(faiss knn_gpu bf16 unavailable: {err})")
+        return None
+    same = float((idx[:, 0].cpu() == ref_top1).float().mean())
+    return Row("cuda", case, a.shape[0], a.shape[1], "faiss knn_gpu bf16, A->B", t, same)
 
 
 def run_stability(device: str) -> list[str]:
