@@ -388,8 +388,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume:
             self.load_checkpoint()
-        elif self.rank == 0 and (self.output_dir / "checkpoints").is_dir() and any(
-                (self.output_dir / "checkpoints").glob("step_*")):
+        elif (self.output_dir / "checkpoints").is_dir() and any((self.output_dir / "checkpoints").glob("step_*")):
             raise FileExistsError(f"{self.output_dir} already holds checkpoints of a run: resume it (resume=True, "
                                   "--resume) or choose another output_dir")
         if self.rank == 0:
