@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..angles import principal_angles_pairs
-from ._common import ArrayLike, check_decoders, index_array
+from ._common import ArrayLike, check_decoders, index_array, right_singular
 
 
 def coactivation_affinity(fires: ArrayLike) -> np.ndarray:
@@ -80,7 +80,8 @@ def cluster_latents(
 
 def candidate_basis(rows: np.ndarray, *, energy: float = 0.95, max_rank: int = 32) -> np.ndarray:
     """(d, r) orthonormal basis of the top singular subspace of rows holding ``energy`` of their norm²."""
-    _, s, vt = np.linalg.svd(rows, full_matrices=False)
+    s, v = right_singular(rows)
+    vt = v.T
     cum = np.cumsum(s**2) / max(float((s**2).sum()), 1e-300)
     r = int(min(np.searchsorted(cum, energy - 1e-12) + 1, max_rank, len(s)))
     return vt[:r].T.copy()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import STABLE, UNSTABLE, ArrayLike, check_decoders
+from ._common import STABLE, UNSTABLE, ArrayLike, check_decoders, right_singular
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -77,7 +77,7 @@ def cross_seed_classifier(
         # projection-energy baseline: unstable if much of d lies in seed a's top-r unstable subspace
         r = min(projection_rank, len(ua), xa.shape[1])
         if r >= 1:
-            basis = np.linalg.svd(ua, full_matrices=False)[2][:r].T
+            basis = right_singular(ua)[1][:, :r]
             ea = ((xa @ basis) ** 2).sum(axis=1)
             eb = ((xb @ basis) ** 2).sum(axis=1)
             candidates = np.unique(np.quantile(ea, np.linspace(0.0, 1.0, 201)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import ArrayLike, index_array, unit_rows
+from ._common import ArrayLike, index_array, right_singular, unit_rows
 
 
 def effective_rank(matrix: ArrayLike, kind: str = "entropy", *, normalize_rows: bool = True) -> float:
@@ -19,7 +19,7 @@ def effective_rank(matrix: ArrayLike, kind: str = "entropy", *, normalize_rows: 
     rows = unit_rows(matrix, "matrix") if normalize_rows else np.asarray(matrix, dtype=np.float64)
     if rows.ndim != 2 or rows.shape[0] == 0:
         raise ValueError(f"matrix must be a non-empty (n, d) matrix, got shape {rows.shape}")
-    s = np.linalg.svd(rows, compute_uv=False)
+    s = right_singular(rows)[0]
     if s.sum() <= 0:
         return 0.0
     if kind == "entropy":

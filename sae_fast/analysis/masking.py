@@ -98,7 +98,7 @@ def _frequency_matched(pool: np.ndarray, target: np.ndarray, freq: np.ndarray, r
     pool = np.setdiff1d(pool, target)
     if len(pool) < len(target):
         pool = np.arange(len(freq))
-    order = pool[np.argsort(freq[pool], kind="stable")]
+    order = pool[np.lexsort((rng.random(len(pool)), freq[pool]))]  # by frequency, random among ties
     chosen: list[int] = []
     taken = np.zeros(len(order), dtype=bool)
     pos = np.searchsorted(freq[order], freq[target])

@@ -118,7 +118,7 @@ def pooled_sae(saes: list[torch.nn.Module], pool: Pool, target_size: int | None 
     return out
 
 
-def refit_encoder(sae: torch.nn.Module, x: torch.Tensor, *, steps: int = 200, batch_size: int = 1024,
+def refit_encoder(sae: torch.nn.Module, x: torch.Tensor, *, steps: int = 100, batch_size: int = 512,
                   lr: float = 1e-3, seed: int = 0) -> list[float]:
     """Fine-tune W_enc, b_enc and b_dec with W_dec frozen (Adam on FVU); returns the FVU per step."""
     params = [sae.W_enc, sae.b_enc, sae.b_dec]
@@ -133,7 +133,7 @@ def refit_encoder(sae: torch.nn.Module, x: torch.Tensor, *, steps: int = 200, ba
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     finally:
         sae.W_dec.requires_grad_(True)
     return losses

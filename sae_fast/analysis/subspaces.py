@@ -13,21 +13,22 @@ from __future__ import annotations
 import numpy as np
 
 from ..angles import principal_angles_pairs, random_subspace_angles, subspace_similarity
-from ._common import ArrayLike, check_decoders, index_array
+from ._common import ArrayLike, check_decoders, index_array, right_singular
 
 
 def top_subspace(rows: np.ndarray, r: int) -> np.ndarray:
     """(d, r) orthonormal basis of the top-r right singular subspace of rows (n, d); needs n >= r."""
     if rows.shape[0] < r:
         raise ValueError(f"need at least r={r} rows for a rank-r subspace, got {rows.shape[0]}")
-    return np.linalg.svd(rows, full_matrices=False)[2][:r].T.copy()
+    return right_singular(rows)[1][:, :r].copy()
 
 
-def _pair_stats(bases: list[np.ndarray], rows: list[np.ndarray]) -> dict:
+def _pair_stats(bases: list[np.ndarray], grams: list[np.ndarray]) -> dict:
+    """Summaries over seed pairs; ``grams[s]`` = D_s^T D_s gives the energy ||D_b V_a||^2 / ||D_b||^2 cheaply."""
     S = len(bases)
     pairs = np.array([(a, b) for a in range(S) for b in range(a + 1, S)], dtype=np.int64)
     sim = subspace_similarity(principal_angles_pairs(bases, pairs))
-    energy = [float(np.linalg.norm(rows[b] @ bases[a]) ** 2 / np.linalg.norm(rows[b]) ** 2)
+    energy = [float(np.einsum("dr,de,er->", bases[a], grams[b], bases[a]) / np.trace(grams[b]))
               for a in range(S) for b in range(S) if a != b]
     return {
         "mean_cos2": float(np.mean(sim.mean_cos2)),
@@ -67,20 +68,28 @@ def cross_seed_subspaces(
     rng = np.random.default_rng(seed)
     smallest = min(len(r) for r in rows)
     out: dict = {"d": d, "sizes": [len(r) for r in rows], "ranks": {}}
+    ranks = [int(r) for r in ranks if 1 <= r <= min(smallest, d)]
+    if not ranks:
+        return out
+    vecs = [right_singular(x)[1] for x in rows]  # one decomposition per set, sliced per rank
+    gram = lambda x: x.T @ x
+    row_grams = [gram(x) for x in rows]
+    random_draws = []
+    for _ in range(n_random):
+        subs = [decs[s][rng.choice(len(decs[s]), len(rows[s]), replace=False)] for s in range(S)]
+        random_draws.append(([gram(x) for x in subs], [right_singular(x)[1] for x in subs]))
+    ref_vecs = {name: [right_singular(x)[1] if len(x) else None for x in ref_rows] for name, ref_rows in refs.items()}
+    ref_grams = {name: [gram(x) for x in ref_rows] for name, ref_rows in refs.items()}
     for r in ranks:
-        if r > smallest or r > d or r < 1:
-            continue
-        entry = {"set": _pair_stats([top_subspace(x, r) for x in rows], rows)}
-        draws = []
-        for _ in range(n_random):
-            subs = [decs[s][rng.choice(len(decs[s]), len(rows[s]), replace=False)] for s in range(S)]
-            draws.append(_pair_stats([top_subspace(x, r) for x in subs], subs))
-        entry["random_subset"] = {key: float(np.mean([dr[key] for dr in draws])) for key in draws[0]}
-        haar = subspace_similarity(random_subspace_angles(d, r, r, 200, seed=seed))
+        entry = {"set": _pair_stats([v[:, :r] for v in vecs], row_grams)}
+        draws = [_pair_stats([v[:, :r] for v in vs], subs) for subs, vs in random_draws]
+        if draws:
+            entry["random_subset"] = {key: float(np.mean([dr[key] for dr in draws])) for key in draws[0]}
+        haar = subspace_similarity(random_subspace_angles(d, r, r, 64, seed=seed))
         entry["haar"] = {"mean_cos2": float(haar.mean_cos2.mean()), "largest_angle": float(haar.largest_angle.mean()),
                          "expected_mean_cos2": r / d}
         for name, ref_rows in refs.items():
             if min(len(x) for x in ref_rows) >= r:
-                entry[name] = _pair_stats([top_subspace(x, r) for x in ref_rows], ref_rows)
+                entry[name] = _pair_stats([v[:, :r] for v in ref_vecs[name]], ref_grams[name])
         out["ranks"][int(r)] = entry
     return out

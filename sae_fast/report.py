@@ -1,0 +1,348 @@
+"""The study's report: a self-contained HTML page (PNG plots embedded as base64) and a markdown twin.
+
+Every number comes from ``results.json`` (or, for plots, ``arrays.npz``) in the study folder, and every table
+names the JSON path of its numbers, so each figure can be traced to a saved artifact.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (header, rows, source)) | ("fig", (name, png))
+
+
+def _get(results: dict, path: str) -> Any:
+    cur: Any = results
+    for key in path.split("."):
+        if isinstance(cur, dict) and key in cur:
+            cur = cur[key]
+        elif isinstance(cur, list) and key.isdigit() and int(key) < len(cur):
+            cur = cur[int(key)]
+        else:
+            return None
+    return cur
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not np.isfinite(value):
+            return "–"
+        return f"{value:.{digits}g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return html.escape(str(value)) if isinstance(value, str) else str(value)
+
+
+def _table(results: dict, rows: list[tuple[str, str]], header: tuple[str, str] = ("quantity", "value")) -> Block:
+    """Rows of (label, JSON path); the value is looked up and the path shown as its source."""
+    body = [(label, _fmt(_get(results, path)), path) for label, path in rows]
+    return ("table", ((*header, "source (results.json)"), body))
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _figures(results: dict, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs: dict[str, bytes] = {}
+    st = results.get("stability", {}).get("anchor", {})
+    if "p_hat_hist" in st:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+        h = st["p_hat_hist"]
+        axes[0].stairs(h["counts"], h["edges"], fill=True)
+        axes[0].set(xlabel="p̂ (anchor seed)", ylabel="features", title="stability p̂")
+        if "best_cos_hist" in st:
+            h = st["best_cos_hist"]
+            axes[1].stairs(h["counts"], h["edges"], fill=True)
+            axes[1].axvline(results["config"]["theta"], color="k", ls="--", lw=1)
+            axes[1].set(xlabel="best cross-seed cosine", ylabel="(feature, seed) pairs", title="best cosines")
+        figs["stability"] = _png(fig)
+    m = results.get("masking")
+    if m:
+        names = [n for n in ("stable", "unstable", "stable_n", f"unstable_{m['ratio']}n") if n in m["delta_ev"]]
+        fig, ax = plt.subplots(figsize=(7, 3))
+        xs = np.arange(len(names))
+        ax.bar(xs - 0.27, [m["delta_ev"][n] for n in names], 0.27, label="masked set")
+        for off, kind in ((0.0, "random_like"), (0.27, "freqmatched_like")):
+            vals = [_get(m, f"random.{kind}_{n}.delta_ev_mean") for n in names]
+            errs = [_get(m, f"random.{kind}_{n}.delta_ev_std") for n in names]
+            if any(v is not None for v in vals):
+                ax.bar(xs + off, [v or 0 for v in vals], 0.27, yerr=[e or 0 for e in errs],
+                       label=kind.replace("_like", " random, same size"))
+        ax.set_xticks(xs, [f"{n}\n({m['sizes'][n]})" for n in names])
+        ax.set(ylabel="ΔEV (EV_full − EV_masked)", title="masking after encoding")
+        ax.legend(fontsize=7)
+        figs["masking"] = _png(fig)
+    sw = results.get("masking_sweep", {}).get("curves")
+    if sw:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for name, rows in sw.items():
+            rows = sorted(rows, key=lambda r: r["size"])
+            ax.plot([r["size"] for r in rows], [r["delta_ev"] for r in rows], "o-", label=name)
+        ax.set(xlabel="latents masked", ylabel="ΔEV", title="ΔEV vs mask size (random subsets of each group)")
+        ax.legend(fontsize=7)
+        figs["masking_sweep"] = _png(fig)
+    if "freq" in arrays and "labels" in arrays:
+        a0 = results["config"]["anchor"]
+        f, lab = arrays["freq"][a0], arrays["labels"][a0]
+        fig, ax = plt.subplots(figsize=(5, 3))
+        lo = np.log10(np.maximum(f, 1e-7))
+        bins = np.linspace(lo.min(), max(lo.max(), lo.min() + 1e-3), 40)
+        for value, name in ((1, "stable"), (-1, "unstable"), (0, "neither")):
+            if (lab == value).any():
+                ax.hist(lo[lab == value], bins=bins, histtype="step", label=name)
+        ax.set(xlabel="log10 firing frequency (1e-7 = dead)", ylabel="latents", title="activation frequency")
+        ax.legend(fontsize=7)
+        figs["frequency"] = _png(fig)
+    sub = results.get("subspaces", {}).get("ranks")
+    if sub:
+        rs = sorted(sub, key=int)
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for key, label in (("set", results["subspaces"]["set"]), ("stable", "stable"),
+                           ("random_subset", "random subsets, same size"), ("haar", "Haar-random")):
+            vals = [_get(sub[r], f"{key}.mean_cos2") for r in rs]
+            if any(v is not None for v in vals):
+                ax.plot([int(r) for r in rs], [np.nan if v is None else v for v in vals], "o-", label=label)
+        ax.set(xlabel="rank r", ylabel="mean cos² across seed pairs", title="cross-seed top-r subspaces")
+        ax.legend(fontsize=7)
+        figs["subspaces"] = _png(fig)
+    c = results.get("candidates", {}).get("candidates")
+    if c:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.hist([x["mean_best_similarity"] for x in c], bins=20, range=(0, 1), label="candidates")
+        null = _get(results, "candidates.null.mean_best_similarity_q99")
+        if null is not None:
+            ax.axvline(null, color="k", ls="--", lw=1, label="random null, 99th pct")
+        ax.set(xlabel="mean best similarity in the other seeds", ylabel="candidates", title="candidate subspaces")
+        ax.legend(fontsize=7)
+        figs["candidates"] = _png(fig)
+    syn = results.get("synthetic")
+    if syn:
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+        axes[0].bar(["isolated", "grouped"], [syn["p_hat_isolated"] or 0, syn["p_hat_grouped"] or 0])
+        axes[0].set(ylabel="mean p̂ of latents", title="latent-level stability", ylim=(0, 1.05))
+        axes[1].bar(["group vs truth", "group across seeds", "random (r/d)"],
+                    [syn["group_mean_cos2"] or 0, syn["group_cross_seed_mean_cos2"] or 0, syn["haar_mean_cos2"]])
+        axes[1].set(ylabel="mean cos²", title="subspace-level recovery", ylim=(0, 1.05))
+        axes[1].tick_params(axis="x", labelsize=7)
+        figs["synthetic"] = _png(fig)
+    return figs
+
+
+def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = None) -> list[Block]:
+    """The report's content, section by section."""
+    B: list[Block] = [("h1", "Seed-dependence study")]
+    src = results.get("source", {})
+    B.append(("p", f"{src.get('num_seeds', '?')} seeds ({', '.join(map(str, src.get('seeds', [])))}); "
+                   f"d = {src.get('d')}, F = {src.get('num_latents')}, k = {src.get('k')}; {src.get('kind', '')}. "
+                   f"Held-out tokens: {src.get('eval_tokens')}. Method: Gerasimov et al. (2026) as restated in "
+                   "docs/method.md; choices the paper leaves open are parameters (results.json → config)."))
+    B.append(_table(results, [("theta", "config.theta"), ("eps", "config.eps"), ("anchor seed", "config.anchor"),
+                              ("p̂ resolution (1 / comparisons)", "stability.p_hat_resolution")]))
+    B.append(("h2", "1. Stability"))
+    B.append(_table(results, [
+        ("share stable (anchor)", "stability.anchor.share_stable"),
+        ("share unstable (anchor)", "stability.anchor.share_unstable"),
+        ("share neither (anchor)", "stability.anchor.share_neither"),
+        ("mean p̂ (anchor)", "stability.anchor.p_hat_mean"),
+        ("share stable (all anchors)", "stability.all_anchors.share_stable"),
+        ("share unstable (all anchors)", "stability.all_anchors.share_unstable"),
+        ("mean best cosine", "stability.anchor.best_cos_mean"),
+    ]))
+    if "stability" in figs:
+        B.append(("fig", ("stability", figs["stability"])))
+    B.append(("h2", "2. Function: masking"))
+    B.append(("p", "Latents are zeroed after the TopK selection (no re-selection); EV = 1 − FVU on held-out "
+                   "activations; ΔEV = EV_full − EV_masked. Random sets have the same size (and, for "
+                   "'freqmatched', the same firing-frequency profile)."))
+    m = results.get("masking", {})
+    rows = [("EV of the full SAE", "masking.ev_full"), ("FVU of the full SAE", "masking.fvu_full"),
+            ("n (stable) / ratio", "masking.n"), ("ratio", "masking.ratio")]
+    for name in m.get("delta_ev", {}):
+        rows.append((f"ΔEV masking {name} ({_fmt(_get(m, f'sizes.{name}'))} latents)", f"masking.delta_ev.{name}"))
+        for kind in ("random_like", "freqmatched_like"):
+            if f"{kind}_{name}" in m.get("random", {}):
+                rows.append((f"   {kind.replace('_like', '')} same-size ΔEV (mean)",
+                             f"masking.random.{kind}_{name}.delta_ev_mean"))
+    B.append(_table(results, rows))
+    for key in ("masking", "masking_sweep"):
+        if key in figs:
+            B.append(("fig", (key, figs[key])))
+    B.append(("p", "Language-model loss with the masked reconstruction spliced in: not computed. The embedded "
+                   "model (all-MiniLM-L6-v2) ships without its masked-LM head (a sentence-embedding BertModel), so "
+                   "no MLM loss exists for it; for a causal LM this is future work."))
+    B.append(("h2", "3. Activation statistics"))
+    B.append(_table(results, [
+        ("mean firing frequency, stable", "frequency.anchor.stable.mean"),
+        ("mean firing frequency, unstable", "frequency.anchor.unstable.mean"),
+        ("median firing frequency, stable", "frequency.anchor.stable.median"),
+        ("median firing frequency, unstable", "frequency.anchor.unstable.median"),
+        ("mean firing frequency, all latents", "frequency.anchor.all.mean"),
+        ("k / F", "frequency.k_over_F"),
+        ("dead share (never fires on held-out), unstable", "frequency.anchor.unstable.dead_share"),
+        ("dead share, all", "frequency.anchor.all.dead_share"),
+    ]))
+    B.append(("p", "Paper (GPT-2 small, [S1]): ≈0.44 % of tokens for stable vs ≈0.18 % for unstable features."))
+    if "frequency" in figs:
+        B.append(("fig", ("frequency", figs["frequency"])))
+    if snippets:
+        B.append(("h3", "Top-activating snippets (snippets.json)"))
+        for group in ("stable", "unstable"):
+            for item in snippets.get(group, []):
+                ex = " · ".join(e["text"] for e in item["examples"][:3])
+                B.append(("p", f"<b>{group} latent {item['latent']}</b> (p̂ {item['p_hat']:.2f}, fires on "
+                               f"{100 * item['freq']:.3g} % of tokens): {html.escape(ex)}"))
+    B.append(("h2", "4. Geometry"))
+    er = results.get("effective_rank", {})
+    B.append(("p", f"Normalised entropy effective rank ER/d of unit decoder rows, each set subsampled to n = "
+                   f"{er.get('n')} latents (d = {er.get('d')}). Paper (GPT-2, [S1]): ≈0.80 stable vs ≈0.60 unstable."))
+    B.append(_table(results, [(f"ER/d {name}", f"effective_rank.sets.{name}.er_over_d_mean")
+                              for name in er.get("sets", {})] +
+                    [(f"participation ratio / d {name}", f"effective_rank_pr.sets.{name}.er_over_d_mean")
+                     for name in results.get("effective_rank_pr", {}).get("sets", {})]))
+    sub = results.get("subspaces", {})
+    B.append(("h3", f"Cross-seed reproducibility of the {sub.get('set', '')} subspace"))
+    rows = []
+    for r in sorted(sub.get("ranks", {}), key=int):
+        for key in ("set", "stable", "random_subset", "haar"):
+            if key in sub["ranks"][r]:
+                rows.append((f"r = {r}: mean cos², {key}", f"subspaces.ranks.{r}.{key}.mean_cos2"))
+        rows.append((f"r = {r}: energy captured, {sub.get('set')}", f"subspaces.ranks.{r}.set.energy"))
+    B.append(_table(results, rows))
+    if "subspaces" in figs:
+        B.append(("fig", ("subspaces", figs["subspaces"])))
+    B.append(("h3", "Stability classifier (logistic regression on decoder rows, train on one seed, test on others)"))
+    B.append(_table(results, [
+        ("F1 stable class", "classifier.mean.f1_stable"), ("F1 unstable class", "classifier.mean.f1_unstable"),
+        ("balanced accuracy", "classifier.mean.balanced_accuracy"),
+        ("majority-class accuracy", "classifier.mean.majority_accuracy"),
+        ("projection-energy baseline, balanced accuracy", "classifier.mean.projection_balanced_accuracy"),
+    ]))
+    B.append(("p", "Paper ([S1]): F1 ≈ 0.67–0.73 (positive class unconfirmed, both given)."))
+    B.append(("h3", "Candidate subspaces (beyond the paper)"))
+    B.append(_table(results, [
+        ("candidates of seed 0", "candidates.per_seed.0.num_candidates"),
+        ("mean reproducibility score", "candidates.score_mean"),
+        ("share of candidates reproduced (score >= min_score)", "candidates.reproduced_share"),
+        ("null: mean score of random subspaces", "candidates.null.score_mean"),
+        ("null: share reproduced", "candidates.null.reproduced_share"),
+        ("anchor: share of the set in a reproducible subspace", "candidates.per_seed.0.share_in_reproducible"),
+        ("clustering affinity", "candidates.params.method"),
+    ]))
+    if "candidates" in figs:
+        B.append(("fig", ("candidates", figs["candidates"])))
+    B.append(("h2", "5. Pooling unique features across seeds"))
+    if "skipped" in results.get("pooling", {}):
+        B.append(("p", "Skipped: " + results["pooling"]["skipped"]))
+    else:
+        B.append(_table(results, [
+            ("pool seeds / held-out seeds", "pooling.num_pool_seeds"), ("held-out seeds", "pooling.num_heldout_seeds"),
+            ("unique features in the pool", "pooling.num_unique_features"),
+            ("EV single seed (mean)", "pooling.single_ev_mean"), ("EV pooled", "pooling.pooled.ev"),
+            ("EV pooled after encoder refit", "pooling.pooled.ev_refit"),
+            ("mean p̂ vs held-out seeds, single (mean)", "pooling.single_p_hat_mean_mean"),
+            ("mean p̂ vs held-out seeds, pooled", "pooling.pooled.p_hat_mean"),
+            ("share stable vs held-out, single (mean)", "pooling.single_share_stable_mean"),
+            ("share stable vs held-out, pooled", "pooling.pooled.share_stable"),
+        ]))
+    if "synthetic" in results:
+        B.append(("h2", "6. Synthetic ground truth"))
+        B.append(("p", "Isolated sparse features plus groups living in shared low-rank subspaces with no preferred "
+                       "basis (sae_fast.synthetic; config in results.json → synthetic.config)."))
+        B.append(_table(results, [
+            ("isolated features recovered (cos >= 0.9)", "synthetic.isolated_recovered_share"),
+            ("mean p̂ of isolated latents", "synthetic.p_hat_isolated"),
+            ("mean p̂ of grouped latents", "synthetic.p_hat_grouped"),
+            ("group subspace vs truth, mean cos²", "synthetic.group_mean_cos2"),
+            ("group subspace across seeds, mean cos²", "synthetic.group_cross_seed_mean_cos2"),
+            ("median largest principal angle (rad)", "synthetic.group_max_angle_median"),
+            ("random baseline mean cos² (r/d)", "synthetic.haar_mean_cos2"),
+        ]))
+        if "synthetic" in figs:
+            B.append(("fig", ("synthetic", figs["synthetic"])))
+    B.append(("h2", "Timings (seconds)"))
+    B.append(_table(results, [(k, f"timings_seconds.{k}") for k in results.get("timings_seconds", {})]))
+    return B
+
+
+def _md(blocks: list[Block]) -> str:
+    out = []
+    for kind, val in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + val)
+        elif kind == "p":
+            out.append(val.replace("<b>", "**").replace("</b>", "**"))
+        elif kind == "table":
+            header, rows = val
+            out.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+            out[-1] += "".join("\n| " + " | ".join(str(c) if i < 2 else f"`{c}`" for i, c in enumerate(r)) + " |"
+                               for r in rows)
+        elif kind == "fig":
+            out.append(f"![{val[0]}](figures/{val[0]}.png)")
+    return "\n\n".join(out) + "\n"
+
+
+def _html(blocks: list[Block]) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sae_fast study</title><style>"
+             "body{font-family:sans-serif;max-width:980px;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
+             "font-size:90%}td:last-child{font-family:monospace;color:#666}</style></head><body>"]
+    for kind, val in blocks:
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{html.escape(val)}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{val}</p>")
+        elif kind == "table":
+            header, rows = val
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+                         + "</table>")
+        elif kind == "fig":
+            b64 = base64.b64encode(val[1]).decode("ascii")
+            parts.append(f"<p><img alt='{val[0]}' src='data:image/png;base64,{b64}'></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(study_dir: str | os.PathLike) -> dict[str, Path]:
+    """Reads ``results.json`` (and ``arrays.npz``, ``snippets.json`` if present) in ``study_dir``; writes
+    ``figures/*.png``, ``report.md`` and a self-contained ``report.html``. Returns their paths."""
+    base = Path(study_dir)
+    if not (base / "results.json").is_file():
+        raise FileNotFoundError(f"{base} holds no results.json (run the study first)")
+    results = json.loads((base / "results.json").read_text())
+    arrays: dict[str, np.ndarray] = {}
+    if (base / "arrays.npz").is_file():
+        with np.load(base / "arrays.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+    snippets = json.loads((base / "snippets.json").read_text()) if (base / "snippets.json").is_file() else None
+    figs = _figures(results, arrays)
+    (base / "figures").mkdir(exist_ok=True)
+    for name, png in figs.items():
+        (base / "figures" / f"{name}.png").write_bytes(png)
+    blocks = build_blocks(results, figs, snippets)
+    (base / "report.md").write_text(_md(blocks))
+    (base / "report.html").write_text(_html(blocks))
+    return {"html": base / "report.html", "markdown": base / "report.md", "figures": base / "figures"}

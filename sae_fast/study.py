@@ -1,0 +1,471 @@
+"""The seed-dependence study, end to end (method.md; issue 7).
+
+``study(run_dir, activations=..., out_dir=...)`` takes a folder of SAEs trained on the same data with
+different seeds (sae_fast, sparsify or SAELens layout) plus held-out activations, and computes and saves:
+stability (p̂, split, histograms), masking EV, firing frequency and top-activating snippets, effective rank,
+cross-seed subspace angles, the stability classifier, candidate subspaces, pooling, and (optionally) the
+synthetic ground-truth experiment; then writes ``report.html`` and ``report.md``. ``run_dir=None`` first
+trains the seeds on the embedded default (MiniLM layer 3 on Shakespeare), which needs no network or GPU.
+
+Artifacts in ``out_dir``: ``results.json`` (every number of the report, by section), ``arrays.npz``
+(p̂, labels, best cosines, frequencies per seed), ``stability/`` (the :class:`sae_fast.Stability` run),
+``snippets.json``, ``figures/*.png``, ``report.html`` (self-contained) and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .analysis import candidates as cand_mod
+from .analysis import classifier as clf_mod
+from .analysis import effective_rank as er_mod
+from .analysis import frequency as freq_mod
+from .analysis import masking as mask_mod
+from .analysis import pooling as pool_mod
+from .analysis import stability as stab_mod
+from .analysis import subspaces as sub_mod
+from .analysis._common import STABLE, UNSTABLE
+
+
+@dataclass
+class StudyConfig:
+    """Parameters of the analyses (defaults: the paper's where known, else method.md's proposals)."""
+
+    theta: float = 0.7
+    """cosine threshold of a cross-seed match"""
+    eps: float = 0.05
+    """endpoint split: stable if p̂ >= 1 - eps, unstable if p̂ <= eps"""
+    absolute: bool = False
+    """match on |cos| instead of the signed cosine"""
+    anchor: int = 0
+    """the seed whose SAE is analysed one-seed-at-a-time (masking, frequency, effective rank, snippets)"""
+    subspace_set: str = "nonstable"
+    """set used by the subspace analyses: 'unstable' (p̂ <= eps) or 'nonstable' (p̂ < 1 - eps; with few seeds
+    the unstable endpoint is nearly empty)"""
+    ratio: int = 4
+    """masking: n stable versus ratio * n unstable features"""
+    n_random: int = 5
+    """random sets per masking comparison"""
+    ranks: tuple[int, ...] = (8, 16, 32, 64)
+    """ranks r of the cross-seed subspace comparison"""
+    candidate_method: str | None = None
+    """candidate clustering affinity: 'coactivation' (default with activations), 'cosine' or 'max'"""
+    candidate_threshold: float = 0.3
+    """affinity at which the candidate clustering stops merging"""
+    candidate_tau: float = 0.7
+    """a candidate is reproduced in a seed when its best subspace similarity there is >= tau"""
+    pool_seeds: int | None = None
+    """seeds used to build the pool (the rest are held out); None: half, at least 2"""
+    refit_steps: int = 100
+    """pooled SAE: encoder refit steps with the decoder frozen (0: none)"""
+    exclude_dead: bool = True
+    """leave latents that never fire on the held-out activations out of the subspace analyses"""
+    max_eval_tokens: int = 50_000
+    """held-out activations used (first rows)"""
+    snippet_latents: int = 6
+    """latents per group shown with their top-activating snippets"""
+    snippet_top: int = 5
+    """snippets per latent"""
+    batch_size: int = 4096
+    """rows per encode batch"""
+    seed: int = 0
+    """seed of every random choice of the analyses"""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.theta <= 1:
+            raise ValueError(f"theta must be in (0, 1], got {self.theta}")
+        if not 0 <= self.eps < 0.5:
+            raise ValueError(f"eps must be in [0, 0.5), got {self.eps}")
+        if self.subspace_set not in ("unstable", "nonstable"):
+            raise ValueError(f"subspace_set must be 'unstable' or 'nonstable', got {self.subspace_set!r}")
+        self.ranks = tuple(int(r) for r in self.ranks)
+
+
+@dataclass
+class EmbeddedDefault:
+    """What `sae-fast study` trains when given no run: MiniLM layer 3 on Shakespeare, a few small seeds."""
+
+    num_seeds: int = 5
+    """SAEs (seeds) to train"""
+    train_texts: int = 4000
+    """Shakespeare sentences whose activations are cached for training (~28 tokens each)"""
+    eval_texts: int = 1000
+    """the following sentences, held out for the analyses"""
+    layer: int = 3
+    """MiniLM block whose output is read (d = 384)"""
+    expansion_factor: int = 4
+    """F = expansion_factor * 384"""
+    k: int = 16
+    """TopK"""
+    total_tokens: int = 1_000_000
+    """training tokens per seed (the cache is cycled)"""
+    train_batch_size: int = 1024
+    """training batch (tokens per step)"""
+    lr: float | None = 2e-3
+    """learning rate (None: the trainer's default scaling)"""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """further TrainConfig fields"""
+
+
+@dataclass
+class HeldOut:
+    """Held-out activations, optionally with the token strings around each row (for snippets)."""
+
+    x: torch.Tensor
+    tokens: list[list[str]] | None = None  # tokens of each text
+    where: np.ndarray | None = None  # (N, 2) (text index, token position) of each row
+
+
+def _heldout_embedded(texts: list[str], layer: int, max_tokens: int) -> HeldOut:
+    """Activations of MiniLM at ``layer`` for ``texts`` with the (text, position) of every row."""
+    from .activations import EMBEDDED_MODEL_NAME, ModelSource, load_embedded_model
+
+    model, tokenizer = load_embedded_model("cpu")
+    src = ModelSource(model, tokenizer, texts, layer=layer, model_name=EMBEDDED_MODEL_NAME)
+    xs, tokens, where = [], [], []
+    for batch in src._text_batches(list(range(len(texts)))):
+        acts = src._activations_of(batch)
+        enc = tokenizer(list(batch), padding=True, truncation=True, max_length=src.max_length,
+                        return_special_tokens_mask=True)
+        for ids, att, special in zip(enc["input_ids"], enc["attention_mask"], enc["special_tokens_mask"]):
+            keep = [i for i, (a, s) in enumerate(zip(att, special)) if a and not s]
+            toks = tokenizer.convert_ids_to_tokens([ids[i] for i in keep])
+            where.extend((len(tokens), p) for p in range(len(toks)))
+            tokens.append(toks)
+        xs.append(acts)
+        if sum(x.shape[0] for x in xs) >= max_tokens:
+            break
+    x = torch.cat(xs)
+    if x.shape[0] != len(where):
+        raise RuntimeError(f"token bookkeeping mismatch: {x.shape[0]} activations, {len(where)} tokens")
+    return HeldOut(x=x[:max_tokens], tokens=tokens, where=np.asarray(where[:max_tokens], dtype=np.int64))
+
+
+def train_embedded_default(out_dir: str | os.PathLike, cfg: EmbeddedDefault | None = None,
+                           progress: bool = True) -> tuple[Path, HeldOut, dict]:
+    """Caches the embedded default's activations, trains ``num_seeds`` SAEs, returns (run dir, held-out, info)."""
+    from .activations import CachedSource, cache_activations, embedded_default, shakespeare_sentences
+    from .train import TrainConfig, train
+
+    cfg = cfg or EmbeddedDefault()
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    cache_dir = out / "activations"
+    if not (cache_dir / "manifest.json").exists():
+        cache_activations(embedded_default(layer=cfg.layer, num_texts=cfg.train_texts), cache_dir)
+    source = CachedSource(cache_dir)
+    t_cache = time.perf_counter() - t0
+    run_dir = out / "seeds"
+    if not all((run_dir / f"seed{s}" / "sae.safetensors").exists() for s in range(cfg.num_seeds)):
+        tc = TrainConfig(seeds=list(range(cfg.num_seeds)), expansion_factor=cfg.expansion_factor, k=cfg.k,
+                         total_tokens=cfg.total_tokens, batch_size=cfg.train_batch_size, lr=cfg.lr,
+                         output_dir=str(run_dir), progress=progress, device="cpu",
+                         dead_tokens_threshold=min(200_000, cfg.total_tokens // 4), **cfg.extra)
+        if (run_dir / "checkpoints").is_dir():
+            tc.resume = True
+        train(source, tc)
+    t_train = time.perf_counter() - t0 - t_cache
+    sentences = shakespeare_sentences(cfg.train_texts + cfg.eval_texts)[cfg.train_texts:]
+    held = _heldout_embedded(sentences, cfg.layer, 10**9)
+    info = {"embedded_default": asdict(cfg), "train_tokens_cached": int(source.num_tokens),
+            "seconds_cache": t_cache, "seconds_train": t_train,
+            "seconds_heldout": time.perf_counter() - t0 - t_cache - t_train}
+    return run_dir, held, info
+
+
+def find_seeds(run_dir: str | os.PathLike, hookpoint: str | None = None) -> list[tuple[str, Path]]:
+    """Seed folders directly under ``run_dir`` (``<seed>/`` or ``<seed>/<hookpoint>/``) holding a saved SAE
+    (``sae.safetensors`` or ``sae_weights.safetensors``), in natural order; trainer checkpoints are skipped."""
+    import re
+
+    base = Path(run_dir)
+    if not base.is_dir():
+        raise FileNotFoundError(f"run_dir {base} does not exist")
+    found = []
+    for child in sorted(p for p in base.iterdir() if p.is_dir() and p.name != "checkpoints"):
+        folder = child / hookpoint if hookpoint else child
+        if (folder / "sae.safetensors").is_file() or (folder / "sae_weights.safetensors").is_file():
+            found.append((child.name, folder))
+    key = lambda item: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", item[0])]
+    return sorted(found, key=key)
+
+
+def _load_saes(run_dir: str | os.PathLike, hookpoint: str | None = None) -> tuple[list[str], list[Any]]:
+    from .checkpoint import load_sae
+
+    found = find_seeds(run_dir, hookpoint)
+    if len(found) < 2:
+        raise ValueError(f"{run_dir} holds {len(found)} saved SAE(s) in its subfolders; the study needs >= 2 seeds")
+    saes = [load_sae(folder, dtype=torch.float32, device="cpu").eval() for _, folder in found]
+    for p in saes:
+        p.requires_grad_(False)
+    return [name for name, _ in found], saes
+
+
+def _as_heldout(activations: Any, max_tokens: int) -> HeldOut:
+    if isinstance(activations, HeldOut):
+        return HeldOut(activations.x[:max_tokens], activations.tokens,
+                       None if activations.where is None else activations.where[:max_tokens])
+    if isinstance(activations, (str, os.PathLike)):
+        path = Path(activations)
+        if path.suffix == ".npy":
+            return HeldOut(torch.from_numpy(np.load(path)[:max_tokens]).float())
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+            return HeldOut(next(iter(tensors.values()))[:max_tokens].float())
+        from .activations import CachedSource
+
+        return HeldOut(CachedSource(path).read(0, max_tokens).float())
+    return HeldOut(torch.as_tensor(activations)[:max_tokens].float())
+
+
+def _fires(sae: Any, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    """(N, F) bool: latent selected with a positive value on each row."""
+    out = torch.zeros(x.shape[0], sae.num_latents, dtype=torch.bool)
+    for start in range(0, x.shape[0], batch_size):
+        values, indices = sae.encode(x[start : start + batch_size])
+        out[start : start + batch_size].scatter_(1, indices.cpu(), (values > 0).cpu())
+    return out.numpy()
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    return obj
+
+
+def synthetic_section(num_seeds: int = 4, steps: int = 800, seed: int = 0, progress: bool = True) -> dict:
+    """Trains ``num_seeds`` SAEs on the synthetic model (sae_fast's trainer) and measures ground-truth recovery."""
+    from .activations import TensorSource
+    from .checkpoint import load_sae
+    from .synthetic import SyntheticConfig, SyntheticModel, evaluate_seeds
+    from .train import TrainConfig, train
+
+    model = SyntheticModel(SyntheticConfig(seed=seed))
+    cfg = model.config
+    x = model.activations(16384, seed=seed + 1)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tc = TrainConfig(seeds=list(range(num_seeds)), num_latents=cfg.natural_num_latents, k=6, batch_size=256,
+                         total_tokens=256 * steps, lr=4e-3, output_dir=tmp, progress=progress, device="cpu",
+                         dead_tokens_threshold=256 * 200, b_dec_init="mean", checkpoint_interval=0)
+        train(TensorSource(x), tc)
+        decoders = [load_sae(Path(tmp) / f"seed{s}").W_dec.detach().numpy() for s in range(num_seeds)]
+    res = evaluate_seeds(model, decoders)
+    res["config"] = model.describe()
+    res["sae"] = {"num_latents": cfg.natural_num_latents, "k": 6, "steps": steps, "batch_size": 256}
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+def study(
+    run_dir: str | os.PathLike | None = None,
+    *,
+    activations: Any = None,
+    out_dir: str | os.PathLike = "runs/study",
+    config: StudyConfig | None = None,
+    embedded: EmbeddedDefault | None = None,
+    synthetic: bool = True,
+    hookpoint: str | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> dict:
+    """Runs every analysis, saves the artifacts and the report in ``out_dir``; returns the results dict.
+
+    ``run_dir``: a folder of trained seeds; ``activations``: held-out activations (an (N, d) array/tensor, a
+    .npy/.safetensors file, or an activation cache folder, or a :class:`HeldOut` with tokens for snippets).
+    With ``run_dir=None`` the seeds are trained first on the embedded default (``embedded`` sets how).
+    ``synthetic``: also run the synthetic ground-truth experiment (about a minute on 2 CPU cores).
+    """
+    cfg = config or StudyConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    results: dict[str, Any] = {"config": asdict(cfg)}
+    steps = ["stability", "frequency", "masking", "geometry", "subspaces", "classifier", "candidates", "pooling"]
+    if run_dir is None:
+        steps.insert(0, "train")
+    if synthetic:
+        steps.append("synthetic")
+    bar = tqdm(total=len(steps) + 1, desc="study", disable=not progress)
+
+    def step(name: str) -> None:
+        bar.set_postfix_str(name)
+        timings[name] = time.perf_counter()
+
+    def done(name: str) -> None:
+        timings[name] = time.perf_counter() - timings[name]
+        bar.update(1)
+
+    if run_dir is None:
+        step("train")
+        run_dir, held, info = train_embedded_default(out, embedded, progress=progress)
+        results["source"] = {"kind": "embedded default (MiniLM all-MiniLM-L6-v2 layer 3, Shakespeare)", **info}
+        done("train")
+    else:
+        if activations is None:
+            raise ValueError("activations (held-out activations of the same hook point) are required with run_dir")
+        held = _as_heldout(activations, cfg.max_eval_tokens)
+        results["source"] = {"kind": "given run", "run_dir": str(run_dir)}
+    held = _as_heldout(held, cfg.max_eval_tokens)
+    x = mask_mod.check_activations(held.x, "activations").float()
+    names, saes = _load_saes(run_dir, hookpoint)
+    S = len(saes)
+    d = saes[0].d_in
+    if x.shape[1] != d:
+        raise ValueError(f"activations have d={x.shape[1]} but the SAEs have d_in={d}")
+    if not 0 <= cfg.anchor < S:
+        raise ValueError(f"anchor {cfg.anchor} outside the {S} seeds")
+    results["source"].update({"seeds": names, "num_seeds": S, "d": d, "num_latents": saes[0].num_latents,
+                              "k": saes[0].k, "eval_tokens": int(x.shape[0])})
+    decoders = [s.W_dec.detach().float() for s in saes]
+    a0 = cfg.anchor
+
+    # 1. stability -------------------------------------------------------------------------------------------
+    step("stability")
+    from .stability import stability_scores
+
+    stab = stability_scores(decoders, theta=cfg.theta, eps=cfg.eps, absolute=cfg.absolute, anchor="all",
+                            progress=False, backend="exact")
+    stab.save(out / "stability")
+    p_hat = stab.p_hat().numpy().astype(np.float64)  # (S, F)
+    best_cos = stab.best_cos.numpy()  # (S, S, F), NaN on the diagonal
+    labels = np.stack([stab_mod.split(p, cfg.eps) for p in p_hat])
+    others = [b for b in range(S) if b != a0]
+    results["stability"] = {
+        "anchor": stab_mod.summarize(p_hat[a0], best_cos[a0, others], eps=cfg.eps),
+        "all_anchors": stab_mod.summarize(p_hat, eps=cfg.eps),
+        "per_anchor_share_stable": [float((lab == STABLE).mean()) for lab in labels],
+        "per_anchor_share_unstable": [float((lab == UNSTABLE).mean()) for lab in labels],
+        "sweep": stab_mod.theta_eps_sweep(best_cos[a0, others]),
+        "p_hat_resolution": 1.0 / (S - 1),
+    }
+    done("stability")
+
+    # 2. activation frequency and snippets ---------------------------------------------------------------------
+    step("frequency")
+    freqs = [freq_mod.firing_frequency(s, x, batch_size=cfg.batch_size) for s in saes]
+    results["frequency"] = {"anchor": freq_mod.compare_groups(freqs[a0], labels[a0]), "k_over_F":
+                            saes[a0].k / saes[a0].num_latents}
+    snippets: dict[str, Any] = {}
+    if held.tokens is not None and held.where is not None:
+        chosen = freq_mod.sample_latents(labels[a0], freqs[a0], cfg.snippet_latents, seed=cfg.seed)
+        for group, lats in chosen.items():
+            rows, vals = freq_mod.top_activations(saes[a0], x, lats, n_top=cfg.snippet_top, batch_size=cfg.batch_size)
+            snippets[group] = [
+                {"latent": int(lat), "p_hat": float(p_hat[a0, lat]), "freq": float(freqs[a0][lat]),
+                 "examples": [{"activation": float(v), "text": freq_mod.snippet(held.tokens[held.where[r, 0]],
+                                                                                 int(held.where[r, 1]))}
+                              for r, v in zip(rows[i], vals[i]) if r >= 0]}
+                for i, lat in enumerate(lats)
+            ]
+    (out / "snippets.json").write_text(json.dumps(snippets, indent=1))
+    results["snippets_file"] = "snippets.json" if snippets else None
+    done("frequency")
+
+    # 3. masking -------------------------------------------------------------------------------------------------
+    step("masking")
+    results["masking"] = mask_mod.masking_study(saes[a0], x, labels[a0], freq=freqs[a0], ratio=cfg.ratio,
+                                                n_random=cfg.n_random, seed=cfg.seed, batch_size=cfg.batch_size)
+    results["masking_sweep"] = mask_mod.delta_ev_sweep(saes[a0], x, labels[a0], seed=cfg.seed,
+                                                       batch_size=cfg.batch_size)
+    done("masking")
+
+    # 4. effective rank -------------------------------------------------------------------------------------------
+    step("geometry")
+    alive = [f > 0 for f in freqs]
+    sets = {"stable": labels[a0] == STABLE, "unstable": labels[a0] == UNSTABLE,
+            "nonstable": labels[a0] != STABLE, "all": np.ones_like(labels[a0], dtype=bool)}
+    if cfg.exclude_dead:
+        sets = {k: v & alive[a0] for k, v in sets.items()}
+    results["effective_rank"] = er_mod.matched_effective_rank(decoders[a0], sets, seed=cfg.seed)
+    results["effective_rank_pr"] = er_mod.matched_effective_rank(decoders[a0], sets, kind="participation",
+                                                                 seed=cfg.seed)
+    done("geometry")
+
+    # 5. cross-seed subspaces -----------------------------------------------------------------------------------
+    step("subspaces")
+
+    def seed_sets(kind: str) -> list[np.ndarray]:
+        out_sets = []
+        for s in range(S):
+            m = labels[s] == UNSTABLE if kind == "unstable" else labels[s] != STABLE
+            if kind == "stable":
+                m = labels[s] == STABLE
+            out_sets.append(m & alive[s] if cfg.exclude_dead else m)
+        return out_sets
+
+    sub_sets = seed_sets(cfg.subspace_set)
+    results["subspaces"] = {"set": cfg.subspace_set, **sub_mod.cross_seed_subspaces(
+        decoders, sub_sets, ranks=cfg.ranks, reference_sets={"stable": seed_sets("stable")}, seed=cfg.seed)}
+    done("subspaces")
+
+    # 6. classifier ----------------------------------------------------------------------------------------------
+    step("classifier")
+    results["classifier"] = clf_mod.cross_seed_classifier(decoders, list(labels), seed=cfg.seed)
+    done("classifier")
+
+    # 7. candidate subspaces ------------------------------------------------------------------------------------
+    step("candidates")
+    n_co = min(x.shape[0], 20_000)
+    fires = [_fires(s, x[:n_co], cfg.batch_size) for s in saes]
+    results["candidates"] = {"set": cfg.subspace_set, **cand_mod.candidate_subspaces(
+        decoders, sub_sets, fires=fires, method=cfg.candidate_method, threshold=cfg.candidate_threshold,
+        tau=cfg.candidate_tau, seed=cfg.seed)}
+    done("candidates")
+
+    # 8. pooling ---------------------------------------------------------------------------------------------------
+    step("pooling")
+    n_pool = cfg.pool_seeds if cfg.pool_seeds is not None else max(2, S // 2)
+    if S - n_pool >= 1 and n_pool >= 2:
+        n_train = x.shape[0] // 2
+        results["pooling"] = pool_mod.pooling_study(
+            saes[:n_pool], decoders[n_pool:], x[n_train:], x_train=x[:n_train], theta=cfg.theta, eps=cfg.eps,
+            freqs=freqs[:n_pool], refit_steps=cfg.refit_steps, batch_size=cfg.batch_size)
+        results["pooling"]["note"] = ("refit uses the first half of the held-out activations; EV is measured on "
+                                      "the second half for the pool and the single seeds alike")
+    else:
+        results["pooling"] = {"skipped": f"needs >= 2 pool seeds and >= 1 held-out seed (have {S} seeds)"}
+    done("pooling")
+
+    if synthetic:
+        step("synthetic")
+        results["synthetic"] = synthetic_section(progress=progress, seed=cfg.seed)
+        done("synthetic")
+
+    np.savez_compressed(out / "arrays.npz", p_hat=p_hat, labels=labels, best_cos=best_cos,
+                        freq=np.stack(freqs), seeds=np.asarray(names))
+    results["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
+    results["timings_seconds"]["total_before_report"] = round(time.perf_counter() - t_start, 3)
+    results = _to_jsonable(results)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    if report:
+        from .report import write_report
+
+        bar.set_postfix_str("report")
+        write_report(out)
+    bar.update(1)
+    bar.close()
+    return results
