@@ -59,13 +59,14 @@ def _match_max_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < N
+    # 64-bit row offsets: M * K can exceed 2^31 elements (2^20 x 4096)
+    a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
+    b_rows = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs_k
-        a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :], mask=mask_m[:, None] & (kk[None, :] < K),
-                    other=0.0)
-        b = tl.load(b_ptr + offs_n[:, None] * stride_bn + kk[None, :], mask=mask_n[:, None] & (kk[None, :] < K),
-                    other=0.0)
+        a = tl.load(a_rows + kk[None, :], mask=mask_m[:, None] & (kk[None, :] < K), other=0.0)
+        b = tl.load(b_rows + kk[None, :], mask=mask_n[:, None] & (kk[None, :] < K), other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 import types
@@ -342,6 +343,9 @@ def _exact_fused(
     if dtype not in _LOW_PRECISION:
         raise ValueError(f"kernel='triton' needs dtype torch.bfloat16 or torch.float16 (tl.dot on float32 "
                          f"would use TF32), got {dtype}")
+    if not a32.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError("kernel='triton' needs a CUDA device (on a CPU only under TRITON_INTERPRET=1, set before "
+                         "sae_fast.kernels is imported); use kernel='torch'")
     from .kernels.match_max import match_max
 
     al, bl = a32.to(dtype).contiguous(), b32.to(dtype).contiguous()
