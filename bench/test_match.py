@@ -262,7 +262,7 @@ def test_faiss_flat_cpu(benchmark, size: tuple[int, int]) -> None:
 
 @needs_cuda
 @pytest.mark.parametrize("size", GPU_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_exact_gpu_bf16(benchmark, size: tuple[int, int]) -> None:
+def test_exact_gpu_default_fp16(benchmark, size: tuple[int, int]) -> None:
     a, b = make_pair(*size, "planted", "cuda")
     match(a[:1024], b[:4096], both=True)
 

@@ -8,7 +8,7 @@ Backends
 ``exact``
     Tiles of ``A @ B.T`` are computed one at a time (never the whole F_A x F_B matrix) and folded into a
     running row top-k (A -> B) and a running column top-k (B -> A), so one pass over the tiles serves both
-    directions. CPU: float32 tiles. GPU: bfloat16 (default) or float16 tiles with float32 accumulation; each
+    directions. CPU: float32 tiles. GPU: float16 (default) or bfloat16 tiles with float32 accumulation; each
     row keeps ``candidates`` low-precision candidates, which are then re-scored in float32. A row is certified
     when its float32 k-th best candidate beats the low-precision score of the last candidate by more than a
     rounding-error bound (computed from the actual rounding of the inputs, see ``_rounding_tolerance``);
@@ -585,7 +585,8 @@ def match(
 
     backend: ``auto`` | ``exact`` | ``faiss`` (see the module docstring). ``absolute``: rank by |cos|.
     Exact backend: ``device`` (default: CUDA when available), ``dtype`` of the score tiles (default float32
-    on CPU, bfloat16 on CUDA; low-precision results are re-scored so the top-k is the float32 one),
+    on CPU, float16 on CUDA: same tensor-core speed as bfloat16 and 8x smaller rounding for unit-norm rows, so
+    far fewer rows need re-scoring; low-precision results are re-scored so the top-k is the float32 one),
     ``candidates`` kept per row before re-scoring, ``tol`` the certification margin (default: a rounding
     bound computed from the inputs), ``block_rows`` x ``block_cols`` the tile. faiss backend: ``index`` kind,
     ``nlist``, ``nprobe``, or prebuilt ``index_b`` (searched with A) and ``index_a`` (searched with B).
@@ -608,7 +609,7 @@ def match(
             raise ValueError(f"A and B must have the same d, got A {tuple(a32.shape)} and B {tuple(b32.shape)}")
         if k > b32.shape[0] or (both and k > a32.shape[0]):
             raise ValueError(f"k = {k} exceeds the rows of B ({b32.shape[0]}) or, with both, of A ({a32.shape[0]})")
-        tile_dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        tile_dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
         bm, bn = _default_blocks(dev, a32.shape[0], b32.shape[0])
         blocks = (block_rows or bm, block_cols or bn)
         name = str(tile_dtype).replace("torch.", "")

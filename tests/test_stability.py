@@ -101,6 +101,13 @@ def test_single_anchor_equals_row_of_all(seeds, reference: Stability) -> None:
     assert torch.equal(one.p_hat(anchor=3), reference.p_hat(anchor=3))
 
 
+def test_low_precision_tiles_give_the_same_evidence(seeds, reference: Stability) -> None:
+    st = stability_scores(seeds[0], anchor=0, dtype=torch.bfloat16, progress=False)
+    assert torch.equal(st.best_j[0], reference.best_j[0])
+    torch.testing.assert_close(st.best_cos[0], reference.best_cos[0], equal_nan=True, atol=1e-6, rtol=0)
+    assert "re-scored in float32" in st.backend
+
+
 def test_faiss_backend_agrees(seeds, reference: Stability) -> None:
     st = stability_scores(seeds[0], backend="faiss", progress=False)
     assert torch.equal(st.best_j, reference.best_j)

@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", default="W_dec", help="tensor name inside .safetensors files")
     parser.add_argument("--device", default=None, help="torch device for the exact backend (default: cuda if any)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
-                        help="score-tile dtype of the exact backend (default float32 on CPU, bfloat16 on GPU)")
+                        help="score-tile dtype of the exact backend (default float32 on CPU, float16 on GPU)")
+    parser.add_argument("--kernel", choices=["torch", "triton"], default="torch",
+                        help="exact backend: tiled torch GEMM, or the fused Triton GEMM + max kernel (CUDA, k = 1)")
     parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw"], default="flat", help="faiss index")
     parser.add_argument("--nlist", type=int, default=None, help="faiss IVF lists (default ~4 sqrt(F))")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss IVF lists searched per query")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     t0 = time.perf_counter()
     m = match(a, b, k=args.k, both=args.both, backend=args.backend, absolute=args.absolute, device=args.device,
-              dtype=dtype, index=args.index, nlist=args.nlist, nprobe=args.nprobe)
+              dtype=dtype, index=args.index, nlist=args.nlist, nprobe=args.nprobe, kernel=args.kernel)
     seconds = time.perf_counter() - t0
     summary = {
         "backend": m.backend, "A": list(a.shape), "B": list(b.shape), "seconds": round(seconds, 4),

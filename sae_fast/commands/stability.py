@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hookpoint", default=None, help="pick this hookpoint when seeds hold several")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="score-tile dtype of the exact backend (default float32 on CPU, bfloat16 on GPU)")
+                        help="score-tile dtype of the exact backend (default float32 on CPU, float16 on GPU)")
+    parser.add_argument("--kernel", choices=["torch", "triton"], default="torch",
+                        help="exact backend: tiled torch GEMM, or the fused Triton GEMM + max kernel (CUDA, k = 1)")
     parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw"], default="flat", help="faiss index")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss IVF lists searched per query")
     parser.add_argument("--out", default=None, help="where results and checkpoints go (default DIR/stability); "
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.dtype:
         kwargs["dtype"] = getattr(torch, args.dtype)
+    if args.kernel != "torch":
+        kwargs["kernel"] = args.kernel
     if args.backend == "faiss":
         kwargs["index"] = args.index
         if args.nprobe is not None:
