@@ -181,7 +181,9 @@ def find_saved_saes(root: str | os.PathLike, hookpoint: str | None = None) -> li
     """Folders under ``root`` holding a saved SAE (``sae.safetensors``, sparsify layout, or
     ``sae_weights.safetensors``, SAELens), as (name relative to root, weights file), in natural order.
 
-    With several hookpoints per seed (``root/seed/hookpoint/sae.safetensors``) pass ``hookpoint``.
+    Only the shallowest such folders count (a trainer's ``checkpoints/step_*/seed*`` below ``seed*/`` are
+    ignored), and hidden folders are skipped. With several hookpoints per seed
+    (``root/seed/hookpoint/sae.safetensors``) pass ``hookpoint``.
     """
     base = Path(root)
     if not base.is_dir():
@@ -189,12 +191,17 @@ def find_saved_saes(root: str | os.PathLike, hookpoint: str | None = None) -> li
     found: dict[Path, Path] = {}
     for name in (SAELENS_FILE, SPARSIFY_FILE):  # sparsify file wins where a folder has both
         for f in base.rglob(name):
-            found[f.parent] = f
-    items = sorted(((str(p.relative_to(base)), f) for p, f in found.items()), key=lambda x: _natural_key(x[0]))
+            rel = f.parent.relative_to(base)
+            if rel.parts and not any(part.startswith(".") for part in rel.parts):  # skip temp/hidden folders
+                found[rel] = f
+    if found:  # the shallowest level only: a trainer's output also holds checkpoints/step_*/seed*/ below seed*/
+        depth = min(len(rel.parts) for rel in found)
+        found = {rel: f for rel, f in found.items() if len(rel.parts) == depth}
+    items = sorted(((rel.as_posix(), f) for rel, f in found.items()), key=lambda x: _natural_key(x[0]))
     if hookpoint is not None:
         items = [(n, f) for n, f in items if Path(n).name == hookpoint]
     else:
-        leaves = {Path(n).name for n, _ in items if "/" in n.replace(os.sep, "/")}
+        leaves = {Path(n).name for n, _ in items if "/" in n}
         if len(leaves) > 1:
             raise ValueError(f"{base} holds SAEs for several hookpoints {sorted(leaves)}; pass hookpoint=")
     if not items:

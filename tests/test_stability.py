@@ -185,12 +185,18 @@ def test_seed_folders_sort_naturally_and_hookpoints(tmp_path: Path) -> None:
     _write_seeds(tmp_path, decs, "sparsify")
     assert [n for n, _ in find_saved_saes(tmp_path)][:3] == ["seed0", "seed1", "seed2"]
     assert find_saved_saes(tmp_path)[-1][0] == "seed10"
+    # a trainer's output: seed*/ plus checkpoints/step_*/seed*/ and a hidden temp folder below
+    _write_seeds(tmp_path / "checkpoints" / "step_000000010", decs[:2], "sparsify")
+    _write_seeds(tmp_path / ".tmp_step_000000020", decs[:2], "sparsify")
+    assert len(find_saved_saes(tmp_path)) == 11
     other = tmp_path / "multi"
     _write_seeds(other, decs[:2], "sparsify", "layers.3")
     _write_seeds(other, decs[:2], "sparsify", "layers.4")
     with pytest.raises(ValueError, match="several hookpoints"):
         find_saved_saes(other)
     assert [n for n, _ in find_saved_saes(other, "layers.4")] == ["seed0/layers.4", "seed1/layers.4"]
+    with pytest.raises(ValueError, match="no saved SAEs"):
+        find_saved_saes(other, "layers.9")
 
 
 def test_bad_input(tmp_path: Path) -> None:
