@@ -577,6 +577,7 @@ def match(
     nprobe: int | None = None,
     index_a: FaissIndex | None = None,
     index_b: FaissIndex | None = None,
+    recall_sample: int = 0,
     normalize: bool = True,
     kernel: str = "torch",
     verbose: bool = False,
@@ -589,7 +590,9 @@ def match(
     far fewer rows need re-scoring; low-precision results are re-scored so the top-k is the float32 one),
     ``candidates`` kept per row before re-scoring, ``tol`` the certification margin (default: a rounding
     bound computed from the inputs), ``block_rows`` x ``block_cols`` the tile. faiss backend: ``index`` kind,
-    ``nlist``, ``nprobe``, or prebuilt ``index_b`` (searched with A) and ``index_a`` (searched with B).
+    ``nlist``, ``nprobe``, or prebuilt ``index_b`` (searched with A) and ``index_a`` (searched with B);
+    ``recall_sample`` > 0: for an approximate index, recall@1 of A -> B against the exact float32 top-1 on that
+    many random rows of A, in ``info["recall_at_1"]``.
     ``kernel``: ``torch`` (tiled torch GEMM + running top-k) or ``triton`` (fused GEMM + max kernel, k = 1, signed
     cosine, bfloat16/float16 tiles; CUDA, or CPU under TRITON_INTERPRET=1). ``normalize=False`` (exact
     backend) trusts that A and B are already checked unit-norm float32 rows on the device and skips the checks
@@ -649,6 +652,9 @@ def match(
         desc = ib.description + (f", nprobe={ib.nprobe}" if ib.kind.startswith("ivf") else "")
         fa, fb, d = idx_ab.shape[0], ib.n, ib.d
         info = {"build_seconds": ib.build_seconds + (ia.build_seconds if ia is not None and both else 0.0)}
+        if recall_sample > 0 and ib.kind != "flat":
+            info["recall_at_1"] = _sampled_recall(A, ib, idx_ab, cos_ab, recall_sample, absolute)
+            info["recall_rows"] = min(recall_sample, fa)
         result = Match(idx_ab, cos_ab, idx_ba, cos_ba, desc, absolute, info)
     seconds = time.perf_counter() - t0
     result.info.update(seconds=seconds, flop=2.0 * fa * fb * d, picked=chosen)
@@ -657,6 +663,18 @@ def match(
     if verbose:
         print(msg, file=sys.stderr)
     return result
+
+
+def _sampled_recall(A: ArrayLike, index: FaissIndex, idx: torch.Tensor, cos: torch.Tensor, n: int,
+                    absolute: bool) -> float:
+    """recall@1 of an approximate search on n random rows of A (fixed seed) against the exact float32 top-1."""
+    a = A if isinstance(A, torch.Tensor) else torch.from_numpy(np.asarray(A))
+    rows = torch.randperm(a.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    q = as_unit_rows("A", a[rows.to(a.device)], "cpu")
+    blocks = _default_blocks(torch.device("cpu"), q.shape[0], index.n)
+    best, best_j, _, _ = _topk_sweep(q, index.rows, 1, False, absolute, *blocks)
+    same = (idx[rows, 0] == best_j[:, 0]) | (cos[rows, 0] >= best[:, 0] - 1e-6)
+    return float(same.float().mean())
 
 
 def recall_at_1(approx: Match, exact: Match) -> float:

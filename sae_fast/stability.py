@@ -363,6 +363,7 @@ def stability_scores(
     hookpoint: str | None = None,
     cache_bytes: int = 2**31,
     distributed: bool = True,
+    recall_sample: int = 0,
     **match_kwargs: Any,
 ) -> Stability:
     """Stability of every anchor feature across S seeds (method.md §1): best decoder cosine per other seed.
@@ -375,6 +376,8 @@ def stability_scores(
         (``dtype``, ``block_rows``, ``index``, ``nprobe``, ...). ``absolute``: match on |cos|.
     out: a directory; the result is saved there, progress is checkpointed every ``save_every`` seconds and
         when interrupted, and a run found there is resumed at the next unfinished pair.
+    recall_sample: with an approximate faiss index, recall@1 against exact float32 on this many random anchor
+        rows per pair; the mean goes to ``info["recall_at_1"]``.
     progress: a tqdm bar per pair. distributed: when torch.distributed is initialised, ranks split the pairs
         and the results are gathered on every rank (rank-private checkpoints go to ``out/rank{r}of{w}``).
     """
@@ -430,6 +433,7 @@ def stability_scores(
     last_save = time.monotonic()
     t_start = time.perf_counter()
     index_cache: tuple[int, FaissIndex] | None = None
+    recalls: list[float] = []
     backend_desc = state.backend
     try:
         for group in todo:
@@ -451,8 +455,11 @@ def stability_scores(
                 for q, _ in group:
                     if bool(state.done[pos[q], s]):
                         continue
-                    m = match(seeds.get(q), None, backend="faiss", absolute=absolute, index_b=index_cache[1])
+                    m = match(seeds.get(q), None, backend="faiss", absolute=absolute, index_b=index_cache[1],
+                              recall_sample=recall_sample)
                     _store(state, pos, q, s, m.cos_ab[:, 0], m.index_ab[:, 0])
+                    if "recall_at_1" in m.info:
+                        recalls.append(m.info["recall_at_1"])
             backend_desc = m.backend
             bar.update(1)
             bar.set_postfix_str(" ".join(f"{seeds.names[q]}->{seeds.names[s]}" for q, s in group))
@@ -469,6 +476,9 @@ def stability_scores(
         bar.close()
     state.backend = backend_desc
     state.info["seconds"] = state.info.get("seconds", 0.0) + time.perf_counter() - t_start
+    if recalls:
+        state.info["recall_at_1"] = float(np.mean(recalls))
+        state.info["recall_rows_per_pair"] = recall_sample
     if use_dist:
         if ckpt_dir is not None:
             state.save(ckpt_dir)

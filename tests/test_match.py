@@ -107,6 +107,8 @@ def test_faiss_flat_agrees_with_exact_and_ivf_recall_is_measured() -> None:
         ivf.set_nprobe(nprobe)
         recalls[nprobe] = recall_at_1(match(a, None, backend="faiss", index_b=ivf), exact)
     assert recalls[16] >= 0.99 and recalls[16] > recalls[1] > 0.3, recalls
+    sampled = match(a, None, backend="faiss", index_b=ivf, recall_sample=500)
+    assert sampled.info["recall_rows"] == 500 and abs(sampled.info["recall_at_1"] - recalls[16]) < 0.03
     sq = match(a, b, backend="faiss", index="ivf_sq", nlist=64, nprobe=16)
     assert recall_at_1(sq, exact) >= 0.99
     assert "nprobe=16" in sq.backend

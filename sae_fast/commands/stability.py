@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exact backend: tiled torch GEMM, or the fused Triton GEMM + max kernel (CUDA, k = 1)")
     parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw"], default="flat", help="faiss index")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss IVF lists searched per query")
+    parser.add_argument("--recall-sample", type=int, default=0,
+                        help="approximate faiss index: measure recall@1 vs exact on this many rows per pair")
     parser.add_argument("--out", default=None, help="where results and checkpoints go (default DIR/stability); "
                                                     "a partial run found there is resumed")
     parser.add_argument("--no-save", action="store_true", help="do not write results or checkpoints")
@@ -57,9 +59,12 @@ def run(args: argparse.Namespace) -> int:
             kwargs["threads"] = args.threads
     result = stability_scores(args.dir, theta=args.theta, eps=args.eps, anchor=anchor, backend=args.backend,
                               absolute=args.absolute, device=args.device, out=out, save_every=args.save_every,
-                              progress=not args.no_progress, hookpoint=args.hookpoint, **kwargs)
+                              progress=not args.no_progress, hookpoint=args.hookpoint,
+                              recall_sample=args.recall_sample, **kwargs)
     summary = result.summary()
     summary["seconds"] = round(result.info.get("seconds", 0.0), 3)
+    if "recall_at_1" in result.info:
+        summary["recall_at_1"] = result.info["recall_at_1"]
     if out:
         summary["out"] = out
     if args.json:

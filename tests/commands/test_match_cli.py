@@ -64,5 +64,6 @@ def test_stability_cli_writes_and_resumes(tmp_path: Path, capsys: pytest.Capture
     assert main(["stability", str(tmp_path), "--json", "--no-progress", "--theta", "0.99"]) == 0
     assert json.loads(capsys.readouterr().out)["stable"] == 0.0
     assert main(["stability", str(tmp_path), "--anchor", "1", "--backend", "faiss", "--no-save", "--json",
-                 "--no-progress"]) == 0
-    assert json.loads(capsys.readouterr().out)["anchors"] == 1
+                 "--no-progress", "--index", "ivf", "--nprobe", "3", "--recall-sample", "50"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["anchors"] == 1 and 0.5 <= summary["recall_at_1"] <= 1.0 and "IVF" in summary["backend"]
