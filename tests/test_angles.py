@@ -81,6 +81,15 @@ def test_large_d_and_rank() -> None:
     assert _max_error(got, exact) <= TOL
 
 
+@pytest.mark.parametrize(("d", "m"), [(40, 8), (2048, 256)])
+def test_no_small_angle_regime(d: int, m: int) -> None:
+    """Every angle >= 0.05 rad: the cosines alone decide (no residual), still within the tolerance."""
+    rng = np.random.default_rng(12)
+    angles = np.concatenate([[0.0501, 0.051, 0.06], np.linspace(0.05, math.pi / 2, m - 3)])
+    a, b, exact = _planted(d, rng.permutation(angles), 0, rng)
+    assert _max_error(principal_angles(a, b), exact) <= TOL
+
+
 def test_against_mpmath_full_algorithm() -> None:
     """Random non-orthonormal bases, reference: the whole computation in 50-digit mpmath."""
     rng = np.random.default_rng(3)
