@@ -23,6 +23,15 @@ from sae_fast.train import TrainConfig, Trainer, field_docs, train
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread is several times faster than two (and immune to a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _data(n: int = 4000, d: int = 16, latents: int = 48, seed: int = 0) -> torch.Tensor:
     """Sparse combinations of unit directions plus noise: something an SAE can learn quickly."""
     g = torch.Generator().manual_seed(seed)
@@ -232,6 +241,7 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path: Path, opt
 
 _KILLED_RUN = textwrap.dedent("""
     import sys, time, torch
+    torch.set_num_threads(1)  # as in the test process, so that the weights can be compared bit for bit
     sys.path.insert(0, {tests!r})
     from test_train import _cfg, _data
     from pathlib import Path
