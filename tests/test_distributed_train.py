@@ -124,3 +124,32 @@ def test_more_ranks_than_seeds_is_refused_clearly(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(d, "get_rank", lambda: 1)
     with tempfile.TemporaryDirectory() as out, pytest.raises(ValueError, match="cannot be sharded over 4 ranks"):
         Trainer(TensorSource(_data()), _config(out, [0, 1]))
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
+def test_torchrun_cli_shards_seeds_and_matches_one_process(tmp_path: Path) -> None:
+    """The real launcher: `torchrun --nproc_per_node 2 -m sae_fast.cli train ...` against a one-process CLI run."""
+    import os
+    import subprocess
+    import sys
+
+    from sae_fast.activations import save_tensor_cache
+    from sae_fast.cli import main
+
+    save_tensor_cache(_data(), tmp_path / "cache")
+    args = ["train", "--cache", str(tmp_path / "cache"), "--seeds", "0", "1", "2", "--num-latents", "32", "--k", "4",
+            "--batch-size", "200", "--total-tokens", "2000", "--lr", "0.003", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run([*launcher, "-m", "sae_fast.cli", *args, "--output-dir", str(tmp_path / "torchrun")],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained 3 SAEs") == 1  # rank 0 reports
+    with _one_thread():
+        assert main([*args, "--output-dir", str(tmp_path / "single")]) == 0
+    for seed in (0, 1, 2):
+        a, b = load_sae(tmp_path / "torchrun" / f"seed{seed}"), load_sae(tmp_path / "single" / f"seed{seed}")
+        for name in PARAMS:
+            assert torch.equal(getattr(a, name), getattr(b, name)), (seed, name)
