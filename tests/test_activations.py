@@ -253,3 +253,20 @@ def test_embedded_default_is_minilm_layer3_offline(monkeypatch: pytest.MonkeyPat
     with torch.no_grad():
         h3 = src.model(**enc, output_hidden_states=True).hidden_states[3][keep]
     torch.testing.assert_close(src._activations_of(src.texts[:4]), h3)
+
+
+def test_cache_command_with_a_model_folder_and_a_text_file(tiny_bert, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from sae_fast.cli import main
+
+    model, tokenizer = tiny_bert
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "texts.txt").write_text("\n".join(TEXTS) + "\n\n", encoding="utf-8")
+    rc = main(["cache", "--model", str(tmp_path / "model"), "--texts", str(tmp_path / "texts.txt"), "--layer", "2",
+               "--cache-tokens", "50", "--out", str(tmp_path / "c"), "--no-progress"])
+    assert rc == 0 and '"num_tokens": 50' in capsys.readouterr().out
+    cached = CachedSource(tmp_path / "c")
+    direct = torch.cat(list(ModelSource(model, tokenizer, TEXTS, layer=2).iter_activations()))[:50]
+    torch.testing.assert_close(cached.read(), direct, rtol=1e-5, atol=1e-5)
+    assert cached.manifest["hook"] == "layers.2" and cached.manifest["num_texts"] == len(TEXTS)

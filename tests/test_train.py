@@ -313,3 +313,23 @@ def test_cli_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         main(["cache", "--help"])
     assert "--out" in capsys.readouterr().out
+
+
+def test_cli_train_defaults_path_caches_the_embedded_default_then_trains(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sae-fast train` without --cache: MiniLM layer 3 over Shakespeare is cached under runs/, then seeds train."""
+    from sae_fast.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", "--num-texts", "80", "--cache-tokens", "1000", "--num-latents", "64", "--k", "8",
+               "--batch-size", "250", "--total-tokens", "1000", "--no-progress", "--seeds", "0", "1"])
+    assert rc == 0
+    caches = list((tmp_path / "runs" / "activations").iterdir())
+    assert len(caches) == 1 and caches[0].name.startswith("minilm-l3-shakespeare-1000")
+    manifest = json.loads((caches[0] / "manifest.json").read_text())
+    assert (manifest["d_in"], manifest["num_tokens"], manifest["hook"]) == (384, 1000, "layers.3")
+    for seed in (0, 1):
+        sae = load_sae(tmp_path / "runs" / "sae" / f"seed{seed}")
+        assert (sae.d_in, sae.num_latents, sae.k) == (384, 64, 8)
+        meta = read_cfg(tmp_path / "runs" / "sae" / f"seed{seed}")["sae_fast"]
+        assert meta["source"]["model"].endswith("MiniLM-L6-v2") and meta["seed"] == seed
