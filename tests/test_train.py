@@ -333,3 +333,25 @@ def test_cli_train_defaults_path_caches_the_embedded_default_then_trains(tmp_pat
         assert (sae.d_in, sae.num_latents, sae.k) == (384, 64, 8)
         meta = read_cfg(tmp_path / "runs" / "sae" / f"seed{seed}")["sae_fast"]
         assert meta["source"]["model"].endswith("MiniLM-L6-v2") and meta["seed"] == seed
+
+
+def test_wandb_is_used_when_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    calls: dict[str, list] = {"init": [], "log": [], "finish": []}
+
+    class Run:
+        def log(self, payload: dict, step: int) -> None:
+            calls["log"].append((step, payload))
+
+        def finish(self) -> None:
+            calls["finish"].append(True)
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls["init"].append(kw) or Run()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    train(TensorSource(_data()), _cfg(tmp_path, seeds=[0, 9], total_tokens=128 * 10, wandb_project="sae-seeds"))
+    assert calls["init"][0]["project"] == "sae-seeds" and calls["finish"] == [True]
+    steps = [step for step, _ in calls["log"]]
+    assert steps == [5, 10]
+    assert {"seed0/fvu", "seed9/fvu", "seed9/dead_fraction", "seed0/l0", "tokens_per_s"} <= set(calls["log"][-1][1])
