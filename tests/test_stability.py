@@ -279,3 +279,11 @@ def test_mutual_nn_encoder_decoder_rule_and_pw_mcc() -> None:
     assert pw_mcc(a, a[perm] * 3) == pytest.approx(1.0, abs=1e-6)
     mcc = pw_mcc(a, b)
     assert 0.9 * n / a.shape[0] < mcc < 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+def test_gpu_run_equals_cpu_run(seeds, reference: Stability, kernel: str) -> None:
+    st = stability_scores(seeds[0], device="cuda", kernel=kernel, progress=False)
+    assert torch.equal(st.best_j, reference.best_j)
+    torch.testing.assert_close(st.best_cos, reference.best_cos, equal_nan=True, atol=1e-5, rtol=0)
