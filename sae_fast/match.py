@@ -29,6 +29,7 @@ Backends
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -537,6 +538,22 @@ def _gather_cos(q: torch.Tensor, db: torch.Tensor, idx: torch.Tensor, absolute: 
 # public entry point
 
 
+@contextlib.contextmanager
+def _strict_cuda_matmul():
+    """Float32 GEMMs in true float32 (no TF32) and float32 accumulation of fp16/bf16 GEMMs (no reduced-precision
+    split-K reductions): the rounding bound of ``_rounding_tolerance`` assumes both. Restores the flags after."""
+    m = torch.backends.cuda.matmul
+    names = ("allow_tf32", "allow_fp16_reduced_precision_reduction", "allow_bf16_reduced_precision_reduction")
+    old = {n: getattr(m, n) for n in names if hasattr(m, n)}
+    try:
+        for n in old:
+            setattr(m, n, False)
+        yield
+    finally:
+        for n, v in old.items():
+            setattr(m, n, v)
+
+
 def resolve_device(device: torch.device | str | None, *xs: ArrayLike) -> torch.device:
     """The device to compute on: ``device`` if given, else that of a CUDA tensor input, else CUDA when
     available, else CPU."""
@@ -619,10 +636,12 @@ def match(
         if kernel == "triton":
             if k != 1 or absolute:
                 raise ValueError("kernel='triton' supports k = 1 and signed cosine only; use kernel='torch'")
-            rv, ri, cv, ci, info = _exact_fused(a32, b32, both, tile_dtype, candidates, tol, blocks)
+            with _strict_cuda_matmul():
+                rv, ri, cv, ci, info = _exact_fused(a32, b32, both, tile_dtype, candidates, tol, blocks)
             desc = f"exact: fused Triton GEMM+max kernel, {name} inputs, float32 accumulation, on {dev.type}"
         elif kernel == "torch":
-            rv, ri, cv, ci, info = _exact(a32, b32, k, both, absolute, tile_dtype, candidates, tol, blocks)
+            with _strict_cuda_matmul():
+                rv, ri, cv, ci, info = _exact(a32, b32, k, both, absolute, tile_dtype, candidates, tol, blocks)
             desc = f"exact: torch {name} tiles {blocks[0]}x{blocks[1]} on {dev.type}"
         else:
             raise ValueError(f"kernel must be 'torch' or 'triton', got {kernel!r}")

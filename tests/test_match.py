@@ -178,6 +178,19 @@ def test_bad_input(a, b, kwargs, err, text) -> None:
         match(a, b, **kwargs)
 
 
+def test_cuda_matmul_flags_are_restored() -> None:
+    flags = torch.backends.cuda.matmul
+    before = flags.allow_tf32, flags.allow_fp16_reduced_precision_reduction
+    flags.allow_tf32 = True
+    try:
+        a, b, inv = planted(64, 32, 0.9)
+        assert torch.equal(match(a, b).index_ab[:, 0], inv)
+        assert flags.allow_tf32 is True
+    finally:
+        flags.allow_tf32 = before[0]
+    assert flags.allow_fp16_reduced_precision_reduction == before[1]
+
+
 def test_default_nlist() -> None:
     assert default_nlist(65536) == 1024 and default_nlist(1000) == 25 and default_nlist(10) == 1
 
