@@ -110,10 +110,9 @@ def run_case(f: int, d: int, case: str, device: str, nprobes: Sequence[int] = (4
         t, m = timed(lambda: match(a, b, dtype=torch.bfloat16), device)
         rows.append(Row(device, case, f, d, "exact bfloat16 + fp32 re-score, A->B only", t))
         al, bl = a.bfloat16(), b.bfloat16()
-        plain = torch.cat([(al[i:i + 8192] @ bl.T).argmax(1) for i in range(0, f, 8192)]).cpu()
-        rows.append(Row(device, case, f, d, "plain bf16 arg-max (no re-score), agreement", float("nan"),
-                        float((plain == ref.index_ab[:, 0]).float().mean())))
-        rows[-1].seconds = rows[-2].seconds  # placeholder time: the agreement is the point of this row
+        t, plain = timed(lambda: torch.cat([(al[i:i + 8192] @ bl.T).argmax(1) for i in range(0, f, 8192)]), device)
+        rows.append(Row(device, case, f, d, "plain bf16 chunked GEMM + arg-max (no re-score), A->B", t,
+                        float((plain.cpu() == ref.index_ab[:, 0]).float().mean())))
     else:
         t, _ = timed(lambda: match(a, b, dtype=torch.float32), device)
         rows.append(Row(device, case, f, d, "exact float32, A->B only", t))
