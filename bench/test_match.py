@@ -162,7 +162,10 @@ def faiss_knn_gpu_bf16(a: torch.Tensor, b: torch.Tensor, ref_top1: torch.Tensor,
     return Row("cuda", case, a.shape[0], a.shape[1], "faiss knn_gpu bf16, A->B", t, same)
 
 
-def run_stability(device: str) -> list[str]:
+STABILITY_SETTINGS = [(96, 2**14, 768, "all"), (32, 2**20, 4096, 0)]  # (seeds, F, d, anchor)
+
+
+def run_stability(device: str, settings: Sequence[tuple[int, int, int, str | int]] = STABILITY_SETTINGS) -> list[str]:
     """The paper setting (96 seeds of (2^14, 768), all anchors) and 32 seeds of (2^20, 4096), one anchor."""
     from sae_fast import stability_scores
 
@@ -187,7 +190,7 @@ def run_stability(device: str) -> list[str]:
             base.add_(own, alpha=0.3)  # the shared half: cos ~ 0.96 between seeds
             return base
 
-    for n, f, d, anchor in [(96, 2**14, 768, "all"), (32, 2**20, 4096, 0)]:
+    for n, f, d, anchor in settings:
         seeds = LazySeeds(n, f, d)
         t, st = timed(lambda seeds=seeds, anchor=anchor: stability_scores(seeds, anchor=anchor, device=device,
                                                                            progress=False, cache_bytes=2**34), device)
