@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from sae_fast.match import FaissIndex, faiss_available, faiss_has_gpu, match
+from sae_fast.matching import FaissIndex, faiss_available, faiss_has_gpu, match
 
 CPU_SIZES = [(2**12, 768), (2**13, 768), (2**14, 768)]
 GPU_SIZES = [(2**14, 768), (2**17, 2048), (2**20, 4096)]

@@ -11,7 +11,7 @@ with atomics:
   ever in, or offered to, the best slot except the final winner is offered here, so the result is the exact
   second-largest entry of the row (column) as computed by the kernel.
 
-The second best lets the caller certify the low-precision arg-max against float32 (see sae_fast.match).
+The second best lets the caller certify the low-precision arg-max against float32 (see sae_fast.matching).
 """
 
 from __future__ import annotations

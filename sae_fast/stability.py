@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist_utils
-from .match import ArrayLike, FaissIndex, as_unit_rows, match, pick_backend, resolve_device
+from .matching import ArrayLike, FaissIndex, as_unit_rows, match, pick_backend, resolve_device
 
 SPARSIFY_FILE = "sae.safetensors"
 SAELENS_FILE = "sae_weights.safetensors"
@@ -372,7 +372,7 @@ def stability_scores(
         ``sae.safetensors`` or ``sae_weights.safetensors`` holding ``W_dec`` (F, d)), read one at a time.
     theta, eps: defaults of the returned :class:`Stability` (its p_hat/split accept any other value).
     anchor: ``"all"`` (every seed is an anchor; every directed pair) or one seed index.
-    backend: ``auto`` | ``exact`` | ``faiss`` (see :func:`sae_fast.match.match`); ``match_kwargs`` go to it
+    backend: ``auto`` | ``exact`` | ``faiss`` (see :func:`sae_fast.matching.match`); ``match_kwargs`` go to it
         (``dtype``, ``block_rows``, ``index``, ``nprobe``, ...). ``absolute``: match on |cos|.
     out: a directory; the result is saved there, progress is checkpointed every ``save_every`` seconds and
         when interrupted, and a run found there is resumed at the next unfinished pair.

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..match import match, recall_at_1
+    from ..matching import match, recall_at_1
     from ..stability import load_decoder
 
     if args.threads > 0:

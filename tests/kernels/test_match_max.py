@@ -7,7 +7,7 @@ import pytest
 import torch
 from sae_fast.kernels.match_max import match_max
 
-from sae_fast.match import match
+from sae_fast.matching import match
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

@@ -35,7 +35,6 @@ import math
 import os
 import sys
 import time
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -702,13 +701,3 @@ def recall_at_1(approx: Match, exact: Match) -> float:
     tie = approx.cos_ab[:, 0] >= exact.cos_ab[:, 0] - 1e-6
     return float((same | tie).float().mean())
 
-
-class _CallableModule(types.ModuleType):
-    """Lets ``sae_fast.match(A, B)`` work even after ``import sae_fast.match`` has bound the package attribute
-    ``match`` to this module (the function and the module share the name)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Match:
-        return match(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
