@@ -95,19 +95,19 @@ class StudyConfig:
 class EmbeddedDefault:
     """What `sae-fast study` trains when given no run: MiniLM layer 3 on Shakespeare, a few small seeds."""
 
-    num_seeds: int = 5
+    num_seeds: int = 4
     """SAEs (seeds) to train"""
-    train_texts: int = 4000
+    train_texts: int = 2000
     """Shakespeare sentences whose activations are cached for training (~28 tokens each)"""
-    eval_texts: int = 1000
+    eval_texts: int = 600
     """the following sentences, held out for the analyses"""
     layer: int = 3
     """MiniLM block whose output is read (d = 384)"""
-    expansion_factor: int = 4
+    expansion_factor: int = 2
     """F = expansion_factor * 384"""
     k: int = 16
     """TopK"""
-    total_tokens: int = 1_000_000
+    total_tokens: int = 200_000
     """training tokens per seed (the cache is cycled)"""
     train_batch_size: int = 1024
     """training batch (tokens per step)"""

@@ -87,8 +87,8 @@ def test_isolated_features_are_stable_latents_grouped_features_a_stable_subspace
     torch.set_num_threads(2)
     model = SyntheticModel(SyntheticConfig(seed=0))
     cfg = model.config
-    x = model.activations(16384, seed=1)
-    decoders = [_train_seed(x, cfg.natural_num_latents, 6, seed, steps=800) for seed in range(4)]
+    x = model.activations(8192, seed=1)
+    decoders = [_train_seed(x, cfg.natural_num_latents, 6, seed, steps=500) for seed in range(4)]
     res = evaluate_seeds(model, decoders)
     # isolated: recovered one by one, and the same latent in every seed
     assert res["isolated_recovered_share"] >= 0.9, res

@@ -156,7 +156,7 @@ def candidate_subspaces(
     out: dict = {"params": params, "candidates": [], "null": {}, "per_seed": []}
     if bases:
         best = _best_similarity(bases, owner_arr, bases, owner_arr, S)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng([seed, 0x5EED])  # not the bare seed: a caller's data may share it
         null_q = [np.linalg.qr(rng.standard_normal((d, b.shape[1])))[0] for b in bases for _ in range(n_null)]
         null_owner = np.repeat(owner_arr, n_null)
         null_best = _best_similarity(bases, owner_arr, null_q, null_owner, S)

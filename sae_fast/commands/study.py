@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif f.name == "absolute":
             group.add_argument("--absolute", action="store_true", help="match on |cos|")
         else:
-            kind = {"int": int, "float": float, "str": str}.get(type(default).__name__, str)
+            ann = str(f.type)
+            kind = int if ann.startswith("int") else float if ann.startswith("float") else str
             group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default)
     emb = parser.add_argument_group("embedded default training (without RUN_DIR)")
     for f in dataclasses.fields(EmbeddedDefault):

@@ -1,0 +1,74 @@
+import numpy as np
+import torch
+
+from sae_fast.analysis.candidates import candidate_subspaces, cluster_latents, coactivation_affinity
+from sae_fast.analysis.pooling import pool_features, pooled_sae, pooling_study
+
+from ._helpers import planted_decoders
+
+
+def test_coactivation_affinity():
+    fires = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=bool)
+    aff = coactivation_affinity(fires)
+    assert aff[0, 1] == 1.0 and aff[0, 2] == 0.0 and aff[1, 0] == 1.0
+
+
+def _seeds(S=3, d=40, r=4, groups=2, noise_latents=6, seed=0):
+    """Each seed: 2 groups of 2r latents in shared r-dim subspaces (fresh random directions inside), then noise."""
+    rng = np.random.default_rng(seed)
+    bases = [np.linalg.qr(rng.standard_normal((d, r)))[0] for _ in range(groups)]
+    decs, fires = [], []
+    N = 600
+    for _ in range(S):
+        rows = [rng.standard_normal((2 * r, r)) @ b.T for b in bases] + [rng.standard_normal((noise_latents, d))]
+        decs.append(np.concatenate(rows))
+        f = np.zeros((N, len(decs[-1])), dtype=bool)
+        for g in range(groups):
+            on = rng.random(N) < 0.2
+            f[np.ix_(on, np.arange(g * 2 * r, (g + 1) * 2 * r))] = rng.random((on.sum(), 2 * r)) < 0.6
+        f[:, groups * 2 * r:] = rng.random((N, noise_latents)) < 0.05
+        fires.append(f)
+    return decs, fires, groups * 2 * r
+
+
+def test_candidates_recover_shared_subspaces_and_beat_null():
+    decs, fires, n_group = _seeds()
+    clusters = cluster_latents(decs[0], fires=fires[0], threshold=0.3)
+    assert sorted(map(len, clusters))[-2:] == [8, 8]
+    res = candidate_subspaces(decs, [np.arange(len(d)) for d in decs], fires=fires)
+    grouped = [c for c in res["candidates"] if max(c["latents"]) < n_group]
+    assert len(grouped) == 6 and all(c["score"] == 1.0 and c["rank"] == 4 for c in grouped)
+    assert res["null"]["score_mean"] == 0.0
+    for p in res["per_seed"]:
+        assert set(range(n_group)) <= set(p["reproducible_latents"])
+    res_cos = candidate_subspaces(decs, [np.arange(len(d)) for d in decs], method="cosine", threshold=0.05)
+    assert res_cos["params"]["method"] == "cosine"
+
+
+def test_pool_features_and_pooled_sae():
+    from sae_fast import TopKSAE
+
+    decs, _ = planted_decoders(num_seeds=4, d=16, shared=6, private=6)
+    pool = pool_features(decs[:3])
+    assert sorted(pool.recurrence.tolist(), reverse=True)[:6] == [3] * 6
+    assert (pool.recurrence[pool.order[:6]] == 3).all()
+    saes = []
+    for s, dec in enumerate(decs):
+        sae = TopKSAE(16, 12, 3, seed=s)
+        with torch.no_grad():
+            sae.W_dec.copy_(torch.as_tensor(dec, dtype=torch.float32))
+            sae.W_enc.copy_(torch.as_tensor(dec, dtype=torch.float32))
+            sae.b_dec.normal_()
+        saes.append(sae.requires_grad_(False))
+    pooled = pooled_sae(saes[:3], pool)
+    assert pooled.num_latents == 12
+    # the pre-activation of a pooled latent equals the one it had in its own SAE
+    x = torch.randn(5, 16)
+    c = pool.order[0]
+    s, j = pool.representative[c]
+    own = (x - saes[s].b_dec) @ saes[s].W_enc[j] + saes[s].b_enc[j]
+    new = (x - pooled.b_dec) @ pooled.W_enc[0] + pooled.b_enc[0]
+    torch.testing.assert_close(own, new, atol=1e-5, rtol=1e-5)
+    res = pooling_study(saes[:3], [decs[3]], torch.randn(200, 16), x_train=torch.randn(300, 16), refit_steps=3)
+    assert res["pooled"]["p_hat_mean"] >= res["single_p_hat_mean_mean"]
+    assert "ev_refit" in res["pooled"]

@@ -1,0 +1,48 @@
+"""The report: self-contained HTML with embedded plots, markdown twin, values traced to results.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sae_fast.report import _get, write_report
+
+
+def _results() -> dict:
+    return {
+        "config": {"theta": 0.7, "eps": 0.05, "anchor": 0},
+        "source": {"num_seeds": 3, "seeds": ["a", "b", "c"], "d": 8, "num_latents": 16, "k": 2, "eval_tokens": 100},
+        "stability": {"p_hat_resolution": 0.5, "anchor": {
+            "share_stable": 0.25, "share_unstable": 0.5, "share_neither": 0.25, "p_hat_mean": 0.375,
+            "p_hat_hist": {"counts": [8, 4, 4], "edges": [0, 0.4, 0.8, 1.0]},
+            "best_cos_hist": {"counts": [3, 5], "edges": [-1, 0, 1]}, "best_cos_mean": 0.123456}},
+        "masking": {"ev_full": 0.9, "fvu_full": 0.1, "n": 2, "ratio": 4, "sizes": {"stable": 4, "unstable": 8},
+                    "ev": {"stable": 0.5, "unstable": 0.85}, "delta_ev": {"stable": 0.4, "unstable": 0.05},
+                    "random": {"random_like_stable": {"delta_ev_mean": 0.2, "delta_ev_std": 0.01, "draws": 3}}},
+        "synthetic": {"p_hat_isolated": 1.0, "p_hat_grouped": 0.2, "group_mean_cos2": 0.98,
+                      "group_cross_seed_mean_cos2": 0.97, "haar_mean_cos2": 0.125},
+        "timings_seconds": {"stability": 0.5},
+    }
+
+
+def test_write_report(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(_results()))
+    paths = write_report(tmp_path)
+    html = paths["html"].read_text()
+    md = paths["markdown"].read_text()
+    assert html.count("data:image/png;base64,") == 3  # stability, masking, synthetic
+    assert "src='figures" not in html  # self-contained
+    assert "0.1235" in md and "`stability.anchor.best_cos_mean`" in md
+    assert "0.4" in md and "`masking.delta_ev.stable`" in md
+    assert (tmp_path / "figures" / "synthetic.png").is_file()
+    assert "not computed" in md  # the MLM-loss splice is declared absent, not silently missing
+
+
+def test_get_and_missing_results(tmp_path):
+    res = _results()
+    assert _get(res, "stability.anchor.share_stable") == 0.25
+    assert _get(res, "source.seeds.1") == "b"
+    assert _get(res, "no.such.path") is None
+    with pytest.raises(FileNotFoundError, match=r"results\.json"):
+        write_report(tmp_path)
