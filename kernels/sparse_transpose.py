@@ -16,25 +16,30 @@ import triton.language as tl
 
 from ._common import check_tensor, interpreting, next_pow2
 
-__all__ = ["LatentCSR", "latent_csr", "sparse_transpose_matmul"]
+__all__ = ["LatentCSR", "latent_csr", "latent_csr_pairs", "sparse_transpose_matmul", "sparse_transpose_pairs"]
 
 
 class LatentCSR:
-    """(N, k) indices sorted by latent: rows (N·k,) int64 token row of each pair, `order` (N·k,) int64 position
-    of each pair in the flattened (N, k) array, start (F,) int64 and count (F,) int32 per latent."""
+    """(latent, row) pairs sorted by latent: rows (P,) int64 dense row of each sorted pair, `order` (P,) int64
+    position of each sorted pair in the input order, start (F,) int64 and count (F,) int32 per latent."""
 
     def __init__(self, rows: torch.Tensor, order: torch.Tensor, start: torch.Tensor, count: torch.Tensor) -> None:
         self.rows, self.order, self.start, self.count = rows, order, start, count
 
 
-def latent_csr(indices: torch.Tensor, num_latents: int) -> LatentCSR:
-    """Build the latent-sorted layout of (N, k) int64 indices (values in [0, num_latents))."""
-    _, k = indices.shape
-    flat = indices.reshape(-1)
-    _, order = torch.sort(flat, stable=True)
-    count = torch.bincount(flat, minlength=num_latents)
+def latent_csr_pairs(latents: torch.Tensor, rows: torch.Tensor, num_latents: int) -> LatentCSR:
+    """Latent-sorted layout of P pairs: latents (P,) int64 in [0, num_latents), rows (P,) int64 dense rows."""
+    _, order = torch.sort(latents, stable=True)
+    count = torch.bincount(latents, minlength=num_latents)
     start = torch.cumsum(count, 0) - count
-    return LatentCSR(order // max(k, 1), order, start.contiguous(), count.to(torch.int32).contiguous())
+    return LatentCSR(rows[order].contiguous(), order, start.contiguous(), count.to(torch.int32).contiguous())
+
+
+def latent_csr(indices: torch.Tensor, num_latents: int) -> LatentCSR:
+    """Latent-sorted layout of (N, k) int64 indices (values in [0, num_latents)); pair (n, j) has row n."""
+    n, k = indices.shape
+    rows = torch.arange(n, device=indices.device).repeat_interleave(k)
+    return latent_csr_pairs(indices.reshape(-1), rows, num_latents)
 
 
 _GPU_CONFIGS = [
@@ -80,6 +85,45 @@ def _csr_rows_kernel(
 _csr_rows_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["D", "HAS_COLSUM"])(_csr_rows_kernel)
 
 
+def sparse_transpose_pairs(
+    latents: torch.Tensor,
+    rows: torch.Tensor,
+    weights: torch.Tensor,
+    dense: torch.Tensor,
+    num_latents: int,
+    *,
+    out_dtype: torch.dtype = torch.float32,
+    with_colsum: bool = False,
+    csr: LatentCSR | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """out[f] = Σ_{p: latents[p] = f} weights[p] · dense[rows[p]] -> (F, d) in out_dtype; colsum[f] = Σ weights[p].
+
+    latents, rows: (P,) int64 (latents in [0, F), rows in [0, R)); weights (P,) float; dense (R, d)
+    fp32/bf16/fp16; all contiguous. Every output row is written (zeros for latents without pairs).
+    """
+    p = latents.shape[0]
+    r, d = dense.shape
+    check_tensor("latents", latents, (p,), (torch.int64,))
+    check_tensor("rows", rows, (p,), (torch.int64,))
+    check_tensor("weights", weights, (p,), (torch.float32, torch.bfloat16, torch.float16, torch.float64))
+    check_tensor("dense", dense, (r, d), (torch.float32, torch.bfloat16, torch.float16))
+    device = dense.device
+    out = torch.empty((num_latents, d), dtype=out_dtype, device=device)
+    colsum = torch.empty((num_latents,), dtype=torch.float32, device=device) if with_colsum else None
+    if num_latents == 0:
+        return out, colsum
+    if csr is None:
+        csr = latent_csr_pairs(latents, rows, num_latents)
+    w_sorted = weights[csr.order].float().contiguous()
+    args = (csr.rows, w_sorted, csr.start, csr.count, dense, out, colsum if colsum is not None else out, d)
+    if interpreting():  # one chunk per row, few occurrences per step: the interpreter pays per program-step
+        _csr_rows_kernel[(num_latents, 1)](*args, HAS_COLSUM=with_colsum, BLOCK_O=16, BLOCK_D=next_pow2(d))
+    else:
+        grid = lambda meta: (num_latents, triton.cdiv(max(d, 1), meta["BLOCK_D"]))
+        _csr_rows_tuned[grid](*args, HAS_COLSUM=with_colsum)
+    return out, colsum
+
+
 def sparse_transpose_matmul(
     indices: torch.Tensor,
     weights: torch.Tensor,
@@ -93,26 +137,16 @@ def sparse_transpose_matmul(
     """(F, d) = Σ over pairs of weights[n, j] · dense[n] into row indices[n, j]; optional column sums (F,) fp32.
 
     indices (N, k) int64 in [0, F); weights (N, k) float; dense (N, d) fp32/bf16/fp16; contiguous.
-    `csr` reuses a layout from `latent_csr(indices, F)` (the decoder and encoder backward share one).
-    Every output row is written (zeros for latents that never fired).
+    `csr` reuses a layout from `latent_csr(indices, F)`. Every output row is written (zeros for latents that
+    never fired).
     """
     n, k = indices.shape
-    d = dense.shape[1]
     check_tensor("indices", indices, (n, k), (torch.int64,))
     check_tensor("weights", weights, (n, k), (torch.float32, torch.bfloat16, torch.float16, torch.float64))
-    check_tensor("dense", dense, (n, d), (torch.float32, torch.bfloat16, torch.float16))
-    device = dense.device
-    out = torch.empty((num_latents, d), dtype=out_dtype, device=device)
-    colsum = torch.empty((num_latents,), dtype=torch.float32, device=device) if with_colsum else None
-    if num_latents == 0:
-        return out, colsum
-    if csr is None:
-        csr = latent_csr(indices, num_latents)
-    w_sorted = weights.reshape(-1)[csr.order].float().contiguous()
-    args = (csr.rows, w_sorted, csr.start, csr.count, dense, out, colsum if colsum is not None else out, d)
-    if interpreting():  # one chunk per row, few occurrences per step: the interpreter pays per program-step
-        _csr_rows_kernel[(num_latents, 1)](*args, HAS_COLSUM=with_colsum, BLOCK_O=16, BLOCK_D=next_pow2(d))
-    else:
-        grid = lambda meta: (num_latents, triton.cdiv(max(d, 1), meta["BLOCK_D"]))
-        _csr_rows_tuned[grid](*args, HAS_COLSUM=with_colsum)
-    return out, colsum
+    if dense.dim() != 2 or dense.shape[0] != n:
+        raise ValueError(f"dense must have shape ({n}, d), got {tuple(dense.shape)}")
+    rows = torch.arange(n, device=dense.device).repeat_interleave(k)
+    return sparse_transpose_pairs(
+        indices.reshape(-1), rows, weights.reshape(-1), dense, num_latents,
+        out_dtype=out_dtype, with_colsum=with_colsum, csr=csr,
+    )  # fmt: skip

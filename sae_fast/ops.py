@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -21,6 +21,7 @@ __all__ = [
     "EncodeOutput",
     "backend",
     "decode",
+    "decode_many",
     "encode",
     "get_backend",
     "normalize_rows_",
@@ -156,10 +157,24 @@ def decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
 
     values, indices: (N, k); W_dec: (F, d). Differentiable w.r.t. values and W_dec.
     """
-    _check_decode(values, indices, W_dec)
+    return decode_many([(values, indices)], W_dec)[0]
+
+
+def decode_many(pairs: Sequence[tuple[Tensor, Tensor]], W_dec: Tensor) -> list[Tensor]:
+    """`decode` of several (values, indices) pairs with one W_dec, e.g. the top-k and the AuxK activations.
+
+    Same results as separate `decode` calls, but on the kernel path the backward builds ONE row-sparse dW_dec
+    over all pairs (one latent-sorted pass) instead of one dense (F, d) gradient per call plus their sum.
+    Each values/indices: (N, k_i) (N may differ between pairs).
+    """
+    if not pairs:
+        raise ValueError("pairs must hold at least one (values, indices) pair")
+    for values, indices in pairs:
+        _check_decode(values, indices, W_dec)
     if _use_triton(W_dec):
-        return _Decode.apply(values, indices, W_dec)
-    return reference.decode(values, indices.long(), W_dec)
+        flat = [t for values, indices in pairs for t in (values, indices)]
+        return list(_DecodeMany.apply(W_dec, *flat))
+    return [reference.decode(values, indices.long(), W_dec) for values, indices in pairs]
 
 
 _ROW_CHUNK_ELEMENTS = 1 << 24  # fp32 working set of the torch path: 64 MiB
@@ -250,28 +265,48 @@ class _EncodeTopK(torch.autograd.Function):
         return dx, dW, db, None, None, None
 
 
-class _Decode(torch.autograd.Function):
-    """Sparse decode forward (gather, kernels/decoder.py); backward: k dot products for the values and the
-    latent-sorted row-sparse dW_dec (kernels/sparse_transpose.py)."""
+class _DecodeMany(torch.autograd.Function):
+    """Sparse decode of several (values, indices) pairs (gather, kernels/decoder.py). Backward: k dot products
+    per pair for the values and a single latent-sorted row-sparse dW_dec over every pair
+    (kernels/sparse_transpose.py)."""
 
     @staticmethod
-    def forward(ctx, values, indices, W_dec):  # type: ignore[override]
+    def forward(ctx, W_dec, *flat):  # type: ignore[override]
         from .kernels.decoder import gather_weighted_sum
 
-        values, indices, W_dec = values.contiguous(), indices.long().contiguous(), W_dec.contiguous()
-        ctx.save_for_backward(values, indices, W_dec)
-        return gather_weighted_sum(values, indices, W_dec)
+        W_dec = W_dec.contiguous()
+        tensors = [t.contiguous() if i % 2 == 0 else t.long().contiguous() for i, t in enumerate(flat)]
+        ctx.save_for_backward(W_dec, *tensors)
+        return tuple(gather_weighted_sum(tensors[i], tensors[i + 1], W_dec) for i in range(0, len(tensors), 2))
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx, *grad_outs):  # type: ignore[override]
         from .kernels.decoder import sparse_dot
-        from .kernels.sparse_transpose import sparse_transpose_matmul
+        from .kernels.sparse_transpose import sparse_transpose_pairs
 
-        values, indices, W_dec = ctx.saved_tensors
-        grad_out = grad_out.to(W_dec.dtype).contiguous()
-        grad_values = grad_W = None
+        W_dec, *tensors = ctx.saved_tensors
+        pairs = [(tensors[i], tensors[i + 1]) for i in range(0, len(tensors), 2)]
+        grads = [
+            (g if g is not None else torch.zeros(v.shape[0], W_dec.shape[1], dtype=W_dec.dtype, device=W_dec.device))
+            .to(W_dec.dtype)
+            .contiguous()
+            for g, (v, _) in zip(grad_outs, pairs)
+        ]
+        grad_flat: list[Tensor | None] = []
+        for i, ((values, indices), g) in enumerate(zip(pairs, grads)):
+            need = ctx.needs_input_grad[1 + 2 * i]
+            grad_flat += [sparse_dot(g, indices, W_dec).to(values.dtype) if need else None, None]
+        grad_W = None
         if ctx.needs_input_grad[0]:
-            grad_values = sparse_dot(grad_out, indices, W_dec).to(values.dtype)
-        if ctx.needs_input_grad[2]:  # same work as kernels.decoder.decoder_backward, skipping unneeded parts
-            grad_W, _ = sparse_transpose_matmul(indices, values, grad_out, W_dec.shape[0], out_dtype=W_dec.dtype)
-        return grad_values, None, grad_W
+            latents, rows, weights, offset = [], [], [], 0
+            for (values, indices), g in zip(pairs, grads):
+                n, k = indices.shape
+                latents.append(indices.reshape(-1))
+                rows.append(torch.arange(offset, offset + n, device=g.device).repeat_interleave(k))
+                weights.append(values.reshape(-1).float())
+                offset += n
+            dense = grads[0] if len(grads) == 1 else torch.cat(grads)
+            grad_W, _ = sparse_transpose_pairs(
+                torch.cat(latents), torch.cat(rows), torch.cat(weights), dense, W_dec.shape[0], out_dtype=W_dec.dtype
+            )
+        return (grad_W, *grad_flat)

@@ -145,7 +145,13 @@ class TopKSAE(nn.Module):
         use_aux = dead_mask is not None and bool(dead_mask.any())
         W_enc, b_enc, W_dec, b_dec = self._weights()
         enc = ops.encode(x - b_dec, W_enc, b_enc, self.k, dead_mask=dead_mask if use_aux else None, k_aux=k_aux)
-        recon = ops.decode(enc.values, enc.indices, W_dec) + b_dec
+        if use_aux:  # one decode call: on the kernel path its backward builds a single dW_dec for both
+            assert enc.aux_values is not None and enc.aux_indices is not None
+            pairs = [(enc.values, enc.indices), (enc.aux_values, enc.aux_indices)]
+            decoded, aux_decoded = ops.decode_many(pairs, W_dec)
+        else:
+            decoded, aux_decoded = ops.decode(enc.values, enc.indices, W_dec), None
+        recon = decoded + b_dec
         xf = x.float()
         if x.shape[0] == 0:
             zero = recon.float().sum() * 0.0
@@ -153,11 +159,11 @@ class TopKSAE(nn.Module):
         residual = xf - recon.float()
         total_variance = (xf - xf.mean(0)).pow(2).sum()
         fvu = residual.pow(2).sum() / total_variance
-        if use_aux:
-            assert dead_mask is not None and enc.aux_values is not None and enc.aux_indices is not None
+        if aux_decoded is not None:
+            assert dead_mask is not None
             num_dead = dead_mask.sum().float()
             scale = (num_dead / k_aux).clamp(max=1.0)
-            aux_recon = ops.decode(enc.aux_values, enc.aux_indices, W_dec).float()
+            aux_recon = aux_decoded.float()  # W_dec only: no b_dec in the AuxK reconstruction
             auxk_loss = scale * (aux_recon - residual.detach()).pow(2).sum() / total_variance
         else:
             auxk_loss = torch.zeros((), dtype=torch.float32, device=x.device)

@@ -89,3 +89,25 @@ def test_bad_inputs_name_the_argument() -> None:
         ops.decode(torch.ones(4, 3), torch.zeros(4, 2, dtype=torch.long), W_dec)
     with pytest.raises(TypeError, match="W_dec"):
         ops.decode(torch.ones(4, 3), torch.zeros(4, 3, dtype=torch.long), torch.zeros(20, 10, dtype=torch.long))
+
+
+def test_decode_many_one_backward_matches_separate_decodes() -> None:
+    g = torch.Generator().manual_seed(9)
+    W = torch.randn(130, 100, generator=g, requires_grad=True)
+    v1 = torch.randn(7, 3, generator=g, requires_grad=True)
+    v2 = torch.randn(7, 11, generator=g, requires_grad=True)
+    i1 = torch.randint(0, 130, (7, 3), generator=g)
+    i2 = torch.randint(0, 130, (7, 11), generator=g)
+    w1, w2 = torch.randn(7, 100, generator=g), torch.randn(7, 100, generator=g)
+    results = {}
+    for backend in ("reference", "triton"):
+        for t in (W, v1, v2):
+            t.grad = None
+        with ops.backend(backend):
+            a, b = ops.decode_many([(v1, i1), (v2, i2)], W)
+            ((a * w1).sum() + (b * w2).sum()).backward()
+        results[backend] = [a.detach(), b.detach(), W.grad.clone(), v1.grad.clone(), v2.grad.clone()]
+    for got, want in zip(results["triton"], results["reference"]):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="pairs"):
+        ops.decode_many([], W)
