@@ -192,7 +192,15 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
             B.append(("fig", (key, figs[key])))
     B.append(("p", "Language-model loss with the masked reconstruction spliced in: not computed. The embedded "
                    "model (all-MiniLM-L6-v2) ships without its masked-LM head (a sentence-embedding BertModel), so "
-                   "no MLM loss exists for it; for a causal LM this is future work."))
+                   "no MLM loss exists for it; for a causal LM this is future work. Instead, for the embedded "
+                   "default, the reconstruction is spliced in after the hooked block and the distortion "
+                   "1 − cos of the model's sentence embedding is measured (0 = unchanged)."))
+    sp = results.get("splice")
+    if sp:
+        B.append(_table(results, [(f"embedding distortion, {'reconstruction only' if k == 'none' else 'masking ' + k}"
+                                   f" ({_fmt(_get(sp, f'sizes.{k}'))} latents)" if k != "none" else
+                                   "embedding distortion, unmasked reconstruction", f"splice.distortion.{k}")
+                                  for k in sp["distortion"]]))
     B.append(("h2", "3. Activation statistics"))
     B.append(_table(results, [
         ("mean firing frequency, stable", "frequency.anchor.stable.mean"),

@@ -72,6 +72,8 @@ class StudyConfig:
     """leave latents that never fire on the held-out activations out of the subspace analyses"""
     max_eval_tokens: int = 50_000
     """held-out activations used (first rows)"""
+    splice_texts: int = 128
+    """embedded default: held-out sentences for the splice analysis (0: skip it)"""
     snippet_latents: int = 6
     """latents per group shown with their top-activating snippets"""
     snippet_top: int = 5
@@ -124,6 +126,7 @@ class HeldOut:
     x: torch.Tensor
     tokens: list[list[str]] | None = None  # tokens of each text
     where: np.ndarray | None = None  # (N, 2) (text index, token position) of each row
+    texts: list[str] | None = None  # the texts themselves (the embedded default: for the splice analysis)
 
 
 def _heldout_embedded(texts: list[str], layer: int, max_tokens: int) -> HeldOut:
@@ -148,7 +151,8 @@ def _heldout_embedded(texts: list[str], layer: int, max_tokens: int) -> HeldOut:
     x = torch.cat(xs)
     if x.shape[0] != len(where):
         raise RuntimeError(f"token bookkeeping mismatch: {x.shape[0]} activations, {len(where)} tokens")
-    return HeldOut(x=x[:max_tokens], tokens=tokens, where=np.asarray(where[:max_tokens], dtype=np.int64))
+    return HeldOut(x=x[:max_tokens], tokens=tokens, where=np.asarray(where[:max_tokens], dtype=np.int64),
+                   texts=list(texts))
 
 
 def train_embedded_default(out_dir: str | os.PathLike, cfg: EmbeddedDefault | None = None,
@@ -215,7 +219,7 @@ def _load_saes(run_dir: str | os.PathLike, hookpoint: str | None = None) -> tupl
 def _as_heldout(activations: Any, max_tokens: int) -> HeldOut:
     if isinstance(activations, HeldOut):
         return HeldOut(activations.x[:max_tokens], activations.tokens,
-                       None if activations.where is None else activations.where[:max_tokens])
+                       None if activations.where is None else activations.where[:max_tokens], activations.texts)
     if isinstance(activations, (str, os.PathLike)):
         path = Path(activations)
         if path.suffix == ".npy":
@@ -319,9 +323,11 @@ def study(
         timings[name] = time.perf_counter() - timings[name]
         bar.update(1)
 
+    embedded_layer = None
     if run_dir is None:
         step("train")
         run_dir, held, info = train_embedded_default(out, embedded, progress=progress)
+        embedded_layer = (embedded or EmbeddedDefault()).layer
         results["source"] = {"kind": "embedded default (MiniLM all-MiniLM-L6-v2 layer 3, Shakespeare)", **info}
         done("train")
     else:
@@ -391,6 +397,13 @@ def study(
                                                 n_random=cfg.n_random, seed=cfg.seed, batch_size=cfg.batch_size)
     results["masking_sweep"] = mask_mod.delta_ev_sweep(saes[a0], x, labels[a0], seed=cfg.seed,
                                                        batch_size=cfg.batch_size)
+    if held.texts and cfg.splice_texts > 0 and embedded_layer is not None:
+        from .activations import load_embedded_model
+        from .analysis.splice import splice_study
+
+        model, tokenizer = load_embedded_model("cpu")
+        results["splice"] = splice_study(model, tokenizer, held.texts[: cfg.splice_texts], embedded_layer,
+                                         saes[a0], labels[a0], ratio=cfg.ratio, seed=cfg.seed)
     done("masking")
 
     # 4. effective rank -------------------------------------------------------------------------------------------
