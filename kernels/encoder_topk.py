@@ -26,11 +26,15 @@ __all__ = ["encoder_topk", "select_topk_lowest_index"]
 def _configs() -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_K": 128}, num_warps=4, num_stages=1)]
+    # untuned guesses (no GPU was available when this was written): the running top-k state costs
+    # BLOCK_M * next_pow2(k) * 8 bytes of registers, so 8 warps keep larger tiles from spilling
     return [
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
     ]
 
 
@@ -85,11 +89,14 @@ def _encoder_topk_kernel(
         col_ok = cols < F
         cols64 = cols.to(tl.int64)
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        a_ptrs = x_ptr + rows64[:, None] * D + offs_k[None, :]
+        b_ptrs = w_ptr + cols64[None, :] * D + offs_k[:, None]
         for k0 in range(0, D, BLOCK_K):
-            kk = k0 + offs_k
-            k_ok = kk < D
-            a = tl.load(x_ptr + rows64[:, None] * D + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            bt = tl.load(w_ptr + cols64[None, :] * D + kk[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            k_ok = (k0 + offs_k) < D
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            bt = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
             if CAST_FP32:
                 acc = tl.dot(a.to(tl.float32), bt.to(tl.float32), acc)
             elif IEEE_FP32:
