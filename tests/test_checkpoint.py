@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 import types
 from pathlib import Path
@@ -81,7 +80,7 @@ def test_loads_a_checkpoint_written_by_real_sparsify_and_computes_the_same() -> 
     torch.testing.assert_close(load_decoder(SPARSIFY_FIXTURE), load_file(SPARSIFY_FIXTURE / "sae.safetensors")["W_dec"])
 
 
-def _import_real_sparsify():
+def _import_real_sparsify(monkeypatch: pytest.MonkeyPatch):
     """sparsify.sparse_coder without the package __init__ (which imports its trainer and `datasets`)."""
     spec = importlib.util.find_spec("sparsify")
     if spec is None or spec.submodule_search_locations is None:
@@ -89,25 +88,27 @@ def _import_real_sparsify():
     for module in ("simple_parsing", "natsort", "einops"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"eai-sparsify needs {module}")
-    os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+    monkeypatch.setenv("SPARSIFY_DISABLE_TRITON", "1")
     import transformers  # noqa: F401  (before a stand-in `accelerate`, which transformers would probe)
 
     if "sparsify" not in sys.modules:
         pkg = types.ModuleType("sparsify")
         pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["sparsify"] = pkg
-    if importlib.util.find_spec("accelerate") is None and "accelerate" not in sys.modules:
+        sys.modules["sparsify"] = pkg  # a bare package: its submodules import without its __init__
+    if importlib.util.find_spec("accelerate") is None and "sparsify.sparse_coder" not in sys.modules:
+        # Only while sparsify imports (removed after the test, so no later import sees a fake accelerate).
         acc, utils = types.ModuleType("accelerate"), types.ModuleType("accelerate.utils")
         utils.send_to_device = lambda x, device: x  # the only name sparsify.utils takes from accelerate
         acc.utils = utils
-        sys.modules["accelerate"], sys.modules["accelerate.utils"] = acc, utils
+        monkeypatch.setitem(sys.modules, "accelerate", acc)
+        monkeypatch.setitem(sys.modules, "accelerate.utils", utils)
     from sparsify.sparse_coder import SparseCoder
 
     return SparseCoder
 
 
-def test_real_sparsify_loads_ours_and_reconstructs_the_same(tmp_path: Path) -> None:
-    SparseCoder = _import_real_sparsify()
+def test_real_sparsify_loads_ours_and_reconstructs_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    SparseCoder = _import_real_sparsify(monkeypatch)
     sae = _sae(d=8, f=24, k=3, seed=4)
     save_sae(sae, tmp_path / "ours", metadata={"seed": 4})
     theirs = SparseCoder.load_from_disk(tmp_path / "ours")
