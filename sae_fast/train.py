@@ -338,7 +338,7 @@ class Trainer:
         if cfg.k > self.num_latents:
             raise ValueError(f"k={cfg.k} must not exceed num_latents={self.num_latents}")
         self.lr = cfg.resolved_lr(self.num_latents)
-        self.k_aux = cfg.k_aux if cfg.k_aux is not None else max(1, self.d_in // 2)
+        self.k_aux = min(cfg.k_aux if cfg.k_aux is not None else max(1, self.d_in // 2), self.num_latents)
         self.dtype = _DTYPES[cfg.dtype]
         self.rank, self.world_size = dist_utils.get_rank(), dist_utils.get_world_size()
         self.data_parallel = self.world_size > 1 and len(cfg.seeds) == 1
