@@ -97,9 +97,9 @@ class StudyConfig:
 class EmbeddedDefault:
     """What `sae-fast study` trains when given no run: MiniLM layer 3 on Shakespeare, a few small seeds."""
 
-    num_seeds: int = 4
+    num_seeds: int = 5
     """SAEs (seeds) to train"""
-    train_texts: int = 2000
+    train_texts: int = 3000
     """Shakespeare sentences whose activations are cached for training (~28 tokens each)"""
     eval_texts: int = 600
     """the following sentences, held out for the analyses"""
@@ -109,7 +109,7 @@ class EmbeddedDefault:
     """F = expansion_factor * 384"""
     k: int = 16
     """TopK"""
-    total_tokens: int = 200_000
+    total_tokens: int = 600_000
     """training tokens per seed (the cache is cycled)"""
     train_batch_size: int = 1024
     """training batch (tokens per step)"""

@@ -93,28 +93,31 @@ def masked_fvu(
     return {name: e / total for name, e in err.items()}
 
 
-def _frequency_matched(pool: np.ndarray, target: np.ndarray, freq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random subset of ``pool`` (same size as target) whose frequencies follow those of target."""
-    pool = np.setdiff1d(pool, target)
-    if len(pool) < len(target):
-        pool = np.arange(len(freq))
-    order = pool[np.lexsort((rng.random(len(pool)), freq[pool]))]  # by frequency, random among ties
-    chosen: list[int] = []
-    taken = np.zeros(len(order), dtype=bool)
-    pos = np.searchsorted(freq[order], freq[target])
-    for p in rng.permutation(len(target)):
-        i = min(int(pos[p]), len(order) - 1)
-        # nearest untaken neighbour around the target's rank, random tie-break by the permuted order
-        for off in range(len(order)):
-            for j in (i - off, i + off):
-                if 0 <= j < len(order) and not taken[j]:
-                    taken[j] = True
-                    chosen.append(int(order[j]))
-                    break
-            else:
-                continue
-            break
-    return np.asarray(chosen, dtype=np.int64)
+def _frequency_matched(pool: np.ndarray, target: np.ndarray, freq: np.ndarray, rng: np.random.Generator,
+                       bins: int = 20) -> np.ndarray:
+    """A random subset of ``pool`` minus ``target``, of the target's size, with the target's frequency profile.
+
+    Frequencies are cut into ``bins`` quantile bins (of the candidates); as many candidates as there are
+    targets in each bin are drawn from it without replacement; a bin short of candidates is topped up with the
+    remaining candidates closest in frequency to the target set's median (random among ties).
+    """
+    cand = np.setdiff1d(pool, target)
+    if len(cand) < len(target):
+        cand = np.asarray(pool)
+    edges = np.unique(np.quantile(freq[cand], np.linspace(0, 1, bins + 1)[1:-1]))
+    cand_bin = np.searchsorted(edges, freq[cand], side="right")
+    want = np.bincount(np.searchsorted(edges, freq[target], side="right"), minlength=len(edges) + 1)
+    chosen: list[np.ndarray] = []
+    for b, count in enumerate(want):
+        members = cand[cand_bin == b]
+        chosen.append(rng.choice(members, min(count, len(members)), replace=False))
+    picked = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+    short = len(target) - len(picked)
+    if short > 0:
+        rest = np.setdiff1d(cand, picked)
+        closeness = np.abs(freq[rest] - np.median(freq[target]))
+        picked = np.concatenate([picked, rest[np.lexsort((rng.random(len(rest)), closeness))[:short]]])
+    return picked.astype(np.int64)
 
 
 def masking_study(
