@@ -225,7 +225,10 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
     B.append(("h2", "4. Geometry"))
     er = results.get("effective_rank", {})
     B.append(("p", f"Normalised entropy effective rank ER/d of unit decoder rows, each set subsampled to n = "
-                   f"{er.get('n')} latents (d = {er.get('d')}). Paper (GPT-2, [S1]): ≈0.80 stable vs ≈0.60 unstable."))
+                   f"{er.get('n')} latents (d = {er.get('d')}). Paper (GPT-2, [S1]): ≈0.80 stable vs ≈0.60 unstable."
+                   + (f" Caution: n < d here, so ER/d cannot exceed n/d = {er['n'] / er['d']:.3g} and the sets are "
+                      "hard to tell apart; more seeds/longer training give larger stable sets."
+                      if er.get("n") and er.get("d") and er["n"] < er["d"] else "")))
     B.append(_table(results, [(f"ER/d {name}", f"effective_rank.sets.{name}.er_over_d_mean")
                               for name in er.get("sets", {})] +
                     [(f"participation ratio / d {name}", f"effective_rank_pr.sets.{name}.er_over_d_mean")
@@ -301,7 +304,7 @@ def _md(blocks: list[Block]) -> str:
         if kind in ("h1", "h2", "h3"):
             out.append("#" * int(kind[1]) + " " + val)
         elif kind == "p":
-            out.append(val.replace("<b>", "**").replace("</b>", "**"))
+            out.append(html.unescape(val.replace("<b>", "**").replace("</b>", "**")))
         elif kind == "table":
             header, rows = val
             out.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
