@@ -29,7 +29,7 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": ".train",
     "load_sae": ".checkpoint",
     "save_sae": ".checkpoint",
-    "study": ".study",
+    "study": ".seed_study",
 }
 
 __all__ = sorted(_EXPORTS)

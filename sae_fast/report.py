@@ -290,6 +290,12 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
             ("group subspace across seeds, mean cos²", "synthetic.group_cross_seed_mean_cos2"),
             ("median largest principal angle (rad)", "synthetic.group_max_angle_median"),
             ("random baseline mean cos² (r/d)", "synthetic.haar_mean_cos2"),
+            ("candidate subspaces: mean reproducibility score", "synthetic.candidates.score_mean"),
+            ("candidate subspaces: null (random subspaces) score", "synthetic.candidates.null_score_mean"),
+            ("non-stable grouped latents in a reproducible candidate",
+             "synthetic.candidates.nonstable_grouped_in_reproducible"),
+            ("non-stable other latents in a reproducible candidate",
+             "synthetic.candidates.nonstable_other_in_reproducible"),
         ]))
         if "synthetic" in figs:
             B.append(("fig", ("synthetic", figs["synthetic"])))

@@ -34,7 +34,7 @@ def _run_dir(tmp_path, num_seeds: int = 4):
 def test_study_on_saved_seeds_writes_traceable_report(tmp_path):
     from sae_fast import study
     from sae_fast.report import _get
-    from sae_fast.study import StudyConfig
+    from sae_fast.seed_study import StudyConfig
 
     run, x = _run_dir(tmp_path)
     out = tmp_path / "study"

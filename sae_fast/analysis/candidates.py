@@ -1,7 +1,8 @@
 """Candidate subspaces of unstable features and their cross-seed reproducibility (beyond the paper, [D]).
 
 1. **Cluster** each seed's unstable latents into candidate low-rank subspaces. Affinity between latents i, j:
-   ``"coactivation"``: ``|i and j fire together| / min(|i fires|, |j fires|)`` on held-out activations;
+   ``"correlation"`` (default): the correlation (phi coefficient, clipped at 0) of their firing indicators on
+   held-out activations; ``"coactivation"``: ``|i and j fire together| / min(|i fires|, |j fires|)``;
    ``"cosine"``: ``|cos(d_i, d_j)|`` of unit decoder rows; ``"max"``: the larger of the two. Average-linkage
    hierarchical clustering on ``1 - affinity`` cut at ``1 - threshold``; clusters of at least ``min_size``
    latents become candidates (a single latent is a feature, not a subspace).
@@ -9,8 +10,10 @@
    (default 95 %) of their squared norm, at most ``max_rank``.
 3. **Match** every candidate against every candidate of every other seed by principal angles
    (:func:`sae_fast.principal_angles_pairs`). Similarity of two candidates of ranks p, q:
-   ``sum cos²θ / max(p, q)`` (1 only for identical subspaces; a small subspace inside a big one scores
-   p / q). A candidate is *reproduced* in seed b when its best similarity there is >= ``tau``.
+   ``sum cos²θ / min(p, q)`` (``normalize="min"``, default: 1 when one contains the other, which
+   tolerates a group split differently in different seeds; the random null guards against big candidates)
+   or ``/ max(p, q)`` (``"max"``: 1 only for identical subspaces; a small subspace inside a big one scores p / q).
+   A candidate is *reproduced* in seed b when its best similarity there is >= ``tau``.
 4. **Score** of a candidate = share of the other seeds in which it is reproduced, the subspace analogue of
    p̂. **Null**: the same score for Haar-random subspaces of the same ranks matched against the same
    candidates. Unstable latents whose candidate scores >= ``min_score`` belong to a reproducible subspace
@@ -39,12 +42,27 @@ def coactivation_affinity(fires: ArrayLike) -> np.ndarray:
     return aff
 
 
+def correlation_affinity(fires: ArrayLike) -> np.ndarray:
+    """(n, n) Pearson correlation (phi coefficient) of the latents' firing indicators, clipped at 0."""
+    f = np.asarray(fires, dtype=np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"fires must be (N, n), got shape {f.shape}")
+    p = f.mean(axis=0)
+    cov = (f.T @ f) / f.shape[0] - np.outer(p, p)
+    sd = np.sqrt(np.clip(p * (1 - p), 0.0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(np.outer(sd, sd) > 0, cov / np.outer(sd, sd), 0.0)
+    corr = np.clip(corr, 0.0, 1.0)
+    np.fill_diagonal(corr, 1.0)
+    return corr
+
+
 def cluster_latents(
     rows: ArrayLike,
     *,
     fires: ArrayLike | None = None,
-    method: str = "coactivation",
-    threshold: float = 0.3,
+    method: str = "correlation",
+    threshold: float = 0.1,
     min_size: int = 2,
 ) -> list[np.ndarray]:
     """Clusters (arrays of positions into ``rows``) of at least ``min_size`` latents; see the module docstring."""
@@ -55,20 +73,22 @@ def cluster_latents(
     n = D.shape[0]
     if n < max(2, min_size):
         return []
-    if method in ("coactivation", "max"):
+    if method in ("correlation", "coactivation", "max"):
         if fires is None:
             raise ValueError(f"method={method!r} needs fires (N tokens, {n} latents)")
         fires = np.asarray(fires)
         if fires.ndim != 2 or fires.shape[1] != n:
             raise ValueError(f"fires must have shape (N, {n}), got {fires.shape}")
-    if method == "coactivation":
+    if method == "correlation":
+        aff = correlation_affinity(fires)
+    elif method == "coactivation":
         aff = coactivation_affinity(fires)
     elif method == "cosine":
         aff = np.abs(D @ D.T)
     elif method == "max":
         aff = np.maximum(coactivation_affinity(fires), np.abs(D @ D.T))
     else:
-        raise ValueError(f"method must be 'coactivation', 'cosine' or 'max', got {method!r}")
+        raise ValueError(f"method must be 'correlation', 'coactivation', 'cosine' or 'max', got {method!r}")
     dist = np.clip(1.0 - aff, 0.0, None)
     dist = (dist + dist.T) / 2
     np.fill_diagonal(dist, 0.0)
@@ -88,7 +108,7 @@ def candidate_basis(rows: np.ndarray, *, energy: float = 0.95, max_rank: int = 3
 
 
 def _best_similarity(bases: list[np.ndarray], owner: np.ndarray, queries: list[np.ndarray], query_owner: np.ndarray,
-                     num_seeds: int) -> np.ndarray:
+                     num_seeds: int, normalize: str = "max") -> np.ndarray:
     """(Q, S) best similarity of each query basis among the candidates of each seed (NaN: own seed or none)."""
     allb = queries + bases
     Q = len(queries)
@@ -100,7 +120,8 @@ def _best_similarity(bases: list[np.ndarray], owner: np.ndarray, queries: list[n
     theta = principal_angles_pairs(allb, pairs)
     cos2 = np.where(np.isfinite(theta), np.cos(theta) ** 2, 0.0).sum(axis=1)
     ranks = np.array([b.shape[1] for b in allb])
-    sim = cos2 / np.maximum(ranks[pairs[:, 0]], ranks[pairs[:, 1]])
+    pick = np.maximum if normalize == "max" else np.minimum
+    sim = cos2 / pick(ranks[pairs[:, 0]], ranks[pairs[:, 1]])
     seed_of = owner[pairs[:, 1] - Q]
     for (q, _), s, v in zip(pairs, seed_of, sim):
         if not (best[q, s] >= v):
@@ -114,11 +135,12 @@ def candidate_subspaces(
     *,
     fires: list[ArrayLike] | None = None,
     method: str | None = None,
-    threshold: float = 0.3,
+    threshold: float = 0.1,
     min_size: int = 2,
     energy: float = 0.95,
     max_rank: int = 32,
     tau: float = 0.7,
+    normalize: str = "min",
     min_score: float = 0.5,
     n_null: int = 1,
     seed: int = 0,
@@ -126,18 +148,20 @@ def candidate_subspaces(
     """Candidate subspaces of ``sets[s]`` (e.g. each seed's unstable latents) and their reproducibility.
 
     ``fires[s]``: boolean (N, F_s) firing matrix of seed s on shared held-out activations (needed for the
-    co-activation affinity; ``method`` defaults to "coactivation" when given, else "cosine").
+    firing affinities; ``method`` defaults to "correlation" when given, else "cosine").
     Returns ``{"candidates": [per-candidate dicts: seed, latents, rank, score, mean_best_similarity],
     "null": {"score_mean", "reproduced_share", ...}, "per_seed": [{"num_unstable", "num_in_reproducible",
     "share_in_reproducible", "reproducible_latents"}], "params": {...}}``.
     """
     decs = check_decoders(decoders)
     S = len(decs)
+    if normalize not in ("max", "min"):
+        raise ValueError(f"normalize must be 'max' or 'min', got {normalize!r}")
     if len(sets) != S:
         raise ValueError(f"sets must hold one index set per seed ({S}), got {len(sets)}")
     if fires is not None and len(fires) != S:
         raise ValueError(f"fires must hold one firing matrix per seed ({S}), got {len(fires)}")
-    method = method or ("coactivation" if fires is not None else "cosine")
+    method = method or ("correlation" if fires is not None else "cosine")
     d = decs[0].shape[1]
     bases: list[np.ndarray] = []
     owner: list[int] = []
@@ -152,14 +176,14 @@ def candidate_subspaces(
             members.append(idx[cl])
     owner_arr = np.asarray(owner, dtype=np.int64)
     params = {"method": method, "threshold": threshold, "min_size": min_size, "energy": energy,
-              "max_rank": max_rank, "tau": tau, "min_score": min_score}
+              "max_rank": max_rank, "tau": tau, "normalize": normalize, "min_score": min_score}
     out: dict = {"params": params, "candidates": [], "null": {}, "per_seed": []}
     if bases:
-        best = _best_similarity(bases, owner_arr, bases, owner_arr, S)
+        best = _best_similarity(bases, owner_arr, bases, owner_arr, S, normalize)
         rng = np.random.default_rng([seed, 0x5EED])  # not the bare seed: a caller's data may share it
         null_q = [np.linalg.qr(rng.standard_normal((d, b.shape[1])))[0] for b in bases for _ in range(n_null)]
         null_owner = np.repeat(owner_arr, n_null)
-        null_best = _best_similarity(bases, owner_arr, null_q, null_owner, S)
+        null_best = _best_similarity(bases, owner_arr, null_q, null_owner, S, normalize)
         for c in range(len(bases)):
             others = [b for b in range(S) if b != owner[c]]
             vals = np.nan_to_num(best[c, others], nan=0.0)

@@ -13,7 +13,7 @@ HELP = ("Seed-dependence study: stability, masking EV, frequency, geometry, cand
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..study import EmbeddedDefault, StudyConfig
+    from ..seed_study import EmbeddedDefault, StudyConfig
 
     parser.add_argument("run_dir", nargs="?", default=None,
                         help="folder of trained seeds (sae_fast, sparsify or SAELens layout); omit to train the "
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..study import EmbeddedDefault, StudyConfig, study
+    from ..seed_study import EmbeddedDefault, StudyConfig, study
 
     cfg = StudyConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(StudyConfig)})
     emb = EmbeddedDefault(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EmbeddedDefault)

@@ -1,4 +1,5 @@
-"""The seed-dependence study, end to end (method.md; issue 7).
+"""The seed-dependence study, end to end (method.md; issue 7). (Module named seed_study so that
+``sae_fast.study`` stays the function after this module is imported.)
 
 ``study(run_dir, activations=..., out_dir=...)`` takes a folder of SAEs trained on the same data with
 different seeds (sae_fast, sparsify or SAELens layout) plus held-out activations, and computes and saves:
@@ -59,8 +60,8 @@ class StudyConfig:
     ranks: tuple[int, ...] = (8, 16, 32, 64)
     """ranks r of the cross-seed subspace comparison"""
     candidate_method: str | None = None
-    """candidate clustering affinity: 'coactivation' (default with activations), 'cosine' or 'max'"""
-    candidate_threshold: float = 0.3
+    """candidate clustering affinity: 'correlation' (default with activations), 'coactivation', 'cosine' or 'max'"""
+    candidate_threshold: float = 0.1
     """affinity at which the candidate clustering stops merging"""
     candidate_tau: float = 0.7
     """a candidate is reproduced in a seed when its best subspace similarity there is >= tau"""
@@ -275,8 +276,31 @@ def synthetic_section(num_seeds: int = 4, steps: int = 800, seed: int = 0, progr
                          total_tokens=256 * steps, lr=4e-3, output_dir=tmp, progress=progress, device="cpu",
                          dead_tokens_threshold=256 * 200, b_dec_init="mean", checkpoint_interval=0)
         train(TensorSource(x), tc)
-        decoders = [load_sae(Path(tmp) / f"seed{s}").W_dec.detach().numpy() for s in range(num_seeds)]
+        saes = [load_sae(Path(tmp) / f"seed{s}") for s in range(num_seeds)]
+    decoders = [s.W_dec.detach().numpy() for s in saes]
     res = evaluate_seeds(model, decoders)
+    # candidate subspaces on ground truth: which non-stable latents are basis ambiguity (in a group) vs not
+    from .analysis.stability import anchor_scores
+    from .analysis.stability import split as split_labels
+    from .synthetic import evaluate_decoder
+
+    labels = [split_labels(p) for p in anchor_scores(decoders).p_hat]
+    nonstable = [lab != STABLE for lab in labels]
+    x_eval = model.activations(8192, seed=seed + 2)
+    cands = cand_mod.candidate_subspaces(decoders, nonstable, fires=[_fires(s, x_eval, 4096) for s in saes],
+                                         seed=seed)
+    grouped_in, other_in = [], []
+    for s in range(num_seeds):
+        grouped = evaluate_decoder(model, decoders[s]).latent_group >= 0
+        repro = np.zeros(len(grouped), dtype=bool)
+        repro[cands["per_seed"][s]["reproducible_latents"]] = True
+        grouped_in += repro[grouped & nonstable[s]].tolist()
+        other_in += repro[~grouped & nonstable[s]].tolist()
+    res["candidates"] = {"num_candidates": len(cands["candidates"]), "score_mean": cands["score_mean"],
+                         "null_score_mean": cands["null"].get("score_mean"),
+                         "nonstable_grouped_in_reproducible": float(np.mean(grouped_in)) if grouped_in else None,
+                         "nonstable_other_in_reproducible": float(np.mean(other_in)) if other_in else None,
+                         "params": cands["params"]}
     res["config"] = model.describe()
     res["sae"] = {"num_latents": cfg.natural_num_latents, "k": 6, "steps": steps, "batch_size": 256}
     res["seconds"] = time.perf_counter() - t0
