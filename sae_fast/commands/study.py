@@ -15,6 +15,11 @@ HELP = ("Seed-dependence study: stability, masking EV, frequency, geometry, cand
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..seed_study import EmbeddedDefault, StudyConfig
 
+    try:
+        from ..train import field_docs
+    except ImportError:  # pragma: no cover
+        field_docs = lambda cls: {}
+    docs = {**field_docs(StudyConfig), **field_docs(EmbeddedDefault)}
     parser.add_argument("run_dir", nargs="?", default=None,
                         help="folder of trained seeds (sae_fast, sparsify or SAELens layout); omit to train the "
                              "embedded default")
@@ -27,20 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("analyses (StudyConfig)")
     for f in dataclasses.fields(StudyConfig):
         default = f.default
+        flag, text = "--" + f.name.replace("_", "-"), docs.get(f.name, "")
         if f.name == "ranks":
-            group.add_argument("--ranks", type=int, nargs="+", default=list(default), help="subspace ranks r")
-        elif f.name == "absolute":
-            group.add_argument("--absolute", action="store_true", help="match on |cos|")
+            group.add_argument(flag, type=int, nargs="+", default=list(default), help=text)
+        elif isinstance(default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
             ann = str(f.type)
             kind = int if ann.startswith("int") else float if ann.startswith("float") else str
-            group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default)
+            group.add_argument(flag, type=kind, default=default, help=text)
     emb = parser.add_argument_group("embedded default training (without RUN_DIR)")
     for f in dataclasses.fields(EmbeddedDefault):
         if f.name == "extra":
             continue
         kind = float if f.name == "lr" else int
-        emb.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
+        emb.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=docs.get(f.name, ""))
 
 
 def run(args: argparse.Namespace) -> int:
