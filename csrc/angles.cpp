@@ -205,7 +205,8 @@ void angles_between(const Mat& qa_in, const Mat& qb_in, double* out, Index width
   const Index m = std::min<Index>(qb.cols(), width);
   if (m == 0) return;
 
-  const Mat c = gram_product(qa, qb);  // qa^T qb, (ra, rb)
+  // qa^T qb, (ra, rb): the packing-free kernel for the skinny products it is made for, Eigen's GEMM above
+  const Mat c = qa.cols() * qb.cols() <= 64 * 64 ? gram_product(qa, qb) : Mat(qa.transpose() * qb);
   const Eigen::VectorXd cosines = singular_values(c);  // descending: ascending angles
   for (Index i = 0; i < m; ++i) out[i] = std::acos(std::clamp(cosines(i), 0.0, 1.0));
   // acos(cos) is accurate to ~eps / sin(theta): below kSineBranchBelow radians (error up to ~1e-13 there)
