@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import fsync_dir
+
 MANIFEST = "manifest.json"
 _SPEC = "cache_spec.json"
 _FORMAT = "sae_fast.activations/1"
@@ -226,19 +228,6 @@ class CachedSource(_FiniteSource):
         return {**super().describe(), "path": str(self.path), **{k: self.manifest.get(k) for k in keys}}
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -246,7 +235,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_shard(path: Path, rows: torch.Tensor, dtype: str) -> None:
@@ -259,7 +248,7 @@ def _write_shard(path: Path, rows: torch.Tensor, dtype: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:

@@ -20,14 +20,7 @@ from sae_fast.activations import (
     save_tensor_cache,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is several times faster than two (and immune to a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _x(n: int = 1000, d: int = 6) -> torch.Tensor:

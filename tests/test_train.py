@@ -23,13 +23,7 @@ from sae_fast.train import TrainConfig, Trainer, field_docs, train
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is several times faster than two (and immune to a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int = 4000, d: int = 16, latents: int = 48, seed: int = 0) -> torch.Tensor:
