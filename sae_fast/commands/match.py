@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
+
+from . import print_summary
 
 NAME = "match"
 HELP = "Match the features of two dictionaries (SAE folders, .safetensors with W_dec, or .npy of shape (F, d))."
@@ -75,9 +76,5 @@ def run(args: argparse.Namespace) -> int:
             tensors.update(index_ba=m.index_ba.contiguous(), cos_ba=m.cos_ba.contiguous())
         save_file(tensors, args.out, metadata={"backend": m.backend})
         summary["out"] = args.out
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, val in summary.items():
-            print(f"{key:>24}: {val}")
+    print_summary(summary, args.json, width=24)
     return 0

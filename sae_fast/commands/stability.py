@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from . import print_summary
 
 NAME = "stability"
 HELP = "Stability scores p_hat of every feature across the seeds saved under DIR (one SAE folder per seed)."
@@ -67,9 +68,5 @@ def run(args: argparse.Namespace) -> int:
         summary["recall_at_1"] = result.info["recall_at_1"]
     if out:
         summary["out"] = out
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, val in summary.items():
-            print(f"{key:>12}: {val}")
+    print_summary(summary, args.json, width=12)
     return 0
