@@ -6,7 +6,6 @@
 #include <exception>
 #include <functional>
 #include <limits>
-#include <stdexcept>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -237,18 +236,17 @@ void principal_angles_batch(const double* a, const double* b, Index n, Index d, 
   });
 }
 
-void principal_angles_pairs(const std::vector<const double*>& bases, const std::vector<Index>& ranks,
+void principal_angles_pairs(const std::vector<const double*>& bases, const std::vector<Index>& cols,
                             Index d, const std::int64_t* pairs, Index num_pairs, double* out, Index width,
                             int num_threads) {
   const int threads = resolve_threads(num_threads);
   const Index num_bases = static_cast<Index>(bases.size());
   std::vector<Mat> ortho(num_bases);
-  parallel_for(num_bases, threads, [&](Index i) { ortho[i] = orthonormal_basis(RowMap(bases[i], d, ranks[i])); });
+  parallel_for(num_bases, threads, [&](Index i) { ortho[i] = orthonormal_basis(RowMap(bases[i], d, cols[i])); });
   parallel_for(num_pairs, threads, [&](Index m) {
     const std::int64_t ia = pairs[2 * m], ib = pairs[2 * m + 1];
-    if (ia < 0 || ib < 0 || ia >= num_bases || ib >= num_bases) throw std::out_of_range("pair index out of range");
     double* row = out + m * width;
-    const Index valid = std::min(ranks[ia], ranks[ib]);
+    const Index valid = std::min(cols[ia], cols[ib]);
     angles_between(ortho[ia], ortho[ib], row, valid);
     for (Index j = valid; j < width; ++j) row[j] = std::numeric_limits<double>::quiet_NaN();
   });

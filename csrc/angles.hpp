@@ -24,9 +24,10 @@ void angles_between(const Mat& qa, const Mat& qb, double* out, Index width);
 void principal_angles_batch(const double* a, const double* b, Index n, Index d, Index p, Index q,
                             double* out, int num_threads);
 
-// Every pair (pairs[2m], pairs[2m+1]) of the given bases (each d x r_i, C-contiguous float64); each basis
-// is orthonormalised once. out is (M, width) and row m holds min(r_a, r_b) angles then NaN.
-void principal_angles_pairs(const std::vector<const double*>& bases, const std::vector<Index>& ranks,
+// Every pair (pairs[2m], pairs[2m+1]) of the given bases (each d x cols[i], C-contiguous float64); each basis
+// is orthonormalised once. out is (M, width) and row m holds min(cols[a], cols[b]) angles then NaN. Pair
+// indices must lie in [0, bases.size()): the caller (the bindings) checks them.
+void principal_angles_pairs(const std::vector<const double*>& bases, const std::vector<Index>& cols,
                             Index d, const std::int64_t* pairs, Index num_pairs, double* out, Index width,
                             int num_threads);
 

@@ -41,11 +41,11 @@ py::array_t<double> pairs(const std::vector<F64Array>& bases, const I64Array& pa
   if (pair_idx.ndim() != 2 || pair_idx.shape(1) != 2) throw std::invalid_argument("pairs must be (M, 2)");
   const Index d = bases[0].shape(0);
   std::vector<const double*> ptrs;
-  std::vector<Index> ranks;
+  std::vector<Index> cols;
   for (const auto& basis : bases) {
     if (basis.ndim() != 2 || basis.shape(0) != d) throw std::invalid_argument("every basis must be (d, r_i)");
     ptrs.push_back(basis.data());
-    ranks.push_back(basis.shape(1));
+    cols.push_back(basis.shape(1));
   }
   const Index num_pairs = pair_idx.shape(0);
   const std::int64_t* pp = pair_idx.data();
@@ -54,13 +54,13 @@ py::array_t<double> pairs(const std::vector<F64Array>& bases, const I64Array& pa
     const auto ia = pp[2 * m], ib = pp[2 * m + 1];
     if (ia < 0 || ib < 0 || ia >= static_cast<Index>(bases.size()) || ib >= static_cast<Index>(bases.size()))
       throw std::out_of_range("pair index out of range");
-    width = std::max(width, std::min(ranks[ia], ranks[ib]));
+    width = std::max(width, std::min(cols[ia], cols[ib]));
   }
   py::array_t<double> out({num_pairs, width});
   double* po = out.mutable_data();
   {
     py::gil_scoped_release release;
-    sae_fast::principal_angles_pairs(ptrs, ranks, d, pp, num_pairs, po, width, num_threads);
+    sae_fast::principal_angles_pairs(ptrs, cols, d, pp, num_pairs, po, width, num_threads);
   }
   return out;
 }

@@ -227,18 +227,14 @@ def principal_angles_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _pairs_torch(bases: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
     """The torch counterpart of the C++ pairs routine: bases grouped by width, orthonormalised once."""
-    ortho = []
-    for basis in bases:
-        q, rank = _orthonormal_torch(basis)
-        ortho.append((q, rank))
+    ortho = [_orthonormal_torch(basis) for basis in bases]
     widths = [b.shape[-1] for b in bases]
-    valid = torch.tensor([min(widths[i], widths[j]) for i, j in idx.tolist()])
-    width = int(valid.max())
-    out = torch.full((idx.shape[0], width), math.nan, dtype=torch.float64, device=idx.device)
     # group pairs by (r_a, r_b) so that each group is one batched computation
     groups: dict[tuple[int, int], list[int]] = {}
     for m, (i, j) in enumerate(idx.tolist()):
         groups.setdefault((widths[i], widths[j]), []).append(m)
+    width = max(min(wa, wb) for wa, wb in groups)
+    out = torch.full((idx.shape[0], width), math.nan, dtype=torch.float64, device=idx.device)
     for (wa, wb), members in groups.items():
         rows = idx[members]
         qa = torch.stack([ortho[i][0] for i in rows[:, 0].tolist()])
