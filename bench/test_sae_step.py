@@ -3,6 +3,7 @@
     python -m pytest bench/test_sae_step.py --benchmark-only -s     # pytest-benchmark; skips without CUDA
     python bench/test_sae_step.py [--shapes 768x16384,2048x131072] [--modes fp32-adam,bf16-signsgd]
                                                                     # one run, prints the markdown table
+    python bench/test_sae_step.py --kernels --no-table               # each kernel alone, beside the bf16 GEMM
 
 Step = forward (FVU + AuxK over 1% dead latents, k_aux = d/2), backward, decoder-gradient projection,
 optimizer step, decoder renormalisation; N = 8192 tokens, k = 64. Modes:
@@ -311,12 +312,14 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(f"{d}x{f}" for d, f in SHAPES))
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--kernels", action="store_true", help="also time each kernel alone")
+    parser.add_argument("--no-table", action="store_true", help="skip the step table (with --kernels: kernels only)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA device")
         return
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    print(table(shapes, args.modes.split(",")))  # type: ignore[arg-type]
+    if not args.no_table:
+        print(table(shapes, args.modes.split(",")))  # type: ignore[arg-type]
     if args.kernels:
         for d, f in shapes:
             times = kernel_times(d, f)

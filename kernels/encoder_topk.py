@@ -1,11 +1,15 @@
-"""Fused encoder forward: GEMM + bias + ReLU + running top-k over latent tiles (never the dense N x F matrix).
+"""Fused encoder forward: GEMM + bias + ReLU + top-k over latent tiles (never the dense N x F matrix).
 
-For a block of BLOCK_M rows, one program walks a contiguous range of latent tiles (BLOCK_N latents each),
-computes the tile of pre-activations on tensor cores (bf16/fp16 in, fp32 accumulate), applies bias and
-ReLU, and merges it into a running top-k kept in registers. Merging is threshold-driven: a row only
-does work while the tile still holds a value above its current k-th value, so after the first tiles most
-tiles cost one max-reduction. The latent axis is also split over `splits` programs; the host merges their
-k candidates per row exactly (a sort of splits·k values).
+Two Triton kernels, both on tensor cores (bf16/fp16 in, fp32 accumulate):
+
+* `_tile_candidates_kernel` (the default): one program per (BLOCK_M rows, BLOCK_N latents) tile computes the
+  tile of pre-activations, applies bias and ReLU, and keeps only each row's M largest values of the tile
+  (M rounds of a max-with-index reduction), writing (N, num_tiles, M) candidates. The host takes an exact
+  top-k over the candidates. Exactness guard: a row whose k-th value does not exceed some tile's M-th kept
+  value might have lost a member of its top-k in that tile, so such rows (a fraction of a percent at the M
+  chosen, see `_candidates_per_tile`) are recomputed by the exact kernel below.
+* `_running_topk_kernel`: one program walks a range of latent tiles keeping a running top-k in registers
+  (threshold-driven merge); exact for every row, about 2.5x the GEMM on an H100, so it serves the guard's rows.
 
 Selection order: value descending, ties broken by the lowest latent index (same as sae_fast.reference).
 AuxK in the same pass: with a dead-latent map, the epilogue also stores the relu'd pre-activations of the
@@ -14,13 +18,141 @@ dead latents (only those) into a compact (N, num_dead) buffer; the host takes it
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 from ._common import check_tensor, interpreting, next_pow2, num_sms
 
-__all__ = ["encoder_topk", "select_topk_lowest_index"]
+__all__ = ["TileConfig", "encoder_topk", "select_topk_lowest_index"]
+
+
+TILE_N = 128  # latents per tile of the tile-candidates kernel on a GPU (its M is chosen for this width)
+
+
+class TileConfig:
+    """Explicit launch shape of the tile-candidates kernel (bypasses autotuning): blocks, warps, stages, group."""
+
+    def __init__(self, block_m: int, block_n: int, block_k: int, num_warps: int, num_stages: int, group_m: int = 8):
+        self.block_m, self.block_n, self.block_k = block_m, block_n, block_k
+        self.num_warps, self.num_stages, self.group_m = num_warps, num_stages, group_m
+
+    def __repr__(self) -> str:
+        return (
+            f"TileConfig(block_m={self.block_m}, block_n={self.block_n}, block_k={self.block_k}, "
+            f"num_warps={self.num_warps}, num_stages={self.num_stages}, group_m={self.group_m})"
+        )
+
+
+def _tile_configs() -> list[triton.Config]:
+    """Autotuning candidates on a GPU (one config under the interpreter); BLOCK_N is fixed at TILE_N."""
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+    shapes = [(128, 64, 8, 3, 8), (128, 64, 8, 4, 8), (256, 64, 8, 3, 8), (128, 32, 4, 4, 8), (64, 64, 4, 4, 8),
+              (128, 64, 8, 3, 64)]  # fmt: skip
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": TILE_N, "BLOCK_K": bk, "GROUP_M": g}, num_warps=w, num_stages=st)
+        for bm, bk, w, st, g in shapes
+    ]
+
+
+def _candidates_per_tile(k: int, f: int, block_n: int, unsure_per_row: float = 2e-3) -> int:
+    """Smallest M with (tiles per row) x P(Poisson(λ) >= M) <= unsure_per_row, λ = k·BLOCK_N/F the expected
+    top-k members per tile when the winners spread over the latents; at least ceil(k / tiles) so that the
+    candidates hold k values; min(BLOCK_N, F) makes every value a candidate (then nothing is unsure)."""
+    tiles = triton.cdiv(f, block_n)
+    lam = k * block_n / f
+    m, tail, term = 1, 1.0 - math.exp(-lam), math.exp(-lam)  # tail = P(X >= m)
+    while m < min(block_n, f) and tiles * tail > unsure_per_row:
+        term *= lam / m
+        tail -= term
+        m += 1
+    return max(m, triton.cdiv(k, tiles), 1)
+
+
+@triton.jit
+def _tile_candidates_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    cand_v_ptr,
+    cand_i_ptr,
+    dead_pos_ptr,
+    dead_out_ptr,
+    N,
+    F,
+    D,
+    num_dead,
+    M: tl.constexpr,
+    HAS_DEAD: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    IEEE_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """x (N, D), W (F, D) contiguous, same dtype (fp32/bf16/fp16); b (F,) same dtype. Grid (cdiv(N, BLOCK_M) *
+    T,) with T = cdiv(F, BLOCK_N), tiles in grouped order (GROUP_M row blocks share each W tile in L2).
+
+    Writes cand_v (N, T, M) fp32 and cand_i (N, T, M) int32: per row and latent tile, the M largest values of
+    relu(x Wᵀ + b) in that tile, descending, ties by lowest index (-inf with an index past the tile where the
+    tile has fewer than M latents). With HAS_DEAD: dead_pos (F,) int32 (column in the dead buffer or -1),
+    dead_out (N, num_dead) (x's dtype) receives relu(x Wᵀ + b) of the dead latents.
+    """
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(N, BLOCK_M)
+    num_pid_n = tl.cdiv(F, BLOCK_N)
+    per_group = GROUP_M * num_pid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    cols = pid_n * BLOCK_N + offs_n
+    row_ok = rows < N
+    col_ok = cols < F
+    rows64 = rows.to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + rows64[:, None] * D + offs_k[None, :]
+    b_ptrs = w_ptr + cols.to(tl.int64)[None, :] * D + offs_k[:, None]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        k_ok = (k0 + offs_k) < D
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        bt = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+        if CAST_FP32:
+            acc = tl.dot(a.to(tl.float32), bt.to(tl.float32), acc)
+        elif IEEE_FP32:
+            acc = tl.dot(a, bt, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, bt, acc)
+    bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    s = tl.maximum(acc + bias[None, :], 0.0)
+    if HAS_DEAD:
+        pos = tl.load(dead_pos_ptr + cols, mask=col_ok, other=-1)
+        tl.store(
+            dead_out_ptr + rows64[:, None] * num_dead + pos[None, :],
+            s.to(dead_out_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & (pos >= 0)[None, :],
+        )
+    s = tl.where(col_ok[None, :], s, float("-inf"))
+    out = (rows64 * num_pid_n + pid_n) * M
+    for j in tl.static_range(M):
+        best, where = tl.max(s, 1, return_indices=True, return_indices_tie_break_left=True)
+        tl.store(cand_v_ptr + out + j, best, mask=row_ok)
+        tl.store(cand_i_ptr + out + j, pid_n * BLOCK_N + where, mask=row_ok)
+        s = tl.where(offs_n[None, :] == where[:, None], float("-inf"), s)
+
+
+_tile_candidates_tuned = triton.autotune(configs=_tile_configs(), key=["F", "D", "M", "HAS_DEAD"])(
+    _tile_candidates_kernel
+)
 
 
 def _configs() -> list[triton.Config]:
@@ -40,7 +172,7 @@ def _configs() -> list[triton.Config]:
 
 @triton.autotune(configs=_configs(), key=["D", "F", "K", "SPLITS", "HAS_DEAD"])
 @triton.jit
-def _encoder_topk_kernel(
+def _running_topk_kernel(
     x_ptr,
     w_ptr,
     b_ptr,
@@ -160,6 +292,67 @@ def select_topk_lowest_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor
     return vals.gather(1, order), pos.gather(1, order)
 
 
+def _running_topk(
+    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, splits: int | None, dead: tuple
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of every row with the running-top-k kernel (and the dead-latent store when `dead` has one)."""
+    n, f = x.shape[0], W.shape[0]
+    dead_pos, dead_out, num_dead, has_dead = dead
+    device = x.device
+    if splits is None:
+        if interpreting():
+            splits = 1
+        else:  # enough programs to fill the GPU, at least 16 tiles of 128 latents per split
+            row_blocks = triton.cdiv(max(n, 1), 64)
+            splits = max(1, min(triton.cdiv(f, 2048), triton.cdiv(2 * num_sms(device), row_blocks)))
+    cand_v = torch.empty((n, splits, k), dtype=torch.float32, device=device)
+    cand_i = torch.empty((n, splits, k), dtype=torch.int32, device=device)
+    if n > 0:
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), splits)
+        _running_topk_kernel[grid](
+            x, W, b, cand_v, cand_i, dead_pos, dead_out, n, f, x.shape[1], num_dead,
+            K=k, KP=max(2, next_pow2(k)), SPLITS=splits, HAS_DEAD=has_dead, **_dot_flags(x.dtype),
+        )  # fmt: skip
+    return _sort_desc_lowest_index(cand_v.view(n, splits * k), cand_i.view(n, splits * k).long(), k)
+
+
+def _dot_flags(dtype: torch.dtype) -> dict[str, bool]:
+    return {
+        "CAST_FP32": dtype == torch.bfloat16 and interpreting(),  # the interpreter's bf16 tl.dot is wrong
+        "IEEE_FP32": dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32,
+    }
+
+
+def _tile_topk(
+    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, cfg: TileConfig | None, m: int | None, dead: tuple
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Top-k from per-tile candidates: (values, indices, unsure row mask, M). Unsure rows are not yet exact."""
+    n, f = x.shape[0], W.shape[0]
+    dead_pos, dead_out, num_dead, has_dead = dead
+    block_n = cfg.block_n if cfg is not None else _tile_configs()[0].kwargs["BLOCK_N"]
+    tiles = triton.cdiv(f, block_n)
+    m = _candidates_per_tile(k, f, block_n) if m is None else max(int(m), triton.cdiv(k, tiles))
+    m = min(m, block_n, f)
+    cand_v = torch.empty((n, tiles, m), dtype=torch.float32, device=x.device)
+    cand_i = torch.empty((n, tiles, m), dtype=torch.int32, device=x.device)
+    args = (x, W, b, cand_v, cand_i, dead_pos, dead_out, n, f, x.shape[1], num_dead)
+    flags = {"M": m, "HAS_DEAD": has_dead, **_dot_flags(x.dtype)}
+    if cfg is None:
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]) * tiles,)
+        _tile_candidates_tuned[grid](*args, **flags)
+    else:
+        blocks = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m}
+        launch = {} if interpreting() else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        _tile_candidates_kernel[(triton.cdiv(n, cfg.block_m) * tiles,)](*args, **flags, **blocks, **launch)
+    values, pos = select_topk_lowest_index(cand_v.view(n, tiles * m), k)
+    indices = cand_i.view(n, tiles * m).gather(1, pos).long()
+    if m >= min(block_n, f):  # every value of every tile was a candidate
+        unsure = torch.zeros(n, dtype=torch.bool, device=x.device)
+    else:  # a tile whose M-th kept value reaches the row's k-th value may hide more of the top-k
+        unsure = (cand_v[:, :, m - 1] >= values[:, k - 1 :]).any(1)
+    return values, indices, unsure, m
+
+
 def encoder_topk(
     x: torch.Tensor,
     W_enc: torch.Tensor,
@@ -168,16 +361,24 @@ def encoder_topk(
     dead_mask: torch.Tensor | None = None,
     k_aux: int | None = None,
     *,
+    method: str = "tiles",
     splits: int | None = None,
+    tile_config: TileConfig | None = None,
+    candidates: int | None = None,
+    stats: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Top-k of relu(x W_encᵀ + b_enc) per row, plus the AuxK top-k_aux among dead latents in the same pass.
 
     x: (N, d), W_enc: (F, d), b_enc: (F,): contiguous, one dtype in {fp32, bf16, fp16}; 1 <= k <= F.
     dead_mask: (F,) bool or None; k_aux >= 1 when dead_mask is given.
+    method: "tiles" (per-tile candidates + exact fallback for the guard's rows) or "running" (the running
+    top-k kernel for every row; `splits` programs per row block). `tile_config` (default: autotuned) and
+    `candidates` (M, default `_candidates_per_tile`) override the tile kernel's launch shape and candidates per
+    tile; `stats`, if given, receives "unsure_rows" and "M".
     Returns values (N, k) fp32 (descending; ties: lowest index), indices (N, k) int64, and, with a dead
     mask, aux_values / aux_indices (N, min(k_aux, num_dead)) (x's dtype / int64 latent indices), else None.
-    Extra memory: (N, splits, k) candidates plus (N, num_dead) in x's dtype for AuxK (the relu'd pre-activations
-    of the dead latents only; e.g. 1.7 GB at N = 8192 with 10% of 2^20 latents dead in bf16).
+    Extra memory: (N, F / BLOCK_N, M) candidates (8 bytes each) plus (N, num_dead) in x's dtype for AuxK (the
+    relu'd pre-activations of the dead latents only; e.g. 1.7 GB at N = 8192 with 10% of 2^20 latents dead).
     """
     n, d = x.shape
     f = W_enc.shape[0]
@@ -189,6 +390,8 @@ def encoder_topk(
         raise ValueError(f"k must be in [1, {f}], got {k}")
     if f + next_pow2(k) >= 2**31:
         raise ValueError("num_latents must be below 2**31 - k")
+    if method not in ("tiles", "running"):
+        raise ValueError(f"method must be 'tiles' or 'running', got {method!r}")
     device = x.device
     has_dead = dead_mask is not None
     if has_dead:
@@ -205,24 +408,20 @@ def encoder_topk(
         num_dead = 0
         dead_pos = torch.empty(1, dtype=torch.int32, device=device)
         dead_out = torch.empty(1, dtype=x.dtype, device=device)
-    if splits is None:
-        if interpreting():
-            splits = 1
-        else:  # enough programs to fill the GPU, at least 16 tiles of 128 latents per split
-            row_blocks = triton.cdiv(max(n, 1), 64)
-            splits = max(1, min(triton.cdiv(f, 2048), triton.cdiv(2 * num_sms(device), row_blocks)))
-    cand_v = torch.empty((n, splits, k), dtype=torch.float32, device=device)
-    cand_i = torch.empty((n, splits, k), dtype=torch.int32, device=device)
-    if n > 0:
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), splits)
-        cast = x.dtype == torch.bfloat16 and interpreting()  # the interpreter's bf16 tl.dot is wrong
-        ieee = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-        _encoder_topk_kernel[grid](
-            x, W_enc, b_enc, cand_v, cand_i, dead_pos, dead_out, n, f, d, num_dead,
-            K=k, KP=max(2, next_pow2(k)), SPLITS=splits, HAS_DEAD=has_dead, CAST_FP32=cast, IEEE_FP32=ieee,
-        )  # fmt: skip
-    cand_v, cand_i = cand_v.view(n, splits * k), cand_i.view(n, splits * k).long()
-    values, indices = _sort_desc_lowest_index(cand_v, cand_i, k)
+    dead = (dead_pos, dead_out, num_dead, has_dead)
+    if n == 0:
+        values = torch.empty((0, k), dtype=torch.float32, device=device)
+        indices = torch.empty((0, k), dtype=torch.int64, device=device)
+    elif method == "running":
+        values, indices = _running_topk(x, W_enc, b_enc, k, splits, dead)
+    else:
+        values, indices, unsure, m = _tile_topk(x, W_enc, b_enc, k, tile_config, candidates, dead)
+        rows = unsure.nonzero().squeeze(1)
+        if stats is not None:
+            stats.update(unsure_rows=int(rows.numel()), M=m)
+        if rows.numel():  # exact recomputation of the guard's rows (the dead store is already complete)
+            no_dead = (dead_pos, dead_out, 0, False)
+            values[rows], indices[rows] = _running_topk(x[rows].contiguous(), W_enc, b_enc, k, splits, no_dead)
     if not has_dead:
         return values, indices, None, None
     aux_values, aux_pos = select_topk_lowest_index(dead_out, min(k_aux, num_dead))

@@ -18,9 +18,12 @@ from torch import Tensor
 from . import reference
 
 __all__ = [
+    "AUX_DENSE_MAX_RATIO",
     "EncodeOutput",
+    "aux_is_dense",
     "backend",
     "decode",
+    "decode_aux",
     "decode_many",
     "encode",
     "get_backend",
@@ -65,6 +68,24 @@ def _use_triton(t: Tensor) -> bool:
             raise RuntimeError("the Triton backend on CPU tensors needs TRITON_INTERPRET=1 set before import")
         return True
     return t.device.type == "cuda"
+
+
+# AuxK as dense GEMMs over the dead latents while there are at most this many dead latents per AuxK slot.
+# Per (row, latent) a tensor-core GEMM costs far less than a per-pair gather (H100, bf16: the sparse decoder
+# ran at ~0.45 TMAC/s, cuBLAS at ~300), so even a 1/256-dense code matrix is cheaper as a GEMM, and the
+# (N, num_dead) buffer it needs already exists (the encoder's AuxK pre-activations).
+AUX_DENSE_MAX_RATIO = 256
+
+
+def aux_is_dense(k_aux: int, num_dead: int) -> bool:
+    """Whether AuxK with k_aux slots per row over num_dead dead latents runs as dense GEMMs (see above)."""
+    return 0 < num_dead <= AUX_DENSE_MAX_RATIO * k_aux
+
+
+def _dead_positions(dead_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(dead latent indices ascending (D,), position of every latent in that list (F,); -1 where alive)."""
+    dead_idx = torch.nonzero(dead_mask, as_tuple=False).squeeze(1)
+    return dead_idx, torch.cumsum(dead_mask, 0) - 1
 
 
 class EncodeOutput(NamedTuple):
@@ -177,6 +198,22 @@ def decode_many(pairs: Sequence[tuple[Tensor, Tensor]], W_dec: Tensor) -> list[T
     return [reference.decode(values, indices.long(), W_dec) for values, indices in pairs]
 
 
+def decode_aux(values: Tensor, indices: Tensor, W_dec: Tensor, dead_mask: Tensor) -> Tensor:
+    """`decode` of the AuxK activations (indices all dead latents): Σ_j values[n, j] · W_dec[indices[n, j]].
+
+    With `aux_is_dense(k_aux, num_dead)` this is one GEMM over the dead latents — the (N, num_dead) code matrix
+    times W_dec[dead] — whose backward is two more GEMMs; otherwise the sparse `decode`. values, indices:
+    (N, k_aux); W_dec: (F, d); dead_mask: (F,) bool. Returns (N, d) in W_dec's dtype.
+    """
+    _check_decode(values, indices, W_dec)
+    num_dead = int(dead_mask.sum())
+    if not aux_is_dense(values.shape[1], num_dead):
+        return decode(values, indices, W_dec)
+    dead_idx, position = _dead_positions(dead_mask)
+    codes = values.new_zeros((values.shape[0], num_dead)).scatter(1, position[indices], values)
+    return (codes.to(W_dec.dtype) @ W_dec[dead_idx]).to(W_dec.dtype)
+
+
 _ROW_CHUNK_ELEMENTS = 1 << 24  # fp32 working set of the torch path: 64 MiB
 
 
@@ -240,6 +277,8 @@ class _EncodeTopK(torch.autograd.Function):
             aux_values = values.new_empty((x.shape[0], 0))
             aux_indices = indices.new_empty((x.shape[0], 0))
         aux_values = aux_values.to(x.dtype)
+        ctx.dead_mask = mask
+        ctx.aux_dense = mask is not None and aux_is_dense(aux_values.shape[1], int(mask.sum()))
         ctx.save_for_backward(x, W_enc, values, indices, aux_values, aux_indices)
         ctx.mark_non_differentiable(indices, aux_indices)
         return values, indices, aux_values, aux_indices
@@ -253,15 +292,28 @@ class _EncodeTopK(torch.autograd.Function):
             grad_values = torch.zeros_like(values)
         if grad_aux_values is None:
             grad_aux_values = torch.zeros_like(aux_values)
-        dx, dW, db = encoder_backward(
-            torch.cat([grad_values.float(), grad_aux_values.float()], 1),
-            torch.cat([values, aux_values], 1),
-            torch.cat([indices, aux_indices], 1),
-            x,
-            W_enc,
-            need_dx=ctx.needs_input_grad[0],
-            need_dW=ctx.needs_input_grad[1] or ctx.needs_input_grad[2],
-        )
+        need_dx, need_dW = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        if not ctx.aux_dense:  # every selected pair through the sparse kernels
+            dx, dW, db = encoder_backward(
+                torch.cat([grad_values.float(), grad_aux_values.float()], 1),
+                torch.cat([values, aux_values], 1),
+                torch.cat([indices, aux_indices], 1),
+                x,
+                W_enc,
+                need_dx=need_dx,
+                need_dW=need_dW,
+            )
+            return dx, dW, db, None, None, None
+        # top-k pairs sparse; AuxK as GEMMs with the (N, num_dead) gated gradient of the dead pre-activations
+        dx, dW, db = encoder_backward(grad_values.float(), values, indices, x, W_enc, need_dx=need_dx, need_dW=need_dW)
+        dead_idx, position = _dead_positions(ctx.dead_mask)
+        gated = (grad_aux_values.float() * (aux_values > 0)).to(x.dtype)
+        G = gated.new_zeros((x.shape[0], dead_idx.numel())).scatter_(1, position[aux_indices], gated)
+        if need_dx:
+            dx = dx + G @ W_enc[dead_idx]
+        if need_dW:
+            dW.index_add_(0, dead_idx, (G.T @ x).to(dW.dtype))
+            db.index_add_(0, dead_idx, G.float().sum(0).to(db.dtype))
         return dx, dW, db, None, None, None
 
 

@@ -23,13 +23,17 @@ def _run(backend: str, x, W, b, W_dec, k, dead, k_aux):
         out = ops.decode(enc.values, enc.indices, W_dec)
         loss = out.pow(2).sum()
         if enc.aux_values is not None:
-            loss = loss + 0.7 * ops.decode(enc.aux_values, enc.aux_indices, W_dec).pow(2).sum()
+            loss = loss + 0.7 * ops.decode_aux(enc.aux_values, enc.aux_indices, W_dec, dead).pow(2).sum()
         loss.backward()
     return enc, out, [t.grad.clone() for t in (x, W, b, W_dec)]
 
 
+@pytest.mark.parametrize("aux", ["dense", "sparse"])
 @pytest.mark.parametrize(("n", "d", "f", "k", "k_aux"), [(7, 100, 150, 3, 10), (33, 384, 130, 32, None)])
-def test_triton_path_matches_reference_with_gradients(n, d, f, k, k_aux) -> None:
+def test_triton_path_matches_reference_with_gradients(n, d, f, k, k_aux, aux, monkeypatch) -> None:
+    """AuxK gradients both ways: dense GEMMs over the dead latents, or the sparse kernels (ratio 0)."""
+    monkeypatch.setattr(ops, "AUX_DENSE_MAX_RATIO", 256 if aux == "dense" else 0)
+    assert ops.aux_is_dense(10, 38) == (aux == "dense")
     x, W, b, W_dec = _params(n, d, f, seed=n)
     dead = (torch.arange(f) % 4 == 1) if k_aux else None
     enc_r, out_r, grads_r = _run("reference", x, W, b, W_dec, k, dead, k_aux)

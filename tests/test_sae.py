@@ -100,10 +100,13 @@ def test_empty_batch_and_bad_input() -> None:
         TopKSAE(12, 4, 5)
 
 
-def test_triton_backend_training_steps_match_reference() -> None:
-    """Three Adam steps with FVU + AuxK: the kernel path (interpreter) tracks the reference path."""
+@pytest.mark.parametrize("aux_dense_ratio", [256, 0], ids=["aux-dense", "aux-sparse"])
+def test_triton_backend_training_steps_match_reference(aux_dense_ratio: int, monkeypatch) -> None:
+    """Three Adam steps with FVU + AuxK: the kernel path (interpreter) tracks the reference path, with AuxK as
+    GEMMs over the dead latents or through the sparse kernels."""
     from sae_fast import ops
 
+    monkeypatch.setattr(ops, "AUX_DENSE_MAX_RATIO", aux_dense_ratio)
     x = _data(n=24, d=20, seed=5)
     dead = torch.arange(64) % 5 == 0
     losses, params = {}, {}

@@ -34,13 +34,14 @@ CASES = [  # (N, d, F, k, dead fraction, k_aux, splits)
 ]
 
 
+@pytest.mark.parametrize("method", ["tiles", "running"])
 @pytest.mark.parametrize(("n", "d", "f", "k", "dead_frac", "k_aux", "splits"), CASES)
-def test_matches_reference(n, d, f, k, dead_frac, k_aux, splits) -> None:
+def test_matches_reference(n, d, f, k, dead_frac, k_aux, splits, method) -> None:
     x, W, b = _inputs(n, d, f, seed=n + d + f + k)
     dead = None
     if k_aux is not None:
         dead = torch.rand(f, generator=torch.Generator().manual_seed(1)) < dead_frac
-    values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, splits=splits)
+    values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, splits=splits, method=method)
     _, ri, rav, _ = reference.encode_topk(x, W, b, k, dead, k_aux)
     assert values.shape == (n, k) and indices.shape == (n, k) and indices.dtype == torch.int64
     pre = reference.preactivations(x, W, b)
@@ -53,6 +54,33 @@ def test_matches_reference(n, d, f, k, dead_frac, k_aux, splits) -> None:
     assert bool(dead[ai].all())
     torch.testing.assert_close(av, rav, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pre.gather(1, ai), av, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("candidates", [1, 2, 32])
+def test_tile_guard_recomputes_rows_it_cannot_certify(candidates: int) -> None:
+    """With few candidates per tile many rows cannot be certified; they are recomputed exactly. With a whole
+    tile as candidates (M = BLOCK_N = 32 under the interpreter) nothing is unsure."""
+    n, d, f, k = 40, 48, 160, 9
+    x, W, b = _inputs(n, d, f, seed=5)
+    stats: dict = {}
+    values, indices, _, _ = encoder_topk(x, W, b, k, candidates=candidates, stats=stats)
+    ref_values, ref_indices = reference.topk_lowest_index(reference.preactivations(x, W, b), k)
+    torch.testing.assert_close(values, ref_values, atol=1e-5, rtol=1e-5)
+    assert torch.equal(indices, ref_indices)
+    assert stats["M"] == max(candidates, 2)  # 5 tiles of 32: at least ceil(9 / 5) = 2 candidates each
+    if candidates == 1 or candidates == 2:
+        assert stats["unsure_rows"] > 0
+    else:
+        assert stats["unsure_rows"] == 0
+
+
+def test_candidates_per_tile_grows_with_expected_winners_per_tile() -> None:
+    from sae_fast.kernels.encoder_topk import _candidates_per_tile
+
+    wide, mid, narrow = (_candidates_per_tile(64, f, 128) for f in (2**20, 2**17, 2**14))
+    assert 2 <= wide <= mid < narrow <= 128
+    assert _candidates_per_tile(64, 100, 128) == 100  # one tile of 100 latents: all of them
+    assert _candidates_per_tile(5, 1000, 4) >= 1
 
 
 def test_ties_lowest_index_wins_exactly() -> None:

@@ -37,7 +37,8 @@ def check_encoder(d: int, f: int, k: int, n: int, dtype: torch.dtype, device: st
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 inputs: the kernel uses IEEE fp32 dots too
     try:
-        values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux)
+        stats: dict = {}
+        values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, stats=stats)
         tol = 1e-4 if dtype == torch.float32 else 2e-3  # same products, different fp32 summation order
         exact = 0
         Wf, bf = W.float(), b.float()
@@ -47,7 +48,13 @@ def check_encoder(d: int, f: int, k: int, n: int, dtype: torch.dtype, device: st
             ref_v, ref_i = reference.topk_lowest_index(pre, k)
             torch.testing.assert_close(values[rows], ref_v, atol=tol, rtol=tol)
             torch.testing.assert_close(pre.gather(1, indices[rows]), values[rows], atol=tol, rtol=tol)
-            exact += int((indices[rows] == ref_i).all(1).sum())
+            same = (indices[rows].sort(1).values == ref_i.sort(1).values).all(1)
+            exact += int(same.sum())
+            # a row may pick another latent only at a near-tie with the reference's k-th value
+            kth = ref_v[:, k - 1 :]
+            picked = pre.gather(1, indices[rows])
+            near = picked >= kth - tol * (1 + kth.abs())
+            assert bool(near[~same].all()), "a differing pick is not a near-tie with the k-th value"
             dead_pre = pre[:, dead]
             ref_av, _ = reference.topk_lowest_index(dead_pre, min(k_aux, int(dead.sum())))
             # the AuxK buffer is kept in the input dtype: bf16 rounding of the values (2^-8 relative)
@@ -55,7 +62,10 @@ def check_encoder(d: int, f: int, k: int, n: int, dtype: torch.dtype, device: st
             torch.testing.assert_close(av[rows].float(), ref_av, atol=aux_tol, rtol=aux_tol)
             torch.testing.assert_close(pre.gather(1, ai[rows]), av[rows].float(), atol=aux_tol, rtol=aux_tol)
         assert bool(dead[ai].all())
-        assert exact >= 0.99 * n, f"only {exact}/{n} rows with identical indices"
+        # near-ties at the k-th value grow with F (2^20 latents, bf16 inputs: ~1.7% of rows in one run)
+        assert exact >= 0.95 * n, f"only {exact}/{n} rows with the reference's latent set"
+        print(f"\n{d}x{f} {dtype}: {exact}/{n} rows with the reference's latent set; guard recomputed "
+              f"{stats.get('unsure_rows')} rows (M = {stats.get('M')})")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 

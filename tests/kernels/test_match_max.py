@@ -78,5 +78,11 @@ def test_fused_kernel_on_gpu(dtype: torch.dtype) -> None:
     a, b = torch.randn(8192, 768, generator=g), torch.randn(16384, 768, generator=g)
     ref = match(a, b, both=True, device="cpu")
     m = match(a.cuda(), b.cuda(), both=True, dtype=dtype, kernel="triton")
-    assert torch.equal(m.index_ab, ref.index_ab) and torch.equal(m.index_ba, ref.index_ba)
+    # CPU and GPU float32 sums differ in order: a pick may differ only where the two best cosines tie to ~1e-6
+    cos = torch.nn.functional.normalize(a.double(), dim=1) @ torch.nn.functional.normalize(b.double(), dim=1).T
+    for got, want, scores in ((m.index_ab, ref.index_ab, cos), (m.index_ba, ref.index_ba, cos.T)):
+        got, want = got.squeeze(1), want.squeeze(1)
+        gap = scores.gather(1, want[:, None]) - scores.gather(1, got[:, None])
+        assert float(gap.abs().max()) < 1e-5
+        assert int((got != want).sum()) <= 0.001 * got.numel()
     torch.testing.assert_close(m.cos_ab, ref.cos_ab, atol=1e-5, rtol=0)

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Everything sae_fast does on a GPU, in stages, for one lease of the lent machine (see bench/RESULTS.md).
+#   bash bench/run_gpu.sh STAGE...   stages: setup tests sweep kernels step step-short train match
+# TESTS_K=EXPR narrows the tests stage (pytest -k); TESTS_LIMIT, STEP_LIMIT, TRAIN_LIMIT: seconds.
+# setup installs what the GPU image lacks from ./.whl (eai-sparsify and its pure-Python needs, cmeel-eigen),
+# links kernels/ as sae_fast/kernels (no pip install: no index there) and builds sae_fast._C in the background.
+# Each stage logs to $OUT/<stage>.log and has its own time limit; a failing stage does not stop the next.
+set -u
+export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
+OUT=${OUT:-/tmp/sae_fast_gpu}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD:/tmp/site
+
+stage() {  # stage NAME SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name (limit ${limit}s) $(date +%T)"
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name rc=$rc in $((SECONDS - t0)) s"
+}
+
+for s in "$@"; do
+  case $s in
+    setup)
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+      ln -sfn ../kernels sae_fast/kernels
+      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+      python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+      (cmake -S . -B /tmp/build -DCMAKE_BUILD_TYPE=Release -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/sae_fast" \
+        -DPython_EXECUTABLE="$(command -v python3)" -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" \
+        -DCMAKE_PREFIX_PATH=/tmp/site/cmeel.prefix && cmake --build /tmp/build -j 8) > "$OUT/build.log" 2>&1 &
+      ;;
+    tests)
+      stage tests "${TESTS_LIMIT:-360}" python3 -m pytest -m gpu -q -rA -s --timeout=300 -p no:cacheprovider -k "${TESTS_K:-}" tests ;;
+    sweep)
+      stage sweep 200 python3 bench/encoder_sweep.py ;;
+    kernels)
+      stage kernels 200 python3 bench/test_sae_step.py --kernels --no-table \
+        --shapes 768x16384,2048x131072,4096x262144,4096x1048576 ;;
+    step)
+      stage step 540 python3 bench/test_sae_step.py ;;
+    step-short)  # the anchors' setting at F <= 2^17, and the 2^20 memory-light modes
+      stage step-short "${STEP_LIMIT:-220}" bash -c "python3 bench/test_sae_step.py --shapes 768x16384,768x131072,2048x131072 \
+        --modes fp32-adam && python3 bench/test_sae_step.py --shapes 4096x1048576 --modes bf16-signsgd,bf16-lmadam" ;;
+    train)
+      stage train "${TRAIN_LIMIT:-300}" python3 bench/test_train.py --gpu ;;
+    match)
+      stage match 400 python3 bench/test_match.py --device cuda --stability ;;
+    *) echo "unknown stage $s"; exit 2 ;;
+  esac
+done
+wait
+for f in "$OUT"/*.log; do echo "----- tail $f"; tail -n 25 "$f"; done
