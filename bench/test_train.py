@@ -26,15 +26,18 @@ from sae_fast.activations import ActivationSource, CachedSource, save_tensor_cac
 from sae_fast.train import TrainConfig, Trainer
 
 
-def _synthetic(n: int, d: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(4 * d, d, generator=g)
+def _synthetic(n: int, d: int, seed: int = 0, device: str = "cpu") -> torch.Tensor:
+    """(n, d) float32 on the CPU: sparse combinations of 4·d random unit directions plus noise, built on
+    `device` (2^20 x 768 takes about a minute on 16 CPU cores, well under a second on a GPU)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    dirs = torch.randn(4 * d, d, generator=g, device=device)
     dirs /= dirs.norm(dim=1, keepdim=True)
     out = torch.empty(n, d)
     for start in range(0, n, 65536):  # sparse codes in chunks, to bound memory
         m = min(65536, n - start)
-        codes = (torch.rand(m, 4 * d, generator=g) < 0.02).float() * torch.rand(m, 4 * d, generator=g)
-        out[start:start + m] = codes @ dirs + 0.05 * torch.randn(m, d, generator=g)
+        codes = (torch.rand(m, 4 * d, generator=g, device=device) < 0.02).float()
+        codes *= torch.rand(m, 4 * d, generator=g, device=device)
+        out[start:start + m] = (codes @ dirs + 0.05 * torch.randn(m, d, generator=g, device=device)).cpu()
     return out
 
 
@@ -87,7 +90,8 @@ def _gpu_row(work: Path, num_seeds: int = 32, separate_seeds: int = 4) -> dict[s
     """32 seeds of (768, 16384, 64) together; separate runs measured on `separate_seeds` and scaled per seed."""
     d, f, k, batch = 768, 16384, 64, 8192
     total = batch * 200
-    cached = save_tensor_cache(_synthetic(1 << 20, d), work / "cache", dtype="float16", shard_tokens=1 << 18)
+    cached = save_tensor_cache(_synthetic(1 << 20, d, device="cuda"), work / "cache", dtype="float16",
+                               shard_tokens=1 << 18)
     cfg = dict(d_in=d, num_latents=f, k=k, batch_size=batch, total_tokens=total, device="cuda")
     _run(CachedSource(cached.path), [0], work / "warmup", **{**cfg, "total_tokens": batch * 5})
     together = _run(CachedSource(cached.path), list(range(num_seeds)), work / "together", **cfg)

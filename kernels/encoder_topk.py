@@ -47,15 +47,24 @@ class TileConfig:
 
 
 def _tile_configs() -> list[triton.Config]:
-    """Autotuning candidates on a GPU (one config under the interpreter); BLOCK_N is fixed at TILE_N."""
+    """Autotuning candidates for 16-bit inputs on a GPU (one config under the interpreter); BLOCK_N = TILE_N.
+
+    Kept from a sweep of six on an H100 (bench/encoder_sweep.py, N = 8192, k = 64, bf16; bench/RESULTS.md):
+    BLOCK_M 256 won at F >= 2^18 (1.49x the cuBLAS GEMM at (4096, 2^18)), BLOCK_M 128 with 8 warps at 2^17;
+    4-stage, 64-row and wide-group variants were 5-41% slower at F >= 2^17 and no faster at 2^14.
+    """
     if interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4, num_stages=1)]
-    shapes = [(128, 64, 8, 3, 8), (128, 64, 8, 4, 8), (256, 64, 8, 3, 8), (128, 32, 4, 4, 8), (64, 64, 4, 4, 8),
-              (128, 64, 8, 3, 64)]  # fmt: skip
+    shapes = [(256, 64, 8, 3), (128, 64, 8, 3), (128, 32, 4, 4)]
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": TILE_N, "BLOCK_K": bk, "GROUP_M": g}, num_warps=w, num_stages=st)
-        for bm, bk, w, st, g in shapes
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": TILE_N, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
+        for bm, bk, w, st in shapes
     ]
+
+
+# fp32 inputs (tests, fp32 training without autocast) run one config: 16-bit configs' shared memory doubles in
+# fp32 (the 256-row one does not fit), and autotuning an IEEE-fp32 GEMM at 2^20 latents costs a minute.
+_FP32_TILE = TileConfig(128, TILE_N, 32, 8, 3)
 
 
 def _candidates_per_tile(k: int, f: int, block_n: int, unsure_per_row: float = 2e-3) -> int:
@@ -158,15 +167,14 @@ _tile_candidates_tuned = triton.autotune(configs=_tile_configs(), key=["F", "D",
 def _configs() -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_K": 128}, num_warps=4, num_stages=1)]
-    # untuned guesses (no GPU was available when this was written): the running top-k state costs
-    # BLOCK_M * next_pow2(k) * 8 bytes of registers, so 8 warps keep larger tiles from spilling
+    # the running top-k state costs BLOCK_M * next_pow2(k) * 8 bytes of registers, so 8 warps keep larger tiles
+    # from spilling;
+    # the three without register spills in bf16 at k = 64 (bench/compile_report.py, sm_90): this kernel now
+    # serves the tile kernel's unsure rows (a few per batch), where compile time matters more than its speed
     return [
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
     ]
 
 
@@ -329,6 +337,8 @@ def _tile_topk(
     """Top-k from per-tile candidates: (values, indices, unsure row mask, M). Unsure rows are not yet exact."""
     n, f = x.shape[0], W.shape[0]
     dead_pos, dead_out, num_dead, has_dead = dead
+    if cfg is None and x.dtype == torch.float32 and not interpreting():
+        cfg = _FP32_TILE
     block_n = cfg.block_n if cfg is not None else _tile_configs()[0].kwargs["BLOCK_N"]
     tiles = triton.cdiv(f, block_n)
     m = _candidates_per_tile(k, f, block_n) if m is None else max(int(m), triton.cdiv(k, tiles))
