@@ -25,6 +25,7 @@ __all__ = [
     "decode",
     "decode_aux",
     "decode_many",
+    "decode_with_aux",
     "encode",
     "get_backend",
     "normalize_rows_",
@@ -214,6 +215,27 @@ def decode_aux(values: Tensor, indices: Tensor, W_dec: Tensor, dead_mask: Tensor
     return (codes.to(W_dec.dtype) @ W_dec[dead_idx]).to(W_dec.dtype)
 
 
+def decode_with_aux(
+    values: Tensor, indices: Tensor, aux_values: Tensor, aux_indices: Tensor, W_dec: Tensor, dead_mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(`decode(values, indices, W_dec)`, `decode_aux(aux_values, aux_indices, W_dec, dead_mask)`) as one op.
+
+    On the kernel path its backward builds ONE (F, d) gradient for W_dec: the latent-sorted rows of the top-k
+    pairs, plus, for dense AuxK, the GEMM of the dead rows added into it in place (separate calls would each
+    allocate a full-size gradient and autograd would add them: 8.6 GB more at (2^20, 4096) in bf16).
+    """
+    _check_decode(values, indices, W_dec)
+    _check_decode(aux_values, aux_indices, W_dec)
+    num_dead = int(dead_mask.sum())
+    if not _use_triton(W_dec):
+        return decode(values, indices, W_dec), decode_aux(aux_values, aux_indices, W_dec, dead_mask)
+    if not aux_is_dense(aux_values.shape[1], num_dead):
+        decoded, aux_decoded = _DecodeMany.apply(W_dec, values, indices, aux_values, aux_indices)
+        return decoded, aux_decoded
+    dead_idx, position = _dead_positions(dead_mask)
+    return _DecodeDenseAux.apply(W_dec, values, indices, aux_values, position[aux_indices], dead_idx)
+
+
 _ROW_CHUNK_ELEMENTS = 1 << 24  # fp32 working set of the torch path: 64 MiB
 
 
@@ -362,3 +384,44 @@ class _DecodeMany(torch.autograd.Function):
                 torch.cat(latents), torch.cat(rows), torch.cat(weights), dense, W_dec.shape[0], out_dtype=W_dec.dtype
             )
         return (grad_W, *grad_flat)
+
+
+class _DecodeDenseAux(torch.autograd.Function):
+    """Top-k decode (sparse kernels) and AuxK decode as a GEMM over the dead latents, with one W_dec gradient:
+    the latent-sorted rows of the top-k pairs (every row written) plus the dead rows' GEMM added in place."""
+
+    @staticmethod
+    def forward(ctx, W_dec, values, indices, aux_values, aux_pos, dead_idx):  # type: ignore[override]
+        from .kernels.decoder import gather_weighted_sum
+
+        W_dec, values, indices = W_dec.contiguous(), values.contiguous(), indices.long().contiguous()
+        W_dead = W_dec[dead_idx]
+        codes = aux_values.new_zeros((aux_values.shape[0], dead_idx.numel())).scatter_(1, aux_pos, aux_values)
+        codes = codes.to(W_dec.dtype)
+        ctx.save_for_backward(W_dec, values, indices, aux_pos, dead_idx, codes)
+        ctx.aux_dtype = aux_values.dtype
+        return gather_weighted_sum(values, indices, W_dec), codes @ W_dead
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_aux_out):  # type: ignore[override]
+        from .kernels.decoder import sparse_dot
+        from .kernels.sparse_transpose import sparse_transpose_matmul
+
+        W_dec, values, indices, aux_pos, dead_idx, codes = ctx.saved_tensors
+        n, d = values.shape[0], W_dec.shape[1]
+        if grad_out is None:
+            grad_out = W_dec.new_zeros((n, d))
+        if grad_aux_out is None:
+            grad_aux_out = W_dec.new_zeros((n, d))
+        grad_out = grad_out.to(W_dec.dtype).contiguous()
+        grad_aux_out = grad_aux_out.to(W_dec.dtype).contiguous()
+        grad_values = sparse_dot(grad_out, indices, W_dec).to(values.dtype) if ctx.needs_input_grad[1] else None
+        grad_aux_values = None
+        if ctx.needs_input_grad[3]:
+            grad_codes = grad_aux_out @ W_dec[dead_idx].T  # (N, num_dead)
+            grad_aux_values = grad_codes.gather(1, aux_pos).to(ctx.aux_dtype)
+        grad_W = None
+        if ctx.needs_input_grad[0]:
+            grad_W, _ = sparse_transpose_matmul(indices, values, grad_out, W_dec.shape[0], out_dtype=W_dec.dtype)
+            grad_W.index_add_(0, dead_idx, (codes.T @ grad_aux_out).to(grad_W.dtype))
+        return grad_W, grad_values, None, grad_aux_values, None, None

@@ -147,12 +147,10 @@ class TopKSAE(nn.Module):
         enc = ops.encode(x - b_dec, W_enc, b_enc, self.k, dead_mask=dead_mask if use_aux else None, k_aux=k_aux)
         if use_aux:
             assert dead_mask is not None and enc.aux_values is not None and enc.aux_indices is not None
-            if ops.aux_is_dense(enc.aux_values.shape[1], int(dead_mask.sum())):  # AuxK as GEMMs over dead latents
-                decoded = ops.decode(enc.values, enc.indices, W_dec)
-                aux_decoded = ops.decode_aux(enc.aux_values, enc.aux_indices, W_dec, dead_mask)
-            else:  # one sparse decode call: on the kernel path its backward builds a single dW_dec for both
-                pairs = [(enc.values, enc.indices), (enc.aux_values, enc.aux_indices)]
-                decoded, aux_decoded = ops.decode_many(pairs, W_dec)
+            # one op for both: on the kernel path its backward builds a single dW_dec (AuxK dense or sparse)
+            decoded, aux_decoded = ops.decode_with_aux(
+                enc.values, enc.indices, enc.aux_values, enc.aux_indices, W_dec, dead_mask
+            )
         else:
             decoded, aux_decoded = ops.decode(enc.values, enc.indices, W_dec), None
         recon = decoded + b_dec

@@ -15,29 +15,38 @@ def _params(n: int, d: int, f: int, seed: int, dtype: torch.dtype = torch.float3
     return x, W, b, W_dec
 
 
-def _run(backend: str, x, W, b, W_dec, k, dead, k_aux):
+def _run(backend: str, x, W, b, W_dec, k, dead, k_aux, fused: bool = False):
     for t in (x, W, b, W_dec):
         t.grad = None
     with ops.backend(backend):
         enc = ops.encode(x, W, b, k, dead_mask=dead, k_aux=k_aux)
-        out = ops.decode(enc.values, enc.indices, W_dec)
-        loss = out.pow(2).sum()
-        if enc.aux_values is not None:
-            loss = loss + 0.7 * ops.decode_aux(enc.aux_values, enc.aux_indices, W_dec, dead).pow(2).sum()
+        if enc.aux_values is None:
+            out = ops.decode(enc.values, enc.indices, W_dec)
+            loss = out.pow(2).sum()
+        elif fused:
+            out, aux = ops.decode_with_aux(enc.values, enc.indices, enc.aux_values, enc.aux_indices, W_dec, dead)
+            loss = out.pow(2).sum() + 0.7 * aux.pow(2).sum()
+        else:
+            out = ops.decode(enc.values, enc.indices, W_dec)
+            loss = out.pow(2).sum() + 0.7 * ops.decode_aux(enc.aux_values, enc.aux_indices, W_dec, dead).pow(2).sum()
         loss.backward()
     return enc, out, [t.grad.clone() for t in (x, W, b, W_dec)]
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["decode+decode_aux", "decode_with_aux"])
 @pytest.mark.parametrize("aux", ["dense", "sparse"])
 @pytest.mark.parametrize(("n", "d", "f", "k", "k_aux"), [(7, 100, 150, 3, 10), (33, 384, 130, 32, None)])
-def test_triton_path_matches_reference_with_gradients(n, d, f, k, k_aux, aux, monkeypatch) -> None:
-    """AuxK gradients both ways: dense GEMMs over the dead latents, or the sparse kernels (ratio 0)."""
+def test_triton_path_matches_reference_with_gradients(n, d, f, k, k_aux, aux, fused, monkeypatch) -> None:
+    """AuxK gradients both ways: dense GEMMs over the dead latents, or the sparse kernels (ratio 0); decoded
+    separately or by the one op whose backward builds a single W_dec gradient."""
+    if fused and k_aux is None:
+        pytest.skip("decode_with_aux needs AuxK")
     monkeypatch.setattr(ops, "AUX_DENSE_MAX_RATIO", 256 if aux == "dense" else 0)
     assert ops.aux_is_dense(10, 38) == (aux == "dense")
     x, W, b, W_dec = _params(n, d, f, seed=n)
     dead = (torch.arange(f) % 4 == 1) if k_aux else None
-    enc_r, out_r, grads_r = _run("reference", x, W, b, W_dec, k, dead, k_aux)
-    enc_t, out_t, grads_t = _run("triton", x, W, b, W_dec, k, dead, k_aux)
+    enc_r, out_r, grads_r = _run("reference", x, W, b, W_dec, k, dead, k_aux, fused)
+    enc_t, out_t, grads_t = _run("triton", x, W, b, W_dec, k, dead, k_aux, fused)
     assert torch.equal(enc_t.indices, enc_r.indices)
     torch.testing.assert_close(enc_t.values, enc_r.values, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out_t, out_r, atol=1e-4, rtol=1e-5)
