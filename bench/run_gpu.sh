@@ -34,7 +34,7 @@ for s in "$@"; do
         -DCMAKE_PREFIX_PATH=/tmp/site/cmeel.prefix && cmake --build /tmp/build -j 8) > "$OUT/build.log" 2>&1 &
       ;;
     tests)
-      stage tests "${TESTS_LIMIT:-360}" python3 -m pytest -m gpu -q -rA -s --timeout=300 -p no:cacheprovider -k "${TESTS_K:-}" tests ;;
+      stage tests "${TESTS_LIMIT:-360}" python3 -m pytest -m gpu -q -rA -s --durations=20 --timeout=300 -p no:cacheprovider -k "${TESTS_K:-}" tests ;;
     sweep)
       stage sweep 200 python3 bench/encoder_sweep.py ;;
     kernels)
