@@ -29,6 +29,10 @@ from ._common import check_tensor, interpreting, next_pow2, num_sms
 __all__ = ["TileConfig", "encoder_topk", "select_topk_lowest_index"]
 
 
+# The dead latents' pre-activations by a separate GEMM over them while they are at most F / 8: on an H100 the
+# kernel's own dead store cost 9-27% of the encoder at 1% dead (bench/RESULTS.md), a GEMM over 1% of the
+# latents ~1% of it. With many dead latents (early training) the kernel's store avoids a second large GEMM.
+DEAD_GEMM_MAX_FRACTION = 8
 TILE_N = 128  # latents per tile of the tile-candidates kernel on a GPU (its M is chosen for this width)
 
 
@@ -82,6 +86,43 @@ def _candidates_per_tile(k: int, f: int, block_n: int, unsure_per_row: float = 2
 
 
 @triton.jit
+def _relu_preact_tile(
+    x_ptr, w_ptr, b_ptr, dead_pos_ptr, dead_out_ptr, rows64, row_ok, cols, col_ok, D, num_dead,
+    HAS_DEAD: tl.constexpr, CAST_FP32: tl.constexpr, IEEE_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """relu(x[rows] W[cols]ᵀ + b[cols]) as a (BLOCK_M, BLOCK_N) fp32 tile, on tensor cores (fp32 accumulation);
+    with HAS_DEAD also stores its dead-latent columns into dead_out (see the kernels below). Masked rows and
+    columns read zeros."""
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + rows64[:, None] * D + offs_k[None, :]
+    b_ptrs = w_ptr + cols.to(tl.int64)[None, :] * D + offs_k[:, None]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        k_ok = (k0 + offs_k) < D
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        bt = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+        if CAST_FP32:
+            acc = tl.dot(a.to(tl.float32), bt.to(tl.float32), acc)
+        elif IEEE_FP32:
+            acc = tl.dot(a, bt, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, bt, acc)
+    bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    s = tl.maximum(acc + bias[None, :], 0.0)
+    if HAS_DEAD:
+        pos = tl.load(dead_pos_ptr + cols, mask=col_ok, other=-1)
+        tl.store(
+            dead_out_ptr + rows64[:, None] * num_dead + pos[None, :],
+            s.to(dead_out_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & (pos >= 0)[None, :],
+        )
+    return s
+
+
+@triton.jit
 def _tile_candidates_kernel(
     x_ptr,
     w_ptr,
@@ -125,31 +166,10 @@ def _tile_candidates_kernel(
     row_ok = rows < N
     col_ok = cols < F
     rows64 = rows.to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = x_ptr + rows64[:, None] * D + offs_k[None, :]
-    b_ptrs = w_ptr + cols.to(tl.int64)[None, :] * D + offs_k[:, None]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        k_ok = (k0 + offs_k) < D
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        bt = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
-        if CAST_FP32:
-            acc = tl.dot(a.to(tl.float32), bt.to(tl.float32), acc)
-        elif IEEE_FP32:
-            acc = tl.dot(a, bt, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, bt, acc)
-    bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    s = tl.maximum(acc + bias[None, :], 0.0)
-    if HAS_DEAD:
-        pos = tl.load(dead_pos_ptr + cols, mask=col_ok, other=-1)
-        tl.store(
-            dead_out_ptr + rows64[:, None] * num_dead + pos[None, :],
-            s.to(dead_out_ptr.dtype.element_ty),
-            mask=row_ok[:, None] & (pos >= 0)[None, :],
-        )
+    s = _relu_preact_tile(
+        x_ptr, w_ptr, b_ptr, dead_pos_ptr, dead_out_ptr, rows64, row_ok, cols, col_ok, D, num_dead,
+        HAS_DEAD, CAST_FP32, IEEE_FP32, BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
     s = tl.where(col_ok[None, :], s, float("-inf"))
     out = (rows64 * num_pid_n + pid_n) * M
     for j in tl.static_range(M):
@@ -222,36 +242,14 @@ def _running_topk_kernel(
     tiles_per_split = tl.cdiv(n_tiles, SPLITS)
     t_begin = pid_s * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, n_tiles)
-    offs_k = tl.arange(0, BLOCK_K)
     offs_n = tl.arange(0, BLOCK_N)
     for t in range(t_begin, t_end):
         cols = t * BLOCK_N + offs_n
         col_ok = cols < F
-        cols64 = cols.to(tl.int64)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        a_ptrs = x_ptr + rows64[:, None] * D + offs_k[None, :]
-        b_ptrs = w_ptr + cols64[None, :] * D + offs_k[:, None]
-        for k0 in range(0, D, BLOCK_K):
-            k_ok = (k0 + offs_k) < D
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            bt = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K
-            if CAST_FP32:
-                acc = tl.dot(a.to(tl.float32), bt.to(tl.float32), acc)
-            elif IEEE_FP32:
-                acc = tl.dot(a, bt, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, bt, acc)
-        bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        s = tl.maximum(acc + bias[None, :], 0.0)
-        if HAS_DEAD:
-            pos = tl.load(dead_pos_ptr + cols, mask=col_ok, other=-1)
-            tl.store(
-                dead_out_ptr + rows64[:, None] * num_dead + pos[None, :],
-                s.to(dead_out_ptr.dtype.element_ty),
-                mask=row_ok[:, None] & (pos >= 0)[None, :],
-            )
+        s = _relu_preact_tile(
+            x_ptr, w_ptr, b_ptr, dead_pos_ptr, dead_out_ptr, rows64, row_ok, cols, col_ok, D, num_dead,
+            HAS_DEAD, CAST_FP32, IEEE_FP32, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
         s = tl.where(row_ok[:, None] & col_ok[None, :], s, float("-inf"))
         tau = tl.min(vals, 1)
         best = tl.max(s, 1)
@@ -375,6 +373,7 @@ def encoder_topk(
     splits: int | None = None,
     tile_config: TileConfig | None = None,
     candidates: int | None = None,
+    dead_store: str = "auto",
     stats: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Top-k of relu(x W_encᵀ + b_enc) per row, plus the AuxK top-k_aux among dead latents in the same pass.
@@ -384,7 +383,9 @@ def encoder_topk(
     method: "tiles" (per-tile candidates + exact fallback for the guard's rows) or "running" (the running
     top-k kernel for every row; `splits` programs per row block). `tile_config` (default: autotuned) and
     `candidates` (M, default `_candidates_per_tile`) override the tile kernel's launch shape and candidates per
-    tile; `stats`, if given, receives "unsure_rows" and "M".
+    tile; `stats`, if given, receives "unsure_rows" and "M". `dead_store`: where the dead latents'
+    pre-activations come from — "kernel" (stored by the GEMM kernel's epilogue), "gemm" (a separate cuBLAS GEMM
+    over the dead latents only) or "auto" (the GEMM while at most 1 / DEAD_GEMM_MAX_FRACTION of latents are dead).
     Returns values (N, k) fp32 (descending; ties: lowest index), indices (N, k) int64, and, with a dead
     mask, aux_values / aux_indices (N, min(k_aux, num_dead)) (x's dtype / int64 latent indices), else None.
     Extra memory: (N, F / BLOCK_N, M) candidates (8 bytes each) plus (N, num_dead) in x's dtype for AuxK (the
@@ -404,21 +405,27 @@ def encoder_topk(
         raise ValueError(f"method must be 'tiles' or 'running', got {method!r}")
     device = x.device
     has_dead = dead_mask is not None
+    in_kernel = False  # whether the GEMM kernel stores the dead latents' pre-activations
     if has_dead:
         check_tensor("dead_mask", dead_mask, (f,), (torch.bool,))
         if k_aux is None or k_aux < 1:
             raise ValueError("k_aux must be a positive int with dead_mask")
+        if dead_store not in ("auto", "kernel", "gemm"):
+            raise ValueError(f"dead_store must be 'auto', 'kernel' or 'gemm', got {dead_store!r}")
         dead_idx = torch.nonzero(dead_mask, as_tuple=False).squeeze(1)
         num_dead = int(dead_idx.numel())
+        in_kernel = dead_store == "kernel" or (dead_store == "auto" and num_dead * DEAD_GEMM_MAX_FRACTION > f)
+    if in_kernel:
         dead_pos = torch.full((f,), -1, dtype=torch.int32, device=device)
         dead_pos[dead_idx] = torch.arange(num_dead, dtype=torch.int32, device=device)
         # in the input dtype: the AuxK values are returned in it anyway, and bf16 halves this buffer
         dead_out = torch.empty((n, num_dead), dtype=x.dtype, device=device)
     else:
-        num_dead = 0
         dead_pos = torch.empty(1, dtype=torch.int32, device=device)
         dead_out = torch.empty(1, dtype=x.dtype, device=device)
-    dead = (dead_pos, dead_out, num_dead, has_dead)
+        if has_dead:  # a separate GEMM over the dead latents only, rounded to x's dtype like the kernel's store
+            dead_out = torch.relu(torch.addmm(b_enc[dead_idx], x, W_enc[dead_idx].T))
+    dead = (dead_pos, dead_out, num_dead if in_kernel else 0, in_kernel)
     if n == 0:
         values = torch.empty((0, k), dtype=torch.float32, device=device)
         indices = torch.empty((0, k), dtype=torch.int64, device=device)
@@ -430,7 +437,7 @@ def encoder_topk(
         if stats is not None:
             stats.update(unsure_rows=int(rows.numel()), M=m)
         if rows.numel():  # exact recomputation of the guard's rows (the dead store is already complete)
-            no_dead = (dead_pos, dead_out, 0, False)
+            no_dead = (dead_pos, dead_out, 0, False)  # the dead store is already complete
             values[rows], indices[rows] = _running_topk(x[rows].contiguous(), W_enc, b_enc, k, splits, no_dead)
     if not has_dead:
         return values, indices, None, None

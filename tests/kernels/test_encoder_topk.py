@@ -34,14 +34,15 @@ CASES = [  # (N, d, F, k, dead fraction, k_aux, splits)
 ]
 
 
-@pytest.mark.parametrize("method", ["tiles", "running"])
+@pytest.mark.parametrize(("method", "dead_store"), [("tiles", "gemm"), ("tiles", "kernel"), ("running", "kernel")])
 @pytest.mark.parametrize(("n", "d", "f", "k", "dead_frac", "k_aux", "splits"), CASES)
-def test_matches_reference(n, d, f, k, dead_frac, k_aux, splits, method) -> None:
+def test_matches_reference(n, d, f, k, dead_frac, k_aux, splits, method, dead_store) -> None:
     x, W, b = _inputs(n, d, f, seed=n + d + f + k)
     dead = None
     if k_aux is not None:
         dead = torch.rand(f, generator=torch.Generator().manual_seed(1)) < dead_frac
-    values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, splits=splits, method=method)
+    values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, splits=splits, method=method,
+                                           dead_store=dead_store)
     _, ri, rav, _ = reference.encode_topk(x, W, b, k, dead, k_aux)
     assert values.shape == (n, k) and indices.shape == (n, k) and indices.dtype == torch.int64
     pre = reference.preactivations(x, W, b)
@@ -126,6 +127,8 @@ def test_bad_inputs() -> None:
         encoder_topk(x, W, b, 3, torch.zeros(129, dtype=torch.bool), 4)
     with pytest.raises(ValueError, match="k_aux"):
         encoder_topk(x, W, b, 3, torch.zeros(130, dtype=torch.bool), None)
+    with pytest.raises(ValueError, match="dead_store"):
+        encoder_topk(x, W, b, 3, torch.zeros(130, dtype=torch.bool), 4, dead_store="cublas")
 
 
 @pytest.mark.parametrize("k", [1, 3, 7, 12])
