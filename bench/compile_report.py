@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 
 import triton
-from sae_fast.kernels import decoder, decoder_norm, encoder_topk, match_max, sparse_transpose
+from sae_fast.kernels import decoder, decoder_norm, encoder_topk, match_max, optimizer, sparse_transpose
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -116,6 +116,18 @@ def rows(arch: int, d: int, k: int) -> list[tuple[str, dict[str, object]]]:
             out.append((f"{kern.__name__} {dtype}", compile_one(
                 kern, types, {"BLOCK_R": block_r, "BLOCK_D": block_d}, num_warps=warps, num_stages=3, arch=arch,
                 divisible={"D"})))
+        launch = optimizer._launch()
+        types = {"p_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "m_ptr": "*bf16", "v_ptr": "*bf16", "n": "i64",
+                 "step_size": "fp32", "beta1": "fp32", "beta2": "fp32", "bias2_sqrt": "fp32", "eps": "fp32",
+                 "seed": "i32"}
+        out.append((f"adam_step {dtype} params, bf16 states", compile_one(
+            optimizer._adam_kernel, types, {"SR_P": dtype == "bf16", "SR_STATE": True, "BLOCK": launch["BLOCK"]},
+            num_warps=launch["num_warps"], num_stages=3, arch=arch)))
+        types = {"p_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "buf_ptr": "*bf16", "n": "i64", "lr": "fp32",
+                 "momentum": "fp32"}
+        out.append((f"sign_step {dtype}", compile_one(
+            optimizer._sign_kernel, types, {"HAS_MOMENTUM": True, "BLOCK": launch["BLOCK"]},
+            num_warps=launch["num_warps"], num_stages=3, arch=arch)))
         types = {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "row_best_ptr": "*i64", "row_second_ptr": "*i32",
                  "col_best_ptr": "*i64", "col_second_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
                  "stride_am": "i32", "stride_bn": "i32"}

@@ -4,9 +4,13 @@
 CUDA). For dictionaries whose fp32 Adam state does not fit (2·F·d = 8.6e9 parameters at (4096, 2^20): 128 GiB
 with fp32 parameters, gradients and two moments), this module adds:
 
-- `LowMemoryAdam`: Adam with moments stored in bf16 (or any `state_dtype`), updated in fp32 chunk by chunk
-  (no full-size fp32 temporaries), with optional stochastic rounding of bf16 parameters and states.
+- `LowMemoryAdam`: Adam with moments stored in bf16 (or any `state_dtype`), with optional stochastic rounding
+  of bf16 parameters and states.
 - `SignSGD`: stateless sign descent (with optional momentum, "signum", whose buffer is in `state_dtype`).
+
+Both run as one-pass Triton kernels where `sae_fast.ops` dispatches to Triton (CUDA tensors; kernels/optimizer.py:
+each stored byte read and written once), else as torch element-wise ops in fp32 over chunks of 2^24 elements
+(no full-size fp32 temporaries).
 
 Bytes stored per parameter (parameter + gradient + optimizer state), see `bytes_per_parameter`:
 
@@ -26,6 +30,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from . import ops
 
 __all__ = ["LowMemoryAdam", "SignSGD", "bytes_per_parameter", "make_optimizer", "stochastic_round_"]
 
@@ -102,6 +108,11 @@ class LowMemoryAdam(torch.optim.Optimizer):
             self._generators[device] = torch.Generator(device=device).manual_seed(self._seed)
         return self._generators[device]
 
+    def _draw_seed(self, step: int, p: Tensor) -> int:
+        """Seed of the kernel's stochastic rounding: differs per step and parameter, reproducible per run."""
+        index = next(i for i, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)
+        return (self._seed * 1_000_003 + step * 7919 + index * 104_729) % (2**31 - 1)
+
     def _store(self, dst: Tensor, src: Tensor, gen: torch.Generator | None) -> None:
         if gen is not None and dst.dtype == torch.bfloat16:
             stochastic_round_(dst, src, gen)
@@ -135,6 +146,15 @@ class LowMemoryAdam(torch.optim.Optimizer):
                 if flat_p is None:
                     raise ValueError("LowMemoryAdam needs contiguous parameters")
                 flat_g, m, v = p.grad.reshape(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1)
+                if ops._use_triton(p) and p.grad.dtype == p.dtype:
+                    from .kernels.optimizer import adam_step_
+
+                    adam_step_(
+                        flat_p, flat_g.contiguous(), m, v, step_size=step_size, beta1=beta1, beta2=beta2,
+                        bias2_sqrt=bias2_sqrt, eps=group["eps"], seed=self._draw_seed(t, p),
+                        stochastic_params=self.stochastic_rounding, stochastic_states=self.stochastic_rounding,
+                    )  # fmt: skip
+                    continue
                 for sl in _chunks(flat_p.numel()):
                     g = flat_g[sl].float()
                     m32 = m[sl].float().mul_(beta1).add_(g, alpha=1 - beta1)
@@ -178,14 +198,27 @@ class SignSGD(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 direction = p.grad
+                buf: Tensor | None = None
                 if group["momentum"] > 0:
                     state = self.state[p]
                     if "momentum_buffer" not in state:
                         state["momentum_buffer"] = torch.zeros_like(p, dtype=self.state_dtype)
                     buf = state["momentum_buffer"]
-                    buf.mul_(group["momentum"]).add_(p.grad.to(buf.dtype), alpha=1 - group["momentum"])
-                    direction = buf
-                p.add_(torch.sign(direction).to(p.dtype), alpha=-group["lr"])
+                if ops._use_triton(p) and p.is_contiguous() and p.grad.dtype == p.dtype:
+                    from .kernels.optimizer import sign_step_
+
+                    sign_step_(p, p.grad.contiguous(), buf, lr=group["lr"], momentum=group["momentum"])
+                    continue
+                if not p.is_contiguous():
+                    raise ValueError("SignSGD needs contiguous parameters")
+                flat_p, flat_g = p.view(-1), direction.reshape(-1)
+                flat_buf = buf.view(-1) if buf is not None else None
+                for sl in _chunks(flat_p.numel()):  # fp32 math, rounded once: what the kernel computes
+                    d = flat_g[sl].float()
+                    if flat_buf is not None:
+                        d = flat_buf[sl].float().mul_(group["momentum"]).add_(d, alpha=1 - group["momentum"])
+                        flat_buf[sl] = d.to(flat_buf.dtype)
+                    flat_p[sl] = flat_p[sl].float().sub_(torch.sign(d), alpha=group["lr"]).to(p.dtype)
         return loss
 
 
