@@ -280,22 +280,34 @@ def _sort_desc_lowest_index(values: torch.Tensor, indices: torch.Tensor, k: int)
     return values.gather(1, by_value), indices.gather(1, by_value)
 
 
-def select_topk_lowest_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise top-k of a (N, M) float matrix in (value desc, index asc) order, as sae_fast.reference's
-    `topk_lowest_index` but without a full sort: torch.topk finds each row's k-th value, ties at that value are
-    resolved to the lowest indices with a cumulative count, and only the (N, k) winners are sorted."""
+def _select_resolving_ties(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`select_topk_lowest_index` for rows with exact ties at the k-th value: those ties go to the lowest
+    indices by a cumulative count (a few passes over the rows)."""
     n = scores.shape[0]
-    if k == 0 or n == 0:
-        return scores.new_empty((n, k)), torch.empty((n, k), dtype=torch.int64, device=scores.device)
     kth = torch.topk(scores, k, dim=1, sorted=True).values[:, -1:]
     greater = scores > kth
     ties = scores == kth
     room = k - greater.sum(1, keepdim=True)
     keep = greater | (ties & (torch.cumsum(ties, 1, dtype=torch.int32) <= room))
     pos = keep.nonzero()[:, 1].view(n, k)  # ascending latent order within each row
-    vals = scores.gather(1, pos)
-    order = torch.argsort(vals, dim=1, descending=True, stable=True)  # stable: lowest index first on ties
-    return vals.gather(1, order), pos.gather(1, order)
+    return scores.gather(1, pos), pos
+
+
+def select_topk_lowest_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise top-k of a (N, M) float matrix in (value desc, index asc) order, as sae_fast.reference's
+    `topk_lowest_index` but without a full sort: torch.topk, whose choice among values equal to the k-th one is
+    arbitrary, so rows where it left such a tie out are redone by `_select_resolving_ties`; then only the (N, k)
+    winners are sorted."""
+    n = scores.shape[0]
+    if k == 0 or n == 0:
+        return scores.new_empty((n, k)), torch.empty((n, k), dtype=torch.int64, device=scores.device)
+    vals, pos = torch.topk(scores, k, dim=1, sorted=True)
+    kth = vals[:, -1:]
+    left_out = (scores == kth).sum(1) != (vals == kth).sum(1)  # a value equal to the k-th was not taken
+    if bool(left_out.any()):
+        rows = left_out.nonzero().squeeze(1)
+        vals[rows], pos[rows] = _select_resolving_ties(scores[rows], k)
+    return _sort_desc_lowest_index(vals, pos, k)
 
 
 def _running_topk(

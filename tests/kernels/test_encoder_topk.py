@@ -141,3 +141,9 @@ def test_select_topk_matches_full_sort_with_ties(k) -> None:
     assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)
     empty_v, empty_i = select_topk_lowest_index(scores[:0], k)
     assert empty_v.shape == (0, k) and empty_i.dtype == torch.int64
+    # rows without ties (torch.topk's choice stands) mixed with tied rows (redone) in one call
+    mixed = torch.rand(9, 12, generator=g)
+    mixed[::3] = scores[::3]
+    values, indices = select_topk_lowest_index(mixed, k)
+    ref_values, ref_indices = reference.topk_lowest_index(mixed, k)
+    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)
