@@ -29,6 +29,9 @@ for s in "$@"; do
       ln -sfn ../kernels sae_fast/kernels
       nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
       python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+      # model weights already on the image (for a study on a real LM there; nothing can be downloaded)
+      (ls -d ~/.cache/huggingface/hub/* /root/.cache/torch/* 2>/dev/null; find / -xdev \( -name '*.safetensors' \
+        -o -name 'pytorch_model.bin' \) -size +20M 2>/dev/null | head -20) > "$OUT/models.log"
       (cmake -S . -B /tmp/build -DCMAKE_BUILD_TYPE=Release -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/sae_fast" \
         -DPython_EXECUTABLE="$(command -v python3)" -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" \
         -DCMAKE_PREFIX_PATH=/tmp/site/cmeel.prefix && cmake --build /tmp/build -j 8) > "$OUT/build.log" 2>&1 &
