@@ -287,3 +287,41 @@ def test_gpu_run_equals_cpu_run(seeds, reference: Stability, kernel: str) -> Non
     st = stability_scores(seeds[0], device="cuda", kernel=kernel, progress=False)
     assert torch.equal(st.best_j, reference.best_j)
     torch.testing.assert_close(st.best_cos, reference.best_cos, equal_nan=True, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("anchors", [[0, 1, 2, 3, 4, 5, 6], [3]])
+@pytest.mark.parametrize("block", [1, 2, 3, 7, None])
+def test_blocked_pair_order_covers_every_pair_once(anchors: list[int], block: int | None) -> None:
+    from sae_fast.stability import _jobs
+
+    groups = _jobs(7, anchors, "exact", block=block)
+    assert sorted(map(tuple, groups)) == sorted(map(tuple, _jobs(7, anchors, "exact")))
+    pairs = [p for g in groups for p in g]
+    assert len(pairs) == len(set(pairs))
+
+
+def test_blocked_order_bounds_decoder_loads() -> None:
+    """With room for 16 decoders, 48 seeds in blocks of 8 load each block pair's seeds at most once; the plain
+    order reloads nearly every seed for every anchor (on a GPU each load is a host-to-device copy)."""
+    from collections import OrderedDict
+
+    from sae_fast.stability import _jobs
+
+    def loads(groups, capacity: int) -> int:
+        cache: OrderedDict[int, None] = OrderedDict()
+        count = 0
+        for g in groups:
+            for seed in g[0]:
+                if seed in cache:
+                    cache.move_to_end(seed)
+                    continue
+                count += 1
+                cache[seed] = None
+                if len(cache) > capacity:
+                    cache.popitem(last=False)
+        return count
+
+    every = list(range(48))
+    blocked, plain = loads(_jobs(48, every, "exact", block=8), 16), loads(_jobs(48, every, "exact"), 16)
+    assert blocked <= 21 * 16  # 6 blocks: 21 block pairs, at most 2 x 8 loads each
+    assert blocked * 4 < plain
