@@ -18,6 +18,7 @@ from torch import Tensor
 from . import reference
 
 __all__ = [
+    "AUX_DENSE_MAX_ELEMENTS",
     "AUX_DENSE_MAX_RATIO",
     "EncodeOutput",
     "aux_is_dense",
@@ -71,16 +72,18 @@ def _use_triton(t: Tensor) -> bool:
     return t.device.type == "cuda"
 
 
-# AuxK as dense GEMMs over the dead latents while there are at most this many dead latents per AuxK slot.
-# Per (row, latent) a tensor-core GEMM costs far less than a per-pair gather (H100, bf16: the sparse decoder
-# ran at ~0.45 TMAC/s, cuBLAS at ~300), so even a 1/256-dense code matrix is cheaper as a GEMM, and the
-# (N, num_dead) buffer it needs already exists (the encoder's AuxK pre-activations).
+# AuxK as dense GEMMs over the dead latents while there are at most AUX_DENSE_MAX_RATIO dead latents per AuxK
+# slot and the (N, num_dead) code matrix stays within AUX_DENSE_MAX_ELEMENTS. Per (row, latent) a tensor-core
+# GEMM costs far less than a per-pair gather (H100, bf16: the sparse decoder ran at ~0.45 TMAC/s, cuBLAS at
+# ~300), so even a 1/256-dense code matrix is cheaper as a GEMM; the element cap (2^29: 1 GiB in bf16, two such
+# matrices live at once) keeps many dead latents (early training at 2^20) on the memory-light sparse path.
 AUX_DENSE_MAX_RATIO = 256
+AUX_DENSE_MAX_ELEMENTS = 2**29
 
 
-def aux_is_dense(k_aux: int, num_dead: int) -> bool:
-    """Whether AuxK with k_aux slots per row over num_dead dead latents runs as dense GEMMs (see above)."""
-    return 0 < num_dead <= AUX_DENSE_MAX_RATIO * k_aux
+def aux_is_dense(k_aux: int, num_dead: int, rows: int = 0) -> bool:
+    """Whether AuxK with k_aux slots per row over num_dead dead latents, for `rows` tokens, runs as dense GEMMs."""
+    return 0 < num_dead <= AUX_DENSE_MAX_RATIO * k_aux and rows * num_dead <= AUX_DENSE_MAX_ELEMENTS
 
 
 def _dead_positions(dead_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -202,13 +205,13 @@ def decode_many(pairs: Sequence[tuple[Tensor, Tensor]], W_dec: Tensor) -> list[T
 def decode_aux(values: Tensor, indices: Tensor, W_dec: Tensor, dead_mask: Tensor) -> Tensor:
     """`decode` of the AuxK activations (indices all dead latents): Σ_j values[n, j] · W_dec[indices[n, j]].
 
-    With `aux_is_dense(k_aux, num_dead)` this is one GEMM over the dead latents — the (N, num_dead) code matrix
+    With `aux_is_dense(k_aux, num_dead, N)` this is one GEMM over the dead latents — the (N, num_dead) code matrix
     times W_dec[dead] — whose backward is two more GEMMs; otherwise the sparse `decode`. values, indices:
     (N, k_aux); W_dec: (F, d); dead_mask: (F,) bool. Returns (N, d) in W_dec's dtype.
     """
     _check_decode(values, indices, W_dec)
     num_dead = int(dead_mask.sum())
-    if not aux_is_dense(values.shape[1], num_dead):
+    if not aux_is_dense(values.shape[1], num_dead, values.shape[0]):
         return decode(values, indices, W_dec)
     dead_idx, position = _dead_positions(dead_mask)
     codes = values.new_zeros((values.shape[0], num_dead)).scatter(1, position[indices], values)
@@ -229,7 +232,7 @@ def decode_with_aux(
     num_dead = int(dead_mask.sum())
     if not _use_triton(W_dec):
         return decode(values, indices, W_dec), decode_aux(aux_values, aux_indices, W_dec, dead_mask)
-    if not aux_is_dense(aux_values.shape[1], num_dead):
+    if not aux_is_dense(aux_values.shape[1], num_dead, aux_values.shape[0]):
         decoded, aux_decoded = _DecodeMany.apply(W_dec, values, indices, aux_values, aux_indices)
         return decoded, aux_decoded
     dead_idx, position = _dead_positions(dead_mask)
@@ -300,7 +303,7 @@ class _EncodeTopK(torch.autograd.Function):
             aux_indices = indices.new_empty((x.shape[0], 0))
         aux_values = aux_values.to(x.dtype)
         ctx.dead_mask = mask
-        ctx.aux_dense = mask is not None and aux_is_dense(aux_values.shape[1], int(mask.sum()))
+        ctx.aux_dense = mask is not None and aux_is_dense(aux_values.shape[1], int(mask.sum()), x.shape[0])
         ctx.save_for_backward(x, W_enc, values, indices, aux_values, aux_indices)
         ctx.mark_non_differentiable(indices, aux_indices)
         return values, indices, aux_values, aux_indices

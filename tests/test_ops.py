@@ -42,7 +42,8 @@ def test_triton_path_matches_reference_with_gradients(n, d, f, k, k_aux, aux, fu
     if fused and k_aux is None:
         pytest.skip("decode_with_aux needs AuxK")
     monkeypatch.setattr(ops, "AUX_DENSE_MAX_RATIO", 256 if aux == "dense" else 0)
-    assert ops.aux_is_dense(10, 38) == (aux == "dense")
+    assert ops.aux_is_dense(10, 38, 7) == (aux == "dense")
+    assert not ops.aux_is_dense(10, 38, ops.AUX_DENSE_MAX_ELEMENTS)  # too many rows x dead latents: sparse
     x, W, b, W_dec = _params(n, d, f, seed=n)
     dead = (torch.arange(f) % 4 == 1) if k_aux else None
     enc_r, out_r, grads_r = _run("reference", x, W, b, W_dec, k, dead, k_aux, fused)
