@@ -27,7 +27,9 @@ def _inputs(d: int, f: int, n: int, dtype: torch.dtype, device: str, seed: int =
     return x, W, b
 
 
-def check_encoder(d: int, f: int, k: int, n: int, dtype: torch.dtype, device: str = "cuda") -> None:
+def check_encoder(
+    d: int, f: int, k: int, n: int, dtype: torch.dtype, device: str = "cuda", dead_store: str = "auto"
+) -> None:
     """Kernel top-k (and AuxK over ~3% dead latents) vs fp32 reference pre-activations, row chunk by chunk."""
     from sae_fast.kernels.encoder_topk import encoder_topk
 
@@ -38,7 +40,7 @@ def check_encoder(d: int, f: int, k: int, n: int, dtype: torch.dtype, device: st
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 inputs: the kernel uses IEEE fp32 dots too
     try:
         stats: dict = {}
-        values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, stats=stats)
+        values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, stats=stats, dead_store=dead_store)
         tol = 1e-4 if dtype == torch.float32 else 2e-3  # same products, different fp32 summation order
         exact = 0
         Wf, bf = W.float(), b.float()
@@ -166,6 +168,11 @@ def test_encoder_topk_real_sizes(d, f, k, n, dtype) -> None:
     torch.cuda.empty_cache()
 
 
+def test_encoder_topk_dead_store_in_kernel() -> None:
+    """The AuxK pre-activations stored by the GEMM kernel's epilogue (used when many latents are dead)."""
+    check_encoder(768, 16384, 64, 8192, torch.bfloat16, dead_store="kernel")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])
 @pytest.mark.parametrize(("d", "f", "k", "n"), SIZES, ids=["768x2^14", "2048x2^17", "4096x2^20"])
 def test_sparse_backward_real_sizes(d, f, k, n, dtype) -> None:
@@ -186,3 +193,54 @@ def test_training_200_steps_matches_reference() -> None:
     for a, b in zip(range(0, 200, 20), range(20, 201, 20)):
         mean_ref, mean_ours = sum(ref[a:b]) / 20, sum(ours[a:b]) / 20
         assert mean_ours == pytest.approx(mean_ref, rel=0.02), f"steps {a}-{b}: {mean_ours} vs {mean_ref}"
+
+
+def test_dense_and_sparse_auxk_agree_at_real_size(monkeypatch) -> None:
+    """One bf16 forward + backward at (2048, 2^17), N = 4096, 1% dead, k_aux = 1024: AuxK as GEMMs over the dead
+    latents (the default here) and through the per-pair kernels give the same loss and gradients."""
+    d, f, k, n = 2048, 131072, 64, 4096
+    g = torch.Generator(device="cuda").manual_seed(11)
+    x = torch.randn(n, d, device="cuda", generator=g)
+    dead = torch.rand(f, device="cuda", generator=g) < 0.01
+    results = {}
+    for ratio in (256, 0):
+        monkeypatch.setattr(ops, "AUX_DENSE_MAX_RATIO", ratio)
+        sae = TopKSAE(d, f, k, seed=0, dtype=torch.bfloat16, device="cuda")
+        out = sae(x, dead_mask=dead)
+        (out.fvu + out.auxk_loss / 32).backward()
+        results[ratio] = (out.fvu.item(), out.auxk_loss.item(), [p.grad.float() for p in sae.parameters()])
+    (fvu_d, aux_d, grads_d), (fvu_s, aux_s, grads_s) = results[256], results[0]
+    assert fvu_d == pytest.approx(fvu_s, rel=1e-3) and aux_d == pytest.approx(aux_s, rel=1e-2)
+    for gd, gs in zip(grads_d, grads_s):
+        scale = float(gs.abs().max())
+        torch.testing.assert_close(gd, gs, atol=2e-2 * scale, rtol=2e-2)
+
+
+def test_optimizer_kernels_match_torch_path_at_size() -> None:
+    """LowMemoryAdam and SignSGD one-pass kernels vs their torch path on 2^24 + 3 bf16 parameters (rounding to
+    nearest: at most one bf16 ulp apart), with the time of each."""
+    from sae_fast.optim import LowMemoryAdam, SignSGD
+
+    n = 2**24 + 3
+    g = torch.Generator(device="cuda").manual_seed(5)
+    p0 = torch.randn(n, device="cuda", generator=g).bfloat16()
+    grads = [torch.randn(n, device="cuda", generator=g).bfloat16() for _ in range(3)]
+    for make in (lambda ps: LowMemoryAdam(ps, lr=1e-3, stochastic_rounding=False), lambda ps: SignSGD(ps, lr=1e-3)):
+        out = {}
+        for backend in ("auto", "reference"):
+            p = torch.nn.Parameter(p0.clone())
+            opt = make([p])
+            with ops.backend(backend):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                for i, grad in enumerate(grads):
+                    p.grad = grad
+                    if i == len(grads) - 1:
+                        start.record()
+                    opt.step()
+                end.record()
+                torch.cuda.synchronize()
+            out[backend] = (p.detach().float(), start.elapsed_time(end))
+        ulp = out["reference"][0].abs().clamp_min(2**-126) * 2**-7
+        assert bool(((out["auto"][0] - out["reference"][0]).abs() <= ulp).all())
+        print(f"\n{type(opt).__name__} on {n} bf16 parameters: kernel {out['auto'][1]:.2f} ms, "
+              f"torch path {out['reference'][1]:.2f} ms")
