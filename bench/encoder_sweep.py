@@ -1,5 +1,6 @@
 """Encoder forward variants on a GPU, side by side: cuBLAS GEMM alone (floor), cuBLAS + relu + torch.topk,
-the running-top-k kernel, and the tile-candidates kernel (autotuned and at each explicit config).
+the running-top-k kernel, the tile-candidates kernel (autotuned and at each explicit config), and the same
+candidates from fp32 cuBLAS chunks (method="cublas").
 
     python bench/encoder_sweep.py [--shapes 768x16384,2048x131072] [--n 8192]
 
@@ -54,6 +55,13 @@ def sweep(d: int, f: int, n: int) -> None:
           f"{stats['unsure_rows']}; {_check(x, W, b, v, i)}", flush=True)
     ms = cuda_time_ms(lambda: et.encoder_topk(x, W, b, K, dead, d // 2))
     print(f"tiles + AuxK (1% dead): {ms:.2f} ms ({ms / gemm:.2f}x)", flush=True)
+    st = {}
+    v, i, _, _ = et.encoder_topk(x, W, b, K, method="cublas", stats=st)
+    ms = cuda_time_ms(lambda: et.encoder_topk(x, W, b, K, method="cublas"))
+    print(f"cublas fp32 chunks + candidates: {ms:.2f} ms ({ms / gemm:.2f}x), M={st['M']}, unsure rows "
+          f"{st['unsure_rows']}; {_check(x, W, b, v, i)}", flush=True)
+    ms = cuda_time_ms(lambda: et.encoder_topk(x, W, b, K, dead, d // 2, method="cublas"))
+    print(f"cublas + AuxK (1% dead): {ms:.2f} ms ({ms / gemm:.2f}x)", flush=True)
     for m in (stats["M"] - 1, stats["M"] + 2):
         st: dict = {}
         et.encoder_topk(x, W, b, K, candidates=m, stats=st)

@@ -178,11 +178,44 @@ def _tile_candidates_kernel(
         HAS_DEAD, CAST_FP32, IEEE_FP32, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     s = tl.where(col_ok[None, :], s, float("-inf"))
-    out = (rows64 * num_pid_n + pid_n) * M
+    _store_top_m(s, cand_v_ptr, cand_i_ptr, rows64, row_ok, pid_n, num_pid_n, pid_n * BLOCK_N, offs_n, M)
+
+
+@triton.jit
+def _chunk_candidates_kernel(
+    pre_ptr, b_ptr, cand_v_ptr, cand_i_ptr, N, C, col0, tiles_total,
+    M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """pre (N, C) fp32 contiguous: x W[col0 : col0 + C]ᵀ without bias (a chunk of latents from cuBLAS); b (F,) any
+    float. col0 is a multiple of BLOCK_N. Grid (cdiv(N, BLOCK_M), cdiv(C, BLOCK_N)).
+
+    Writes, for the chunk's tiles, the same candidates as `_tile_candidates_kernel` into cand_v / cand_i
+    (N, tiles_total, M): the M largest values of relu(pre + b) per row and tile, descending, ties by lowest index.
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    local = pid_n * BLOCK_N + offs_n
+    row_ok = rows < N
+    col_ok = local < C
+    rows64 = rows.to(tl.int64)
+    pre = tl.load(pre_ptr + rows64[:, None] * C + local[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    bias = tl.load(b_ptr + col0 + local, mask=col_ok, other=0.0).to(tl.float32)
+    s = tl.where(col_ok[None, :], tl.maximum(pre + bias[None, :], 0.0), float("-inf"))
+    tile = col0 // BLOCK_N + pid_n
+    _store_top_m(s, cand_v_ptr, cand_i_ptr, rows64, row_ok, tile, tiles_total, col0 + pid_n * BLOCK_N, offs_n, M)
+
+
+@triton.jit
+def _store_top_m(s, cand_v_ptr, cand_i_ptr, rows64, row_ok, tile, tiles_total, col_base, offs_n, M: tl.constexpr):
+    """Store the M largest entries of each row of the (BLOCK_M, BLOCK_N) tile s (masked entries -inf) at
+    cand[row, tile, 0:M], descending, ties by lowest column; indices are col_base + column."""
+    out = (rows64 * tiles_total + tile) * M
     for j in tl.static_range(M):
         best, where = tl.max(s, 1, return_indices=True, return_indices_tie_break_left=True)
         tl.store(cand_v_ptr + out + j, best, mask=row_ok)
-        tl.store(cand_i_ptr + out + j, pid_n * BLOCK_N + where, mask=row_ok)
+        tl.store(cand_i_ptr + out + j, col_base + where, mask=row_ok)
         s = tl.where(offs_n[None, :] == where[:, None], float("-inf"), s)
 
 
@@ -371,13 +404,71 @@ def _tile_topk(
         blocks = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m}
         launch = {} if interpreting() else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         _tile_candidates_kernel[(triton.cdiv(n, cfg.block_m) * tiles,)](*args, **flags, **blocks, **launch)
+    return (*_select_candidates(cand_v, cand_i, k, m, block_n, f), m)
+
+
+def _select_candidates(
+    cand_v: torch.Tensor, cand_i: torch.Tensor, k: int, m: int, block_n: int, f: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact top-k over (N, tiles, M) candidates: (values, indices, rows the guard cannot certify)."""
+    n, tiles = cand_v.shape[0], cand_v.shape[1]
     values, pos = select_topk_lowest_index(cand_v.view(n, tiles * m), k)
     indices = cand_i.view(n, tiles * m).gather(1, pos).long()
     if m >= min(block_n, f):  # every value of every tile was a candidate
-        unsure = torch.zeros(n, dtype=torch.bool, device=x.device)
+        unsure = torch.zeros(n, dtype=torch.bool, device=cand_v.device)
     else:  # a tile whose M-th kept value reaches the row's k-th value may hide more of the top-k
         unsure = (cand_v[:, :, m - 1] >= values[:, k - 1 :]).any(1)
-    return values, indices, unsure, m
+    return values, indices, unsure
+
+
+def _gemm_fp32(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """x Wᵀ with fp32 output: cuBLAS on 16-bit CUDA inputs (fp32 accumulation, no rounding of the result), else
+    an fp32 GEMM (on CUDA it follows torch.backends.cuda.matmul.allow_tf32, like the Triton kernels)."""
+    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+        try:
+            return torch.mm(x, W.T, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # a torch without mm(out_dtype=): 16-bit values are exact in TF32,
+            matmul = torch.backends.cuda.matmul  # so a TF32 GEMM of the upcast inputs computes the same products
+            previous, matmul.allow_tf32 = matmul.allow_tf32, True
+            try:
+                return x.float() @ W.float().T
+            finally:
+                matmul.allow_tf32 = previous
+    return x.float() @ W.float().T
+
+
+def _cublas_topk(
+    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, m: int | None, dead: tuple, chunk: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Top-k from per-tile candidates of cuBLAS chunks: (values, indices, unsure row mask, M). The chunk's fp32
+    pre-activations (N, chunk) are the only dense intermediate; dead latents' AuxK values are copied from them
+    (dead = (dead_idx, dead_out) or None)."""
+    n, f = x.shape[0], W.shape[0]
+    block_m, block_n = (32, 32) if interpreting() else (64, TILE_N)
+    tiles = triton.cdiv(f, block_n)
+    m = _candidates_per_tile(k, f, block_n) if m is None else max(int(m), triton.cdiv(k, tiles))
+    m = min(m, block_n, f)
+    if chunk is None:  # an fp32 chunk of at most 1 GiB
+        chunk = 2**28 // max(n, 1)
+    chunk = max(block_n, chunk // block_n * block_n)
+    cand_v = torch.empty((n, tiles, m), dtype=torch.float32, device=x.device)
+    cand_i = torch.empty((n, tiles, m), dtype=torch.int32, device=x.device)
+    for c0 in range(0, f, chunk):
+        c1 = min(c0 + chunk, f)
+        pre = _gemm_fp32(x, W[c0:c1]).contiguous()
+        grid = (triton.cdiv(n, block_m), triton.cdiv(c1 - c0, block_n))
+        launch = {} if interpreting() else {"num_warps": 8}
+        _chunk_candidates_kernel[grid](
+            pre, b, cand_v, cand_i, n, c1 - c0, c0, tiles, M=m, BLOCK_M=block_m, BLOCK_N=block_n, **launch
+        )
+        if dead is not None:
+            dead_idx, dead_out = dead
+            lo, hi = torch.searchsorted(dead_idx, torch.tensor([c0, c1], device=dead_idx.device)).tolist()
+            if hi > lo:
+                cols = dead_idx[lo:hi]
+                dead_out[:, lo:hi] = torch.relu(pre[:, cols - c0] + b[cols].float()).to(dead_out.dtype)
+        del pre
+    return (*_select_candidates(cand_v, cand_i, k, m, block_n, f), m)
 
 
 def encoder_topk(
@@ -393,18 +484,21 @@ def encoder_topk(
     tile_config: TileConfig | None = None,
     candidates: int | None = None,
     dead_store: str = "auto",
+    chunk: int | None = None,
     stats: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Top-k of relu(x W_encᵀ + b_enc) per row, plus the AuxK top-k_aux among dead latents in the same pass.
 
     x: (N, d), W_enc: (F, d), b_enc: (F,): contiguous, one dtype in {fp32, bf16, fp16}; 1 <= k <= F.
     dead_mask: (F,) bool or None; k_aux >= 1 when dead_mask is given.
-    method: "tiles" (per-tile candidates + exact fallback for the guard's rows) or "running" (the running
-    top-k kernel for every row; `splits` programs per row block). `tile_config` (default: autotuned) and
-    `candidates` (M, default `_candidates_per_tile`) override the tile kernel's launch shape and candidates per
-    tile; `stats`, if given, receives "unsure_rows" and "M". `dead_store`: where the dead latents'
-    pre-activations come from — "kernel" (stored by the GEMM kernel's epilogue), "gemm" (a separate cuBLAS GEMM
-    over the dead latents only) or "auto" (the GEMM while at most 1 / DEAD_GEMM_MAX_FRACTION of latents are dead).
+    method: "tiles" (per-tile candidates from the fused GEMM kernel + exact fallback for the guard's rows),
+    "cublas" (the same candidates from fp32 cuBLAS chunks of `chunk` latents, default 2^28 / N, i.e. 1 GiB — the
+    only dense intermediate) or "running" (the running top-k kernel for every row; `splits` programs per row
+    block). `tile_config` (default: autotuned) and `candidates` (M, default `_candidates_per_tile`) override the
+    tile kernel's launch shape and candidates per tile; `stats`, if given, receives "unsure_rows" and "M".
+    `dead_store`: where the dead latents' pre-activations come from — "kernel" (stored by the GEMM kernel's
+    epilogue), "gemm" (a separate cuBLAS GEMM over the dead latents only) or "auto" (the GEMM while at most
+    1 / DEAD_GEMM_MAX_FRACTION of latents are dead); "cublas" copies them from its chunks.
     Returns values (N, k) fp32 (descending; ties: lowest index), indices (N, k) int64, and, with a dead
     mask, aux_values / aux_indices (N, min(k_aux, num_dead)) (x's dtype / int64 latent indices), else None.
     Extra memory: (N, F / BLOCK_N, M) candidates (8 bytes each) plus (N, num_dead) in x's dtype for AuxK (the
@@ -420,8 +514,8 @@ def encoder_topk(
         raise ValueError(f"k must be in [1, {f}], got {k}")
     if f + next_pow2(k) >= 2**31:
         raise ValueError("num_latents must be below 2**31 - k")
-    if method not in ("tiles", "running"):
-        raise ValueError(f"method must be 'tiles' or 'running', got {method!r}")
+    if method not in ("tiles", "cublas", "running"):
+        raise ValueError(f"method must be 'tiles', 'cublas' or 'running', got {method!r}")
     device = x.device
     has_dead = dead_mask is not None
     in_kernel = False  # whether the GEMM kernel stores the dead latents' pre-activations
@@ -433,17 +527,20 @@ def encoder_topk(
             raise ValueError(f"dead_store must be 'auto', 'kernel' or 'gemm', got {dead_store!r}")
         dead_idx = torch.nonzero(dead_mask, as_tuple=False).squeeze(1)
         num_dead = int(dead_idx.numel())
-        in_kernel = dead_store == "kernel" or (dead_store == "auto" and num_dead * DEAD_GEMM_MAX_FRACTION > f)
+        in_kernel = method != "cublas" and (
+            dead_store == "kernel" or (dead_store == "auto" and num_dead * DEAD_GEMM_MAX_FRACTION > f)
+        )
+    dead_pos = torch.empty(1, dtype=torch.int32, device=device)
+    dead_out = torch.empty(1, dtype=x.dtype, device=device)
     if in_kernel:
         dead_pos = torch.full((f,), -1, dtype=torch.int32, device=device)
         dead_pos[dead_idx] = torch.arange(num_dead, dtype=torch.int32, device=device)
         # in the input dtype: the AuxK values are returned in it anyway, and bf16 halves this buffer
         dead_out = torch.empty((n, num_dead), dtype=x.dtype, device=device)
-    else:
-        dead_pos = torch.empty(1, dtype=torch.int32, device=device)
-        dead_out = torch.empty(1, dtype=x.dtype, device=device)
-        if has_dead:  # a separate GEMM over the dead latents only, rounded to x's dtype like the kernel's store
-            dead_out = torch.relu(torch.addmm(b_enc[dead_idx], x, W_enc[dead_idx].T))
+    elif has_dead and method == "cublas":
+        dead_out = torch.empty((n, num_dead), dtype=x.dtype, device=device)  # filled from the chunks
+    elif has_dead:  # a separate GEMM over the dead latents only, rounded to x's dtype like the kernel's store
+        dead_out = torch.relu(torch.addmm(b_enc[dead_idx], x, W_enc[dead_idx].T))
     dead = (dead_pos, dead_out, num_dead if in_kernel else 0, in_kernel)
     if n == 0:
         values = torch.empty((0, k), dtype=torch.float32, device=device)
@@ -451,12 +548,16 @@ def encoder_topk(
     elif method == "running":
         values, indices = _running_topk(x, W_enc, b_enc, k, splits, dead)
     else:
-        values, indices, unsure, m = _tile_topk(x, W_enc, b_enc, k, tile_config, candidates, dead)
+        if method == "cublas":
+            from_chunks = (dead_idx, dead_out) if has_dead else None
+            values, indices, unsure, m = _cublas_topk(x, W_enc, b_enc, k, candidates, from_chunks, chunk)
+        else:
+            values, indices, unsure, m = _tile_topk(x, W_enc, b_enc, k, tile_config, candidates, dead)
         rows = unsure.nonzero().squeeze(1)
         if stats is not None:
             stats.update(unsure_rows=int(rows.numel()), M=m)
         if rows.numel():  # exact recomputation of the guard's rows (the dead store is already complete)
-            no_dead = (dead_pos, dead_out, 0, False)  # the dead store is already complete
+            no_dead = (dead_pos, dead_out, 0, False)
             values[rows], indices[rows] = _running_topk(x[rows].contiguous(), W_enc, b_enc, k, splits, no_dead)
     if not has_dead:
         return values, indices, None, None

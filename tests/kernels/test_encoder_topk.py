@@ -34,15 +34,18 @@ CASES = [  # (N, d, F, k, dead fraction, k_aux, splits)
 ]
 
 
-@pytest.mark.parametrize(("method", "dead_store"), [("tiles", "gemm"), ("tiles", "kernel"), ("running", "kernel")])
+@pytest.mark.parametrize(
+    ("method", "dead_store"), [("tiles", "gemm"), ("tiles", "kernel"), ("running", "kernel"), ("cublas", "auto")]
+)
 @pytest.mark.parametrize(("n", "d", "f", "k", "dead_frac", "k_aux", "splits"), CASES)
 def test_matches_reference(n, d, f, k, dead_frac, k_aux, splits, method, dead_store) -> None:
     x, W, b = _inputs(n, d, f, seed=n + d + f + k)
     dead = None
     if k_aux is not None:
         dead = torch.rand(f, generator=torch.Generator().manual_seed(1)) < dead_frac
+    # cublas in chunks of 64 latents, so that tiles and dead latents spread over several chunks
     values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, splits=splits, method=method,
-                                           dead_store=dead_store)
+                                           dead_store=dead_store, chunk=64)
     _, ri, rav, _ = reference.encode_topk(x, W, b, k, dead, k_aux)
     assert values.shape == (n, k) and indices.shape == (n, k) and indices.dtype == torch.int64
     pre = reference.preactivations(x, W, b)
@@ -57,14 +60,16 @@ def test_matches_reference(n, d, f, k, dead_frac, k_aux, splits, method, dead_st
     torch.testing.assert_close(pre.gather(1, ai), av, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["tiles", "cublas"])
 @pytest.mark.parametrize("candidates", [1, 2, 32])
-def test_tile_guard_recomputes_rows_it_cannot_certify(candidates: int) -> None:
+def test_tile_guard_recomputes_rows_it_cannot_certify(candidates: int, method: str) -> None:
     """With few candidates per tile many rows cannot be certified; they are recomputed exactly. With a whole
     tile as candidates (M = BLOCK_N = 32 under the interpreter) nothing is unsure."""
     n, d, f, k = 40, 48, 160, 9
     x, W, b = _inputs(n, d, f, seed=5)
     stats: dict = {}
-    values, indices, _, _ = encoder_topk(x, W, b, k, candidates=candidates, stats=stats)
+    # cublas in chunks of 64 latents: tiles of 32 spread over three chunks
+    values, indices, _, _ = encoder_topk(x, W, b, k, candidates=candidates, stats=stats, method=method, chunk=64)
     ref_values, ref_indices = reference.topk_lowest_index(reference.preactivations(x, W, b), k)
     torch.testing.assert_close(values, ref_values, atol=1e-5, rtol=1e-5)
     assert torch.equal(indices, ref_indices)
