@@ -28,7 +28,8 @@ def _inputs(d: int, f: int, n: int, dtype: torch.dtype, device: str, seed: int =
 
 
 def check_encoder(
-    d: int, f: int, k: int, n: int, dtype: torch.dtype, device: str = "cuda", dead_store: str = "auto"
+    d: int, f: int, k: int, n: int, dtype: torch.dtype, device: str = "cuda", dead_store: str = "auto",
+    method: str = "tiles",
 ) -> None:
     """Kernel top-k (and AuxK over ~3% dead latents) vs fp32 reference pre-activations, row chunk by chunk."""
     from sae_fast.kernels.encoder_topk import encoder_topk
@@ -40,7 +41,9 @@ def check_encoder(
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 inputs: the kernel uses IEEE fp32 dots too
     try:
         stats: dict = {}
-        values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, stats=stats, dead_store=dead_store)
+        values, indices, av, ai = encoder_topk(
+            x, W, b, k, dead, k_aux, stats=stats, dead_store=dead_store, method=method
+        )
         tol = 1e-4 if dtype == torch.float32 else 2e-3  # same products, different fp32 summation order
         exact = 0
         Wf, bf = W.float(), b.float()
@@ -165,6 +168,13 @@ def training_curves(
 @pytest.mark.parametrize(("d", "f", "k", "n"), SIZES, ids=["768x2^14", "2048x2^17", "4096x2^20"])
 def test_encoder_topk_real_sizes(d, f, k, n, dtype) -> None:
     check_encoder(d, f, k, n, dtype)
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize(("d", "f", "k", "n"), SIZES[1:], ids=["2048x2^17", "4096x2^20"])
+def test_encoder_topk_cublas_chunks_real_sizes(d, f, k, n) -> None:
+    """The same candidates from fp32 cuBLAS chunks of latents (method="cublas"), bf16 inputs."""
+    check_encoder(d, f, k, n, torch.bfloat16, method="cublas")
     torch.cuda.empty_cache()
 
 
