@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything sae_fast does on a GPU, in stages, for one lease of the lent machine (see bench/RESULTS.md).
 #   bash bench/run_gpu.sh STAGE...   stages: setup tests sweep kernels step step-short train match
-# TESTS_K=EXPR narrows the tests stage (pytest -k); TESTS_LIMIT, STEP_LIMIT, TRAIN_LIMIT: seconds.
+# TESTS_K=EXPR narrows the tests stage (pytest -k); TESTS_LIMIT, STEP_LIMIT, TRAIN_LIMIT: seconds;
+# ENCODER=cublas|tiles|running picks sae_fast's encoder in step-short.
 # setup installs what the GPU image lacks from ./.whl (eai-sparsify and its pure-Python needs, cmeel-eigen),
 # links kernels/ as sae_fast/kernels (no pip install: no index there) and builds sae_fast._C in the background.
 # Each stage logs to $OUT/<stage>.log and has its own time limit; a failing stage does not stop the next.
@@ -46,8 +47,10 @@ for s in "$@"; do
     step)
       stage step 540 python3 bench/test_sae_step.py ;;
     step-short)  # the anchors' setting at F <= 2^17, and the 2^20 memory-light modes
-      stage step-short "${STEP_LIMIT:-220}" bash -c "python3 bench/test_sae_step.py --shapes 768x16384,768x131072,2048x131072 \
-        --modes fp32-adam && python3 bench/test_sae_step.py --shapes 4096x1048576 --modes bf16-signsgd,bf16-lmadam" ;;
+      enc=${ENCODER:+--encoder $ENCODER}
+      stage "step-short${ENCODER:+-$ENCODER}" "${STEP_LIMIT:-220}" bash -c "python3 bench/test_sae_step.py $enc \
+        --shapes 768x16384,768x131072,2048x131072 --modes fp32-adam && python3 bench/test_sae_step.py $enc \
+        --shapes 4096x1048576 --modes bf16-signsgd,bf16-lmadam" ;;
     train)
       stage train "${TRAIN_LIMIT:-300}" python3 bench/test_train.py --gpu ;;
     match)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from sae_fast import TopKSAE
+from sae_fast import TopKSAE, ops
 from sae_fast.optim import LowMemoryAdam, SignSGD
 
 N_TOKENS = 8192
@@ -216,7 +216,8 @@ def table(shapes: list[tuple[int, int]], modes: list[str]) -> str:
     """Markdown table: every implementation side by side per (shape, mode), with the floor."""
     bw = copy_bandwidth_gbs()
     lines = [
-        f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bw:.0f} GB/s; "
+        f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bw:.0f} GB/s, "
+        f"sae_fast encoder {ops.ENCODER_METHOD!r}; "
         f"N = {N_TOKENS}, k = {K}, AuxK on 1% dead latents",
         "",
         "| d | F | mode | bf16 GEMM ms | floor ms | sae_fast ms (GiB) | dense ms (GiB) | sparsify ms (GiB) |"
@@ -313,10 +314,14 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--kernels", action="store_true", help="also time each kernel alone")
     parser.add_argument("--no-table", action="store_true", help="skip the step table (with --kernels: kernels only)")
+    parser.add_argument("--encoder", choices=["tiles", "cublas", "running"], default=None,
+                        help="sae_fast's encoder method (sae_fast.ops.ENCODER_METHOD); default: the library's")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA device")
         return
+    if args.encoder is not None:
+        ops.ENCODER_METHOD = args.encoder
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     if not args.no_table:
         print(table(shapes, args.modes.split(",")))  # type: ignore[arg-type]

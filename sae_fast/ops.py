@@ -20,6 +20,7 @@ from . import reference
 __all__ = [
     "AUX_DENSE_MAX_ELEMENTS",
     "AUX_DENSE_MAX_RATIO",
+    "ENCODER_METHOD",
     "EncodeOutput",
     "aux_is_dense",
     "backend",
@@ -79,6 +80,10 @@ def _use_triton(t: Tensor) -> bool:
 # matrices live at once) keeps many dead latents (early training at 2^20) on the memory-light sparse path.
 AUX_DENSE_MAX_RATIO = 256
 AUX_DENSE_MAX_ELEMENTS = 2**29
+
+# How the encoder's top-k is found on the kernel path (kernels/encoder_topk.py): "tiles" (the fused GEMM kernel),
+# "cublas" (fp32 cuBLAS chunks + the candidate kernel) or "running". Module-wide; SAE_FAST_ENCODER sets it.
+ENCODER_METHOD = os.environ.get("SAE_FAST_ENCODER", "tiles")
 
 
 def aux_is_dense(k_aux: int, num_dead: int, rows: int = 0) -> bool:
@@ -296,7 +301,7 @@ class _EncodeTopK(torch.autograd.Function):
 
         x, W_enc, b_enc = x.contiguous(), W_enc.contiguous(), b_enc.contiguous()
         mask = dead_mask.contiguous() if dead_mask is not None else None
-        values, indices, aux_values, aux_indices = encoder_topk(x, W_enc, b_enc, k, mask, k_aux)
+        values, indices, aux_values, aux_indices = encoder_topk(x, W_enc, b_enc, k, mask, k_aux, method=ENCODER_METHOD)
         values = values.to(x.dtype)
         if aux_values is None:
             aux_values = values.new_empty((x.shape[0], 0))
