@@ -390,11 +390,7 @@ def _tile_topk(
     if cfg is None and x.dtype == torch.float32 and not interpreting():
         cfg = _FP32_TILE
     block_n = cfg.block_n if cfg is not None else _tile_configs()[0].kwargs["BLOCK_N"]
-    tiles = triton.cdiv(f, block_n)
-    m = _candidates_per_tile(k, f, block_n) if m is None else max(int(m), triton.cdiv(k, tiles))
-    m = min(m, block_n, f)
-    cand_v = torch.empty((n, tiles, m), dtype=torch.float32, device=x.device)
-    cand_i = torch.empty((n, tiles, m), dtype=torch.int32, device=x.device)
+    tiles, m, cand_v, cand_i = _candidate_buffers(n, f, k, m, block_n, x.device)
     args = (x, W, b, cand_v, cand_i, dead_pos, dead_out, n, f, x.shape[1], num_dead)
     flags = {"M": m, "HAS_DEAD": has_dead, **_dot_flags(x.dtype)}
     if cfg is None:
@@ -405,6 +401,19 @@ def _tile_topk(
         launch = {} if interpreting() else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         _tile_candidates_kernel[(triton.cdiv(n, cfg.block_m) * tiles,)](*args, **flags, **blocks, **launch)
     return (*_select_candidates(cand_v, cand_i, k, m, block_n, f), m)
+
+
+def _candidate_buffers(
+    n: int, f: int, k: int, m: int | None, block_n: int, device: torch.device
+) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """(tiles, M, cand_v (N, tiles, M) fp32, cand_i (N, tiles, M) int32) for candidates of BLOCK_N-wide tiles;
+    M from `_candidates_per_tile` unless given, at least ceil(k / tiles), at most min(BLOCK_N, F)."""
+    tiles = triton.cdiv(f, block_n)
+    m = _candidates_per_tile(k, f, block_n) if m is None else max(int(m), triton.cdiv(k, tiles))
+    m = min(m, block_n, f)
+    cand_v = torch.empty((n, tiles, m), dtype=torch.float32, device=device)
+    cand_i = torch.empty((n, tiles, m), dtype=torch.int32, device=device)
+    return tiles, m, cand_v, cand_i
 
 
 def _select_candidates(
@@ -445,14 +454,10 @@ def _cublas_topk(
     (dead = (dead_idx, dead_out) or None)."""
     n, f = x.shape[0], W.shape[0]
     block_m, block_n = (32, 32) if interpreting() else (64, TILE_N)
-    tiles = triton.cdiv(f, block_n)
-    m = _candidates_per_tile(k, f, block_n) if m is None else max(int(m), triton.cdiv(k, tiles))
-    m = min(m, block_n, f)
+    tiles, m, cand_v, cand_i = _candidate_buffers(n, f, k, m, block_n, x.device)
     if chunk is None:  # an fp32 chunk of at most 1 GiB
         chunk = 2**28 // max(n, 1)
     chunk = max(block_n, chunk // block_n * block_n)
-    cand_v = torch.empty((n, tiles, m), dtype=torch.float32, device=x.device)
-    cand_i = torch.empty((n, tiles, m), dtype=torch.int32, device=x.device)
     for c0 in range(0, f, chunk):
         c1 = min(c0 + chunk, f)
         pre = _gemm_fp32(x, W[c0:c1]).contiguous()
