@@ -1,4 +1,5 @@
-"""Small helpers shared by the kernel wrappers: interpreter detection and launch configuration."""
+"""Small helpers shared by the kernels and their wrappers: interpreter detection, launch configuration, argument
+checks, the grouped tile order of the GEMM kernels."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import os
 
 import torch
 import triton
+import triton.language as tl
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the kernels take
 
 
 def interpreting() -> bool:
@@ -33,3 +37,13 @@ def check_tensor(name: str, t: torch.Tensor, shape: tuple[int, ...], dtypes: tup
         raise TypeError(f"{name} must have dtype in {dtypes}, got {t.dtype}")
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
+
+
+@triton.jit
+def grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program `pid` in grouped order: GROUP_M row blocks walk the column blocks together, so
+    that the B tiles they share stay in L2."""
+    per_group = GROUP_M * num_pid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % group_rows, (pid % per_group) // group_rows

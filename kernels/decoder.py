@@ -11,11 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_tensor, interpreting, next_pow2
+from ._common import FLOAT_DTYPES, check_tensor, interpreting, next_pow2
 
 __all__ = ["decoder_backward", "gather_weighted_sum", "sparse_dot"]
 
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _block_d(d: int) -> int:
@@ -84,8 +83,8 @@ def gather_weighted_sum(weights: torch.Tensor, indices: torch.Tensor, table: tor
     """
     n, k = weights.shape
     f, d = table.shape
-    check_tensor("weights", weights, (n, k), (*_FLOATS, torch.float64))
-    check_tensor("table", table, (f, d), _FLOATS)
+    check_tensor("weights", weights, (n, k), (*FLOAT_DTYPES, torch.float64))
+    check_tensor("table", table, (f, d), FLOAT_DTYPES)
     indices = _check_indices(indices, (n, k))
     out = torch.empty((n, d), dtype=table.dtype, device=table.device)
     if n == 0 or d == 0:
@@ -106,8 +105,8 @@ def sparse_dot(grad_out: torch.Tensor, indices: torch.Tensor, table: torch.Tenso
     n, d = grad_out.shape
     k = indices.shape[1] if indices.dim() == 2 else -1
     f = table.shape[0]
-    check_tensor("grad_out", grad_out, (n, d), _FLOATS)
-    check_tensor("table", table, (f, d), _FLOATS)
+    check_tensor("grad_out", grad_out, (n, d), FLOAT_DTYPES)
+    check_tensor("table", table, (f, d), FLOAT_DTYPES)
     indices = _check_indices(indices, (n, k))
     out = torch.empty((n, k), dtype=torch.float32, device=table.device)
     if n == 0 or k == 0:

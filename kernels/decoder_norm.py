@@ -7,12 +7,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_tensor, interpreting, next_pow2
+from ._common import FLOAT_DTYPES, check_tensor, interpreting, next_pow2
 
 __all__ = ["MAX_D", "normalize_rows_", "remove_parallel_component_"]
 
 MAX_D = 16384  # a whole row is held in registers
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
@@ -52,7 +51,7 @@ def _launch_shape(r: int, d: int) -> tuple[int, int, int, int]:
 def normalize_rows_(W: torch.Tensor, eps: float = 1.1920929e-07) -> torch.Tensor:
     """Rescale every row of W (F, d) (fp32/bf16/fp16, contiguous, d <= MAX_D) to unit L2 norm, in place."""
     r, d = W.shape
-    check_tensor("W", W, (r, d), _FLOATS)
+    check_tensor("W", W, (r, d), FLOAT_DTYPES)
     if d > MAX_D:
         raise ValueError(f"d must be at most {MAX_D}, got {d}")
     if r and d:
@@ -64,8 +63,8 @@ def normalize_rows_(W: torch.Tensor, eps: float = 1.1920929e-07) -> torch.Tensor
 def remove_parallel_component_(G: torch.Tensor, W: torch.Tensor, eps: float = 1.1920929e-07) -> torch.Tensor:
     """G[r] -= <G[r], u_r> u_r with u_r = W[r] / ||W[r]||, in place. G, W: (F, d), contiguous, d <= MAX_D."""
     r, d = W.shape
-    check_tensor("W", W, (r, d), _FLOATS)
-    check_tensor("G", G, (r, d), _FLOATS)
+    check_tensor("W", W, (r, d), FLOAT_DTYPES)
+    check_tensor("G", G, (r, d), FLOAT_DTYPES)
     if d > MAX_D:
         raise ValueError(f"d must be at most {MAX_D}, got {d}")
     if r and d:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_tensor
+from ._common import FLOAT_DTYPES, check_tensor
 from .decoder import gather_weighted_sum
 from .sparse_transpose import sparse_transpose_matmul
 
@@ -37,10 +37,9 @@ def encoder_backward(
     """
     n, k = values.shape
     f, d = W_enc.shape
-    floats = (torch.float32, torch.bfloat16, torch.float16)
-    check_tensor("grad_values", grad_values, (n, k), (*floats, torch.float64))
-    check_tensor("values", values, (n, k), (*floats, torch.float64))
-    check_tensor("x", x, (n, d), floats)
+    check_tensor("grad_values", grad_values, (n, k), (*FLOAT_DTYPES, torch.float64))
+    check_tensor("values", values, (n, k), (*FLOAT_DTYPES, torch.float64))
+    check_tensor("x", x, (n, d), FLOAT_DTYPES)
     check_tensor("W_enc", W_enc, (f, d), (x.dtype,))
     g = (grad_values.float() * (values > 0)).contiguous()
     dx = gather_weighted_sum(g, indices, W_enc).to(x.dtype) if need_dx else None

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_tensor, interpreting, next_pow2, num_sms
+from ._common import FLOAT_DTYPES, check_tensor, grouped_tile, interpreting, next_pow2, num_sms
 
 __all__ = ["TileConfig", "encoder_topk", "select_topk_lowest_index"]
 
@@ -159,14 +159,8 @@ def _tile_candidates_kernel(
     tile has fewer than M latents). With HAS_DEAD: dead_pos (F,) int32 (column in the dead buffer or -1),
     dead_out (N, num_dead) (x's dtype) receives relu(x Wᵀ + b) of the dead latents.
     """
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(N, BLOCK_M)
     num_pid_n = tl.cdiv(F, BLOCK_N)
-    per_group = GROUP_M * num_pid_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_M), num_pid_n, GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     cols = pid_n * BLOCK_N + offs_n
@@ -511,8 +505,7 @@ def encoder_topk(
     """
     n, d = x.shape
     f = W_enc.shape[0]
-    dtypes = (torch.float32, torch.bfloat16, torch.float16)
-    check_tensor("x", x, (n, d), dtypes)
+    check_tensor("x", x, (n, d), FLOAT_DTYPES)
     check_tensor("W_enc", W_enc, (f, d), (x.dtype,))
     check_tensor("b_enc", b_enc, (f,), (x.dtype,))
     if not 1 <= k <= f:

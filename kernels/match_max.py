@@ -16,11 +16,11 @@ The second best lets the caller certify the low-precision arg-max against float3
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ._common import grouped_tile, interpreting
 
 _INT64_MIN = -(2**63)
 _INT32_MIN = -(2**31)
@@ -45,14 +45,7 @@ def _match_max_kernel(
     row_best (M,) int64, row_second (M,) int32, col_best (N,) int64, col_second (N,) int32: initialised to
     the int minimum by the caller; updated with atomic_max. UPCAST: cast tiles to fp32 before tl.dot (needed
     for bf16 under the Triton interpreter)."""
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    group = GROUP_M * num_pid_n
-    first_m = (pid // group) * GROUP_M
-    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % size_m
-    pid_n = (pid % group) // size_m
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -132,7 +125,6 @@ def match_max(
     m, k = a.shape
     n = b.shape[0]
     assert 0 < m < 2**31 and 0 < n < 2**31 and k > 0, (m, n, k)
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     dev = a.device
     row_best = torch.full((m,), _INT64_MIN, dtype=torch.int64, device=dev)
     row_second = torch.full((m,), _INT32_MIN, dtype=torch.int32, device=dev)
@@ -142,8 +134,8 @@ def match_max(
     _match_max_kernel[grid](
         a, b, row_best, row_second, col_best, col_second, m, n, k, a.stride(0), b.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m, BOTH=both,
-        UPCAST=interpreting and a.dtype == torch.bfloat16,
-        **({} if interpreting else {"num_warps": num_warps, "num_stages": num_stages}),
+        UPCAST=interpreting() and a.dtype == torch.bfloat16,
+        **({} if interpreting() else {"num_warps": num_warps, "num_stages": num_stages}),
     )
     rows = _unpack(row_best, row_second)
     cols = _unpack(col_best, col_second) if both else (None, None, None)

@@ -16,11 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_tensor, interpreting
+from ._common import FLOAT_DTYPES, check_tensor, interpreting
 
 __all__ = ["adam_step_", "sign_step_"]
 
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
@@ -110,9 +109,9 @@ def adam_step_(
     """One Adam update in place. p, g: same shape, one dtype in {fp32, bf16, fp16}; m, v: p's shape, one float
     dtype; all contiguous, one device. Stochastic rounding applies to bf16 outputs only; `seed` picks the draw."""
     shape = tuple(p.shape)
-    check_tensor("p", p, shape, _FLOATS)
+    check_tensor("p", p, shape, FLOAT_DTYPES)
     check_tensor("grad", g, shape, (p.dtype,))
-    check_tensor("exp_avg", m, shape, _FLOATS)
+    check_tensor("exp_avg", m, shape, FLOAT_DTYPES)
     check_tensor("exp_avg_sq", v, shape, (m.dtype,))
     n = p.numel()
     if n == 0:
@@ -129,10 +128,10 @@ def sign_step_(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, *, lr
     """p ← p − lr·sign(g), or with a momentum buffer (updated in place) p ← p − lr·sign(momentum·buf + (1−m)·g).
     p, g: same shape and dtype in {fp32, bf16, fp16}; buf: p's shape, any float dtype; contiguous, one device."""
     shape = tuple(p.shape)
-    check_tensor("p", p, shape, _FLOATS)
+    check_tensor("p", p, shape, FLOAT_DTYPES)
     check_tensor("grad", g, shape, (p.dtype,))
     if buf is not None:
-        check_tensor("momentum_buffer", buf, shape, _FLOATS)
+        check_tensor("momentum_buffer", buf, shape, FLOAT_DTYPES)
     n = p.numel()
     if n == 0:
         return

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_tensor, interpreting, next_pow2
+from ._common import FLOAT_DTYPES, check_tensor, interpreting, next_pow2
 
 __all__ = ["LatentCSR", "latent_csr", "latent_csr_pairs", "sparse_transpose_matmul", "sparse_transpose_pairs"]
 
@@ -105,8 +105,8 @@ def sparse_transpose_pairs(
     r, d = dense.shape
     check_tensor("latents", latents, (p,), (torch.int64,))
     check_tensor("rows", rows, (p,), (torch.int64,))
-    check_tensor("weights", weights, (p,), (torch.float32, torch.bfloat16, torch.float16, torch.float64))
-    check_tensor("dense", dense, (r, d), (torch.float32, torch.bfloat16, torch.float16))
+    check_tensor("weights", weights, (p,), (*FLOAT_DTYPES, torch.float64))
+    check_tensor("dense", dense, (r, d), FLOAT_DTYPES)
     device = dense.device
     out = torch.empty((num_latents, d), dtype=out_dtype, device=device)
     colsum = torch.empty((num_latents,), dtype=torch.float32, device=device) if with_colsum else None
@@ -142,7 +142,7 @@ def sparse_transpose_matmul(
     """
     n, k = indices.shape
     check_tensor("indices", indices, (n, k), (torch.int64,))
-    check_tensor("weights", weights, (n, k), (torch.float32, torch.bfloat16, torch.float16, torch.float64))
+    check_tensor("weights", weights, (n, k), (*FLOAT_DTYPES, torch.float64))
     if dense.dim() != 2 or dense.shape[0] != n:
         raise ValueError(f"dense must have shape ({n}, d), got {tuple(dense.shape)}")
     rows = torch.arange(n, device=dense.device).repeat_interleave(k)
