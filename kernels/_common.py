@@ -29,6 +29,21 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+_MM_FP32_OUT: bool | None = None
+
+
+def cuda_mm_fp32_out_ok() -> bool:
+    """Whether this torch has `torch.mm(a, b, out_dtype=torch.float32)` for 16-bit CUDA inputs (probed once)."""
+    global _MM_FP32_OUT
+    if _MM_FP32_OUT is None:
+        try:
+            x = torch.ones(16, 16, device="cuda", dtype=torch.bfloat16)
+            _MM_FP32_OUT = torch.mm(x, x, out_dtype=torch.float32).dtype == torch.float32
+        except (RuntimeError, TypeError):
+            _MM_FP32_OUT = False
+    return _MM_FP32_OUT
+
+
 def check_tensor(name: str, t: torch.Tensor, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
     """Assert shape, dtype and contiguity of a kernel argument (wrappers call this before launching)."""
     if tuple(t.shape) != tuple(shape):

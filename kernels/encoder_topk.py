@@ -24,7 +24,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FLOAT_DTYPES, check_tensor, grouped_tile, interpreting, next_pow2, num_sms
+from ._common import (
+    FLOAT_DTYPES,
+    check_tensor,
+    cuda_mm_fp32_out_ok,
+    grouped_tile,
+    interpreting,
+    next_pow2,
+    num_sms,
+)
 
 __all__ = ["TileConfig", "encoder_topk", "select_topk_lowest_index"]
 
@@ -428,15 +436,16 @@ def _gemm_fp32(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """x Wᵀ with fp32 output: cuBLAS on 16-bit CUDA inputs (fp32 accumulation, no rounding of the result), else
     an fp32 GEMM (on CUDA it follows torch.backends.cuda.matmul.allow_tf32, like the Triton kernels)."""
     if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
-        try:
+        if cuda_mm_fp32_out_ok():
             return torch.mm(x, W.T, out_dtype=torch.float32)
-        except (TypeError, RuntimeError):  # a torch without mm(out_dtype=): 16-bit values are exact in TF32,
-            matmul = torch.backends.cuda.matmul  # so a TF32 GEMM of the upcast inputs computes the same products
-            previous, matmul.allow_tf32 = matmul.allow_tf32, True
-            try:
-                return x.float() @ W.float().T
-            finally:
-                matmul.allow_tf32 = previous
+        # a torch without mm(out_dtype=): 16-bit values are exact in TF32, so a TF32 GEMM of the upcast inputs
+        # computes the same products
+        matmul = torch.backends.cuda.matmul
+        previous, matmul.allow_tf32 = matmul.allow_tf32, True
+        try:
+            return x.float() @ W.float().T
+        finally:
+            matmul.allow_tf32 = previous
     return x.float() @ W.float().T
 
 

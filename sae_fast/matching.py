@@ -157,18 +157,10 @@ def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b.T
 
 
-_OUT_DTYPE_OK: bool | None = None
-
-
 def _cuda_out_dtype_ok() -> bool:
-    global _OUT_DTYPE_OK
-    if _OUT_DTYPE_OK is None:
-        try:
-            x = torch.ones(16, 16, device="cuda", dtype=torch.bfloat16)
-            _OUT_DTYPE_OK = torch.mm(x, x, out_dtype=torch.float32).dtype == torch.float32
-        except (RuntimeError, TypeError):
-            _OUT_DTYPE_OK = False
-    return _OUT_DTYPE_OK
+    from .kernels._common import cuda_mm_fp32_out_ok  # lazy: it imports Triton
+
+    return cuda_mm_fp32_out_ok()
 
 
 def _merge(
