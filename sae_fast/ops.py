@@ -234,11 +234,10 @@ def decode_with_aux(
     """
     _check_decode(values, indices, W_dec)
     _check_decode(aux_values, aux_indices, W_dec)
-    num_dead = int(dead_mask.sum())
     if not _use_triton(W_dec):
         return decode(values, indices, W_dec), decode_aux(aux_values, aux_indices, W_dec, dead_mask)
-    if not aux_is_dense(aux_values.shape[1], num_dead, aux_values.shape[0]):
-        decoded, aux_decoded = _DecodeMany.apply(W_dec, values, indices, aux_values, aux_indices)
+    if not aux_is_dense(aux_values.shape[1], int(dead_mask.sum()), aux_values.shape[0]):
+        decoded, aux_decoded = decode_many([(values, indices), (aux_values, aux_indices)], W_dec)
         return decoded, aux_decoded
     dead_idx, position = _dead_positions(dead_mask)
     return _DecodeDenseAux.apply(W_dec, values, indices, aux_values, position[aux_indices], dead_idx)

@@ -108,9 +108,9 @@ class LowMemoryAdam(torch.optim.Optimizer):
             self._generators[device] = torch.Generator(device=device).manual_seed(self._seed)
         return self._generators[device]
 
-    def _draw_seed(self, step: int, p: Tensor) -> int:
-        """Seed of the kernel's stochastic rounding: differs per step and parameter, reproducible per run."""
-        index = next(i for i, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is p)
+    def _draw_seed(self, step: int, index: int) -> int:
+        """Seed of the kernel's stochastic rounding for parameter number `index` at `step`: differs per step and
+        parameter, reproducible per run."""
         return (self._seed * 1_000_003 + step * 7919 + index * 104_729) % (2**31 - 1)
 
     def _store(self, dst: Tensor, src: Tensor, gen: torch.Generator | None) -> None:
@@ -125,9 +125,11 @@ class LowMemoryAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        index = -1  # position of p among all parameters: part of its stochastic-rounding seed
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
+                index += 1
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
@@ -151,7 +153,7 @@ class LowMemoryAdam(torch.optim.Optimizer):
 
                     adam_step_(
                         flat_p, flat_g.contiguous(), m, v, step_size=step_size, beta1=beta1, beta2=beta2,
-                        bias2_sqrt=bias2_sqrt, eps=group["eps"], seed=self._draw_seed(t, p),
+                        bias2_sqrt=bias2_sqrt, eps=group["eps"], seed=self._draw_seed(t, index),
                         stochastic_params=self.stochastic_rounding, stochastic_states=self.stochastic_rounding,
                     )  # fmt: skip
                     continue
