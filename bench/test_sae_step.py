@@ -151,17 +151,8 @@ def make_step(impl: str, d: int, f: int, mode: str) -> Callable[[], None]:
             raise ModuleNotFoundError("eai-sparsify is not importable")
         config_cls, coder_cls = found
         model = coder_cls(d, config_cls(num_latents=f, k=K), device="cuda", dtype=dtype)
-        opt = _optimizer(mode, list(model.parameters()))
-
-        def step() -> None:
-            model.set_decoder_norm_to_unit_norm()
-            out = model(x, dead_mask=dead)
-            opt.zero_grad(set_to_none=True)
-            (out.fvu + out.auxk_loss / 32).backward()
-            model.remove_gradient_parallel_to_decoder_directions()
-            opt.step()
-
-        return step
+        # its forward runs under its own bf16 autocast (sparse_coder.py), as its trainer runs it
+        return _sae_step(model, x, dead, _optimizer(mode, list(model.parameters())), contextlib.nullcontext)
     sae = TopKSAE(d, f, K, dtype=dtype, device="cuda", seed=0)
     opt = _optimizer(mode, list(sae.parameters()))
     if impl == "dense":
@@ -177,14 +168,23 @@ def make_step(impl: str, d: int, f: int, mode: str) -> Callable[[], None]:
             opt.step()
 
         return step
+    return _sae_step(sae, x, dead, opt, lambda: _autocast(mode))
+
+
+def _sae_step(
+    model, x: torch.Tensor, dead: torch.Tensor, opt: torch.optim.Optimizer,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> Callable[[], None]:
+    """One step of a sae_fast or sparsify SAE (same method names): renormalise, forward under `autocast()`, FVU +
+    AuxK / 32, backward, decoder-gradient projection, optimizer."""
 
     def step() -> None:
-        sae.set_decoder_norm_to_unit_norm()
-        with _autocast(mode):
-            out = sae(x, dead_mask=dead)
+        model.set_decoder_norm_to_unit_norm()
+        with autocast():
+            out = model(x, dead_mask=dead)
         opt.zero_grad(set_to_none=True)
         (out.fvu + out.auxk_loss / 32).backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
+        model.remove_gradient_parallel_to_decoder_directions()
         opt.step()
 
     return step

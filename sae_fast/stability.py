@@ -348,8 +348,8 @@ def _jobs(num_seeds: int, anchors: list[int], backend: str, block: int | None = 
         block = num_seeds if block is None else max(1, block)
         starts = range(0, num_seeds, block)
         groups = []
-        for i0 in starts:
-            for j0 in starts[starts.index(i0):]:
+        for bi, i0 in enumerate(starts):
+            for j0 in starts[bi:]:
                 for a in range(i0, min(i0 + block, num_seeds)):
                     for b in range(max(a + 1, j0), min(j0 + block, num_seeds)):
                         g = [(q, s) for q, s in ((a, b), (b, a)) if q in anchor_set]
