@@ -461,7 +461,12 @@ def _cublas_topk(
     if chunk is None:  # an fp32 chunk of at most 1 GiB
         chunk = 2**28 // max(n, 1)
     chunk = max(block_n, chunk // block_n * block_n)
-    for c0 in range(0, f, chunk):
+    starts = list(range(0, f, chunk))
+    if dead is not None:  # each chunk's slice of the (ascending) dead latents, found with one host sync
+        dead_idx, dead_out = dead
+        edges = torch.tensor([*starts, f], device=dead_idx.device)
+        dead_bounds = torch.searchsorted(dead_idx, edges).tolist()
+    for ci, c0 in enumerate(starts):
         c1 = min(c0 + chunk, f)
         pre = _gemm_fp32(x, W[c0:c1]).contiguous()
         grid = (triton.cdiv(n, block_m), triton.cdiv(c1 - c0, block_n))
@@ -470,8 +475,7 @@ def _cublas_topk(
             pre, b, cand_v, cand_i, n, c1 - c0, c0, tiles, M=m, BLOCK_M=block_m, BLOCK_N=block_n, **launch
         )
         if dead is not None:
-            dead_idx, dead_out = dead
-            lo, hi = torch.searchsorted(dead_idx, torch.tensor([c0, c1], device=dead_idx.device)).tolist()
+            lo, hi = dead_bounds[ci], dead_bounds[ci + 1]
             if hi > lo:
                 cols = dead_idx[lo:hi]
                 dead_out[:, lo:hi] = torch.relu(pre[:, cols - c0] + b[cols].float()).to(dead_out.dtype)
