@@ -292,7 +292,8 @@ def remove_parallel_component_(G: Tensor, W: Tensor) -> Tensor:
 
 class _EncodeTopK(torch.autograd.Function):
     """Fused encoder top-k forward (kernels/encoder_topk.py); sparse backward (kernels/decoder.py gather for dx,
-    kernels/sparse_transpose.py for dW_enc and db_enc) over the top-k AND AuxK pairs together."""
+    kernels/sparse_transpose.py for dW_enc and db_enc) over the top-k pairs, and over the AuxK pairs too unless
+    `aux_is_dense`, in which case the AuxK part is two GEMMs over the dead latents added in place."""
 
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, k, dead_mask, k_aux):  # type: ignore[override]
