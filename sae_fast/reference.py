@@ -73,6 +73,13 @@ def encode_topk(
     return values, indices, aux_values, dead[aux_pos]
 
 
+def _gather_rows(table: Tensor, indices: Tensor, acc: torch.dtype) -> Tensor:
+    """table[indices] as (*indices.shape, d) in `acc`. index_select, not advanced indexing: its backward
+    (index_add) sums in a fixed order on the CPU, where advanced indexing's accumulating index_put made
+    training runs differ in the last bits from run to run."""
+    return table.to(acc).index_select(0, indices.reshape(-1)).view(*indices.shape, table.shape[1])
+
+
 def gather_weighted_sum(weights: Tensor, indices: Tensor, table: Tensor) -> Tensor:
     """out[n] = Σ_j weights[n, j] · table[indices[n, j]]: (N, k), (N, k), (F, d) -> (N, d).
 
@@ -80,7 +87,7 @@ def gather_weighted_sum(weights: Tensor, indices: Tensor, table: Tensor) -> Tens
     Computed in fp32, returned in `table`'s dtype.
     """
     acc = _acc(weights, table)
-    rows = table.to(acc)[indices]  # (N, k, d)
+    rows = _gather_rows(table, indices, acc)  # (N, k, d)
     out = torch.einsum("nk,nkd->nd", weights.to(acc), rows)
     return out.to(table.dtype)
 
@@ -93,7 +100,7 @@ def decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
 def sparse_values_grad(grad_out: Tensor, indices: Tensor, table: Tensor) -> Tensor:
     """g[n, j] = <grad_out[n], table[indices[n, j]]>: (N, d), (N, k), (F, d) -> (N, k) fp32."""
     acc = _acc(grad_out, table)
-    return torch.einsum("nd,nkd->nk", grad_out.to(acc), table.to(acc)[indices])
+    return torch.einsum("nd,nkd->nk", grad_out.to(acc), _gather_rows(table, indices, acc))
 
 
 def sparse_transpose_matmul(indices: Tensor, weights: Tensor, dense: Tensor, num_latents: int) -> Tensor:
