@@ -1,9 +1,11 @@
 """Matching two dictionaries: our exact tiled sweep side by side with faiss (flat, IVF at two nprobe, IVF-SQfp16)
-and a naive full-matrix torch baseline; plus the stability settings on a GPU.
+and a naive full-matrix torch baseline; plus stability runs with one seed pair per GEMM sweep against stacked seeds.
 
     python bench/test_match.py --device cpu                 # CPU sizes (a minute or two), prints markdown rows
     python bench/test_match.py --device cuda                # GPU sizes (2^14..2^20), needs an 80 GB GPU
     python bench/test_match.py --device cuda --stability    # + 96 x (2^14, 768) all anchors, 32 x (2^20, 4096)
+    python bench/test_match.py --device cpu --stability-only   # 32 x (2^10, 128) and 8 x (2^12, 256), all anchors
+    python bench/test_match.py --stability-only --stability-settings 96x16384x768xall   # one setting
     python -m pytest bench/test_match.py --benchmark-only -s   # the same cases through pytest-benchmark
 
 Rates are GEMM-equivalent: 2 F^2 d / t, whether one direction or both (both come from one sweep for `exact`;
@@ -162,41 +164,61 @@ def faiss_knn_gpu_bf16(a: torch.Tensor, b: torch.Tensor, ref_top1: torch.Tensor,
     return Row("cuda", case, a.shape[0], a.shape[1], "faiss knn_gpu bf16, A->B", t, same)
 
 
-STABILITY_SETTINGS = [(96, 2**14, 768, "all"), (32, 2**20, 4096, 0)]  # (seeds, F, d, anchor)
+STABILITY_SETTINGS = {  # (seeds, F, d, anchor)
+    "cuda": [(96, 2**14, 768, "all"), (32, 2**20, 4096, 0)],
+    "cpu": [(32, 2**10, 128, "all"), (8, 2**12, 256, "all")],
+}
+# (label, stability_scores keywords): one pair per sweep against the default stacking, per tile kernel
+STABILITY_VARIANTS = {
+    "cuda": [("stack 1, torch fp16", {"stack": 1}), ("default stack, torch fp16", {}),
+             ("stack 1, triton bf16", {"stack": 1, "kernel": "triton", "dtype": torch.bfloat16}),
+             ("default stack, triton bf16", {"kernel": "triton", "dtype": torch.bfloat16})],
+    "cpu": [("stack 1, float32", {"stack": 1}), ("default stack, float32", {})],
+}
 
 
-def run_stability(device: str, settings: Sequence[tuple[int, int, int, str | int]] = STABILITY_SETTINGS) -> list[str]:
-    """The paper setting (96 seeds of (2^14, 768), all anchors) and 32 seeds of (2^20, 4096), one anchor."""
+class LazySeeds(Sequence):
+    """Seeds generated on demand on the device: half the features shared by every seed (cos ~ 0.96 between
+    seeds), half seed-specific."""
+
+    def __init__(self, n: int, f: int, d: int, device: str) -> None:
+        self.n, self.f, self.d, self.device = n, f, d, device
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, s: int) -> torch.Tensor:
+        if not 0 <= s < self.n:
+            raise IndexError(s)
+        g = torch.Generator(device=self.device)
+        base = torch.randn(self.f, self.d, generator=g.manual_seed(10_000), device=self.device)
+        own = torch.randn(self.f, self.d, generator=g.manual_seed(s), device=self.device)
+        base[self.f // 2:] = own[self.f // 2:]
+        base.add_(own, alpha=0.3)
+        return base
+
+
+def run_stability(device: str, settings: Sequence[tuple[int, int, int, str | int]] | None = None,
+                  variants: Sequence[tuple[str, dict]] | None = None) -> list[str]:
+    """GPU: the paper setting (96 seeds of (2^14, 768), all anchors) and 32 seeds of (2^20, 4096), one anchor;
+    CPU: small settings. Each with one seed pair per GEMM sweep and with the default stacking (match_many)."""
     from sae_fast import stability_scores
 
     out = []
-
-    class LazySeeds(Sequence):
-        """Seeds generated on demand on the GPU: shared features + seed-specific ones."""
-
-        def __init__(self, n: int, f: int, d: int) -> None:
-            self.n, self.f, self.d = n, f, d
-
-        def __len__(self) -> int:
-            return self.n
-
-        def __getitem__(self, s: int) -> torch.Tensor:
-            if not 0 <= s < self.n:
-                raise IndexError(s)
-            g = torch.Generator(device=device)
-            base = torch.randn(self.f, self.d, generator=g.manual_seed(10_000), device=device)
-            own = torch.randn(self.f, self.d, generator=g.manual_seed(s), device=device)
-            base[self.f // 2:] = own[self.f // 2:]  # half the features are seed-specific
-            base.add_(own, alpha=0.3)  # the shared half: cos ~ 0.96 between seeds
-            return base
-
-    for n, f, d, anchor in settings:
-        seeds = LazySeeds(n, f, d)
-        t, st = timed(lambda seeds=seeds, anchor=anchor: stability_scores(seeds, anchor=anchor, device=device,
-                                                                           progress=False, cache_bytes=2**34), device)
+    for n, f, d, anchor in settings or STABILITY_SETTINGS[device]:
+        seeds = LazySeeds(n, f, d, device)
         pairs = n * (n - 1) // 2 if anchor == "all" else n - 1
-        out.append(f"| stability, {n} seeds of (2^{int(math.log2(f))}, {d}), anchor={anchor} | {pairs} GEMM sweeps | "
-                   f"{t:.3g} s | {2.0 * f * f * d * pairs / t / 1e12:.1f} TFLOP/s | {st.backend} |")
+        first = None
+        for label, kw in variants or STABILITY_VARIANTS[device]:
+            t, st = timed(lambda seeds=seeds, anchor=anchor, kw=kw: stability_scores(
+                seeds, anchor=anchor, device=device, progress=False, cache_bytes=2**34, **kw), device)
+            if first is None:
+                first = st
+            same = float((st.best_j == first.best_j).float().mean())
+            out.append(f"| {n} seeds of (2^{int(math.log2(f))}, {d}), anchor={anchor} | {label} (stack "
+                       f"{st.info.get('stack')}) | {pairs} pairs | {t:.3g} s | "
+                       f"{2.0 * f * f * d * pairs / t / 1e12:.3g} TFLOP/s | {same:.4f} | {st.backend} |")
+            print(out[-1], flush=True)
     return out
 
 
@@ -219,7 +241,10 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", default=None, help="comma-separated FxD, e.g. 16384x768,131072x2048")
     parser.add_argument("--cases", default="random,planted")
-    parser.add_argument("--stability", action="store_true", help="also time the stability settings (GPU)")
+    parser.add_argument("--stability", action="store_true", help="also time the stability settings")
+    parser.add_argument("--stability-only", action="store_true", help="only the stability settings")
+    parser.add_argument("--stability-settings", default=None,
+                        help="comma-separated SEEDSxFxDxANCHOR, e.g. 96x16384x768xall,32x1048576x4096x0")
     parser.add_argument("--repeat", type=int, default=1, help="report the best of this many runs")
     args = parser.parse_args()
     global REPEAT
@@ -228,16 +253,21 @@ def main() -> None:
     if args.sizes:
         sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
     print(f"device: {environment(args.device)}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
-    print("| case | F | d | method | seconds | rate (2 F^2 d / t) | top-1 = float32 exact | note |")
-    print("|---|---|---|---|---|---|---|---|")
-    for f, d in sizes:
-        for case in args.cases.split(","):
-            for row in run_case(f, d, case, args.device):
-                print(row.markdown(), flush=True)
-    if args.stability:
-        print("\n| setting | work | seconds | rate | backend |\n|---|---|---|---|---|")
-        for line in run_stability(args.device):
-            print(line, flush=True)
+    if not args.stability_only:
+        print("| case | F | d | method | seconds | rate (2 F^2 d / t) | top-1 = float32 exact | note |")
+        print("|---|---|---|---|---|---|---|---|")
+        for f, d in sizes:
+            for case in args.cases.split(","):
+                for row in run_case(f, d, case, args.device):
+                    print(row.markdown(), flush=True)
+    if args.stability or args.stability_only:
+        settings = None
+        if args.stability_settings:
+            settings = [(int(n), int(f), int(d), a if a == "all" else int(a))
+                        for n, f, d, a in (x.split("x") for x in args.stability_settings.split(","))]
+        print("\n| setting | variant | work | seconds | rate (2 F^2 d pairs / t) | best_j = first variant's | backend |"
+              "\n|---|---|---|---|---|---|---|", flush=True)
+        run_stability(args.device, settings)
 
 
 # ---------------------------------------------------------------------------------------------- pytest-benchmark

@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "TopKSAE": ".sae",
     "ForwardOutput": ".sae",
     "match": ".matching",
+    "match_many": ".matching",
     "Match": ".matching",
     "stability_scores": ".stability",
     "Stability": ".stability",

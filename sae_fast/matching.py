@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,8 +182,14 @@ def _merge(
             idx[better, 0] = j + offset
         return val, idx
     if m == 1:
-        v, j = s.max(dim=dim)
-        v = v.float()
+        if dim == 1 and s.dtype == torch.float32 and not s.is_cuda:
+            # CPU, rows: numpy's arg-max along contiguous rows is ~3x faster than torch's max with indices (the
+            # same first-of-equal-maxima rule)
+            j = torch.from_numpy(s.numpy().argmax(axis=1))
+            v = s.gather(1, j.unsqueeze(1)).squeeze(1)
+        else:
+            v, j = s.max(dim=dim)
+            v = v.float()
         better = v > val[:, 0]
         return (torch.where(better, v, val[:, 0]).unsqueeze(1),
                 torch.where(better, j + offset, idx[:, 0]).unsqueeze(1))
@@ -196,35 +203,66 @@ def _merge(
     return top, j.gather(1, order)
 
 
+def _column_spans(fb: int, segment: int, block_cols: int) -> list[tuple[int, int]]:
+    """Column tiles [j0, j1) over F_B rows of B that never straddle two segments of ``segment`` rows: whole
+    segments per tile while they fit in ``block_cols``, else pieces of one segment."""
+    if segment <= block_cols:
+        step = (block_cols // segment) * segment
+        return [(j0, min(j0 + step, fb)) for j0 in range(0, fb, step)]
+    return [(g0 + c0, g0 + min(c0 + block_cols, segment)) for g0 in range(0, fb, segment)
+            for c0 in range(0, segment, block_cols)]
+
+
 def _topk_sweep(
-    a_mat: torch.Tensor, b_mat: torch.Tensor, m: int, both: bool, absolute: bool, block_rows: int, block_cols: int
+    a_mat: torch.Tensor,
+    b_mat: torch.Tensor,
+    m: int,
+    both: bool,
+    absolute: bool,
+    block_rows: int,
+    block_cols: int,
+    segment: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One pass over the tiles of ``a_mat @ b_mat.T``: running top-m per row and (if ``both``) per column.
 
     a_mat (F_A, d), b_mat (F_B, d) of one dtype on one device. Returns row values (F_A, min(m, F_B)) float32,
-    row indices int64, and the column analogues (F_B, min(m, F_A)) or None.
+    row indices int64, and the column analogues (F_B, min(m, F_A)) or None. ``segment``: b_mat is G = F_B /
+    segment dictionaries of ``segment`` rows stacked; the row results are then per dictionary, (F_A, G,
+    min(m, segment)) with indices local to it (the column results are unchanged).
     """
     fa, fb = a_mat.shape[0], b_mat.shape[0]
-    mr, mc = min(m, fb), min(m, fa)
+    seg = fb if segment is None else segment
+    if seg <= 0 or fb % seg:
+        raise ValueError(f"segment must divide the rows of B ({fb}), got {segment}")
+    groups = fb // seg
+    mr, mc = min(m, seg), min(m, fa)
     dev = a_mat.device
-    row_val = torch.empty((fa, mr), dtype=torch.float32, device=dev)
-    row_idx = torch.empty((fa, mr), dtype=torch.int64, device=dev)
+    row_val = torch.empty((fa, groups, mr), dtype=torch.float32, device=dev)
+    row_idx = torch.empty((fa, groups, mr), dtype=torch.int64, device=dev)
     col_val = torch.full((fb, mc), -math.inf, dtype=torch.float32, device=dev) if both else None
     col_idx = torch.zeros((fb, mc), dtype=torch.int64, device=dev) if both else None
+    spans = _column_spans(fb, seg, block_cols)
     for i0 in range(0, fa, block_rows):
         a = a_mat[i0:i0 + block_rows]
-        rv = torch.full((a.shape[0], mr), -math.inf, dtype=torch.float32, device=dev)
-        ri = torch.zeros((a.shape[0], mr), dtype=torch.int64, device=dev)
-        for j0 in range(0, fb, block_cols):
-            s = _scores(a, b_mat[j0:j0 + block_cols])
+        r = a.shape[0]
+        rv = torch.full((r, groups, mr), -math.inf, dtype=torch.float32, device=dev)
+        ri = torch.zeros((r, groups, mr), dtype=torch.int64, device=dev)
+        for j0, j1 in spans:
+            s = _scores(a, b_mat[j0:j1])
             if absolute:
                 s = s.abs_()
-            rv, ri = _merge(rv, ri, s, j0, mr, dim=1)
+            g0, g1 = j0 // seg, (j1 - 1) // seg + 1
+            ng = g1 - g0
+            # (r, ng * width) -> (r * ng, width): one row per (row of A, dictionary) pair
+            v, i = _merge(rv[:, g0:g1].reshape(r * ng, mr), ri[:, g0:g1].reshape(r * ng, mr),
+                          s.reshape(r * ng, (j1 - j0) // ng), j0 - g0 * seg, mr, dim=1)
+            rv[:, g0:g1], ri[:, g0:g1] = v.view(r, ng, mr), i.view(r, ng, mr)
             if both:
-                j1 = j0 + s.shape[1]
                 col_val[j0:j1], col_idx[j0:j1] = _merge(col_val[j0:j1], col_idx[j0:j1], s, i0, mc, dim=0)
-        row_val[i0:i0 + a.shape[0]] = rv
-        row_idx[i0:i0 + a.shape[0]] = ri
+        row_val[i0:i0 + r] = rv
+        row_idx[i0:i0 + r] = ri
+    if segment is None:
+        row_val, row_idx = row_val.squeeze(1), row_idx.squeeze(1)
     return row_val, row_idx, col_val, col_idx
 
 
@@ -291,9 +329,11 @@ def _exact(
     candidates: int,
     tol: float | None,
     blocks: tuple[int, int],
+    segment: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+    """Top-k by a tiled sweep (see ``_topk_sweep``, also for ``segment``), low-precision tiles re-scored."""
     if dtype == torch.float32:
-        rv, ri, cv, ci = _topk_sweep(a32, b32, k, both, absolute, *blocks)
+        rv, ri, cv, ci = _topk_sweep(a32, b32, k, both, absolute, *blocks, segment=segment)
         return rv, ri, cv, ci, {"rescored_rows": 0}
     if dtype not in _LOW_PRECISION:
         raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
@@ -302,9 +342,15 @@ def _exact(
     if tol is None:
         tol = _rounding_tolerance(a32, al, b32, bl, output_low)
     m = max(candidates, k + 1)
-    rv, ri, cv, ci = _topk_sweep(al, bl, m, both, absolute, *blocks)
+    rv, ri, cv, ci = _topk_sweep(al, bl, m, both, absolute, *blocks, segment=segment)
     del al, bl
-    rv, ri, n_rows = _rescore(a32, b32, rv, ri, k, tol, absolute, blocks)
+    if segment is None:
+        rv, ri, n_rows = _rescore(a32, b32, rv, ri, k, tol, absolute, blocks)
+    else:
+        per = [_rescore(a32, b32[g0:g0 + segment], rv[:, g], ri[:, g], k, tol, absolute, blocks)
+               for g, g0 in enumerate(range(0, b32.shape[0], segment))]
+        rv, ri = torch.stack([p[0] for p in per], 1), torch.stack([p[1] for p in per], 1)
+        n_rows = sum(p[2] for p in per)
     n_cols = 0
     if both:
         cv, ci, n_cols = _rescore(b32, a32, cv, ci, k, tol, absolute, blocks[::-1])
@@ -327,11 +373,12 @@ def _exact_fused(
     candidates: int,
     tol: float | None,
     blocks: tuple[int, int],
+    segment: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
     """Top-1 in both directions with the fused Triton kernel (sae_fast.kernels.match_max), which never writes the
     score tile and returns each row's best and second-best low-precision score. The best is re-scored in float32;
     a row is certified when that beats the second-best low-precision score by more than the rounding bound,
-    others go through the candidate path of ``_exact``."""
+    others go through the candidate path of ``_exact``. ``segment``: as in ``_topk_sweep``; rows (F_A, G, 1)."""
     if dtype not in _LOW_PRECISION:
         raise ValueError(f"kernel='triton' needs dtype torch.bfloat16 or torch.float16 (tl.dot on float32 "
                          f"would use TF32), got {dtype}")
@@ -343,7 +390,7 @@ def _exact_fused(
     al, bl = a32.to(dtype).contiguous(), b32.to(dtype).contiguous()
     if tol is None:
         tol = _rounding_tolerance(a32, al, b32, bl, output_low_precision=False)
-    _, ri, r2, _, ci, c2 = match_max(al, bl, both=both)
+    _, ri, r2, _, ci, c2 = match_max(al, bl, both=both, segment=segment)
     del al, bl
     info: dict[str, Any] = {"tolerance": tol, "candidates": max(candidates, 2), "kernel": "triton"}
 
@@ -355,7 +402,13 @@ def _exact_fused(
             val[unsure], idx[unsure] = v[:, 0], i[:, 0]
         return val.unsqueeze(1), idx.unsqueeze(1), int(unsure.numel())
 
-    rv, ri, info["rescored_rows"] = certify(a32, b32, ri, r2)
+    if segment is None:
+        rv, ri, info["rescored_rows"] = certify(a32, b32, ri, r2)
+    else:
+        per = [certify(a32, b32[g0:g0 + segment], ri[:, g].contiguous(), r2[:, g].contiguous())
+               for g, g0 in enumerate(range(0, b32.shape[0], segment))]
+        rv, ri = torch.stack([p[0] for p in per], 1), torch.stack([p[1] for p in per], 1)
+        info["rescored_rows"] = sum(p[2] for p in per)
     cv = None
     if both:
         cv, ci, info["rescored_cols"] = certify(b32, a32, ci, c2)
@@ -566,6 +619,49 @@ def pick_backend(backend: str, device: torch.device, index_given: bool) -> str:
     return "faiss" if index_given else "exact"
 
 
+def _exact_backend(
+    a32: torch.Tensor,
+    b32: torch.Tensor,
+    k: int,
+    both: bool,
+    absolute: bool,
+    dtype: torch.dtype | None,
+    candidates: int,
+    tol: float | None,
+    blocks: tuple[int | None, int | None],
+    kernel: str,
+    segment: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, Any], str]:
+    """The exact backend on checked unit rows (device tensors): picks the tile dtype and size, runs the torch or
+    Triton sweep, waits for the device, and describes what ran. Returns (row values, row indices, column values,
+    column indices, info, description); shapes as in ``_topk_sweep`` (``segment`` included)."""
+    dev = a32.device
+    tile_dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
+    bm, bn = _default_blocks(dev, a32.shape[0], b32.shape[0])
+    tiles = (blocks[0] or bm, blocks[1] or bn)
+    name = str(tile_dtype).replace("torch.", "")
+    if kernel == "triton":
+        if k != 1 or absolute:
+            raise ValueError("kernel='triton' supports k = 1 and signed cosine only; use kernel='torch'")
+        with _strict_cuda_matmul():
+            rv, ri, cv, ci, info = _exact_fused(a32, b32, both, tile_dtype, candidates, tol, tiles, segment)
+        desc = (f"exact: fused Triton GEMM+max kernel, {name} inputs, float32 accumulation, on {dev.type}, "
+                "best re-scored in float32 and certified against the second best")
+    elif kernel == "torch":
+        with _strict_cuda_matmul():
+            rv, ri, cv, ci, info = _exact(a32, b32, k, both, absolute, tile_dtype, candidates, tol, tiles, segment)
+        desc = f"exact: torch {name} tiles {tiles[0]}x{tiles[1]} on {dev.type}"
+        if tile_dtype != torch.float32:
+            desc += f", top-{info['candidates']} re-scored in float32"
+    else:
+        raise ValueError(f"kernel must be 'torch' or 'triton', got {kernel!r}")
+    if dev.type == "cpu":
+        desc += f", {torch.get_num_threads()} threads"
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return rv, ri, cv, ci, info, desc
+
+
 def match(
     A: ArrayLike,
     B: ArrayLike,
@@ -620,31 +716,9 @@ def match(
             raise ValueError(f"A and B must have the same d, got A {tuple(a32.shape)} and B {tuple(b32.shape)}")
         if k > b32.shape[0] or (both and k > a32.shape[0]):
             raise ValueError(f"k = {k} exceeds the rows of B ({b32.shape[0]}) or, with both, of A ({a32.shape[0]})")
-        tile_dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
-        bm, bn = _default_blocks(dev, a32.shape[0], b32.shape[0])
-        blocks = (block_rows or bm, block_cols or bn)
-        name = str(tile_dtype).replace("torch.", "")
-        if kernel == "triton":
-            if k != 1 or absolute:
-                raise ValueError("kernel='triton' supports k = 1 and signed cosine only; use kernel='torch'")
-            with _strict_cuda_matmul():
-                rv, ri, cv, ci, info = _exact_fused(a32, b32, both, tile_dtype, candidates, tol, blocks)
-            desc = f"exact: fused Triton GEMM+max kernel, {name} inputs, float32 accumulation, on {dev.type}"
-        elif kernel == "torch":
-            with _strict_cuda_matmul():
-                rv, ri, cv, ci, info = _exact(a32, b32, k, both, absolute, tile_dtype, candidates, tol, blocks)
-            desc = f"exact: torch {name} tiles {blocks[0]}x{blocks[1]} on {dev.type}"
-        else:
-            raise ValueError(f"kernel must be 'torch' or 'triton', got {kernel!r}")
-        if kernel == "triton":
-            desc += ", best re-scored in float32 and certified against the second best"
-        elif tile_dtype != torch.float32:
-            desc += f", top-{info['candidates']} re-scored in float32"
-        if dev.type == "cpu":
-            desc += f", {torch.get_num_threads()} threads"
+        rv, ri, cv, ci, info, desc = _exact_backend(a32, b32, k, both, absolute, dtype, candidates, tol,
+                                                    (block_rows, block_cols), kernel)
         fa, fb, d = a32.shape[0], b32.shape[0], a32.shape[1]
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
         result = Match(ri.cpu(), rv.cpu(), ci.cpu() if both else None, cv.cpu() if both else None, desc, absolute, info)
     else:
         ia = index_a
@@ -673,6 +747,76 @@ def match(
     if verbose:
         print(msg, file=sys.stderr)
     return result
+
+
+def match_many(
+    A: ArrayLike,
+    Bs: Sequence[ArrayLike] | torch.Tensor,
+    *,
+    segment: int | None = None,
+    k: int = 1,
+    both: bool = False,
+    absolute: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    candidates: int = 8,
+    tol: float | None = None,
+    block_rows: int | None = None,
+    block_cols: int | None = None,
+    kernel: str = "torch",
+    normalize: bool = True,
+) -> list[Match]:
+    """``[match(A, B, ...) for B in Bs]`` (exact backend) in one sweep over A against all the Bs stacked.
+
+    Many small score tiles become few large GEMMs (one Triton launch with ``kernel="triton"``) and A is read
+    once: this is how a stability run batches seeds. Bs: G dictionaries of the same shape (F_B, d), or one
+    (G * F_B, d) tensor holding them stacked with ``segment`` = F_B (``normalize=False`` then trusts that its
+    rows are checked unit-norm float32 on the device, as for :func:`match`). Each returned :class:`Match`
+    equals what :func:`match` gives for that pair (indices local to the dictionary); the others arguments are
+    those of :func:`match`.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    t0 = time.perf_counter()
+    if isinstance(Bs, torch.Tensor) and Bs.ndim == 2:
+        if segment is None or segment <= 0 or Bs.shape[0] % segment:
+            raise ValueError(f"a stacked Bs of shape {tuple(Bs.shape)} needs segment = the rows of one "
+                             f"dictionary (dividing {Bs.shape[0]}), got {segment}")
+        dev = resolve_device(device, A, Bs)
+        stacked = as_unit_rows("Bs", Bs, dev) if normalize else Bs
+    else:
+        if not isinstance(Bs, Sequence) or not Bs:
+            raise ValueError("Bs must be a non-empty sequence of (F_B, d) dictionaries or a stacked tensor")
+        dev = resolve_device(device, A, *Bs)
+        parts = [as_unit_rows(f"Bs[{g}]", b, dev) for g, b in enumerate(Bs)]
+        shapes = sorted({tuple(b.shape) for b in parts})
+        if len(shapes) > 1:
+            raise ValueError(f"every dictionary in Bs must have one shape, got {shapes}")
+        segment = parts[0].shape[0]
+        stacked = torch.cat(parts) if len(parts) > 1 else parts[0]
+        del parts
+    a32 = as_unit_rows("A", A, dev) if normalize else A
+    if a32.shape[1] != stacked.shape[1]:
+        raise ValueError(f"A and Bs must have the same d, got A {tuple(a32.shape)} and rows of d = {stacked.shape[1]} "
+                         "in Bs")
+    if k > segment or (both and k > a32.shape[0]):
+        raise ValueError(f"k = {k} exceeds the rows of a dictionary in Bs ({segment}) or, with both, of A "
+                         f"({a32.shape[0]})")
+    rv, ri, cv, ci, info, desc = _exact_backend(a32, stacked, k, both, absolute, dtype, candidates, tol,
+                                                (block_rows, block_cols), kernel, segment)
+    rv, ri = rv.cpu(), ri.cpu()
+    cv, ci = (cv.cpu(), ci.cpu()) if both else (None, None)
+    groups = stacked.shape[0] // segment
+    seconds = time.perf_counter() - t0
+    info.update(seconds=seconds, flop=2.0 * a32.shape[0] * stacked.shape[0] * a32.shape[1], picked="exact",
+                dictionaries=groups)
+    log.info("match_many: %s (%dx%d x %d, d=%d, %.3f s)", desc, a32.shape[0], segment, groups, a32.shape[1], seconds)
+    out = []
+    for g in range(groups):
+        rows = slice(g * segment, (g + 1) * segment)
+        out.append(Match(ri[:, g].contiguous(), rv[:, g].contiguous(), ci[rows] if both else None,
+                         cv[rows] if both else None, desc, absolute, dict(info)))
+    return out
 
 
 def _sampled_recall(A: ArrayLike, index: FaissIndex, idx: torch.Tensor, cos: torch.Tensor, n: int,

@@ -26,13 +26,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from . import distributed as dist_utils
-from .matching import ArrayLike, FaissIndex, as_unit_rows, match, pick_backend, resolve_device
+from .matching import ArrayLike, FaissIndex, as_unit_rows, match, match_many, pick_backend, resolve_device
 
 SPARSIFY_FILE = "sae.safetensors"
 SAELENS_FILE = "sae_weights.safetensors"
@@ -284,11 +284,6 @@ class SeedDecoders:
     def __len__(self) -> int:
         return len(self.names)
 
-    @property
-    def seeds_in_cache(self) -> int:
-        """How many normalised decoders the cache holds at once."""
-        return self.cache_bytes // max(1, self.num_features * self.d * 4)
-
     @staticmethod
     def _file_shape(f: Path) -> tuple[int, ...]:
         from safetensors import safe_open
@@ -334,29 +329,61 @@ def default_cache_bytes(device: torch.device) -> int:
     return 2**31
 
 
-def _jobs(num_seeds: int, anchors: list[int], backend: str, block: int | None = None) -> list[list[tuple[int, int]]]:
-    """Groups of directed pairs (query seed, database seed) in the order they are computed.
+class _Job(NamedTuple):
+    """One unit of work of a stability run and the directed (anchor, seed) pairs it fills in.
 
-    exact: every group is one unordered pair (a, b), a < b, both directions from one sweep when both seeds
-    are anchors, else one directed pair (anchor -> other). Pairs come block by block of `block` seeds (all
-    pairs between two blocks, then the next two), so that a decoder cache of 2·block seeds serves every
-    pair after at most 2·block loads per block pair instead of reloading nearly every seed for every pair.
-    faiss: groups share a database seed, whose index is built once for the group.
+    exact: one sweep of seed ``query``'s rows against the seeds ``others`` stacked (a contiguous run of
+    ``block``, whose stacked matrix is built once for all the sweeps that share it); ``both``: the column
+    maxima give the other direction too. faiss: ``query`` is the database seed, whose index is built once,
+    searched by every anchor in ``pairs``.
     """
-    anchor_set = set(anchors)
-    if backend == "exact":
-        block = num_seeds if block is None else max(1, block)
-        starts = range(0, num_seeds, block)
-        groups = []
-        for bi, i0 in enumerate(starts):
-            for j0 in starts[bi:]:
-                for a in range(i0, min(i0 + block, num_seeds)):
-                    for b in range(max(a + 1, j0), min(j0 + block, num_seeds)):
-                        g = [(q, s) for q, s in ((a, b), (b, a)) if q in anchor_set]
-                        if g:
-                            groups.append(g)
-        return groups
-    return [[(q, s) for q in anchors if q != s] for s in range(num_seeds) if any(q != s for q in anchors)]
+
+    query: int
+    others: tuple[int, ...]
+    block: tuple[int, ...]
+    both: bool
+    pairs: tuple[tuple[int, int], ...]
+
+
+def _jobs(num_seeds: int, anchors: list[int], backend: str, stack: int = 1) -> list[_Job]:
+    """The run's jobs in the order they are computed.
+
+    exact, every seed an anchor: the seeds are cut into blocks of ``stack``; for each block J, every seed q
+    below J's end is swept once against the seeds of J above q, stacked (one GEMM sweep for up to ``stack``
+    unordered pairs, both directions). Each unordered pair is computed exactly once; q runs down and up in
+    turn (snake order) so that an LRU decoder cache keeps the seeds the previous block ended with.
+    exact, other anchors: each anchor is swept against the other seeds, ``stack`` at a time (one direction).
+    faiss: one job per database seed, whose index is built once and searched by every anchor.
+    """
+    stack = max(1, stack)
+    if backend != "exact":
+        return [_Job(s, (), (), False, tuple((q, s) for q in anchors if q != s))
+                for s in range(num_seeds) if any(q != s for q in anchors)]
+    jobs = []
+    if sorted(anchors) == list(range(num_seeds)):
+        for bi, j0 in enumerate(range(0, num_seeds, stack)):
+            block = tuple(range(j0, min(j0 + stack, num_seeds)))
+            queries = range(block[-1] - 1, -1, -1) if bi % 2 else range(block[-1])
+            for q in queries:
+                others = tuple(s for s in block if s > q)
+                pairs = tuple((q, s) for s in others) + tuple((s, q) for s in others)
+                jobs.append(_Job(q, others, block, True, pairs))
+        return jobs
+    for q in anchors:
+        rest = [s for s in range(num_seeds) if s != q]
+        for i in range(0, len(rest), stack):
+            block = tuple(rest[i:i + stack])
+            jobs.append(_Job(q, block, block, False, tuple((q, s) for s in block)))
+    return jobs
+
+
+def default_stack(num_seeds: int, num_features: int, d: int, cache_bytes: int, max_rows: int = 2**18) -> int:
+    """Seeds stacked per exact sweep: as many as fit in ``max_rows`` stacked rows (one large GEMM instead of
+    many small ones, with one launch and A read once) and in a quarter of the decoder cache's memory (the
+    stacked float32 matrix is held beside the cache), at least 1 and at most S - 1."""
+    by_rows = max_rows // max(1, num_features)
+    by_memory = cache_bytes // 4 // max(1, num_features * d * 4)
+    return max(1, min(num_seeds - 1, by_rows, by_memory))
 
 
 def _check_compatible(old: Stability, seeds: list[str], anchors: list[int], num_features: int, absolute: bool,
@@ -384,6 +411,7 @@ def stability_scores(
     cache_bytes: int | None = None,
     distributed: bool = True,
     recall_sample: int = 0,
+    stack: int | None = None,
     **match_kwargs: Any,
 ) -> Stability:
     """Stability of every anchor feature across S seeds (method.md §1): best decoder cosine per other seed.
@@ -399,7 +427,9 @@ def stability_scores(
     recall_sample: with an approximate faiss index, recall@1 against exact float32 on this many random anchor
         rows per pair; the mean goes to ``info["recall_at_1"]``.
     cache_bytes: memory for normalised decoders kept between pairs (default: half the free GPU memory on CUDA,
-        2 GiB elsewhere); pairs are ordered block by block to fit it (see ``_jobs``).
+        2 GiB elsewhere).
+    stack: exact backend, seeds stacked into one sweep against an anchor (:func:`sae_fast.matching.match_many`:
+        few large GEMMs instead of S^2/2 small ones); default :func:`default_stack`. Results do not depend on it.
     progress: a tqdm bar per pair. distributed: when torch.distributed is initialised, ranks split the pairs
         and the results are gathered on every rank (rank-private checkpoints go to ``out/rank{r}of{w}``).
     """
@@ -443,38 +473,49 @@ def stability_scores(
     state.theta, state.eps = theta, eps
     pos = {a: i for i, a in enumerate(anchors)}
 
-    groups = _jobs(num_seeds, anchors, chosen, block=max(1, seeds.seeds_in_cache // 2))
-    mine = dist_utils.shard(groups, rank, world) if use_dist else groups
-    todo = [g for g in mine if not all(bool(state.done[pos[q], s]) for q, s in g)]
-    n_done_before = len(mine) - len(todo)
+    if stack is None:
+        stack = default_stack(num_seeds, num_features, seeds.d, seeds.cache_bytes)
+    elif not isinstance(stack, (int, np.integer)) or stack < 1:
+        raise ValueError(f"stack must be a positive int (seeds per exact sweep), got {stack!r}")
+    jobs = _jobs(num_seeds, anchors, chosen, stack=int(stack))
+    if chosen == "exact":
+        state.info["stack"] = int(stack)
+    mine = dist_utils.shard(jobs, rank, world) if use_dist else jobs
+    todo = [job for job in mine if not all(bool(state.done[pos[q], s]) for q, s in job.pairs)]
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(mine), initial=n_done_before, desc="stability pairs", unit="pair",
+    total = sum(len(j.pairs) for j in mine)
+    bar = tqdm(total=total, initial=total - sum(len(j.pairs) for j in todo), desc="stability pairs", unit="pair",
                disable=not progress or rank != 0)
     last_save = time.monotonic()
     t_start = time.perf_counter()
     index_cache: tuple[int, FaissIndex] | None = None
+    stacked: tuple[tuple[int, ...], torch.Tensor] | None = None
     recalls: list[float] = []
     backend_desc = state.backend
     try:
-        for group in todo:
+        for job in todo:
             if chosen == "exact":
-                (q, s) = group[0]
-                a_seed, b_seed = min(q, s), max(q, s)
-                both = len(group) == 2
-                qa, qb = (q, s) if not both else (a_seed, b_seed)
-                m = match(seeds.get(qa), seeds.get(qb), both=both, backend="exact", absolute=absolute,
-                          device=dev, normalize=False, **match_kwargs)
-                _store(state, pos, qa, qb, m.cos_ab[:, 0], m.index_ab[:, 0])
-                if both:
-                    _store(state, pos, qb, qa, m.cos_ba[:, 0], m.index_ba[:, 0])
+                if stacked is None or stacked[0] != job.block:
+                    stacked = None  # free the previous block's matrix before building the next
+                    stacked = (job.block, torch.cat([seeds.get(s) for s in job.block]))
+                first = job.block.index(job.others[0])
+                rows = stacked[1][first * num_features:(first + len(job.others)) * num_features]
+                ms = match_many(seeds.get(job.query), rows, segment=num_features, both=job.both, absolute=absolute,
+                                device=dev, normalize=False, **match_kwargs)
+                for s, m in zip(job.others, ms):
+                    _store(state, pos, job.query, s, m.cos_ab[:, 0], m.index_ab[:, 0])
+                    if job.both:
+                        _store(state, pos, s, job.query, m.cos_ba[:, 0], m.index_ba[:, 0])
+                if job is todo[0]:  # the first sweep is the widest: its tiles describe the run
+                    backend_desc = f"{ms[0].backend}, up to {stack} seeds stacked per sweep"
             else:
-                s = group[0][1]
+                s = job.query
                 if index_cache is None or index_cache[0] != s:
                     kw = {k: v for k, v in match_kwargs.items() if k in ("nlist", "nprobe", "use_gpu", "threads")}
                     index_cache = (s, FaissIndex(seeds.get(s).cpu(), match_kwargs.get("index", "flat"), **kw))
-                for q, _ in group:
+                for q, _ in job.pairs:
                     if bool(state.done[pos[q], s]):
                         continue
                     m = match(seeds.get(q), None, backend="faiss", absolute=absolute, index_b=index_cache[1],
@@ -482,9 +523,9 @@ def stability_scores(
                     _store(state, pos, q, s, m.cos_ab[:, 0], m.index_ab[:, 0])
                     if "recall_at_1" in m.info:
                         recalls.append(m.info["recall_at_1"])
-            backend_desc = m.backend
-            bar.update(1)
-            bar.set_postfix_str(" ".join(f"{seeds.names[q]}->{seeds.names[s]}" for q, s in group))
+                backend_desc = m.backend
+            bar.update(len(job.pairs))
+            bar.set_postfix_str(f"{seeds.names[job.query]} <-> {len(job.others) or len(job.pairs)} seeds")
             if ckpt_dir is not None and time.monotonic() - last_save >= save_every:
                 state.backend = backend_desc
                 state.save(ckpt_dir)

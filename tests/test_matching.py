@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import sae_fast
-from sae_fast.matching import FaissIndex, Match, default_nlist, match, recall_at_1
+from sae_fast.matching import FaissIndex, Match, default_nlist, match, match_many, recall_at_1
 
 faiss = pytest.importorskip("faiss")
 
@@ -204,3 +204,41 @@ def test_gpu_low_precision_equals_float32_argmax(dtype: torch.dtype) -> None:
     ref = match(a, b, both=True, dtype=torch.float32, device="cpu")
     assert torch.equal(m.index_ab, ref.index_ab) and torch.equal(m.index_ba, ref.index_ba)
     assert torch.allclose(m.cos_ab, ref.cos_ab, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"k": 3}, {"block_rows": 64, "block_cols": 100}, {"block_cols": 260, "k": 2},
+                                    {"dtype": torch.float16}, {"dtype": torch.bfloat16, "block_cols": 130},
+                                    {"absolute": True}], ids=str)
+def test_match_many_equals_one_match_per_dictionary(kwargs: dict) -> None:
+    """Stacked dictionaries (tiles holding several of them, or pieces of one) give per-dictionary results equal
+    to separate calls, both directions, for any tile size and tile dtype."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(300, 50, generator=g)
+    bs = [torch.randn(130, 50, generator=g) for _ in range(5)]
+    bs[2][7] = 2 * a[3]
+    bs[4][9] = bs[4][8]  # an exact tie: the smaller local index must win
+    ms = match_many(a, bs, both=True, **kwargs)
+    assert len(ms) == 5 and ms[0].info["dictionaries"] == 5
+    for b, m in zip(bs, ms):
+        ref = match(a, b, both=True, **kwargs)
+        assert torch.equal(m.index_ab, ref.index_ab) and torch.equal(m.index_ba, ref.index_ba)
+        torch.testing.assert_close(m.cos_ab, ref.cos_ab, atol=1e-6, rtol=0)
+        torch.testing.assert_close(m.cos_ba, ref.cos_ba, atol=1e-6, rtol=0)
+    assert int(ms[2].index_ab[3, 0]) == 7
+    stacked = torch.nn.functional.normalize(torch.cat(bs), dim=1)
+    again = match_many(a, stacked, segment=130, **kwargs)
+    assert all(torch.equal(x.index_ab, y.index_ab) for x, y in zip(again, ms))
+
+
+def test_match_many_bad_input() -> None:
+    a = torch.randn(10, 8)
+    with pytest.raises(ValueError, match="segment"):
+        match_many(a, torch.randn(30, 8), segment=7)
+    with pytest.raises(ValueError, match="one shape"):
+        match_many(a, [torch.randn(5, 8), torch.randn(6, 8)])
+    with pytest.raises(ValueError, match="same d"):
+        match_many(a, [torch.randn(5, 9)])
+    with pytest.raises(ValueError, match="non-empty"):
+        match_many(a, [])
+    with pytest.raises(ValueError, match="k = 6"):
+        match_many(a, [torch.randn(5, 8)], k=6)

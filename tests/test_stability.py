@@ -68,7 +68,7 @@ def seeds() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 @pytest.fixture(scope="module")
 def reference(seeds) -> Stability:
-    return stability_scores(seeds[0], progress=False)
+    return stability_scores(seeds[0], stack=1, progress=False)  # one pair per sweep: the plain path
 
 
 def test_planted_stable_and_unstable_features(seeds, reference: Stability) -> None:
@@ -118,7 +118,7 @@ def test_faiss_backend_agrees(seeds, reference: Stability) -> None:
 def test_resume_after_interruption_is_identical(seeds, reference: Stability, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real_match = stab.match
+    real_match = stab.match_many
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -126,18 +126,17 @@ def test_resume_after_interruption_is_identical(seeds, reference: Stability, tmp
             raise KeyboardInterrupt
         return real_match(*args, **kwargs)
 
-    monkeypatch.setattr(stab, "match", flaky)
+    monkeypatch.setattr(stab, "match_many", flaky)
     with pytest.raises(KeyboardInterrupt):
-        stability_scores(seeds[0], out=tmp_path, progress=False, save_every=1e9)
+        stability_scores(seeds[0], out=tmp_path, progress=False, save_every=1e9, stack=1)
     partial = Stability.load(tmp_path)
     assert int(partial.done.sum()) == 6 and not partial.complete  # 3 unordered pairs, both directions each
     with pytest.raises(RuntimeError, match="incomplete"):
         partial.p_hat()
     calls.clear()
-    monkeypatch.setattr(stab, "match", real_match)
-    monkeypatch.setattr(stab, "match", lambda *a, **k: (calls.append(1), real_match(*a, **k))[1])
-    resumed = stability_scores(seeds[0], out=tmp_path, progress=False)
-    assert len(calls) == S * (S - 1) // 2 - 3  # only the unfinished pairs
+    monkeypatch.setattr(stab, "match_many", lambda *a, **k: (calls.append(1), real_match(*a, **k))[1])
+    resumed = stability_scores(seeds[0], out=tmp_path, progress=False, stack=1)
+    assert len(calls) == S * (S - 1) // 2 - 3  # one sweep per unordered pair: only the unfinished ones
     assert torch.equal(resumed.best_j, reference.best_j)
     torch.testing.assert_close(resumed.best_cos, reference.best_cos, equal_nan=True, atol=0, rtol=0)
     calls.clear()
@@ -290,28 +289,32 @@ def test_gpu_run_equals_cpu_run(seeds, reference: Stability, kernel: str) -> Non
 
 
 @pytest.mark.parametrize("anchors", [[0, 1, 2, 3, 4, 5, 6], [3]])
-@pytest.mark.parametrize("block", [1, 2, 3, 7, None])
-def test_blocked_pair_order_covers_every_pair_once(anchors: list[int], block: int | None) -> None:
+@pytest.mark.parametrize("stack", [1, 2, 3, 6, 7])
+def test_stacked_sweeps_cover_every_pair_once(anchors: list[int], stack: int) -> None:
     from sae_fast.stability import _jobs
 
-    groups = _jobs(7, anchors, "exact", block=block)
-    assert sorted(map(tuple, groups)) == sorted(map(tuple, _jobs(7, anchors, "exact")))
-    pairs = [p for g in groups for p in g]
-    assert len(pairs) == len(set(pairs))
+    jobs = _jobs(7, anchors, "exact", stack=stack)
+    pairs = [p for j in jobs for p in j.pairs]
+    want = {(q, s) for q in anchors for s in range(7) if s != q}
+    assert len(pairs) == len(set(pairs)) and set(pairs) == want
+    for j in jobs:
+        assert 1 <= len(j.others) <= stack and j.query not in j.others
+        first = j.block.index(j.others[0])
+        assert j.block[first:first + len(j.others)] == j.others  # a contiguous run of the stacked block
 
 
-def test_blocked_order_bounds_decoder_loads() -> None:
-    """With room for 16 decoders, 48 seeds in blocks of 8 load each block pair's seeds at most once; the plain
-    order reloads nearly every seed for every anchor (on a GPU each load is a host-to-device copy)."""
+def test_stacked_sweeps_bound_decoder_loads() -> None:
+    """48 seeds, 8 per sweep: ~S^2 / (2 stack) sweeps instead of S^2 / 2 pairs, and with an LRU cache of 16
+    decoders the snake order reads each seed ~3 times in all."""
     from collections import OrderedDict
 
     from sae_fast.stability import _jobs
 
-    def loads(groups, capacity: int) -> int:
+    def loads(jobs, capacity: int) -> int:
         cache: OrderedDict[int, None] = OrderedDict()
-        count = 0
-        for g in groups:
-            for seed in g[0]:
+        count, block = 0, None
+        for j in jobs:  # as stability_scores: the block's seeds once when its stacked matrix is built
+            for seed in ((*j.block, j.query) if j.block != block else (j.query,)):
                 if seed in cache:
                     cache.move_to_end(seed)
                     continue
@@ -319,9 +322,22 @@ def test_blocked_order_bounds_decoder_loads() -> None:
                 cache[seed] = None
                 if len(cache) > capacity:
                     cache.popitem(last=False)
+            block = j.block
         return count
 
-    every = list(range(48))
-    blocked, plain = loads(_jobs(48, every, "exact", block=8), 16), loads(_jobs(48, every, "exact"), 16)
-    assert blocked <= 21 * 16  # 6 blocks: 21 block pairs, at most 2 x 8 loads each
-    assert blocked * 4 < plain
+    jobs = _jobs(48, list(range(48)), "exact", stack=8)
+    assert len(jobs) == sum(range(7, 48, 8))  # block J ending at j1 is swept by the j1 - 1 seeds below its end
+    assert loads(jobs, 48) == 48  # all fit: each seed read once
+    assert loads(jobs, 16) <= 160  # 144 with the snake order; 1128 pairs would be 2256 reads without a cache
+
+
+@pytest.mark.parametrize("stack", [1, 2, 5])
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+def test_stacking_does_not_change_the_result(seeds, reference: Stability, stack: int, kernel: str) -> None:
+    kw = {"dtype": torch.bfloat16, "kernel": "triton"} if kernel == "triton" else {}
+    st = stability_scores(seeds[0], stack=stack, progress=False, **kw)
+    assert torch.equal(st.best_j, reference.best_j) and torch.equal(st.done, reference.done)
+    torch.testing.assert_close(st.best_cos, reference.best_cos, equal_nan=True, atol=1e-6, rtol=0)
+    assert st.info["stack"] == stack
+    one = stability_scores(seeds[0], anchor=2, stack=stack, progress=False, **kw)
+    assert torch.equal(one.best_j[0], reference.best_j[2])

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score-tile dtype of the exact backend (default float32 on CPU, float16 on GPU)")
     parser.add_argument("--kernel", choices=["torch", "triton"], default="torch",
                         help="exact backend: tiled torch GEMM, or the fused Triton GEMM + max kernel (CUDA, k = 1)")
+    parser.add_argument("--stack", type=int, default=None,
+                        help="exact backend: seeds stacked into one GEMM sweep against an anchor (default: as many "
+                             "as fit in 2^18 stacked rows and a quarter of the decoder cache)")
     parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw"], default="flat", help="faiss index")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss IVF lists searched per query")
     parser.add_argument("--recall-sample", type=int, default=0,
@@ -61,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
     result = stability_scores(args.dir, theta=args.theta, eps=args.eps, anchor=anchor, backend=args.backend,
                               absolute=args.absolute, device=args.device, out=out, save_every=args.save_every,
                               progress=not args.no_progress, hookpoint=args.hookpoint,
-                              recall_sample=args.recall_sample, **kwargs)
+                              recall_sample=args.recall_sample, stack=args.stack, **kwargs)
     summary = result.summary()
     summary["seconds"] = round(result.info.get("seconds", 0.0), 3)
+    if "stack" in result.info:
+        summary["stack"] = result.info["stack"]
     if "recall_at_1" in result.info:
         summary["recall_at_1"] = result.info["recall_at_1"]
     if out:

@@ -67,3 +67,6 @@ def test_stability_cli_writes_and_resumes(tmp_path: Path, capsys: pytest.Capture
                  "--no-progress", "--index", "ivf", "--nprobe", "3", "--recall-sample", "50"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["anchors"] == 1 and 0.5 <= summary["recall_at_1"] <= 1.0 and "IVF" in summary["backend"]
+    assert main(["stability", str(tmp_path), "--no-save", "--json", "--no-progress", "--stack", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["stack"] == 2 and summary["stable"] == pytest.approx(0.5)
