@@ -385,8 +385,9 @@ def _dot_flags(dtype: torch.dtype) -> dict[str, bool]:
 
 def _tile_topk(
     x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, cfg: TileConfig | None, m: int | None, dead: tuple
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Top-k from per-tile candidates: (values, indices, unsure row mask, M). Unsure rows are not yet exact."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+    """Top-k from per-tile candidates: (values, indices, unsure row mask, rows completed by the zero tail, M).
+    Unsure rows are not yet exact."""
     n, f = x.shape[0], W.shape[0]
     dead_pos, dead_out, num_dead, has_dead = dead
     if cfg is None and x.dtype == torch.float32 and not interpreting():
@@ -420,16 +421,43 @@ def _candidate_buffers(
 
 def _select_candidates(
     cand_v: torch.Tensor, cand_i: torch.Tensor, k: int, m: int, block_n: int, f: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact top-k over (N, tiles, M) candidates: (values, indices, rows the guard cannot certify)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Exact top-k over (N, tiles, M) candidates: (values, indices, rows the guard cannot certify, number of rows
+    completed by `_fill_zero_tail`)."""
     n, tiles = cand_v.shape[0], cand_v.shape[1]
     values, pos = select_topk_lowest_index(cand_v.view(n, tiles * m), k)
     indices = cand_i.view(n, tiles * m).gather(1, pos).long()
     if m >= min(block_n, f):  # every value of every tile was a candidate
-        unsure = torch.zeros(n, dtype=torch.bool, device=cand_v.device)
-    else:  # a tile whose M-th kept value reaches the row's k-th value may hide more of the top-k
-        unsure = (cand_v[:, :, m - 1] >= values[:, k - 1 :]).any(1)
-    return values, indices, unsure
+        return values, indices, torch.zeros(n, dtype=torch.bool, device=cand_v.device), 0
+    # a tile whose M-th kept value reaches the row's k-th value may hide more of the top-k
+    last = cand_v[:, :, m - 1]
+    unsure = (last >= values[:, k - 1 :]).any(1)
+    # Rows with fewer than k positive pre-activations end their top-k in zeros, which tie in every tile, so the
+    # test above fails them all. If no tile's M-th value is positive, every positive value was a candidate and
+    # the rest of the top-k are the lowest-index latents that are not positive: filled in directly.
+    zero_tail = unsure & (values[:, k - 1] <= 0) & ~(last > 0).any(1)
+    rows = zero_tail.nonzero().squeeze(1)
+    if rows.numel():
+        values[rows], indices[rows] = _fill_zero_tail(values[rows], indices[rows], f)
+        unsure[rows] = False
+    return values, indices, unsure, int(rows.numel())
+
+
+def _fill_zero_tail(values: torch.Tensor, indices: torch.Tensor, f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (r, k) whose positive entries (value > 0, a prefix: values descend) are exact: the other slots get
+    value 0 and, ascending, the lowest latent indices in [0, f) that are not among the row's positive ones (the
+    reference's lowest-index tie rule among the ReLU zeros). They lie below 2k: at most p < k indices are taken."""
+    r, k = values.shape
+    positive = values > 0
+    span = min(f, 2 * k)
+    latent = torch.arange(span, device=indices.device)
+    marks = torch.zeros((r, span + 1), dtype=torch.bool, device=indices.device)  # column span: the rest
+    marks.scatter_(1, torch.where(positive & (indices < span), indices, span), True)
+    free = ~marks[:, :span]
+    slot = positive.sum(1, keepdim=True) + torch.cumsum(free, 1) - 1  # where each free latent would go
+    slot = torch.where(free & (slot < k), slot, k)  # k: a spare column for the rest
+    filled = torch.cat([indices, indices.new_zeros(r, 1)], 1).scatter_(1, slot, latent.expand(r, span))
+    return torch.where(positive, values, 0.0), filled[:, :k]
 
 
 def _gemm_fp32(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -451,8 +479,8 @@ def _gemm_fp32(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 def _cublas_topk(
     x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, m: int | None, dead: tuple, chunk: int | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Top-k from per-tile candidates of cuBLAS chunks: (values, indices, unsure row mask, M). The chunk's fp32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+    """Top-k from per-tile candidates of cuBLAS chunks: as `_tile_topk`. The chunk's fp32
     pre-activations (N, chunk) are the only dense intermediate; dead latents' AuxK values are copied from them
     (dead = (dead_idx, dead_out) or None)."""
     n, f = x.shape[0], W.shape[0]
@@ -507,7 +535,8 @@ def encoder_topk(
     "cublas" (the same candidates from fp32 cuBLAS chunks of `chunk` latents, default 2^28 / N, i.e. 1 GiB — the
     only dense intermediate) or "running" (the running top-k kernel for every row; `splits` programs per row
     block). `tile_config` (default: autotuned) and `candidates` (M, default `_candidates_per_tile`) override the
-    tile kernel's launch shape and candidates per tile; `stats`, if given, receives "unsure_rows" and "M".
+    tile kernel's launch shape and candidates per tile; `stats`, if given, receives "unsure_rows" (recomputed
+    exactly), "zero_tail_rows" (fewer than k positive values, completed by index) and "M".
     `dead_store`: where the dead latents' pre-activations come from — "kernel" (stored by the GEMM kernel's
     epilogue), "gemm" (a separate cuBLAS GEMM over the dead latents only) or "auto" (the GEMM while at most
     1 / DEAD_GEMM_MAX_FRACTION of latents are dead); "cublas" copies them from its chunks.
@@ -561,12 +590,12 @@ def encoder_topk(
     else:
         if method == "cublas":
             from_chunks = (dead_idx, dead_out) if has_dead else None
-            values, indices, unsure, m = _cublas_topk(x, W_enc, b_enc, k, candidates, from_chunks, chunk)
+            values, indices, unsure, filled, m = _cublas_topk(x, W_enc, b_enc, k, candidates, from_chunks, chunk)
         else:
-            values, indices, unsure, m = _tile_topk(x, W_enc, b_enc, k, tile_config, candidates, dead)
+            values, indices, unsure, filled, m = _tile_topk(x, W_enc, b_enc, k, tile_config, candidates, dead)
         rows = unsure.nonzero().squeeze(1)
         if stats is not None:
-            stats.update(unsure_rows=int(rows.numel()), M=m)
+            stats.update(unsure_rows=int(rows.numel()), zero_tail_rows=filled, M=m)
         if rows.numel():  # exact recomputation of the guard's rows (the dead store is already complete)
             no_dead = (dead_pos, dead_out, 0, False)
             values[rows], indices[rows] = _running_topk(x[rows].contiguous(), W_enc, b_enc, k, splits, no_dead)

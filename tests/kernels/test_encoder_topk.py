@@ -80,6 +80,35 @@ def test_tile_guard_recomputes_rows_it_cannot_certify(candidates: int, method: s
         assert stats["unsure_rows"] == 0
 
 
+@pytest.mark.parametrize("method", ["tiles", "cublas"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rows_with_fewer_than_k_positive_values_need_no_recomputation(method: str, dtype: torch.dtype) -> None:
+    """Latents 5, 40, 100, 170 and 250 can fire (one per 32-wide tile), the rest cannot: every row has at most 5
+    positive values for k = 9, so its top-k ends in ReLU zeros, which tie in every tile. The guard alone would
+    send every row to the exact kernel; the positives are exact and the zeros go to the lowest free indices."""
+    n, d, f, k = 33, 24, 300, 9
+    x, W, _ = _inputs(n, d, f, seed=7, dtype=dtype)
+    b = torch.full((f,), -30.0)
+    b[[5, 40, 100, 170, 250]] = 0.3
+    b = b.to(dtype)
+    x[3] = 0  # a row whose only positives are the biases
+    stats: dict = {}
+    values, indices, _, _ = encoder_topk(x, W, b, k, candidates=2, stats=stats, method=method, chunk=64)
+    pre = reference.preactivations(x.float(), W.float(), b.float())  # the kernel accumulates in fp32
+    ref_values, ref_indices = reference.topk_lowest_index(pre, k)
+    assert int((pre > 0).sum(1).max()) <= 5 and int((pre > 0).sum(1).min()) >= 1
+    assert torch.equal(indices, ref_indices)
+    torch.testing.assert_close(values, ref_values, atol=1e-5, rtol=1e-5)
+    assert stats["unsure_rows"] == 0 and stats["zero_tail_rows"] == n
+    assert indices[3].tolist() == [5, 40, 100, 170, 250, 0, 1, 2, 3]
+    # one row with a tile holding more positives than candidates kept: the guard sends it to the exact kernel
+    b[[6, 7]] = 40.0
+    values, indices, _, _ = encoder_topk(x, W, b, k, candidates=2, stats=stats, method=method, chunk=64)
+    pre = reference.preactivations(x.float(), W.float(), b.float())
+    assert torch.equal(indices, reference.topk_lowest_index(pre, k)[1])
+    assert stats["unsure_rows"] == n and stats["zero_tail_rows"] == 0
+
+
 def test_candidates_per_tile_grows_with_expected_winners_per_tile() -> None:
     from sae_fast.kernels.encoder_topk import _candidates_per_tile
 
