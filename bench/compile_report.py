@@ -130,7 +130,7 @@ def rows(arch: int, d: int, k: int) -> list[tuple[str, dict[str, object]]]:
             num_warps=launch["num_warps"], num_stages=3, arch=arch)))
         types = {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "row_best_ptr": "*i64", "row_second_ptr": "*i32",
                  "col_best_ptr": "*i64", "col_second_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
-                 "stride_am": "i32", "stride_bn": "i32"}
+                 "stride_am": "i32", "stride_bn": "i32", "SEG_N": "i32", "NUM_SEG": "i32"}
         consts = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "BOTH": True, "UPCAST": False}
         out.append((f"match_max {dtype}", compile_one(match_max._match_max_kernel, types, consts, num_warps=8,
                                                       num_stages=3, arch=arch, divisible={"K", "stride_am",

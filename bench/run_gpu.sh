@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything sae_fast does on a GPU, in stages, for one lease of the lent machine (see bench/RESULTS.md).
-#   bash bench/run_gpu.sh STAGE...   stages: setup tests sweep kernels step step-short train match
-# TESTS_K=EXPR narrows the tests stage (pytest -k); TESTS_LIMIT, STEP_LIMIT, TRAIN_LIMIT: seconds;
+#   bash bench/run_gpu.sh STAGE...   stages: setup tests sweep kernels step step-short train match match-sweep
+#                                    stability stability-2m20
+# TESTS_K=EXPR narrows the tests stage (pytest -k); TESTS_LIMIT, STEP_LIMIT, TRAIN_LIMIT, MATCH_LIMIT: seconds;
 # ENCODER=cublas|tiles|running picks sae_fast's encoder in step-short.
 # setup installs what the GPU image lacks from ./.whl (eai-sparsify and its pure-Python needs, cmeel-eigen),
 # links kernels/ as sae_fast/kernels (no pip install: no index there) and builds sae_fast._C in the background.
@@ -53,8 +54,16 @@ for s in "$@"; do
         --shapes 4096x1048576 --modes bf16-signsgd,bf16-lmadam" ;;
     train)
       stage train "${TRAIN_LIMIT:-300}" python3 bench/test_train.py --gpu ;;
-    match)
-      stage match 400 python3 bench/test_match.py --device cuda --stability ;;
+    match)  # the pair table at (2^14, 768), (2^17, 2048), (2^20, 4096)
+      stage match "${MATCH_LIMIT:-400}" python3 bench/test_match.py --device cuda ;;
+    match-sweep)  # launch configs of the fused matching kernel
+      stage match-sweep 150 python3 bench/match_sweep.py ;;
+    stability)  # 96 seeds of (2^14, 768), every seed an anchor: one pair per sweep vs stacked, torch vs triton
+      stage stability 300 python3 bench/test_match.py --device cuda --stability-only \
+        --stability-settings 96x16384x768xall ;;
+    stability-2m20)  # 32 seeds of (2^20, 4096), one anchor: ~8 min at the target, a call of its own
+      stage stability-2m20 590 python3 bench/test_match.py --device cuda --stability-only \
+        --stability-settings 32x1048576x4096x0 --stability-variants "default stack, triton" ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done

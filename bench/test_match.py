@@ -245,6 +245,8 @@ def main() -> None:
     parser.add_argument("--stability-only", action="store_true", help="only the stability settings")
     parser.add_argument("--stability-settings", default=None,
                         help="comma-separated SEEDSxFxDxANCHOR, e.g. 96x16384x768xall,32x1048576x4096x0")
+    parser.add_argument("--stability-variants", default=None,
+                        help="only the variants whose label contains one of these comma-separated words")
     parser.add_argument("--repeat", type=int, default=1, help="report the best of this many runs")
     args = parser.parse_args()
     global REPEAT
@@ -267,7 +269,11 @@ def main() -> None:
                         for n, f, d, a in (x.split("x") for x in args.stability_settings.split(","))]
         print("\n| setting | variant | work | seconds | rate (2 F^2 d pairs / t) | best_j = first variant's | backend |"
               "\n|---|---|---|---|---|---|---|", flush=True)
-        run_stability(args.device, settings)
+        variants = STABILITY_VARIANTS[args.device]
+        if args.stability_variants:
+            words = args.stability_variants.split(",")
+            variants = [v for v in variants if any(w in v[0] for w in words)]
+        run_stability(args.device, settings, variants)
 
 
 # ---------------------------------------------------------------------------------------------- pytest-benchmark
