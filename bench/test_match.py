@@ -170,9 +170,10 @@ STABILITY_SETTINGS = {  # (seeds, F, d, anchor)
 }
 # (label, stability_scores keywords): one pair per sweep against the default stacking, per tile kernel
 STABILITY_VARIANTS = {
+    # fp16 tiles (the default): 8x smaller rounding than bf16 for unit rows, so far fewer rows to re-score
     "cuda": [("stack 1, torch fp16", {"stack": 1}), ("default stack, torch fp16", {}),
-             ("stack 1, triton bf16", {"stack": 1, "kernel": "triton", "dtype": torch.bfloat16}),
-             ("default stack, triton bf16", {"kernel": "triton", "dtype": torch.bfloat16})],
+             ("stack 1, triton fp16", {"stack": 1, "kernel": "triton"}),
+             ("default stack, triton fp16", {"kernel": "triton"})],
     "cpu": [("stack 1, float32", {"stack": 1}), ("default stack, float32", {})],
 }
 
