@@ -218,7 +218,8 @@ def run_stability(device: str, settings: Sequence[tuple[int, int, int, str | int
             same = float((st.best_j == first.best_j).float().mean())
             out.append(f"| {n} seeds of (2^{int(math.log2(f))}, {d}), anchor={anchor} | {label} (stack "
                        f"{st.info.get('stack')}) | {pairs} pairs | {t:.3g} s | "
-                       f"{2.0 * f * f * d * pairs / t / 1e12:.3g} TFLOP/s | {same:.4f} | {st.backend} |")
+                       f"{2.0 * f * f * d * pairs / t / 1e12:.3g} TFLOP/s | {same:.4f} | {st.backend}; "
+                       f"{st.info.get('rescored', 0)} rows re-scored |")
             print(out[-1], flush=True)
     return out
 

@@ -504,6 +504,8 @@ def stability_scores(
                 rows = stacked[1][first * num_features:(first + len(job.others)) * num_features]
                 ms = match_many(seeds.get(job.query), rows, segment=num_features, both=job.both, absolute=absolute,
                                 device=dev, normalize=False, **match_kwargs)
+                rescored = ms[0].info.get("rescored_rows", 0) + ms[0].info.get("rescored_cols", 0)
+                state.info["rescored"] = state.info.get("rescored", 0) + rescored  # near ties redone in float32
                 for s, m in zip(job.others, ms):
                     _store(state, pos, job.query, s, m.cos_ab[:, 0], m.index_ab[:, 0])
                     if job.both:
