@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from sae_fast.matching import FaissIndex, faiss_available, faiss_has_gpu, match
+from sae_fast.matching import FaissIndex, faiss_available, faiss_has_cagra, faiss_has_gpu, match
 
 CPU_SIZES = [(2**12, 768), (2**13, 768), (2**14, 768)]
 GPU_SIZES = [(2**14, 768), (2**17, 2048), (2**20, 4096)]
@@ -144,6 +144,11 @@ def run_case(f: int, d: int, case: str, device: str, nprobes: Sequence[int] = (4
                 same = float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean())
                 rows.append(Row(device, case, f, d, f"faiss {index.description.split()[1]} nprobe={nprobe}, A->B",
                                 t, same, f"build {t_build:.3g} s"))
+    if device == "cuda" and faiss_has_cagra():
+        t_build, index = timed(lambda: FaissIndex(b.cpu(), "cagra"), "cpu")
+        t, m = timed(lambda: match(a.cpu(), None, index_b=index), "cpu")
+        same = float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean())
+        rows.append(Row(device, case, f, d, "faiss GpuIndexCagra, A->B", t, same, f"build {t_build:.3g} s"))
     return rows
 
 

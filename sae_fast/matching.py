@@ -16,8 +16,9 @@ Backends
     are therefore the float32 top-k and the returned cosines are float32 cosines.
 ``faiss``
     A faiss index over B (and over A when both directions are asked): ``flat`` (IndexFlatIP, exact),
-    ``ivf`` (IndexIVFFlat), ``ivf_sq`` (IVF with an fp16 scalar quantiser), ``hnsw`` (IndexHNSWFlat, CPU only).
-    GPU faiss is used when the installed faiss has GPU support and a GPU is visible. Build an index once with
+    ``ivf`` (IndexIVFFlat), ``ivf_sq`` (IVF with an fp16 scalar quantiser), ``hnsw`` (IndexHNSWFlat, CPU only),
+    ``cagra`` (GpuIndexCagra, the cuVS graph index: only in GPU faiss builds with cuVS). GPU faiss is used when
+    the installed faiss has GPU support and a GPU is visible. Build an index once with
     :class:`FaissIndex` and pass it as ``index_b`` to reuse it against many dictionaries. Returned cosines
     are re-scored in float32 for the returned indices.
 ``auto``
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 ArrayLike = Any  # numpy array or torch tensor of shape (F, d)
 
 BACKENDS = ("auto", "exact", "faiss")
-INDEX_KINDS = ("flat", "ivf", "ivf_sq", "hnsw")
+INDEX_KINDS = ("flat", "ivf", "ivf_sq", "hnsw", "cagra")
 _LOW_PRECISION = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}  # unit roundoff
 
 
@@ -444,6 +445,11 @@ def faiss_has_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def faiss_has_cagra() -> bool:
+    """True when the installed faiss is a GPU build with cuVS (``GpuIndexCagra``) and sees a GPU."""
+    return faiss_has_gpu() and hasattr(_import_faiss(), "GpuIndexCagra")
+
+
 def default_nlist(n: int) -> int:
     """IVF list count: about 4 sqrt(n), a power of two, with at least 39 training points per list."""
     nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
@@ -454,10 +460,12 @@ class FaissIndex:
     """A faiss inner-product index over the unit-normalised rows of one dictionary (F, d).
 
     Build it once and search it with many query dictionaries. ``kind``: ``flat`` (exact IndexFlatIP),
-    ``ivf`` (IndexIVFFlat), ``ivf_sq`` (IVF, fp16 scalar quantiser), ``hnsw`` (IndexHNSWFlat, CPU only).
+    ``ivf`` (IndexIVFFlat), ``ivf_sq`` (IVF, fp16 scalar quantiser), ``hnsw`` (IndexHNSWFlat, CPU only),
+    ``cagra`` (GpuIndexCagra: GPU faiss with cuVS only, see :func:`faiss_has_cagra`).
     ``nlist`` (IVF lists, default ``default_nlist(F)``), ``nprobe`` (lists searched, default max(1, nlist/64)),
-    ``hnsw_m`` / ``ef_construction`` / ``ef_search`` for HNSW. ``use_gpu``: None = when a GPU faiss is
-    installed and a GPU is visible. ``threads``: OpenMP threads for faiss on CPU (None: faiss's default).
+    ``hnsw_m`` / ``ef_construction`` / ``ef_search`` for HNSW; ``graph_degree`` / ``itopk_size`` for CAGRA.
+    ``use_gpu``: None = when a GPU faiss is installed and a GPU is visible. ``threads``: OpenMP threads for faiss
+    on CPU (None: faiss's default).
     """
 
     def __init__(
@@ -470,6 +478,8 @@ class FaissIndex:
         hnsw_m: int = 32,
         ef_construction: int = 40,
         ef_search: int = 64,
+        graph_degree: int = 32,
+        itopk_size: int = 64,
         use_gpu: bool | None = None,
         threads: int | None = None,
         seed: int = 0,
@@ -485,7 +495,23 @@ class FaissIndex:
         self.kind, self.d, self.n = kind, d, n
         t0 = time.perf_counter()
         self._keep: list[Any] = []  # objects faiss indexes refer to
-        if kind == "flat":
+        self._search_params: Any = None
+        if kind == "cagra":
+            if use_gpu is False or not faiss_has_cagra():
+                raise ValueError("index kind 'cagra' needs a GPU faiss built with cuVS (faiss.GpuIndexCagra) and a "
+                                 "visible GPU; this faiss has none: use 'ivf' or 'flat'")
+            res = faiss.StandardGpuResources()
+            self._keep.append(res)
+            config = faiss.GpuIndexCagraConfig()
+            config.graph_degree = int(graph_degree)
+            config.intermediate_graph_degree = 2 * int(graph_degree)
+            index = faiss.GpuIndexCagra(res, d, faiss.METRIC_INNER_PRODUCT, config)
+            self._search_params = faiss.SearchParametersCagra()
+            self._search_params.itopk_size = max(int(itopk_size), 1)
+            desc = f"GpuIndexCagra(graph_degree={graph_degree}, itopk_size={itopk_size})"
+            use_gpu = False  # already on the GPU: no index_cpu_to_gpu below
+            on_gpu = True
+        elif kind == "flat":
             index = faiss.IndexFlatIP(d)
             desc = "IndexFlatIP"
         elif kind in ("ivf", "ivf_sq"):
@@ -508,8 +534,10 @@ class FaissIndex:
             index.hnsw.efConstruction = ef_construction
             index.hnsw.efSearch = ef_search
             desc = f"IndexHNSWFlat(M={hnsw_m}, efConstruction={ef_construction}, efSearch={ef_search})"
-        if use_gpu is None:
-            use_gpu = faiss_has_gpu() and kind != "hnsw"
+        if kind != "cagra":
+            if use_gpu is None:
+                use_gpu = faiss_has_gpu() and kind != "hnsw"
+            on_gpu = bool(use_gpu)
         if use_gpu:
             if kind == "hnsw":
                 raise ValueError("HNSW has no GPU index in faiss; use kind='flat', 'ivf' or 'ivf_sq'")
@@ -518,15 +546,16 @@ class FaissIndex:
             res = faiss.StandardGpuResources()
             self._keep.append(res)
             index = faiss.index_cpu_to_gpu(res, 0, index)
-        if kind in ("ivf", "ivf_sq"):
-            index.train(xn)
-        index.add(xn)
+        if kind in ("ivf", "ivf_sq", "cagra"):
+            index.train(xn)  # CAGRA builds its graph here; its add() throws in some faiss versions
+        if kind != "cagra":
+            index.add(xn)
         self.nprobe = nprobe
         if nprobe is not None:
             self.set_nprobe(nprobe, index)
         self.index = index
         self.build_seconds = time.perf_counter() - t0
-        self.description = f"faiss {desc} on {'gpu' if use_gpu else 'cpu'}"
+        self.description = f"faiss {desc} on {'gpu' if on_gpu else 'cpu'}"
 
     def set_nprobe(self, nprobe: int, index: Any = None) -> None:
         """Sets the number of IVF lists searched per query (IVF kinds only)."""
@@ -548,10 +577,11 @@ class FaissIndex:
         if not 1 <= k <= self.n:
             raise ValueError(f"k must be in [1, {self.n}] (rows in the index), got {k}")
         q_np = np.ascontiguousarray(qn.numpy())
-        _, idx = self.index.search(q_np, k)
+        kw = {} if self._search_params is None else {"params": self._search_params}
+        _, idx = self.index.search(q_np, k, **kw)
         idx = torch.from_numpy(idx).to(torch.int64)
         if absolute:
-            _, idx_neg = self.index.search(np.ascontiguousarray(-q_np), k)
+            _, idx_neg = self.index.search(np.ascontiguousarray(-q_np), k, **kw)
             idx = torch.cat([idx, torch.from_numpy(idx_neg).to(torch.int64)], dim=1)
         val = _gather_cos(qn, self.rows, idx, absolute)
         if absolute:  # merge the searches for q and -q, dropping duplicate indices

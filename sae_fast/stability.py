@@ -42,6 +42,7 @@ _META_FILE = "stability.json"
 _FORMAT = "sae_fast.stability/1"
 
 UNSTABLE, NEITHER, STABLE = -1, 0, 1
+_INDEX_OPTIONS = ("nlist", "nprobe", "use_gpu", "threads", "graph_degree", "itopk_size")  # FaissIndex keywords
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -515,7 +516,7 @@ def stability_scores(
             else:
                 s = job.query
                 if index_cache is None or index_cache[0] != s:
-                    kw = {k: v for k, v in match_kwargs.items() if k in ("nlist", "nprobe", "use_gpu", "threads")}
+                    kw = {k: v for k, v in match_kwargs.items() if k in _INDEX_OPTIONS}
                     index_cache = (s, FaissIndex(seeds.get(s).cpu(), match_kwargs.get("index", "flat"), **kw))
                 for q, _ in job.pairs:
                     if bool(state.done[pos[q], s]):

@@ -242,3 +242,24 @@ def test_match_many_bad_input() -> None:
         match_many(a, [])
     with pytest.raises(ValueError, match="k = 6"):
         match_many(a, [torch.randn(5, 8)], k=6)
+
+
+def test_cagra_needs_a_gpu_faiss_with_cuvs() -> None:
+    from sae_fast.matching import faiss_has_cagra
+
+    if faiss_has_cagra():
+        pytest.skip("this faiss has CAGRA: see test_cagra_recall_on_gpu")
+    with pytest.raises(ValueError, match="cuVS"):
+        FaissIndex(torch.randn(64, 16), "cagra")
+
+
+@pytest.mark.gpu
+def test_cagra_recall_on_gpu() -> None:
+    from sae_fast.matching import faiss_has_cagra
+
+    if not faiss_has_cagra():
+        pytest.skip("needs a GPU faiss built with cuVS (GpuIndexCagra)")
+    a, b, inv = planted(4096, 64, 0.8)
+    index = FaissIndex(b, "cagra")
+    m = match(a, None, backend="faiss", index_b=index)
+    assert "GpuIndexCagra" in m.backend and float((m.index_ab[:, 0] == inv).float().mean()) >= 0.95

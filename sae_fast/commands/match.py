@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score-tile dtype of the exact backend (default float32 on CPU, float16 on GPU)")
     parser.add_argument("--kernel", choices=["torch", "triton"], default="torch",
                         help="exact backend: tiled torch GEMM, or the fused Triton GEMM + max kernel (CUDA, k = 1)")
-    parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw"], default="flat", help="faiss index")
+    parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw", "cagra"], default="flat",
+                        help="faiss index (cagra: GPU faiss with cuVS only)")
     parser.add_argument("--nlist", type=int, default=None, help="faiss IVF lists (default ~4 sqrt(F))")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss IVF lists searched per query")
     parser.add_argument("--recall", action="store_true", help="with --backend faiss: also run exact, print recall@1")

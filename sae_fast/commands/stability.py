@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", type=int, default=None,
                         help="exact backend: seeds stacked into one GEMM sweep against an anchor (default: as many "
                              "as fit in 2^18 stacked rows and a quarter of the decoder cache)")
-    parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw"], default="flat", help="faiss index")
+    parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw", "cagra"], default="flat",
+                        help="faiss index (cagra: GPU faiss with cuVS only)")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss IVF lists searched per query")
     parser.add_argument("--recall-sample", type=int, default=0,
                         help="approximate faiss index: measure recall@1 vs exact on this many rows per pair")
