@@ -358,11 +358,15 @@ def _exact(
     return rv, ri, cv, ci, {"rescored_rows": n_rows, "rescored_cols": n_cols, "tolerance": tol, "candidates": m}
 
 
-def _best_cos(q: torch.Tensor, db: torch.Tensor, idx: torch.Tensor, chunk: int = 2**16) -> torch.Tensor:
-    """Float32 cos(q[i], db[idx[i]]) for every row i."""
-    out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
+def _best_cos(q: torch.Tensor, db: torch.Tensor, idx: torch.Tensor, elements: int = 2**26) -> torch.Tensor:
+    """Float32 cos(q[i], db[idx[i]]) for every row i; idx (n,) -> (n,), or (n, G) -> (n, G). Rows go in chunks of
+    at most ``elements`` gathered values."""
+    out = torch.empty(idx.shape, dtype=torch.float32, device=q.device)
+    per_row = (idx.shape[1] if idx.ndim == 2 else 1) * q.shape[1]
+    chunk = max(1, elements // per_row)
     for r0 in range(0, q.shape[0], chunk):
-        out[r0:r0 + chunk] = (q[r0:r0 + chunk] * db[idx[r0:r0 + chunk]]).sum(1)
+        rows = q[r0:r0 + chunk]
+        out[r0:r0 + chunk] = ((rows.unsqueeze(1) if idx.ndim == 2 else rows) * db[idx[r0:r0 + chunk]]).sum(-1)
     return out
 
 
@@ -395,21 +399,22 @@ def _exact_fused(
     del al, bl
     info: dict[str, Any] = {"tolerance": tol, "candidates": max(candidates, 2), "kernel": "triton"}
 
-    def certify(q, db, idx, second):
-        val = _best_cos(q, db, idx)
-        unsure = (val <= second + tol).nonzero().flatten()
-        if unsure.numel():
-            v, i, _, _, _ = _exact(q[unsure], db, 1, False, False, dtype, candidates, tol, blocks)
-            val[unsure], idx[unsure] = v[:, 0], i[:, 0]
-        return val.unsqueeze(1), idx.unsqueeze(1), int(unsure.numel())
+    def certify(q, db, idx, second, seg=None):
+        """idx, second: (n,), or (n, G) per segment of ``seg`` rows of db (local indices). Returns values and
+        indices (n, 1) or (n, G, 1), and the number of (row, segment) picks recomputed."""
+        wide = idx.ndim == 2
+        idx = idx if wide else idx.unsqueeze(1)
+        starts = torch.arange(idx.shape[1], device=idx.device) * (seg or 0)
+        val = _best_cos(q, db, idx + starts)
+        rows, segs = (val <= (second if wide else second.unsqueeze(1)) + tol).nonzero(as_tuple=True)
+        for g in segs.unique().tolist():  # near ties: the candidate path against that segment only
+            r = rows[segs == g]
+            part = db[g * seg:(g + 1) * seg] if wide else db
+            v, i, _, _, _ = _exact(q[r], part, 1, False, False, dtype, candidates, tol, blocks)
+            val[r, g], idx[r, g] = v[:, 0], i[:, 0]
+        return val.unsqueeze(-1) if wide else val, idx.unsqueeze(-1) if wide else idx, int(rows.numel())
 
-    if segment is None:
-        rv, ri, info["rescored_rows"] = certify(a32, b32, ri, r2)
-    else:
-        per = [certify(a32, b32[g0:g0 + segment], ri[:, g].contiguous(), r2[:, g].contiguous())
-               for g, g0 in enumerate(range(0, b32.shape[0], segment))]
-        rv, ri = torch.stack([p[0] for p in per], 1), torch.stack([p[1] for p in per], 1)
-        info["rescored_rows"] = sum(p[2] for p in per)
+    rv, ri, info["rescored_rows"] = certify(a32, b32, ri, r2, segment)
     cv = None
     if both:
         cv, ci, info["rescored_cols"] = certify(b32, a32, ci, c2)
