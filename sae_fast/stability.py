@@ -500,7 +500,9 @@ def stability_scores(
             if chosen == "exact":
                 if stacked is None or stacked[0] != job.block:
                     stacked = None  # free the previous block's matrix before building the next
-                    stacked = (job.block, torch.cat([seeds.get(s) for s in job.block]))
+                    rows = [seeds.get(s) for s in job.block]  # one seed: the cached tensor itself, no copy
+                    stacked = (job.block, torch.cat(rows) if len(rows) > 1 else rows[0])
+                    del rows
                 first = job.block.index(job.others[0])
                 rows = stacked[1][first * num_features:(first + len(job.others)) * num_features]
                 ms = match_many(seeds.get(job.query), rows, segment=num_features, both=job.both, absolute=absolute,
