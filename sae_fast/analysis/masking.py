@@ -156,8 +156,9 @@ def masking_study(
     f = None if freq is None else np.asarray(freq, dtype=np.float64).reshape(-1)
     if f is not None and f.shape != (F,):
         raise ValueError(f"freq must have shape ({F},), got {f.shape}")
+    base = list(masks)  # the random draws below are made for these sets only
     for r in range(n_random):
-        for name in list(k for k in masks if not k.startswith("random")):
+        for name in base:
             size = len(masks[name])
             if size == 0:
                 continue

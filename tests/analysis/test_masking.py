@@ -31,6 +31,26 @@ def test_masking_study_shapes_and_ordering():
     assert res["n"] == 2 and res["sizes"] == {"stable": 2, "unstable": 4, "stable_n": 2, "unstable_2n": 4}
     assert res["delta_ev"]["stable"] > res["delta_ev"]["unstable"] > 0
     assert "random_like_stable" in res["random"] and "freqmatched_like_unstable" in res["random"]
+    assert all(r["draws"] == 3 for r in res["random"].values())
+
+
+def test_masking_study_evaluates_one_random_draw_per_set_and_kind(monkeypatch: pytest.MonkeyPatch):
+    """4 sets x (1 + 3 draws x 2 kinds) masks: no random draws of random draws (they were made and wasted)."""
+    import sae_fast.analysis.masking as module
+
+    sae, x = identity_sae(), _data()
+    labels = np.array([-1, -1, -1, -1, 0, 0, 1, 1], dtype=np.int8)
+    seen: list[str] = []
+    real = module.masked_fvu
+
+    def spy(sae, x, masks, **kw):
+        seen.extend(masks)
+        return real(sae, x, masks, **kw)
+
+    monkeypatch.setattr(module, "masked_fvu", spy)
+    masking_study(sae, x, labels, freq=firing_frequency(sae, x), ratio=2, n_random=3)
+    assert len(seen) == 4 * (1 + 3 * 2)
+    assert not any(name.count("like_") > 1 for name in seen)
     sweep = delta_ev_sweep(sae, x, labels)
     assert set(sweep["curves"]) == {"stable", "unstable", "all"}
     with pytest.raises(ValueError, match="labels"):
