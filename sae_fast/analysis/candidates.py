@@ -107,25 +107,58 @@ def candidate_basis(rows: np.ndarray, *, energy: float = 0.95, max_rank: int = 3
     return vt[:r].T.copy()
 
 
+def _cos2_sums(queries: list[np.ndarray], bases: list[np.ndarray], max_entries: int = 2**24) -> np.ndarray:
+    """(Q, C) sum of cos² of the principal angles between every query and every base (orthonormal columns).
+
+    Sum cos²θ = ||Uqᵀ Ub||_F² (the squared singular values of Uqᵀ Ub are the cos²θ), so all pairs come from a
+    few float64 GEMMs of the stacked bases, in chunks of queries of at most ``max_entries`` products.
+    """
+    ub = np.concatenate(bases, axis=1)
+    b_starts = np.concatenate([[0], np.cumsum([b.shape[1] for b in bases])[:-1]])
+    out = np.empty((len(queries), len(bases)))
+    q0 = 0
+    while q0 < len(queries):
+        q1, cols = q0, 0
+        while q1 < len(queries) and (q1 == q0 or (cols + queries[q1].shape[1]) * ub.shape[1] <= max_entries):
+            cols += queries[q1].shape[1]
+            q1 += 1
+        uq = np.concatenate(queries[q0:q1], axis=1)
+        g = uq.T @ ub
+        g *= g
+        per_base = np.add.reduceat(g, b_starts, axis=1)  # (query columns, C)
+        q_starts = np.concatenate([[0], np.cumsum([q.shape[1] for q in queries[q0:q1]])[:-1]])
+        out[q0:q1] = np.add.reduceat(per_base, q_starts, axis=0)
+        q0 = q1
+    return out
+
+
 def _best_similarity(bases: list[np.ndarray], owner: np.ndarray, queries: list[np.ndarray], query_owner: np.ndarray,
                      num_seeds: int, normalize: str = "max") -> np.ndarray:
-    """(Q, S) best similarity of each query basis among the candidates of each seed (NaN: own seed or none)."""
-    allb = queries + bases
+    """(Q, S) best similarity of each query basis among the candidates of each seed (NaN: own seed or none).
+
+    Every pair is scored at once by ``_cos2_sums``; each query's best candidate per seed is then re-scored from
+    its principal angles (:func:`principal_angles_pairs`), which gives the returned value.
+    """
     Q = len(queries)
-    pairs = np.array([(q, Q + c) for q in range(Q) for c in range(len(bases)) if owner[c] != query_owner[q]],
-                     dtype=np.int64)
     best = np.full((Q, num_seeds), np.nan)
-    if len(pairs) == 0:
+    if Q == 0 or not bases:
         return best
-    theta = principal_angles_pairs(allb, pairs)
-    cos2 = np.where(np.isfinite(theta), np.cos(theta) ** 2, 0.0).sum(axis=1)
-    ranks = np.array([b.shape[1] for b in allb])
+    q_ranks = np.array([q.shape[1] for q in queries])
+    b_ranks = np.array([b.shape[1] for b in bases])
     pick = np.maximum if normalize == "max" else np.minimum
-    sim = cos2 / pick(ranks[pairs[:, 0]], ranks[pairs[:, 1]])
-    seed_of = owner[pairs[:, 1] - Q]
-    for (q, _), s, v in zip(pairs, seed_of, sim):
-        if not (best[q, s] >= v):
-            best[q, s] = v
+    sim = _cos2_sums(queries, bases) / pick(q_ranks[:, None], b_ranks[None, :])
+    winners = []
+    for s in range(num_seeds):
+        cols = np.flatnonzero(owner == s)
+        rows = np.flatnonzero(query_owner != s)
+        if len(cols) and len(rows):
+            winners.append(np.stack([rows, cols[sim[np.ix_(rows, cols)].argmax(axis=1)], np.full(len(rows), s)], 1))
+    if not winners:
+        return best
+    win = np.concatenate(winners)
+    theta = principal_angles_pairs(queries + bases, np.stack([win[:, 0], Q + win[:, 1]], 1))
+    cos2 = np.where(np.isfinite(theta), np.cos(theta) ** 2, 0.0).sum(axis=1)
+    best[win[:, 0], win[:, 2]] = cos2 / pick(q_ranks[win[:, 0]], b_ranks[win[:, 1]])
     return best
 
 

@@ -72,3 +72,39 @@ def test_pool_features_and_pooled_sae():
     res = pooling_study(saes[:3], [decs[3]], torch.randn(200, 16), x_train=torch.randn(300, 16), refit_steps=3)
     assert res["pooled"]["p_hat_mean"] >= res["single_p_hat_mean_mean"]
     assert "ev_refit" in res["pooled"]
+
+
+def test_best_similarity_equals_principal_angles_over_every_pair():
+    """The GEMM shortcut (sum cos² = ||Uqᵀ Ub||_F²) picks the same best candidate per seed, with the same value,
+    as scoring every pair by its principal angles."""
+    import pytest
+
+    from sae_fast import principal_angles_pairs
+    from sae_fast.analysis.candidates import _best_similarity, _cos2_sums
+
+    rng = np.random.default_rng(3)
+    d, S = 30, 3
+    shared = np.linalg.qr(rng.standard_normal((d, 4)))[0]
+    bases, owner = [], []
+    for s in range(S):
+        for r in (1, 2, 3, 5, 4):
+            bases.append(np.linalg.qr(rng.standard_normal((d, r)))[0])
+            owner.append(s)
+        bases.append(np.linalg.qr(shared + 0.05 * rng.standard_normal((d, 4)))[0])  # found in every seed
+        owner.append(s)
+    owner = np.array(owner)
+    pairs = np.array([(i, j) for i in range(len(bases)) for j in range(len(bases))])
+    theta = principal_angles_pairs(bases, pairs)
+    cos2 = np.where(np.isfinite(theta), np.cos(theta) ** 2, 0.0).sum(axis=1).reshape(len(bases), len(bases))
+    np.testing.assert_allclose(_cos2_sums(bases, bases, max_entries=50), cos2, atol=1e-12)
+    ranks = np.array([b.shape[1] for b in bases])
+    for normalize, pick in (("min", np.minimum), ("max", np.maximum)):
+        sim = cos2 / pick(ranks[:, None], ranks[None, :])
+        got = _best_similarity(bases, owner, bases, owner, S, normalize)
+        for q in range(len(bases)):
+            for s in range(S):
+                if s == owner[q]:
+                    assert np.isnan(got[q, s])
+                else:
+                    assert got[q, s] == pytest.approx(sim[q, owner == s].max(), abs=1e-12)
+        assert (got[owner == 0][-1, 1:] > 0.8).all()  # the shared subspace is found in the other seeds
