@@ -29,12 +29,15 @@ def _inputs(d: int, f: int, n: int, dtype: torch.dtype, device: str, seed: int =
 
 def check_encoder(
     d: int, f: int, k: int, n: int, dtype: torch.dtype, device: str = "cuda", dead_store: str = "auto",
-    method: str = "tiles",
-) -> None:
-    """Kernel top-k (and AuxK over ~3% dead latents) vs fp32 reference pre-activations, row chunk by chunk."""
+    method: str = "tiles", bias_shift: float = 0.0,
+) -> dict:
+    """Kernel top-k (and AuxK over ~3% dead latents) vs fp32 reference pre-activations, row chunk by chunk.
+    ``bias_shift`` is subtracted from b_enc (a high threshold: rows with fewer than k positive values). Returns
+    the kernel's stats."""
     from sae_fast.kernels.encoder_topk import encoder_topk
 
     x, W, b = _inputs(d, f, n, dtype, device)
+    b = (b.float() - bias_shift).to(dtype)
     dead = torch.rand(f, device=device, generator=torch.Generator(device=device).manual_seed(1)) < 0.03
     k_aux = d // 2
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -70,7 +73,9 @@ def check_encoder(
         # near-ties at the k-th value grow with F (2^20 latents, bf16 inputs: ~1.7% of rows in one run)
         assert exact >= 0.95 * n, f"only {exact}/{n} rows with the reference's latent set"
         print(f"\n{d}x{f} {dtype}: {exact}/{n} rows with the reference's latent set; guard recomputed "
-              f"{stats.get('unsure_rows')} rows (M = {stats.get('M')})")
+              f"{stats.get('unsure_rows')} rows (M = {stats.get('M')}), completed {stats.get('zero_tail_rows')} rows "
+              "with fewer than k positive values")
+        return stats
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 
@@ -175,6 +180,18 @@ def test_encoder_topk_real_sizes(d, f, k, n, dtype) -> None:
 def test_encoder_topk_cublas_chunks_real_sizes(d, f, k, n) -> None:
     """The same candidates from fp32 cuBLAS chunks of latents (method="cublas"), bf16 inputs."""
     check_encoder(d, f, k, n, torch.bfloat16, method="cublas")
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("method", ["tiles", "cublas"])
+def test_encoder_topk_high_threshold(method: str) -> None:
+    """A bias where rows average k/2 positive values: their top-k ends in ReLU zeros, completed by index (the
+    reference's lowest-index rule) instead of recomputed."""
+    d, f, k, n = 2048, 131072, 64, 8192
+    # pre-activations ~ N(0, 1): the threshold z with P(pre > z) = (k / 2) / F
+    shift = float(torch.special.ndtri(torch.tensor(1 - k / 2 / f, dtype=torch.float64)))
+    stats = check_encoder(d, f, k, n, torch.bfloat16, method=method, bias_shift=shift)
+    assert stats["zero_tail_rows"] > n // 2 and stats["unsure_rows"] < n // 100
     torch.cuda.empty_cache()
 
 
