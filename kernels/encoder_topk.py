@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..topk import select_topk_lowest_index, sort_desc_lowest_index
 from ._common import (
     FLOAT_DTYPES,
     check_tensor,
@@ -314,44 +315,6 @@ def _running_topk_kernel(
     tl.store(cand_i_ptr + out, idxs, mask=out_ok)
 
 
-def _sort_desc_lowest_index(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """First k of each row in (value desc, index asc) order."""
-    by_index = torch.argsort(indices, dim=1, stable=True)
-    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
-    by_value = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
-    return values.gather(1, by_value), indices.gather(1, by_value)
-
-
-def _select_resolving_ties(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`select_topk_lowest_index` for rows with exact ties at the k-th value: those ties go to the lowest
-    indices by a cumulative count (a few passes over the rows)."""
-    n = scores.shape[0]
-    kth = torch.topk(scores, k, dim=1, sorted=True).values[:, -1:]
-    greater = scores > kth
-    ties = scores == kth
-    room = k - greater.sum(1, keepdim=True)
-    keep = greater | (ties & (torch.cumsum(ties, 1, dtype=torch.int32) <= room))
-    pos = keep.nonzero()[:, 1].view(n, k)  # ascending latent order within each row
-    return scores.gather(1, pos), pos
-
-
-def select_topk_lowest_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise top-k of a (N, M) float matrix in (value desc, index asc) order, as sae_fast.reference's
-    `topk_lowest_index` but without a full sort: torch.topk, whose choice among values equal to the k-th one is
-    arbitrary, so rows where it left such a tie out are redone by `_select_resolving_ties`; then only the (N, k)
-    winners are sorted."""
-    n = scores.shape[0]
-    if k == 0 or n == 0:
-        return scores.new_empty((n, k)), torch.empty((n, k), dtype=torch.int64, device=scores.device)
-    vals, pos = torch.topk(scores, k, dim=1, sorted=True)
-    kth = vals[:, -1:]
-    left_out = (scores == kth).sum(1) != (vals == kth).sum(1)  # a value equal to the k-th was not taken
-    if bool(left_out.any()):
-        rows = left_out.nonzero().squeeze(1)
-        vals[rows], pos[rows] = _select_resolving_ties(scores[rows], k)
-    return _sort_desc_lowest_index(vals, pos, k)
-
-
 def _running_topk(
     x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, splits: int | None, dead: tuple
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,7 +336,7 @@ def _running_topk(
             x, W, b, cand_v, cand_i, dead_pos, dead_out, n, f, x.shape[1], num_dead,
             K=k, KP=max(2, next_pow2(k)), SPLITS=splits, HAS_DEAD=has_dead, **_dot_flags(x.dtype),
         )  # fmt: skip
-    return _sort_desc_lowest_index(cand_v.view(n, splits * k), cand_i.view(n, splits * k).long(), k)
+    return sort_desc_lowest_index(cand_v.view(n, splits * k), cand_i.view(n, splits * k).long(), k)
 
 
 def _dot_flags(dtype: torch.dtype) -> dict[str, bool]:

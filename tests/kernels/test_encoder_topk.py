@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from sae_fast.kernels.encoder_topk import encoder_topk, select_topk_lowest_index
+from sae_fast.kernels.encoder_topk import encoder_topk
 
 from sae_fast import reference
 
@@ -163,21 +163,3 @@ def test_bad_inputs() -> None:
         encoder_topk(x, W, b, 3, torch.zeros(130, dtype=torch.bool), None)
     with pytest.raises(ValueError, match="dead_store"):
         encoder_topk(x, W, b, 3, torch.zeros(130, dtype=torch.bool), 4, dead_store="cublas")
-
-
-@pytest.mark.parametrize("k", [1, 3, 7, 12])
-def test_select_topk_matches_full_sort_with_ties(k) -> None:
-    g = torch.Generator().manual_seed(k)
-    scores = torch.randint(0, 4, (9, 12), generator=g).float()  # heavy ties, including many zeros
-    scores[0] = 0.0
-    values, indices = select_topk_lowest_index(scores, k)
-    ref_values, ref_indices = reference.topk_lowest_index(scores, k)
-    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)
-    empty_v, empty_i = select_topk_lowest_index(scores[:0], k)
-    assert empty_v.shape == (0, k) and empty_i.dtype == torch.int64
-    # rows without ties (torch.topk's choice stands) mixed with tied rows (redone) in one call
-    mixed = torch.rand(9, 12, generator=g)
-    mixed[::3] = scores[::3]
-    values, indices = select_topk_lowest_index(mixed, k)
-    ref_values, ref_indices = reference.topk_lowest_index(mixed, k)
-    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)

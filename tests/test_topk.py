@@ -1,0 +1,57 @@
+"""sae_fast.topk: the sort-free exact top-k (ties to the lowest index) against the reference's full sort, and the
+CPU encode path built on it."""
+
+import pytest
+import torch
+
+from sae_fast import ops, reference
+from sae_fast.topk import select_topk_lowest_index
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 12])
+def test_select_topk_matches_full_sort_with_ties(k) -> None:
+    g = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 4, (9, 12), generator=g).float()  # heavy ties, including many zeros
+    scores[0] = 0.0
+    values, indices = select_topk_lowest_index(scores, k)
+    ref_values, ref_indices = reference.topk_lowest_index(scores, k)
+    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)
+    empty_v, empty_i = select_topk_lowest_index(scores[:0], k)
+    assert empty_v.shape == (0, k) and empty_i.dtype == torch.int64
+    # rows without ties (torch.topk's choice stands) mixed with tied rows (redone) in one call
+    mixed = torch.rand(9, 12, generator=g)
+    mixed[::3] = scores[::3]
+    values, indices = select_topk_lowest_index(mixed, k)
+    ref_values, ref_indices = reference.topk_lowest_index(mixed, k)
+    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)
+
+
+@pytest.mark.parametrize("dead_frac", [None, 0.0, 0.3])
+def test_cpu_encode_equals_the_reference_with_gradients(dead_frac) -> None:
+    """ops.encode on CPU (sort-free) gives the reference's values, indices, AuxK and gradients, bit for bit;
+    b_enc makes exact ties, including at zero."""
+    g = torch.Generator().manual_seed(11)
+    n, d, f, k = 37, 20, 130, 7
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    W = torch.randn(f, d, generator=g, dtype=torch.float64) / d**0.5
+    W[5] = W[9]  # identical latents: exact ties in every row
+    b = torch.randn(f, generator=g, dtype=torch.float64) * 0.3 - 1.5  # ~9 positive values per row for k = 7
+    b[9] = b[5]
+    dead = None if dead_frac is None else torch.rand(f, generator=g) < dead_frac
+    outs = []
+    for name in ("auto", "reference"):
+        params = [t.clone().requires_grad_(True) for t in (x, W, b)]
+        with ops.backend(name):
+            out = ops.encode(*params, k, dead_mask=dead, k_aux=9)
+        loss = (out.values**2).sum() + (0 if out.aux_values is None else out.aux_values.sum())
+        loss.backward()
+        outs.append((out, [p.grad for p in params]))
+    (fast, fast_grads), (ref, ref_grads) = outs
+    assert torch.equal(fast.indices, ref.indices) and torch.equal(fast.values, ref.values)
+    if dead is None:
+        assert fast.aux_values is None and ref.aux_values is None
+    else:
+        assert torch.equal(fast.aux_indices, ref.aux_indices) and torch.equal(fast.aux_values, ref.aux_values)
+    for a, b_ in zip(fast_grads, ref_grads):
+        assert torch.equal(a, b_)
+    assert bool((fast.values[:, -1] == 0).any())  # some rows end in ReLU zeros
