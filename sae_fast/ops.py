@@ -224,7 +224,18 @@ def decode_many(pairs: Sequence[tuple[Tensor, Tensor]], W_dec: Tensor) -> list[T
     if _use_triton(W_dec):
         flat = [t for values, indices in pairs for t in (values, indices)]
         return list(_DecodeMany.apply(W_dec, *flat))
-    return [reference.decode(values, indices.long(), W_dec) for values, indices in pairs]
+    return [_decode_cpu(values, indices.long(), W_dec) for values, indices in pairs]
+
+
+def _decode_cpu(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    """The torch path of `decode`: `embedding_bag` (a per-sample-weighted sum of rows, forward and backward ~3.5x
+    faster than the reference's gather + bmm on a CPU at (N, k, d) = (1024, 16, 384)) where it applies — fp32 or
+    fp64 with values in W_dec's dtype, non-empty — else the reference (also under the "reference" backend)."""
+    usable = (W_dec.dtype in (torch.float32, torch.float64) and values.dtype == W_dec.dtype
+              and indices.shape[0] > 0 and indices.shape[1] > 0)
+    if _backend == "reference" or not usable:
+        return reference.decode(values, indices, W_dec)
+    return torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
 
 
 def decode_aux(values: Tensor, indices: Tensor, W_dec: Tensor, dead_mask: Tensor) -> Tensor:

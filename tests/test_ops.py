@@ -125,3 +125,29 @@ def test_decode_many_one_backward_matches_separate_decodes() -> None:
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
     with pytest.raises(ValueError, match="pairs"):
         ops.decode_many([], W)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("n", "k"), [(130, 7), (1, 1), (0, 3), (5, 0)])
+def test_cpu_decode_path_equals_the_reference(dtype: torch.dtype, n: int, k: int) -> None:
+    """The torch path's decode (embedding_bag for fp32/fp64, the reference otherwise) against the reference:
+    output and both gradients, repeated latents in a row, empty batches and k = 0."""
+    g = torch.Generator().manual_seed(n + k)
+    f, d = 50, 33
+    W = torch.randn(f, d, generator=g).to(dtype)
+    values = torch.rand(n, k, generator=g).to(dtype)
+    indices = torch.randint(0, f, (n, k), generator=g)
+    if n and k > 1:
+        indices[0, 1] = indices[0, 0]  # the same latent twice in one row
+    grad = torch.randn(n, d, generator=g).to(dtype)
+    results = []
+    for name in ("auto", "reference"):
+        Wg, vg = W.clone().requires_grad_(True), values.clone().requires_grad_(True)
+        with ops.backend(name):
+            out = ops.decode(vg, indices, Wg)
+        out.backward(grad)
+        results.append((out, Wg.grad, vg.grad))
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 0.0}[dtype]
+    for got, want in zip(*results):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
