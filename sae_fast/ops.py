@@ -1,8 +1,10 @@
 """Differentiable SAE operations: input checks, then dispatch to the Triton kernels or the reference.
 
-Dispatch (`backend()`): "auto" (default) runs the Triton kernels on CUDA tensors and `sae_fast.reference`
-on CPU tensors; "triton" forces the kernels (on CPU this needs TRITON_INTERPRET=1, set before the kernels are
-imported — tests/conftest.py does it); "reference" forces the plain-PyTorch path everywhere.
+Dispatch (`backend()`): "auto" (default) runs the Triton kernels on CUDA tensors and a torch path on CPU
+tensors — `sae_fast.reference`, except that the top-k is selected without a full sort (`sae_fast.topk`, the same
+selection) and the fp32/fp64 decode is `embedding_bag` (the same sums, another order); "triton" forces the
+kernels (on CPU this needs TRITON_INTERPRET=1, set before the kernels are imported — tests/conftest.py does it);
+"reference" forces the plain-PyTorch oracle everywhere.
 """
 
 from __future__ import annotations
