@@ -479,6 +479,7 @@ def stability_scores(
     elif not isinstance(stack, (int, np.integer)) or stack < 1:
         raise ValueError(f"stack must be a positive int (seeds per exact sweep), got {stack!r}")
     jobs = _jobs(num_seeds, anchors, chosen, stack=int(stack))
+    exact_kwargs = {k: v for k, v in match_kwargs.items() if k not in (*_INDEX_OPTIONS, "index")}  # faiss-only
     if chosen == "exact":
         state.info["stack"] = int(stack)
     mine = dist_utils.shard(jobs, rank, world) if use_dist else jobs
@@ -506,7 +507,7 @@ def stability_scores(
                 first = job.block.index(job.others[0])
                 rows = stacked[1][first * num_features:(first + len(job.others)) * num_features]
                 ms = match_many(seeds.get(job.query), rows, segment=num_features, both=job.both, absolute=absolute,
-                                device=dev, normalize=False, **match_kwargs)
+                                device=dev, normalize=False, **exact_kwargs)
                 rescored = ms[0].info.get("rescored_rows", 0) + ms[0].info.get("rescored_cols", 0)
                 state.info["rescored"] = state.info.get("rescored", 0) + rescored  # near ties redone in float32
                 for s, m in zip(job.others, ms):

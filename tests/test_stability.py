@@ -339,5 +339,7 @@ def test_stacking_does_not_change_the_result(seeds, reference: Stability, stack:
     assert torch.equal(st.best_j, reference.best_j) and torch.equal(st.done, reference.done)
     torch.testing.assert_close(st.best_cos, reference.best_cos, equal_nan=True, atol=1e-6, rtol=0)
     assert st.info["stack"] == stack
+    assert torch.equal(stability_scores(seeds[0], stack=stack, progress=False, index="ivf", nprobe=3).best_j,
+                       reference.best_j)  # faiss-only options are ignored by the exact backend, as by match()
     one = stability_scores(seeds[0], anchor=2, stack=stack, progress=False, **kw)
     assert torch.equal(one.best_j[0], reference.best_j[2])
