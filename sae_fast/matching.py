@@ -807,7 +807,7 @@ def match_many(
     once: this is how a stability run batches seeds. Bs: G dictionaries of the same shape (F_B, d), or one
     (G * F_B, d) tensor holding them stacked with ``segment`` = F_B (``normalize=False`` then trusts that its
     rows are checked unit-norm float32 on the device, as for :func:`match`). Each returned :class:`Match`
-    equals what :func:`match` gives for that pair (indices local to the dictionary); the others arguments are
+    equals what :func:`match` gives for that pair (indices local to the dictionary); the other arguments are
     those of :func:`match`.
     """
     if not isinstance(k, int) or k < 1:
