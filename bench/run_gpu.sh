@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything sae_fast does on a GPU, in stages, for one lease of the lent machine (see bench/RESULTS.md).
 #   bash bench/run_gpu.sh STAGE...   stages: setup tests sweep kernels step step-short train match match-sweep
-#                                    stability stability-2m20
+#                                    stability stability-2m20 study
 # TESTS_K=EXPR narrows the tests stage (pytest -k); TESTS_LIMIT, STEP_LIMIT, TRAIN_LIMIT, MATCH_LIMIT: seconds;
 # ENCODER=cublas|tiles|running picks sae_fast's encoder in step-short.
 # setup installs what the GPU image lacks from ./.whl (eai-sparsify and its pure-Python needs, cmeel-eigen),
@@ -64,6 +64,12 @@ for s in "$@"; do
     stability-2m20)  # 32 seeds of (2^20, 4096), one anchor: ~8 min at the target, a call of its own
       stage stability-2m20 590 python3 bench/test_match.py --device cuda --stability-only \
         --stability-settings 32x1048576x4096x0 --stability-variants "default stack, triton" ;;
+    study)  # the study on MiniLM at a larger scale, trained on the GPU; carry .gpu_study, made here by
+      # `python bench/pack_minilm.py .gpu_study` (fp16 first 4 blocks + the texts, ~42 MiB; no splice analysis then)
+      stage study 590 env PYTHONPATH="$PWD/.gpu_study/site:$PYTHONPATH" python3 -m sae_fast study --out "$OUT/study" \
+        --model-path .gpu_study/model --device cuda --splice-texts 0 --no-progress --num-seeds 16 \
+        --expansion-factor 21 --k 32 --train-texts 60000 --eval-texts 2000 --total-tokens 2000000 \
+        --train-batch-size 4096 ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done

