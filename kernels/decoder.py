@@ -16,7 +16,6 @@ from ._common import FLOAT_DTYPES, check_tensor, interpreting, next_pow2
 __all__ = ["decoder_backward", "gather_weighted_sum", "sparse_dot"]
 
 
-
 def _block_d(d: int) -> int:
     return min(next_pow2(d), 1024 if interpreting() else 256)
 

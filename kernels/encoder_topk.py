@@ -35,7 +35,7 @@ from ._common import (
     num_sms,
 )
 
-__all__ = ["TileConfig", "encoder_topk", "select_topk_lowest_index"]
+__all__ = ["TileConfig", "encoder_topk"]
 
 
 # The dead latents' pre-activations by a separate GEMM over them while they are at most F / 8: on an H100 the

@@ -199,7 +199,6 @@ class SignSGD(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                direction = p.grad
                 buf: Tensor | None = None
                 if group["momentum"] > 0:
                     state = self.state[p]
@@ -213,7 +212,7 @@ class SignSGD(torch.optim.Optimizer):
                     continue
                 if not p.is_contiguous():
                     raise ValueError("SignSGD needs contiguous parameters")
-                flat_p, flat_g = p.view(-1), direction.reshape(-1)
+                flat_p, flat_g = p.view(-1), p.grad.reshape(-1)
                 flat_buf = buf.view(-1) if buf is not None else None
                 for sl in _chunks(flat_p.numel()):  # fp32 math, rounded once: what the kernel computes
                     d = flat_g[sl].float()

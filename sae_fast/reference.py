@@ -12,6 +12,8 @@ Conventions shared with the Triton kernels (`kernels/`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -54,22 +56,26 @@ def encode_topk(
     k: int,
     dead_mask: Tensor | None = None,
     k_aux: int | None = None,
+    *,
+    topk: Callable[[Tensor, int], tuple[Tensor, Tensor]] = topk_lowest_index,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Top-k of relu(x W_encᵀ + b_enc) and, with `dead_mask`, the AuxK top-k over dead latents.
 
     x: (N, d) (already centred by b_dec); W_enc: (F, d); b_enc: (F,); dead_mask: (F,) bool.
     Returns values (N, k), indices (N, k) int64, and aux_values / aux_indices of shape
     (N, min(k_aux, num_dead)) (None when `dead_mask` is None). Aux indices are latent indices.
+    `topk`: the selection, (scores, k) -> (values, indices) by this module's rule; the CPU path of
+    `sae_fast.ops` passes one that selects the same without a full sort.
     """
     pre = preactivations(x, W_enc, b_enc)
-    values, indices = topk_lowest_index(pre, k)
+    values, indices = topk(pre, k)
     if dead_mask is None:
         return values, indices, None, None
     if k_aux is None:
         raise ValueError("k_aux is required with dead_mask")
     dead = torch.nonzero(dead_mask, as_tuple=False).squeeze(1)  # ascending latent order
     k_eff = min(k_aux, int(dead.numel()))
-    aux_values, aux_pos = topk_lowest_index(pre[:, dead], k_eff)
+    aux_values, aux_pos = topk(pre[:, dead], k_eff)
     return values, indices, aux_values, dead[aux_pos]
 
 

@@ -174,9 +174,9 @@ def train_embedded_default(out_dir: str | os.PathLike, cfg: EmbeddedDefault | No
     t0 = time.perf_counter()
     cache_dir = out / "activations"
     if not (cache_dir / "manifest.json").exists():
-        source = embedded_default(layer=cfg.layer, num_texts=cfg.train_texts, device=cfg.device,
-                                  model_path=cfg.model_path)
-        cache_activations(source, cache_dir, progress=progress)
+        model_source = embedded_default(layer=cfg.layer, num_texts=cfg.train_texts, device=cfg.device,
+                                        model_path=cfg.model_path)
+        cache_activations(model_source, cache_dir, progress=progress)
     source = CachedSource(cache_dir)
     t_cache = time.perf_counter() - t0
     run_dir = out / "seeds"
