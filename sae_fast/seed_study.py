@@ -67,8 +67,12 @@ class StudyConfig:
     """a candidate is reproduced in a seed when its best subspace similarity there is >= tau"""
     pool_seeds: int | None = None
     """seeds used to build the pool (the rest are held out); None: half, at least 2"""
-    refit_steps: int = 100
-    """pooled SAE: encoder refit steps with the decoder frozen (0: none)"""
+    refit_steps: int = 500
+    """pooled SAEs and the base seed (control): encoder refit steps with the decoder frozen (0: none)"""
+    refit_batch_size: int = 1024
+    """rows per encoder refit step"""
+    max_refit_tokens: int = 262_144
+    """encoder refit: training activations used (first rows of the cache / of ``refit_activations``)"""
     exclude_dead: bool = True
     """leave latents that never fire on the held-out activations out of the subspace analyses"""
     max_eval_tokens: int = 50_000
@@ -320,6 +324,7 @@ def study(
     run_dir: str | os.PathLike | None = None,
     *,
     activations: Any = None,
+    refit_activations: Any = None,
     out_dir: str | os.PathLike = "runs/study",
     config: StudyConfig | None = None,
     embedded: EmbeddedDefault | None = None,
@@ -332,7 +337,10 @@ def study(
 
     ``run_dir``: a folder of trained seeds; ``activations``: held-out activations (an (N, d) array/tensor, a
     .npy/.safetensors file, or an activation cache folder, or a :class:`HeldOut` with tokens for snippets).
-    With ``run_dir=None`` the seeds are trained first on the embedded default (``embedded`` sets how).
+    ``refit_activations``: training activations (same forms) for the pooled SAEs' encoder refit; without them the
+    refit uses the first half of the held-out rows and EV is measured on the second half.
+    With ``run_dir=None`` the seeds are trained first on the embedded default (``embedded`` sets how), and the
+    refit reads the cached training activations.
     ``synthetic``: also run the synthetic ground-truth experiment (about a minute on 2 CPU cores).
     """
     cfg = config or StudyConfig()
@@ -360,6 +368,8 @@ def study(
     if run_dir is None:
         step("train")
         run_dir, held, info = train_embedded_default(out, embedded, progress=progress)
+        if refit_activations is None:
+            refit_activations = out / "activations"
         embedded_layer = (embedded or EmbeddedDefault()).layer
         results["source"] = {"kind": "embedded default (MiniLM all-MiniLM-L6-v2 layer 3, Shakespeare)", **info}
         done("train")
@@ -375,6 +385,12 @@ def study(
     d = saes[0].d_in
     if x.shape[1] != d:
         raise ValueError(f"activations have d={x.shape[1]} but the SAEs have d_in={d}")
+    x_refit = None
+    if refit_activations is not None:
+        x_refit = mask_mod.check_activations(_as_heldout(refit_activations, cfg.max_refit_tokens).x,
+                                             "refit_activations").float()
+        if x_refit.shape[1] != d:
+            raise ValueError(f"refit_activations have d={x_refit.shape[1]} but the SAEs have d_in={d}")
     if not 0 <= cfg.anchor < S:
         raise ValueError(f"anchor {cfg.anchor} outside the {S} seeds")
     results["source"].update({"seeds": names, "num_seeds": S, "d": d, "num_latents": saes[0].num_latents,
@@ -486,12 +502,20 @@ def study(
     step("pooling")
     n_pool = cfg.pool_seeds if cfg.pool_seeds is not None else max(2, S // 2)
     if S - n_pool >= 1 and n_pool >= 2:
-        n_train = x.shape[0] // 2
+        if x_refit is not None:
+            x_pool_eval = x
+            note = (f"refit on {x_refit.shape[0]} training activations; EV on all {x.shape[0]} held-out rows for "
+                    "the pools and the single seeds alike")
+        else:
+            n_train = x.shape[0] // 2
+            x_refit, x_pool_eval = x[:n_train], x[n_train:]
+            note = ("refit uses the first half of the held-out activations; EV is measured on the second half for "
+                    "the pools and the single seeds alike")
         results["pooling"] = pool_mod.pooling_study(
-            saes[:n_pool], decoders[n_pool:], x[n_train:], x_train=x[:n_train], theta=cfg.theta, eps=cfg.eps,
-            freqs=freqs[:n_pool], refit_steps=cfg.refit_steps, batch_size=cfg.batch_size)
-        results["pooling"]["note"] = ("refit uses the first half of the held-out activations; EV is measured on "
-                                      "the second half for the pool and the single seeds alike")
+            saes[:n_pool], decoders[n_pool:], x_pool_eval, x_train=x_refit, theta=cfg.theta, eps=cfg.eps,
+            freqs=freqs[:n_pool], refit_steps=cfg.refit_steps, refit_batch_size=cfg.refit_batch_size,
+            batch_size=cfg.batch_size)
+        results["pooling"]["note"] = note
     else:
         results["pooling"] = {"skipped": f"needs >= 2 pool seeds and >= 1 held-out seed (have {S} seeds)"}
     done("pooling")

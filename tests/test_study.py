@@ -77,6 +77,9 @@ def test_study_rejects_bad_input(tmp_path):
     bad[3, 1] = float("inf")
     with pytest.raises(ValueError, match="NaN or inf"):
         study(run, activations=bad, out_dir=tmp_path / "o", synthetic=False, progress=False)
+    with pytest.raises(ValueError, match="refit_activations have d=8"):
+        study(run, activations=x, refit_activations=torch.zeros(100, 8), out_dir=tmp_path / "o", synthetic=False,
+              progress=False)
     with pytest.raises(ValueError, match=r">= 2 seeds"):
         study(tmp_path / "run" / "seed0", activations=x, out_dir=tmp_path / "o", synthetic=False, progress=False)
 
@@ -86,8 +89,13 @@ def test_cli_study(tmp_path, capsys):
 
     run, x = _run_dir(tmp_path, num_seeds=3)
     np.save(tmp_path / "acts.npy", x.numpy())
+    np.save(tmp_path / "train.npy", x.numpy()[::-1].copy())
     rc = main(["study", str(run), "--activations", str(tmp_path / "acts.npy"), "--out", str(tmp_path / "s"),
-               "--no-synthetic", "--no-progress", "--ranks", "2", "--refit-steps", "0", "--pool-seeds", "2"])
+               "--no-synthetic", "--no-progress", "--ranks", "2", "--refit-steps", "2", "--refit-batch-size", "64",
+               "--pool-seeds", "2", "--refit-activations", str(tmp_path / "train.npy"), "--max-refit-tokens", "500"])
     assert rc == 0
     assert "report:" in capsys.readouterr().out
     assert (tmp_path / "s" / "report.html").is_file()
+    pooling = json.loads((tmp_path / "s" / "results.json").read_text())["pooling"]
+    assert pooling["note"].startswith("refit on 500 training activations; EV on all 3000 held-out rows")
+    assert pooling["pooled_base"]["refit_steps"] == 2 and "ev_refit" in pooling["single_refit"]

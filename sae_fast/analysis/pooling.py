@@ -4,18 +4,25 @@
    mutual nearest neighbours with cosine >= theta (``link="mutual"``, default) or when either is the
    other's argmax with cosine >= theta (``link="argmax"``). Connected components are the **unique
    features**; the **recurrence** of one is the number of distinct seeds among its members.
-2. Keep ``target_size`` components ranked by recurrence, then by the representative's firing frequency
-   (when given; else by component size). The representative is the medoid member (highest mean cosine to
-   the other members); its encoder row, encoder bias and decoder row make the pooled SAE's latent.
-   The pooled ``b_dec`` is the mean of the pool seeds' ``b_dec``; each encoder bias is shifted so that the
-   latent's pre-activation is exactly the one it had in its own SAE.
-3. Optionally refit the encoder and biases briefly with the decoder frozen.
+2. Keep ``target_size`` components. ``fill="rank"``: ranked by recurrence, then by the representative's
+   firing frequency (when given; else by component size); the representative is the medoid member (highest
+   mean cosine to the other members). ``fill="base"``: every component that recurs in >= ``min_recurrence``
+   seeds (represented by the base seed's member where it has one), then the base seed's own remaining
+   latents by frequency: one seed's dictionary with its non-recurring latents swapped for recurring ones of
+   the other seeds. The "rank" pool is the more stable; it is also a frequency-ranked mix of the seeds'
+   non-recurring latents, which overlap one another, and costs EV (bench/RESULTS.md, pooling). The
+   representative's encoder row, encoder bias and decoder row make the pooled SAE's latent.
+   The pooled ``b_dec`` is the mean of the pool seeds' ``b_dec`` (the base seed's own with ``fill="base"``); each
+   encoder bias is shifted so that the latent's pre-activation is exactly the one it had in its own SAE.
+3. Optionally refit the encoder and biases with the decoder frozen (and the base seed the same way, as the
+   control: the refit alone raises EV a little).
 4. Evaluate the pooled SAE's EV on held-out activations, and its stability p̂ against **held-out seeds**
    (not used to build the pool), both next to a single pool seed's.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +39,7 @@ class Pool:
     recurrence: np.ndarray  # (C,) distinct seeds per component
     representative: np.ndarray  # (C, 2) (seed, latent) of each component's medoid
     order: np.ndarray  # component indices ranked (recurrence, then frequency / size)
+    component_of: list[np.ndarray]  # per seed, (F,) the component of each latent
 
 
 def pool_features(
@@ -91,23 +99,49 @@ def pool_features(
         rep[c] = (seed_of[best], latent_of[best])
         tiebreak.append(freq_all[best] if freq_all is not None else len(g))
     order = np.lexsort((-np.asarray(tiebreak, dtype=np.float64), -recurrence))
-    return Pool(members=members, recurrence=recurrence, representative=rep, order=order)
+    component_of = [comp[offsets[a]:offsets[a + 1]] for a in range(S)]
+    return Pool(members=members, recurrence=recurrence, representative=rep, order=order, component_of=component_of)
+
+
+def pool_choice(pool: Pool, size: int, *, fill: str = "rank", base: int = 0,
+                min_recurrence: int = 2) -> list[tuple[int, int]]:
+    """The (seed, latent) of each of the ``size`` pooled latents, in rank order (module docstring, step 2)."""
+    if fill == "rank":
+        chosen = [tuple(int(v) for v in pool.representative[c]) for c in pool.order[:size]]
+    elif fill == "base":
+        chosen = []
+        for c in pool.order:
+            own = [m for m in pool.members[c] if m[0] == base]
+            if pool.recurrence[c] >= min_recurrence:
+                chosen.append(own[0] if own else tuple(int(v) for v in pool.representative[c]))
+            elif own:
+                chosen.append(own[0])
+            if len(chosen) == size:
+                break
+    else:
+        raise ValueError(f"fill must be 'rank' or 'base', got {fill!r}")
+    if len(chosen) < size:
+        raise ValueError(f"the pool yields only {len(chosen)} features with fill={fill!r}, fewer than "
+                         f"target_size={size}")
+    return chosen
 
 
 @torch.no_grad()
-def pooled_sae(saes: list[torch.nn.Module], pool: Pool, target_size: int | None = None) -> torch.nn.Module:
-    """A TopKSAE made of the ``target_size`` top-ranked unique features (default: the first SAE's size)."""
+def pooled_sae(saes: list[torch.nn.Module], pool: Pool, target_size: int | None = None, *, fill: str = "rank",
+               base: int = 0, min_recurrence: int = 2) -> torch.nn.Module:
+    """A TopKSAE of ``target_size`` unique features (default: the first SAE's size) chosen by
+    :func:`pool_choice`."""
     from ..sae import TopKSAE
 
     first = saes[0]
     size = first.num_latents if target_size is None else int(target_size)
-    chosen = pool.order[:size]
-    if len(chosen) < size:
-        raise ValueError(f"the pool holds only {len(chosen)} unique features, fewer than target_size={size}")
-    b_dec = torch.stack([s.b_dec.float() for s in saes]).mean(0)
+    if not 0 <= base < len(saes):
+        raise ValueError(f"base must index one of the {len(saes)} pool seeds, got {base}")
+    chosen = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence)
+    # "base": the base seed's own bias, so that its latents (most of the pool) reconstruct exactly as before
+    b_dec = saes[base].b_dec.float() if fill == "base" else torch.stack([s.b_dec.float() for s in saes]).mean(0)
     out = TopKSAE(first.d_in, size, first.k, dtype=torch.float32, seed=0)
-    for new, c in enumerate(chosen):
-        s, j = (int(v) for v in pool.representative[c])
+    for new, (s, j) in enumerate(chosen):
         sae = saes[s]
         w = sae.W_enc[j].float()
         out.W_enc[new] = w
@@ -150,9 +184,15 @@ def pooling_study(
     link: str = "mutual",
     freqs: list[ArrayLike] | None = None,
     refit_steps: int = 0,
+    refit_batch_size: int = 1024,
+    base: int = 0,
+    min_recurrence: int = 2,
     batch_size: int = 4096,
 ) -> dict:
-    """Pool ``pool_saes``; compare the pooled SAE with each single pool seed on EV and on p̂ vs held-out seeds."""
+    """Pool ``pool_saes`` both ways (``fill="rank"`` → ``out["pooled"]``, ``fill="base"`` → ``out["pooled_base"]``)
+    and compare each pooled SAE with the single pool seeds on EV and on p̂ against held-out seeds. With
+    ``refit_steps`` and ``x_train``, the encoders of both pooled SAEs and, as the control, of the base seed
+    itself are refit the same way (decoder frozen), so EV after refit is compared like with like."""
     from .masking import masked_fvu
     from .stability import anchor_scores, summarize
 
@@ -160,35 +200,45 @@ def pooling_study(
         raise ValueError("pooling needs at least 2 pool seeds and 1 held-out seed")
     decs = [s.W_dec.detach().float().cpu() for s in pool_saes]
     pool = pool_features(decs, theta=theta, link=link, freqs=freqs)
-    pooled = pooled_sae(pool_saes, pool)
-    chosen = pool.order[: pooled.num_latents]
     held = [unit_rows(h, "heldout_decoders") for h in heldout_decoders]
+    size = pool_saes[0].num_latents
+    refit = refit_steps > 0 and x_train is not None
 
-    def stability_vs_heldout(decoder: ArrayLike) -> dict:
-        sc = anchor_scores([decoder, *held], theta=theta, anchors=[0])
-        return summarize(sc.p_hat[0], eps=eps)
+    def summary(sae: torch.nn.Module) -> dict:
+        sc = anchor_scores([sae.W_dec.detach().float().cpu(), *held], theta=theta, anchors=[0])
+        st = summarize(sc.p_hat[0], eps=eps)
+        return {"ev": 1.0 - masked_fvu(sae, x_eval, {}, batch_size=batch_size)["none"],
+                "p_hat_mean": st["p_hat_mean"], "share_stable": st["share_stable"],
+                "share_unstable": st["share_unstable"]}
+
+    def refit_ev(sae: torch.nn.Module) -> dict:
+        losses = refit_encoder(sae, x_train, steps=refit_steps, batch_size=refit_batch_size)
+        return {"ev_refit": 1.0 - masked_fvu(sae, x_eval, {}, batch_size=batch_size)["none"],
+                "refit_steps": refit_steps, "refit_final_train_fvu": losses[-1]}
+
+    def recurrence_hist(choice: list[tuple[int, int]]) -> list[int]:
+        rec = [pool.recurrence[pool.component_of[s][j]] for s, j in choice]
+        return np.bincount(np.asarray(rec, dtype=np.int64), minlength=len(pool_saes) + 1).tolist()
 
     out: dict = {
         "num_pool_seeds": len(pool_saes), "num_heldout_seeds": len(held), "theta": theta, "link": link,
-        "num_unique_features": len(pool.members), "target_size": int(pooled.num_latents),
+        "num_unique_features": len(pool.members), "target_size": size,
         "recurrence_hist": np.bincount(pool.recurrence, minlength=len(pool_saes) + 1).tolist(),
-        "chosen_recurrence_hist": np.bincount(pool.recurrence[chosen], minlength=len(pool_saes) + 1).tolist(),
-        "single": [], "pooled": {},
+        "single": [{"seed": s, **summary(sae)} for s, sae in enumerate(pool_saes)],
     }
-    for s, sae in enumerate(pool_saes):
-        st = stability_vs_heldout(decs[s])
-        out["single"].append({"seed": s, "ev": 1.0 - masked_fvu(sae, x_eval, {}, batch_size=batch_size)["none"],
-                              "p_hat_mean": st["p_hat_mean"], "share_stable": st["share_stable"],
-                              "share_unstable": st["share_unstable"]})
-    st = stability_vs_heldout(pooled.W_dec.detach())
-    out["pooled"] = {"ev": 1.0 - masked_fvu(pooled, x_eval, {}, batch_size=batch_size)["none"],
-                     "p_hat_mean": st["p_hat_mean"], "share_stable": st["share_stable"],
-                     "share_unstable": st["share_unstable"]}
-    if refit_steps > 0 and x_train is not None:
-        losses = refit_encoder(pooled, x_train, steps=refit_steps)
-        out["pooled"]["ev_refit"] = 1.0 - masked_fvu(pooled, x_eval, {}, batch_size=batch_size)["none"]
-        out["pooled"]["refit_steps"] = refit_steps
-        out["pooled"]["refit_final_train_fvu"] = losses[-1]
+    for key, fill in (("pooled", "rank"), ("pooled_base", "base")):
+        choice = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence)
+        pooled = pooled_sae(pool_saes, pool, size, fill=fill, base=base, min_recurrence=min_recurrence)
+        out[key] = {"fill": fill, **summary(pooled), "chosen_recurrence_hist": recurrence_hist(choice)}
+        if fill == "base":
+            out[key].update(base_seed=base, min_recurrence=min_recurrence,
+                            latents_from_other_seeds=sum(s != base for s, _ in choice))
+        if refit:
+            out[key].update(refit_ev(pooled))
+    out["chosen_recurrence_hist"] = out["pooled"]["chosen_recurrence_hist"]
+    if refit:
+        control = copy.deepcopy(pool_saes[base]).float().cpu().requires_grad_(True)
+        out["single_refit"] = {"seed": base, **refit_ev(control)}
     for key in ("ev", "p_hat_mean", "share_stable", "share_unstable"):
         out[f"single_{key}_mean"] = float(np.mean([r[key] for r in out["single"]]))
     return out

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "embedded default")
     parser.add_argument("--activations", default=None,
                         help="held-out activations for RUN_DIR: an activation cache folder, .npy or .safetensors")
+    parser.add_argument("--refit-activations", default=None,
+                        help="training activations for RUN_DIR (same forms) used by the pooled SAEs' encoder refit; "
+                             "default: half of the held-out ones (the embedded default uses its training cache)")
     parser.add_argument("--out", default="runs/study", help="output folder (artifacts and report)")
     parser.add_argument("--hookpoint", default=None, help="hookpoint subfolder when RUN_DIR holds several")
     parser.add_argument("--no-synthetic", action="store_true", help="skip the synthetic ground-truth experiment")
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.run_dir is not None and args.activations is None:
         raise SystemExit("sae-fast study: RUN_DIR needs --activations (held-out activations of the same hook point)")
     t0 = time.perf_counter()
-    res = study(args.run_dir, activations=args.activations, out_dir=args.out, config=cfg, embedded=emb,
+    res = study(args.run_dir, activations=args.activations, refit_activations=args.refit_activations,
+                out_dir=args.out, config=cfg, embedded=emb,
                 synthetic=not args.no_synthetic, hookpoint=args.hookpoint, progress=not args.no_progress)
     st = res["stability"]["anchor"]
     print(f"seeds {res['source']['num_seeds']}, F {res['source']['num_latents']}: stable {st['share_stable']:.3f}, "

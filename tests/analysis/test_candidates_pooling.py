@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from sae_fast.analysis.candidates import candidate_subspaces, cluster_latents, coactivation_affinity
-from sae_fast.analysis.pooling import pool_features, pooled_sae, pooling_study
+from sae_fast.analysis.pooling import pool_choice, pool_features, pooled_sae, pooling_study
 
 from ._helpers import planted_decoders
 
@@ -71,7 +71,37 @@ def test_pool_features_and_pooled_sae():
     torch.testing.assert_close(own, new, atol=1e-5, rtol=1e-5)
     res = pooling_study(saes[:3], [decs[3]], torch.randn(200, 16), x_train=torch.randn(300, 16), refit_steps=3)
     assert res["pooled"]["p_hat_mean"] >= res["single_p_hat_mean_mean"]
-    assert "ev_refit" in res["pooled"]
+    assert "ev_refit" in res["pooled"] and "ev_refit" in res["pooled_base"] and res["single_refit"]["seed"] == 0
+    # the caller's SAEs are untouched by the control refit
+    assert not any(p.requires_grad for p in saes[0].parameters())
+    # every base latent is in a recurring component or is the base's own: fill="base" rebuilds seed 0 exactly
+    base_pooled = pooled_sae(saes[:3], pool, fill="base", base=0)
+    x = torch.randn(64, 16)
+    torch.testing.assert_close(base_pooled(x).recon, saes[0](x).recon, atol=1e-5, rtol=1e-5)
+    assert res["pooled_base"]["latents_from_other_seeds"] == 0
+    hist = res["pooled_base"]["chosen_recurrence_hist"]
+    assert hist[3] == 6 and sum(hist) == 12
+
+
+def test_base_fill_takes_features_recurring_without_the_base_seed():
+    """A feature shared by seeds 1 and 2 but absent from seed 0 replaces seed 0's rarest private latent."""
+    decs, _ = planted_decoders(num_seeds=3, d=16, shared=6, private=6)
+    extra = np.random.default_rng(5).standard_normal(16)
+    for s in (1, 2):
+        decs[s][6] = extra / np.linalg.norm(extra)
+    freqs = [np.linspace(1.0, 0.1, 12) for _ in decs]  # latent 11 of each seed fires least
+    pool = pool_features(decs, freqs=freqs)
+    choice = pool_choice(pool, 12, fill="base", base=0)
+    others = [c for c in choice if c[0] != 0]
+    assert len(others) == 1 and others[0][1] == 6
+    assert sorted(j for s, j in choice if s == 0) == list(range(11))
+    assert sorted(pool_choice(pool, 12, fill="base", base=0, min_recurrence=3)) == [(0, j) for j in range(12)]
+    import pytest
+
+    with pytest.raises(ValueError, match="fill"):
+        pool_choice(pool, 12, fill="medoid")
+    with pytest.raises(ValueError, match="fewer than target_size"):
+        pool_choice(pool, 14, fill="base")  # 7 recurring components + 6 private latents of seed 0
 
 
 def test_best_similarity_equals_principal_angles_over_every_pair():
