@@ -6,12 +6,12 @@
    features**; the **recurrence** of one is the number of distinct seeds among its members.
 2. Keep ``target_size`` components. ``fill="rank"``: ranked by recurrence, then by the representative's
    firing frequency (when given; else by component size); the representative is the medoid member (highest
-   mean cosine to the other members). ``fill="base"``: every component that recurs in >= ``min_recurrence``
-   seeds (represented by the base seed's member where it has one), then the base seed's own remaining
-   latents by frequency: one seed's dictionary with its non-recurring latents swapped for recurring ones of
-   the other seeds. The "rank" pool is the more stable; it is also a frequency-ranked mix of the seeds'
-   non-recurring latents, which overlap one another, and costs EV (bench/RESULTS.md, pooling). The
-   representative's encoder row, encoder bias and decoder row make the pooled SAE's latent.
+   mean cosine to the other members). ``fill="base"``: the base seed's dictionary in which every feature that
+   recurs in >= ``min_recurrence`` seeds but not in the base replaces the base's non-recurring latent nearest
+   to it (the one most likely covering the same direction). The "rank" pool is the more stable, but it is a
+   frequency-ranked mix of the seeds' non-recurring latents, which overlap one another, and it costs EV; the
+   "base" pool keeps most of the EV for a smaller gain (bench/RESULTS.md, pooling). The representative's
+   encoder row, encoder bias and decoder row make the pooled SAE's latent.
    The pooled ``b_dec`` is the mean of the pool seeds' ``b_dec`` (the base seed's own with ``fill="base"``); each
    encoder bias is shifted so that the latent's pre-activation is exactly the one it had in its own SAE.
 3. Optionally refit the encoder and biases with the decoder frozen (and the base seed the same way, as the
@@ -103,21 +103,42 @@ def pool_features(
     return Pool(members=members, recurrence=recurrence, representative=rep, order=order, component_of=component_of)
 
 
-def pool_choice(pool: Pool, size: int, *, fill: str = "rank", base: int = 0,
-                min_recurrence: int = 2) -> list[tuple[int, int]]:
-    """The (seed, latent) of each of the ``size`` pooled latents, in rank order (module docstring, step 2)."""
+def pool_choice(pool: Pool, size: int, *, fill: str = "rank", base: int = 0, min_recurrence: int = 2,
+                decoders: list[ArrayLike] | None = None) -> list[tuple[int, int]]:
+    """The (seed, latent) of each of the ``size`` pooled latents (module docstring, step 2).
+
+    ``fill="base"`` needs the pool seeds' ``decoders``: each recurring feature the base seed lacks replaces the
+    base's non-recurring latent of highest cosine to it (greedily, in rank order), the latent that most likely
+    covered the same direction; the base's remaining latents follow by rank (frequency).
+    """
     if fill == "rank":
         chosen = [tuple(int(v) for v in pool.representative[c]) for c in pool.order[:size]]
     elif fill == "base":
-        chosen = []
+        if decoders is None:
+            raise ValueError("fill='base' needs the pool seeds' decoders")
+        recurring, foreign, own_rest = [], [], []
         for c in pool.order:
             own = [m for m in pool.members[c] if m[0] == base]
             if pool.recurrence[c] >= min_recurrence:
-                chosen.append(own[0] if own else tuple(int(v) for v in pool.representative[c]))
+                (recurring if own else foreign).append(own[0] if own else tuple(int(v) for v in pool.representative[c]))
             elif own:
-                chosen.append(own[0])
-            if len(chosen) == size:
-                break
+                own_rest.append(own[0][1])
+        if foreign and own_rest:
+            units: dict[int, torch.Tensor] = {}
+
+            def unit(seed: int) -> torch.Tensor:
+                if seed not in units:
+                    units[seed] = torch.as_tensor(unit_rows(decoders[seed], f"decoders[{seed}]"), dtype=torch.float32)
+                return units[seed]
+
+            sims = torch.stack([unit(s)[j] for s, j in foreign]) @ unit(base)[own_rest].T  # (foreign, own_rest)
+            dropped = torch.zeros(len(own_rest), dtype=torch.bool)
+            for sim in sims:
+                if bool(dropped.all()):
+                    break
+                dropped[int(sim.masked_fill(dropped, -2.0).argmax())] = True
+            own_rest = [j for j, gone in zip(own_rest, dropped.tolist()) if not gone]
+        chosen = (recurring + foreign + [(base, j) for j in own_rest])[:size]
     else:
         raise ValueError(f"fill must be 'rank' or 'base', got {fill!r}")
     if len(chosen) < size:
@@ -137,7 +158,8 @@ def pooled_sae(saes: list[torch.nn.Module], pool: Pool, target_size: int | None 
     size = first.num_latents if target_size is None else int(target_size)
     if not 0 <= base < len(saes):
         raise ValueError(f"base must index one of the {len(saes)} pool seeds, got {base}")
-    chosen = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence)
+    chosen = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence,
+                         decoders=[sae.W_dec.detach().float().cpu() for sae in saes])
     # "base": the base seed's own bias, so that its latents (most of the pool) reconstruct exactly as before
     b_dec = saes[base].b_dec.float() if fill == "base" else torch.stack([s.b_dec.float() for s in saes]).mean(0)
     out = TopKSAE(first.d_in, size, first.k, dtype=torch.float32, seed=0)
@@ -227,7 +249,7 @@ def pooling_study(
         "single": [{"seed": s, **summary(sae)} for s, sae in enumerate(pool_saes)],
     }
     for key, fill in (("pooled", "rank"), ("pooled_base", "base")):
-        choice = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence)
+        choice = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence, decoders=decs)
         pooled = pooled_sae(pool_saes, pool, size, fill=fill, base=base, min_recurrence=min_recurrence)
         out[key] = {"fill": fill, **summary(pooled), "chosen_recurrence_hist": recurrence_hist(choice)}
         if fill == "base":

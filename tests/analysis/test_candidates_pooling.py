@@ -84,24 +84,29 @@ def test_pool_features_and_pooled_sae():
 
 
 def test_base_fill_takes_features_recurring_without_the_base_seed():
-    """A feature shared by seeds 1 and 2 but absent from seed 0 replaces seed 0's rarest private latent."""
-    decs, _ = planted_decoders(num_seeds=3, d=16, shared=6, private=6)
-    extra = np.random.default_rng(5).standard_normal(16)
-    for s in (1, 2):
-        decs[s][6] = extra / np.linalg.norm(extra)
-    freqs = [np.linspace(1.0, 0.1, 12) for _ in decs]  # latent 11 of each seed fires least
-    pool = pool_features(decs, freqs=freqs)
-    choice = pool_choice(pool, 12, fill="base", base=0)
-    others = [c for c in choice if c[0] != 0]
-    assert len(others) == 1 and others[0][1] == 6
-    assert sorted(j for s, j in choice if s == 0) == list(range(11))
-    assert sorted(pool_choice(pool, 12, fill="base", base=0, min_recurrence=3)) == [(0, j) for j in range(12)]
+    """A feature shared by seeds 1 and 2 but absent from seed 0 replaces seed 0's latent nearest to it."""
     import pytest
 
+    decs, _ = planted_decoders(num_seeds=3, d=16, shared=6, private=6)
+    rng = np.random.default_rng(5)
+    extra = rng.standard_normal(16)
+    extra /= np.linalg.norm(extra)
+    for s in (1, 2):
+        decs[s][6] = extra
+    other = rng.standard_normal(16)
+    other -= (other @ extra) * extra
+    decs[0][9] = 0.6 * extra + 0.8 * other / np.linalg.norm(other)  # cos 0.6 < theta: no link, but the nearest
+    pool = pool_features(decs, freqs=[np.linspace(1.0, 0.1, 12) for _ in decs])
+    choice = pool_choice(pool, 12, fill="base", base=0, decoders=decs)
+    assert [c for c in choice if c[0] != 0] in ([(1, 6)], [(2, 6)])
+    assert sorted(j for s, j in choice if s == 0) == [j for j in range(12) if j != 9]
+    assert sorted(pool_choice(pool, 12, fill="base", min_recurrence=3, decoders=decs)) == [(0, j) for j in range(12)]
+    with pytest.raises(ValueError, match="decoders"):
+        pool_choice(pool, 12, fill="base")
     with pytest.raises(ValueError, match="fill"):
         pool_choice(pool, 12, fill="medoid")
     with pytest.raises(ValueError, match="fewer than target_size"):
-        pool_choice(pool, 14, fill="base")  # 7 recurring components + 6 private latents of seed 0
+        pool_choice(pool, 13, fill="base", decoders=decs)  # 7 recurring components + 5 private latents of seed 0
 
 
 def test_best_similarity_equals_principal_angles_over_every_pair():
