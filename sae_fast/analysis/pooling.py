@@ -120,7 +120,10 @@ def pool_choice(pool: Pool, size: int, *, fill: str = "rank", base: int = 0, min
         for c in pool.order:
             own = [m for m in pool.members[c] if m[0] == base]
             if pool.recurrence[c] >= min_recurrence:
-                (recurring if own else foreign).append(own[0] if own else tuple(int(v) for v in pool.representative[c]))
+                if own:  # all of them: a chain of links can join two latents of the base in one component
+                    recurring += own
+                else:
+                    foreign.append(tuple(int(v) for v in pool.representative[c]))
             elif own:
                 own_rest.append(own[0][1])
         if foreign and own_rest:

@@ -109,6 +109,21 @@ def test_base_fill_takes_features_recurring_without_the_base_seed():
         pool_choice(pool, 13, fill="base", decoders=decs)  # 7 recurring components + 5 private latents of seed 0
 
 
+def test_base_fill_keeps_every_base_latent_of_a_chained_component():
+    """a (seed 0) <-> x (seed 1) <-> y (seed 2) <-> b (seed 0) are mutual nearest neighbours along an arc: one
+    component with two latents of the base seed; the base pool keeps both (the base's dictionary unchanged)."""
+    rng = np.random.default_rng(0)
+    plane = np.linalg.qr(rng.standard_normal((16, 2)))[0].T
+    arc = {deg: np.cos(np.radians(deg)) * plane[0] + np.sin(np.radians(deg)) * plane[1] for deg in (0, 20, 40, 60)}
+    decs = [rng.standard_normal((6, 16)) for _ in range(3)]
+    decs = [d / np.linalg.norm(d, axis=1, keepdims=True) for d in decs]
+    decs[0][0], decs[0][1], decs[1][0], decs[2][0] = arc[0], arc[60], arc[20], arc[40]
+    pool = pool_features(decs)
+    assert pool.component_of[0][0] == pool.component_of[0][1] == pool.component_of[1][0] == pool.component_of[2][0]
+    choice = pool_choice(pool, 6, fill="base", base=0, decoders=decs)
+    assert sorted(choice) == [(0, j) for j in range(6)]
+
+
 def test_best_similarity_equals_principal_angles_over_every_pair():
     """The GEMM shortcut (sum cos² = ||Uqᵀ Ub||_F²) picks the same best candidate per seed, with the same value,
     as scoring every pair by its principal angles."""
