@@ -72,7 +72,7 @@ class StudyConfig:
     refit_batch_size: int = 1024
     """rows per encoder refit step"""
     max_refit_tokens: int = 262_144
-    """encoder refit: training activations used (first rows of the cache / of ``refit_activations``)"""
+    """encoder refit: training activations used (first rows of the cache or of --refit-activations)"""
     exclude_dead: bool = True
     """leave latents that never fire on the held-out activations out of the subspace analyses"""
     max_eval_tokens: int = 50_000
