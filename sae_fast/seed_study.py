@@ -67,6 +67,8 @@ class StudyConfig:
     """a candidate is reproduced in a seed when its best subspace similarity there is >= tau"""
     pool_seeds: int | None = None
     """seeds used to build the pool (the rest are held out); None: half, at least 2"""
+    pool_min_recurrence: int = 2
+    """base pool: features recurring in at least this many pool seeds replace the base seed's nearest latents"""
     refit_steps: int = 500
     """pooled SAEs and the base seed (control): encoder refit steps with the decoder frozen (0: none)"""
     refit_batch_size: int = 1024
@@ -95,6 +97,8 @@ class StudyConfig:
             raise ValueError(f"eps must be in [0, 0.5), got {self.eps}")
         if self.subspace_set not in ("unstable", "nonstable"):
             raise ValueError(f"subspace_set must be 'unstable' or 'nonstable', got {self.subspace_set!r}")
+        if self.pool_min_recurrence < 2:
+            raise ValueError(f"pool_min_recurrence must be >= 2 (seeds), got {self.pool_min_recurrence}")
         self.ranks = tuple(int(r) for r in self.ranks)
 
 
@@ -514,7 +518,7 @@ def study(
         results["pooling"] = pool_mod.pooling_study(
             saes[:n_pool], decoders[n_pool:], x_pool_eval, x_train=x_refit, theta=cfg.theta, eps=cfg.eps,
             freqs=freqs[:n_pool], refit_steps=cfg.refit_steps, refit_batch_size=cfg.refit_batch_size,
-            batch_size=cfg.batch_size)
+            min_recurrence=cfg.pool_min_recurrence, batch_size=cfg.batch_size)
         results["pooling"]["note"] = note
     else:
         results["pooling"] = {"skipped": f"needs >= 2 pool seeds and >= 1 held-out seed (have {S} seeds)"}

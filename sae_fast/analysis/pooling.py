@@ -116,6 +116,8 @@ def pool_choice(pool: Pool, size: int, *, fill: str = "rank", base: int = 0, min
     elif fill == "base":
         if decoders is None:
             raise ValueError("fill='base' needs the pool seeds' decoders")
+        if min_recurrence < 2:
+            raise ValueError(f"min_recurrence must be >= 2 (seeds), got {min_recurrence}")
         recurring, foreign, own_rest = [], [], []
         for c in pool.order:
             own = [m for m in pool.members[c] if m[0] == base]

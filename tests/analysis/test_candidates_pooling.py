@@ -105,6 +105,8 @@ def test_base_fill_takes_features_recurring_without_the_base_seed():
         pool_choice(pool, 12, fill="base")
     with pytest.raises(ValueError, match="fill"):
         pool_choice(pool, 12, fill="medoid")
+    with pytest.raises(ValueError, match="min_recurrence"):
+        pool_choice(pool, 12, fill="base", min_recurrence=1, decoders=decs)
     with pytest.raises(ValueError, match="fewer than target_size"):
         pool_choice(pool, 13, fill="base", decoders=decs)  # 7 recurring components + 5 private latents of seed 0
 
