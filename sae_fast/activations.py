@@ -219,8 +219,12 @@ class CachedSource(_FiniteSource):
         return self._to_tensor(out)
 
     def read(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Rows [start, stop) in cache order, as one tensor (for inspection and tests)."""
-        stop = self.num_tokens if stop is None else stop
+        """Rows [start, stop) in cache order, as one tensor; like a slice, ``stop`` past the end reads to the end."""
+        if start < 0 or (stop is not None and stop < 0):
+            raise ValueError(f"start and stop must be >= 0, got start={start}, stop={stop}")
+        stop = self.num_tokens if stop is None else min(stop, self.num_tokens)
+        if start >= stop:
+            return self._to_tensor(np.empty((0, self.d_in), dtype=self._shards[0].dtype))
         return self._gather(np.arange(start, stop))
 
     def describe(self) -> dict[str, Any]:

@@ -94,6 +94,11 @@ def test_tensor_cache_round_trip_and_same_batches(tmp_path: Path, dtype: str) ->
     expect = x.to(act._DTYPES[dtype])
     reopened = CachedSource(tmp_path / "c")
     assert torch.equal(reopened.read(), expect)
+    # slice semantics: a stop past the end reads to the end, an empty range is (0, d)
+    assert torch.equal(reopened.read(250, 5000), expect[250:])
+    assert reopened.read(700, 700).shape == (0, 6) and reopened.read(2000).dtype == expect.dtype
+    with pytest.raises(ValueError, match="start"):
+        reopened.read(-1)
     assert isinstance(reopened._shards[0], np.memmap)
     ref = _take(TensorSource(expect, check=False), 12, batch_size=128, seed=7, start=2)
     got = _take(reopened, 12, batch_size=128, seed=7, start=2)

@@ -33,13 +33,16 @@ def _run_dir(tmp_path, num_seeds: int = 4):
 
 def test_study_on_saved_seeds_writes_traceable_report(tmp_path):
     from sae_fast import study
+    from sae_fast.activations import save_tensor_cache
     from sae_fast.report import _get
     from sae_fast.seed_study import StudyConfig
 
     run, x = _run_dir(tmp_path)
     out = tmp_path / "study"
-    res = study(run, activations=x, out_dir=out, synthetic=False, progress=False,
+    train_cache = save_tensor_cache(x[:700], tmp_path / "train_cache").path  # fewer rows than max_refit_tokens
+    res = study(run, activations=x, refit_activations=train_cache, out_dir=out, synthetic=False, progress=False,
                 config=StudyConfig(ranks=(2, 4), n_random=1, refit_steps=2))
+    assert res["pooling"]["note"].startswith("refit on 700 training activations")
     assert res["source"]["seeds"] == ["seed0", "seed1", "seed2", "seed3"]
     st = res["stability"]["anchor"]
     assert st["num_stable"] == SHARED and st["num_unstable"] + st["num_neither"] == F - SHARED
