@@ -259,6 +259,9 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
         ("share of candidates reproduced (score >= min_score)", "candidates.reproduced_share"),
         ("null: mean score of random subspaces", "candidates.null.score_mean"),
         ("null: share reproduced", "candidates.null.reproduced_share"),
+        ("mean best similarity in another seed (mean over candidates)", "candidates.mean_best_similarity"),
+        ("null: mean best similarity of random subspaces", "candidates.null.mean_best_similarity"),
+        ("null: its 99th percentile", "candidates.null.mean_best_similarity_q99"),
         ("anchor: share of the set in a reproducible subspace", "candidates.per_seed.0.share_in_reproducible"),
         ("clustering affinity", "candidates.params.method"),
     ]))

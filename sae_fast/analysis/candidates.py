@@ -252,4 +252,6 @@ def candidate_subspaces(
     scores = [c["score"] for c in out["candidates"]]
     out["score_mean"] = float(np.mean(scores)) if scores else float("nan")
     out["reproduced_share"] = float(np.mean([s >= min_score for s in scores])) if scores else float("nan")
+    best_sims = [c["mean_best_similarity"] for c in out["candidates"]]
+    out["mean_best_similarity"] = float(np.mean(best_sims)) if best_sims else float("nan")
     return out

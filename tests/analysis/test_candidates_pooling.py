@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from sae_fast.analysis.candidates import candidate_subspaces, cluster_latents, coactivation_affinity
@@ -39,6 +40,8 @@ def test_candidates_recover_shared_subspaces_and_beat_null():
     grouped = [c for c in res["candidates"] if max(c["latents"]) < n_group]
     assert len(grouped) == 6 and all(c["score"] == 1.0 and c["rank"] == 4 for c in grouped)
     assert res["null"]["score_mean"] == 0.0
+    assert res["mean_best_similarity"] == pytest.approx(np.mean([c["mean_best_similarity"] for c in res["candidates"]]))
+    assert res["mean_best_similarity"] > res["null"]["mean_best_similarity_q99"]
     for p in res["per_seed"]:
         assert set(range(n_group)) <= set(p["reproducible_latents"])
     res_cos = candidate_subspaces(decs, [np.arange(len(d)) for d in decs], method="cosine", threshold=0.05)
@@ -85,8 +88,6 @@ def test_pool_features_and_pooled_sae():
 
 def test_base_fill_takes_features_recurring_without_the_base_seed():
     """A feature shared by seeds 1 and 2 but absent from seed 0 replaces seed 0's latent nearest to it."""
-    import pytest
-
     decs, _ = planted_decoders(num_seeds=3, d=16, shared=6, private=6)
     rng = np.random.default_rng(5)
     extra = rng.standard_normal(16)
@@ -129,8 +130,6 @@ def test_base_fill_keeps_every_base_latent_of_a_chained_component():
 def test_best_similarity_equals_principal_angles_over_every_pair():
     """The GEMM shortcut (sum cos² = ||Uqᵀ Ub||_F²) picks the same best candidate per seed, with the same value,
     as scoring every pair by its principal angles."""
-    import pytest
-
     from sae_fast import principal_angles_pairs
     from sae_fast.analysis.candidates import _best_similarity, _cos2_sums
 
