@@ -163,8 +163,8 @@ def pooled_sae(saes: list[torch.nn.Module], pool: Pool, target_size: int | None 
     size = first.num_latents if target_size is None else int(target_size)
     if not 0 <= base < len(saes):
         raise ValueError(f"base must index one of the {len(saes)} pool seeds, got {base}")
-    chosen = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence,
-                         decoders=[sae.W_dec.detach().float().cpu() for sae in saes])
+    decoders = [sae.W_dec.detach().float().cpu() for sae in saes] if fill == "base" else None
+    chosen = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence, decoders=decoders)
     # "base": the base seed's own bias, so that its latents (most of the pool) reconstruct exactly as before
     b_dec = saes[base].b_dec.float() if fill == "base" else torch.stack([s.b_dec.float() for s in saes]).mean(0)
     out = TopKSAE(first.d_in, size, first.k, dtype=torch.float32, seed=0)
