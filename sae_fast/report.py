@@ -289,7 +289,9 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
             ("share stable vs held-out, pooled base", "pooling.pooled_base.share_stable"),
         ]))
         B.append(("p", "Ranked: the target size of unique features by recurrence, then firing frequency, from all "
-                       "pool seeds. Base: every recurring feature plus the base seed's own latents. Stability is "
+                       "pool seeds. Base: the base seed's dictionary in which every feature recurring in other pool "
+                       "seeds but not in the base replaces the base latent nearest to it (with two pool seeds: the "
+                       "base seed itself). The base seed gets the same encoder refit as the control. Stability is "
                        "measured against seeds not used to build the pool."))
     if "synthetic" in results:
         B.append(("h2", "6. Synthetic ground truth"))

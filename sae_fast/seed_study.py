@@ -74,7 +74,8 @@ class StudyConfig:
     refit_batch_size: int = 1024
     """rows per encoder refit step"""
     max_refit_tokens: int = 262_144
-    """encoder refit: training activations used (first rows of the cache or of --refit-activations)"""
+    """encoder refit: training activations held in memory (first rows of the cache or of --refit-activations;
+    fp32, so 262,144 rows are 0.4 GB at d = 384 and 4 GB at d = 4096)"""
     exclude_dead: bool = True
     """leave latents that never fire on the held-out activations out of the subspace analyses"""
     max_eval_tokens: int = 50_000
@@ -390,7 +391,7 @@ def study(
     if x.shape[1] != d:
         raise ValueError(f"activations have d={x.shape[1]} but the SAEs have d_in={d}")
     x_refit = None
-    if refit_activations is not None:
+    if refit_activations is not None and cfg.refit_steps > 0:
         x_refit = mask_mod.check_activations(_as_heldout(refit_activations, cfg.max_refit_tokens).x,
                                              "refit_activations").float()
         if x_refit.shape[1] != d:
