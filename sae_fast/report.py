@@ -281,6 +281,12 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
             ("EV pooled, base seed + recurring features", "pooling.pooled_base.ev"),
             ("… after encoder refit", "pooling.pooled_base.ev_refit"),
             ("… latents taken from other seeds", "pooling.pooled_base.latents_from_other_seeds"),
+            ("EV after fine-tuning every parameter: base seed (control)", "pooling.single_refit.finetune.ev"),
+            ("… ranked pool", "pooling.pooled.finetune.ev"),
+            ("… base pool", "pooling.pooled_base.finetune.ev"),
+            ("mean p̂ after that fine-tuning: base seed (control)", "pooling.single_refit.finetune.p_hat_mean"),
+            ("… ranked pool", "pooling.pooled.finetune.p_hat_mean"),
+            ("… base pool", "pooling.pooled_base.finetune.p_hat_mean"),
             ("mean p̂ vs held-out seeds, single (mean)", "pooling.single_p_hat_mean_mean"),
             ("mean p̂ vs held-out seeds, pooled ranked", "pooling.pooled.p_hat_mean"),
             ("mean p̂ vs held-out seeds, pooled base", "pooling.pooled_base.p_hat_mean"),
@@ -291,8 +297,8 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
         B.append(("p", "Ranked: the target size of unique features by recurrence, then firing frequency, from all "
                        "pool seeds. Base: the base seed's dictionary in which every feature recurring in other pool "
                        "seeds but not in the base replaces the base latent nearest to it (with two pool seeds: the "
-                       "base seed itself). The base seed gets the same encoder refit as the control. Stability is "
-                       "measured against seeds not used to build the pool."))
+                       "base seed itself). The base seed gets the same encoder refit and fine-tuning as the "
+                       "control. Stability is measured against seeds not used to build the pool."))
     if "synthetic" in results:
         B.append(("h2", "6. Synthetic ground truth"))
         B.append(("p", "Isolated sparse features plus groups living in shared low-rank subspaces with no preferred "

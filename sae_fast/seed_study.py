@@ -71,8 +71,10 @@ class StudyConfig:
     """base pool: features recurring in at least this many pool seeds replace the base seed's nearest latents"""
     refit_steps: int = 500
     """pooled SAEs and the base seed (control): encoder refit steps with the decoder frozen (0: none)"""
+    finetune_steps: int = 500
+    """pooled SAEs and the base seed (control): fine-tuning steps of every parameter, from the pool (0: none)"""
     refit_batch_size: int = 1024
-    """rows per encoder refit step"""
+    """rows per refit / fine-tuning step"""
     max_refit_tokens: int = 262_144
     """encoder refit: training activations held in memory (first rows of the cache or of --refit-activations;
     fp32, so 262,144 rows are 0.4 GB at d = 384 and 4 GB at d = 4096)"""
@@ -391,7 +393,7 @@ def study(
     if x.shape[1] != d:
         raise ValueError(f"activations have d={x.shape[1]} but the SAEs have d_in={d}")
     x_refit = None
-    if refit_activations is not None and cfg.refit_steps > 0:
+    if refit_activations is not None and (cfg.refit_steps > 0 or cfg.finetune_steps > 0):
         x_refit = mask_mod.check_activations(_as_heldout(refit_activations, cfg.max_refit_tokens).x,
                                              "refit_activations").float()
         if x_refit.shape[1] != d:
@@ -518,7 +520,8 @@ def study(
                     "the pools and the single seeds alike")
         results["pooling"] = pool_mod.pooling_study(
             saes[:n_pool], decoders[n_pool:], x_pool_eval, x_train=x_refit, theta=cfg.theta, eps=cfg.eps,
-            freqs=freqs[:n_pool], refit_steps=cfg.refit_steps, refit_batch_size=cfg.refit_batch_size,
+            freqs=freqs[:n_pool], refit_steps=cfg.refit_steps, finetune_steps=cfg.finetune_steps,
+            refit_batch_size=cfg.refit_batch_size,
             min_recurrence=cfg.pool_min_recurrence, batch_size=cfg.batch_size)
         results["pooling"]["note"] = note
     else:

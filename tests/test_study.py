@@ -41,7 +41,7 @@ def test_study_on_saved_seeds_writes_traceable_report(tmp_path):
     out = tmp_path / "study"
     train_cache = save_tensor_cache(x[:700], tmp_path / "train_cache").path  # fewer rows than max_refit_tokens
     res = study(run, activations=x, refit_activations=train_cache, out_dir=out, synthetic=False, progress=False,
-                config=StudyConfig(ranks=(2, 4), n_random=1, refit_steps=2))
+                config=StudyConfig(ranks=(2, 4), n_random=1, refit_steps=2, finetune_steps=2))
     assert res["pooling"]["note"].startswith("refit on 700 training activations")
     assert res["source"]["seeds"] == ["seed0", "seed1", "seed2", "seed3"]
     st = res["stability"]["anchor"]
@@ -94,7 +94,8 @@ def test_cli_study(tmp_path, capsys):
     np.save(tmp_path / "acts.npy", x.numpy())
     np.save(tmp_path / "train.npy", x.numpy()[::-1].copy())
     rc = main(["study", str(run), "--activations", str(tmp_path / "acts.npy"), "--out", str(tmp_path / "s"),
-               "--no-synthetic", "--no-progress", "--ranks", "2", "--refit-steps", "2", "--refit-batch-size", "64",
+               "--no-synthetic", "--no-progress", "--ranks", "2", "--refit-steps", "2", "--finetune-steps", "2",
+               "--refit-batch-size", "64",
                "--pool-seeds", "2", "--refit-activations", str(tmp_path / "train.npy"), "--max-refit-tokens", "500"])
     assert rc == 0
     assert "report:" in capsys.readouterr().out

@@ -14,8 +14,9 @@
    encoder row, encoder bias and decoder row make the pooled SAE's latent.
    The pooled ``b_dec`` is the mean of the pool seeds' ``b_dec`` (the base seed's own with ``fill="base"``); each
    encoder bias is shifted so that the latent's pre-activation is exactly the one it had in its own SAE.
-3. Optionally refit the encoder and biases with the decoder frozen (and the base seed the same way, as the
-   control: the refit alone raises EV a little).
+3. Optionally refit the encoder and biases with the decoder frozen, and/or fine-tune every parameter briefly
+   from the pool (the base seed gets the same, as the control: either alone raises a trained seed's EV a little,
+   and the fine-tune its p̂ too).
 4. Evaluate the pooled SAE's EV on held-out activations, and its stability p̂ against **held-out seeds**
    (not used to build the pool), both next to a single pool seed's.
 """
@@ -179,11 +180,13 @@ def pooled_sae(saes: list[torch.nn.Module], pool: Pool, target_size: int | None 
     return out
 
 
-def refit_encoder(sae: torch.nn.Module, x: torch.Tensor, *, steps: int = 100, batch_size: int = 512,
-                  lr: float = 1e-3, seed: int = 0) -> list[float]:
-    """Fine-tune W_enc, b_enc and b_dec with W_dec frozen (Adam on FVU); returns the FVU per step."""
-    params = [sae.W_enc, sae.b_enc, sae.b_dec]
-    sae.W_dec.requires_grad_(False)
+def refit(sae: torch.nn.Module, x: torch.Tensor, *, steps: int = 100, batch_size: int = 512, lr: float = 1e-3,
+          decoder: bool = False, seed: int = 0) -> list[float]:
+    """Fine-tune ``sae`` on rows of ``x`` (Adam on FVU); returns the FVU per step. ``decoder=False``: W_enc, b_enc
+    and b_dec with W_dec frozen; ``decoder=True``: every parameter, with the trainer's decoder maintenance (the
+    gradient component parallel to each decoder row removed, rows renormalised after each step)."""
+    params = list(sae.parameters()) if decoder else [sae.W_enc, sae.b_enc, sae.b_dec]
+    sae.W_dec.requires_grad_(decoder)
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     losses = []
@@ -193,7 +196,11 @@ def refit_encoder(sae: torch.nn.Module, x: torch.Tensor, *, steps: int = 100, ba
             loss = sae(xb).fvu
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if decoder:
+                sae.remove_gradient_parallel_to_decoder_directions()
             opt.step()
+            if decoder:
+                sae.set_decoder_norm_to_unit_norm()
             losses.append(float(loss.detach()))
     finally:
         sae.W_dec.requires_grad_(True)
@@ -211,6 +218,7 @@ def pooling_study(
     link: str = "mutual",
     freqs: list[ArrayLike] | None = None,
     refit_steps: int = 0,
+    finetune_steps: int = 0,
     refit_batch_size: int = 1024,
     base: int = 0,
     min_recurrence: int = 2,
@@ -218,8 +226,10 @@ def pooling_study(
 ) -> dict:
     """Pool ``pool_saes`` both ways (``fill="rank"`` → ``out["pooled"]``, ``fill="base"`` → ``out["pooled_base"]``)
     and compare each pooled SAE with the single pool seeds on EV and on p̂ against held-out seeds. With
-    ``refit_steps`` and ``x_train``, the encoders of both pooled SAEs and, as the control, of the base seed
-    itself are refit the same way (decoder frozen), so EV after refit is compared like with like."""
+    ``x_train``, both pooled SAEs and, as the control, the base seed itself get the same ``refit_steps`` of
+    encoder refit (decoder frozen: ``ev_refit``) and, from the pool as it was built, the same ``finetune_steps``
+    of fine-tuning of every parameter (``finetune``: EV and p̂ again, as the decoder moves, and the median cosine
+    of each decoder row to where it started), so that every comparison is like with like."""
     from .masking import masked_fvu
     from .stability import anchor_scores, summarize
 
@@ -229,7 +239,8 @@ def pooling_study(
     pool = pool_features(decs, theta=theta, link=link, freqs=freqs)
     held = [unit_rows(h, "heldout_decoders") for h in heldout_decoders]
     size = pool_saes[0].num_latents
-    refit = refit_steps > 0 and x_train is not None
+    do_refit = refit_steps > 0 and x_train is not None
+    do_finetune = finetune_steps > 0 and x_train is not None
 
     def summary(sae: torch.nn.Module) -> dict:
         sc = anchor_scores([sae.W_dec.detach().float().cpu(), *held], theta=theta, anchors=[0])
@@ -239,9 +250,20 @@ def pooling_study(
                 "share_unstable": st["share_unstable"]}
 
     def refit_ev(sae: torch.nn.Module) -> dict:
-        losses = refit_encoder(sae, x_train, steps=refit_steps, batch_size=refit_batch_size)
-        return {"ev_refit": 1.0 - masked_fvu(sae, x_eval, {}, batch_size=batch_size)["none"],
-                "refit_steps": refit_steps, "refit_final_train_fvu": losses[-1]}
+        out: dict = {}
+        if do_finetune:
+            tuned = copy.deepcopy(sae).float().cpu().requires_grad_(True)
+            start = tuned.W_dec.detach().clone()
+            losses = refit(tuned, x_train, steps=finetune_steps, batch_size=refit_batch_size, decoder=True)
+            moved = torch.nn.functional.cosine_similarity(start, tuned.W_dec.detach(), dim=1)
+            out["finetune"] = {**summary(tuned), "steps": finetune_steps, "final_train_fvu": losses[-1],
+                               "decoder_cos_to_start_median": float(moved.median())}
+        if do_refit:
+            sae = copy.deepcopy(sae).float().cpu().requires_grad_(True)
+            losses = refit(sae, x_train, steps=refit_steps, batch_size=refit_batch_size)
+            out.update(ev_refit=1.0 - masked_fvu(sae, x_eval, {}, batch_size=batch_size)["none"],
+                       refit_steps=refit_steps, refit_final_train_fvu=losses[-1])
+        return out
 
     def recurrence_hist(choice: list[tuple[int, int]]) -> list[int]:
         rec = [pool.recurrence[pool.component_of[s][j]] for s, j in choice]
@@ -260,12 +282,10 @@ def pooling_study(
         if fill == "base":
             out[key].update(base_seed=base, min_recurrence=min_recurrence,
                             latents_from_other_seeds=sum(s != base for s, _ in choice))
-        if refit:
-            out[key].update(refit_ev(pooled))
+        out[key].update(refit_ev(pooled))
     out["chosen_recurrence_hist"] = out["pooled"]["chosen_recurrence_hist"]
-    if refit:
-        control = copy.deepcopy(pool_saes[base]).float().cpu().requires_grad_(True)
-        out["single_refit"] = {"seed": base, **refit_ev(control)}
+    if do_refit or do_finetune:
+        out["single_refit"] = {"seed": base, **refit_ev(pool_saes[base])}
     for key in ("ev", "p_hat_mean", "share_stable", "share_unstable"):
         out[f"single_{key}_mean"] = float(np.mean([r[key] for r in out["single"]]))
     return out

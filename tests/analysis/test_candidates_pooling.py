@@ -72,11 +72,17 @@ def test_pool_features_and_pooled_sae():
     own = (x - saes[s].b_dec) @ saes[s].W_enc[j] + saes[s].b_enc[j]
     new = (x - pooled.b_dec) @ pooled.W_enc[0] + pooled.b_enc[0]
     torch.testing.assert_close(own, new, atol=1e-5, rtol=1e-5)
-    res = pooling_study(saes[:3], [decs[3]], torch.randn(200, 16), x_train=torch.randn(300, 16), refit_steps=3)
+    before = [t.clone() for t in saes[0].parameters()]
+    res = pooling_study(saes[:3], [decs[3]], torch.randn(200, 16), x_train=torch.randn(300, 16), refit_steps=3,
+                        finetune_steps=3, refit_batch_size=64)
     assert res["pooled"]["p_hat_mean"] >= res["single_p_hat_mean_mean"]
-    assert "ev_refit" in res["pooled"] and "ev_refit" in res["pooled_base"] and res["single_refit"]["seed"] == 0
-    # the caller's SAEs are untouched by the control refit
+    for key in ("pooled", "pooled_base", "single_refit"):
+        assert "ev_refit" in res[key] and res[key]["finetune"]["steps"] == 3
+        assert 0.5 < res[key]["finetune"]["decoder_cos_to_start_median"] < 1.0  # the decoder moved, a little
+    assert res["single_refit"]["seed"] == 0
+    # the caller's SAEs are untouched by the control's refit and fine-tuning
     assert not any(p.requires_grad for p in saes[0].parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, saes[0].parameters()))
     # every base latent is in a recurring component or is the base's own: fill="base" rebuilds seed 0 exactly
     base_pooled = pooled_sae(saes[:3], pool, fill="base", base=0)
     x = torch.randn(64, 16)
