@@ -293,6 +293,8 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
             ("share stable vs held-out, single (mean)", "pooling.single_share_stable_mean"),
             ("share stable vs held-out, pooled ranked", "pooling.pooled.share_stable"),
             ("share stable vs held-out, pooled base", "pooling.pooled_base.share_stable"),
+            ("base pool saved (sparsify layout) at", "pooling.pooled_base.saved.path"),
+            ("ranked pool saved at", "pooling.pooled.saved.path"),
         ]))
         B.append(("p", "Ranked: the target size of unique features by recurrence, then firing frequency, from all "
                        "pool seeds. Base: the base seed's dictionary in which every feature recurring in other pool "

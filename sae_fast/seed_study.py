@@ -522,7 +522,7 @@ def study(
             saes[:n_pool], decoders[n_pool:], x_pool_eval, x_train=x_refit, theta=cfg.theta, eps=cfg.eps,
             freqs=freqs[:n_pool], refit_steps=cfg.refit_steps, finetune_steps=cfg.finetune_steps,
             refit_batch_size=cfg.refit_batch_size,
-            min_recurrence=cfg.pool_min_recurrence, batch_size=cfg.batch_size)
+            min_recurrence=cfg.pool_min_recurrence, batch_size=cfg.batch_size, save_dir=out / "pooled")
         results["pooling"]["note"] = note
     else:
         results["pooling"] = {"skipped": f"needs >= 2 pool seeds and >= 1 held-out seed (have {S} seeds)"}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -223,13 +224,15 @@ def pooling_study(
     base: int = 0,
     min_recurrence: int = 2,
     batch_size: int = 4096,
+    save_dir: str | Path | None = None,
 ) -> dict:
     """Pool ``pool_saes`` both ways (``fill="rank"`` → ``out["pooled"]``, ``fill="base"`` → ``out["pooled_base"]``)
     and compare each pooled SAE with the single pool seeds on EV and on p̂ against held-out seeds. With
     ``x_train``, both pooled SAEs and, as the control, the base seed itself get the same ``refit_steps`` of
     encoder refit (decoder frozen: ``ev_refit``) and, from the pool as it was built, the same ``finetune_steps``
     of fine-tuning of every parameter (``finetune``: EV and p̂ again, as the decoder moves, and the median cosine
-    of each decoder row to where it started), so that every comparison is like with like."""
+    of each decoder row to where it started), so that every comparison is like with like. ``save_dir``: each
+    pooled SAE, in its last state (fine-tuned, else refit, else as built), is saved to ``save_dir/<fill>``."""
     from .masking import masked_fvu
     from .stability import anchor_scores, summarize
 
@@ -249,8 +252,16 @@ def pooling_study(
                 "p_hat_mean": st["p_hat_mean"], "share_stable": st["share_stable"],
                 "share_unstable": st["share_unstable"]}
 
-    def refit_ev(sae: torch.nn.Module) -> dict:
+    def refit_ev(sae: torch.nn.Module) -> tuple[dict, torch.nn.Module]:
+        """The refit / fine-tuning results and the SAE worth keeping (fine-tuned, else refit, else ``sae``)."""
         out: dict = {}
+        final = sae
+        if do_refit:
+            refitted = copy.deepcopy(sae).float().cpu().requires_grad_(True)
+            losses = refit(refitted, x_train, steps=refit_steps, batch_size=refit_batch_size)
+            out.update(ev_refit=1.0 - masked_fvu(refitted, x_eval, {}, batch_size=batch_size)["none"],
+                       refit_steps=refit_steps, refit_final_train_fvu=losses[-1])
+            final = refitted
         if do_finetune:
             tuned = copy.deepcopy(sae).float().cpu().requires_grad_(True)
             start = tuned.W_dec.detach().clone()
@@ -258,12 +269,8 @@ def pooling_study(
             moved = torch.nn.functional.cosine_similarity(start, tuned.W_dec.detach(), dim=1)
             out["finetune"] = {**summary(tuned), "steps": finetune_steps, "final_train_fvu": losses[-1],
                                "decoder_cos_to_start_median": float(moved.median())}
-        if do_refit:
-            sae = copy.deepcopy(sae).float().cpu().requires_grad_(True)
-            losses = refit(sae, x_train, steps=refit_steps, batch_size=refit_batch_size)
-            out.update(ev_refit=1.0 - masked_fvu(sae, x_eval, {}, batch_size=batch_size)["none"],
-                       refit_steps=refit_steps, refit_final_train_fvu=losses[-1])
-        return out
+            final = tuned
+        return out, final
 
     def recurrence_hist(choice: list[tuple[int, int]]) -> list[int]:
         rec = [pool.recurrence[pool.component_of[s][j]] for s, j in choice]
@@ -282,10 +289,18 @@ def pooling_study(
         if fill == "base":
             out[key].update(base_seed=base, min_recurrence=min_recurrence,
                             latents_from_other_seeds=sum(s != base for s, _ in choice))
-        out[key].update(refit_ev(pooled))
+        results, final = refit_ev(pooled)
+        out[key].update(results)
+        if save_dir is not None:
+            from ..checkpoint import save_sae
+
+            stage = "finetuned" if do_finetune else "refit" if do_refit else "as built"
+            folder = save_sae(final, Path(save_dir) / fill, metadata={"pool": fill, "stage": stage,
+                                                                       "pool_seeds": len(pool_saes)})
+            out[key]["saved"] = {"path": str(folder), "stage": stage}
     out["chosen_recurrence_hist"] = out["pooled"]["chosen_recurrence_hist"]
     if do_refit or do_finetune:
-        out["single_refit"] = {"seed": base, **refit_ev(pool_saes[base])}
+        out["single_refit"] = {"seed": base, **refit_ev(pool_saes[base])[0]}
     for key in ("ev", "p_hat_mean", "share_stable", "share_unstable"):
         out[f"single_{key}_mean"] = float(np.mean([r[key] for r in out["single"]]))
     return out

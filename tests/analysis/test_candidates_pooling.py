@@ -48,7 +48,7 @@ def test_candidates_recover_shared_subspaces_and_beat_null():
     assert res_cos["params"]["method"] == "cosine"
 
 
-def test_pool_features_and_pooled_sae():
+def test_pool_features_and_pooled_sae(tmp_path):
     from sae_fast import TopKSAE
 
     decs, _ = planted_decoders(num_seeds=4, d=16, shared=6, private=6)
@@ -73,13 +73,22 @@ def test_pool_features_and_pooled_sae():
     new = (x - pooled.b_dec) @ pooled.W_enc[0] + pooled.b_enc[0]
     torch.testing.assert_close(own, new, atol=1e-5, rtol=1e-5)
     before = [t.clone() for t in saes[0].parameters()]
-    res = pooling_study(saes[:3], [decs[3]], torch.randn(200, 16), x_train=torch.randn(300, 16), refit_steps=3,
-                        finetune_steps=3, refit_batch_size=64)
+    x_eval = torch.randn(200, 16)
+    res = pooling_study(saes[:3], [decs[3]], x_eval, x_train=torch.randn(300, 16), refit_steps=3,
+                        finetune_steps=3, refit_batch_size=64, save_dir=tmp_path / "pooled")
     assert res["pooled"]["p_hat_mean"] >= res["single_p_hat_mean_mean"]
     for key in ("pooled", "pooled_base", "single_refit"):
         assert "ev_refit" in res[key] and res[key]["finetune"]["steps"] == 3
         assert 0.5 < res[key]["finetune"]["decoder_cos_to_start_median"] < 1.0  # the decoder moved, a little
     assert res["single_refit"]["seed"] == 0
+    # each pool is saved fine-tuned, and loads back as the SAE that was scored
+    from sae_fast import load_sae
+    from sae_fast.analysis.masking import masked_fvu
+
+    for key, fill in (("pooled", "rank"), ("pooled_base", "base")):
+        assert res[key]["saved"] == {"path": str(tmp_path / "pooled" / fill), "stage": "finetuned"}
+        loaded = load_sae(tmp_path / "pooled" / fill)
+        assert 1 - masked_fvu(loaded, x_eval, {})["none"] == pytest.approx(res[key]["finetune"]["ev"], abs=1e-6)
     # the caller's SAEs are untouched by the control's refit and fine-tuning
     assert not any(p.requires_grad for p in saes[0].parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, saes[0].parameters()))
