@@ -69,7 +69,7 @@ for s in "$@"; do
       stage study 590 env PYTHONPATH="$PWD/.gpu_study/site:$PYTHONPATH" python3 -m sae_fast study --out "$OUT/study" \
         --model-path .gpu_study/model --device cuda --splice-texts 0 --no-progress --num-seeds 16 \
         --expansion-factor 21 --k 32 --train-texts 60000 --eval-texts 2000 --total-tokens 2000000 \
-        --train-batch-size 4096 --refit-steps 200 ;;
+        --train-batch-size 4096 --refit-steps 200 --finetune-steps 200 ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done
