@@ -156,17 +156,21 @@ def pool_choice(pool: Pool, size: int, *, fill: str = "rank", base: int = 0, min
 
 @torch.no_grad()
 def pooled_sae(saes: list[torch.nn.Module], pool: Pool, target_size: int | None = None, *, fill: str = "rank",
-               base: int = 0, min_recurrence: int = 2) -> torch.nn.Module:
+               base: int = 0, min_recurrence: int = 2, chosen: list[tuple[int, int]] | None = None
+               ) -> torch.nn.Module:
     """A TopKSAE of ``target_size`` unique features (default: the first SAE's size) chosen by
-    :func:`pool_choice`."""
+    :func:`pool_choice`, or the ``chosen`` (seed, latent) pairs that call already returned."""
     from ..sae import TopKSAE
 
     first = saes[0]
     size = first.num_latents if target_size is None else int(target_size)
     if not 0 <= base < len(saes):
         raise ValueError(f"base must index one of the {len(saes)} pool seeds, got {base}")
-    decoders = [sae.W_dec.detach().float().cpu() for sae in saes] if fill == "base" else None
-    chosen = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence, decoders=decoders)
+    if chosen is None:
+        decoders = [sae.W_dec.detach().float().cpu() for sae in saes] if fill == "base" else None
+        chosen = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence, decoders=decoders)
+    elif len(chosen) != size:
+        raise ValueError(f"chosen holds {len(chosen)} latents, target_size is {size}")
     # "base": the base seed's own bias, so that its latents (most of the pool) reconstruct exactly as before
     b_dec = saes[base].b_dec.float() if fill == "base" else torch.stack([s.b_dec.float() for s in saes]).mean(0)
     out = TopKSAE(first.d_in, size, first.k, dtype=torch.float32, seed=0)
@@ -284,7 +288,7 @@ def pooling_study(
     }
     for key, fill in (("pooled", "rank"), ("pooled_base", "base")):
         choice = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence, decoders=decs)
-        pooled = pooled_sae(pool_saes, pool, size, fill=fill, base=base, min_recurrence=min_recurrence)
+        pooled = pooled_sae(pool_saes, pool, size, fill=fill, base=base, chosen=choice)
         out[key] = {"fill": fill, **summary(pooled), "chosen_recurrence_hist": recurrence_hist(choice)}
         if fill == "base":
             out[key].update(base_seed=base, min_recurrence=min_recurrence,

@@ -94,6 +94,11 @@ def test_pool_features_and_pooled_sae(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, saes[0].parameters()))
     # every base latent is in a recurring component or is the base's own: fill="base" rebuilds seed 0 exactly
     base_pooled = pooled_sae(saes[:3], pool, fill="base", base=0)
+    choice = pool_choice(pool, 12, fill="base", decoders=decs[:3])
+    given = pooled_sae(saes[:3], pool, fill="base", chosen=choice)  # the choice made once, not again
+    assert all(torch.equal(a, b) for a, b in zip(given.parameters(), base_pooled.parameters()))
+    with pytest.raises(ValueError, match="chosen holds 1 latents"):
+        pooled_sae(saes[:3], pool, chosen=choice[:1])
     x = torch.randn(64, 16)
     torch.testing.assert_close(base_pooled(x).recon, saes[0](x).recon, atol=1e-5, rtol=1e-5)
     assert res["pooled_base"]["latents_from_other_seeds"] == 0
