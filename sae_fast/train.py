@@ -17,8 +17,10 @@ Output folder (``output_dir``)::
                                   seed<s>/{sae.safetensors, cfg.json, optimizer.pt, train_state.safetensors}
 
 A checkpoint is written into a temp folder, every file fsynced, then renamed into place, so a crash leaves
-the previous checkpoint intact. ``resume=True`` continues from the newest complete checkpoint with the same
-data order, and gives bit-for-bit the weights of an uninterrupted run.
+the previous checkpoint intact; ``trainer_state.json`` records the SHA-256 of every file and of itself, and a
+description of the data source. ``resume=True`` continues from the newest complete checkpoint with the same
+data order (refusing a corrupt checkpoint, other settings or another source), trims ``log.jsonl`` back to
+the checkpoint's step, and gives bit-for-bit the weights of an uninterrupted run.
 
 Under ``torchrun`` (``torch.distributed`` initialised), seeds are sharded across ranks (each rank trains
 ``seeds[rank::world_size]`` on the same batches); with a single seed, training is data-parallel (each rank
@@ -28,6 +30,7 @@ takes a slice of every batch, gradients are summed).
 from __future__ import annotations
 
 import ast
+import hashlib
 import inspect
 import io
 import itertools
@@ -61,10 +64,14 @@ from .checkpoint import (
 
 __all__ = ["TrainConfig", "Trainer", "field_docs", "train"]
 
-_STATE_FORMAT = "sae_fast.train/1"
+_STATE_FORMAT = "sae_fast.train/2"  # /2: SHA-256 of every file and of the state itself, the data source
+_LEGACY_FORMATS = ("sae_fast.train/1",)  # no checksums: still resumable
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Optimizers: name -> base learning rate at 2**14 latents (scaled by 1/sqrt(num_latents / 2**14)).
 _BASE_LR = {"adam": 2e-4, "low_memory_adam": 2e-4, "signum": 5e-3}
+OPTIMIZERS = tuple(_BASE_LR)
+DTYPES = tuple(_DTYPES)
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
 
 
 @dataclass
@@ -196,7 +203,7 @@ class TrainConfig:
             raise ValueError(f"adam_eps must be positive, got {self.adam_eps!r}")
         if not (self.auxk_alpha >= 0 and math.isfinite(self.auxk_alpha)):
             raise ValueError(f"auxk_alpha must be a non-negative number, got {self.auxk_alpha!r}")
-        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+        if self.b_dec_init not in B_DEC_INITS:
             raise ValueError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', got {self.b_dec_init!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
@@ -219,6 +226,22 @@ class TrainConfig:
 _RESUME_FIELDS = ("num_latents", "expansion_factor", "k", "seeds", "batch_size", "lr", "lr_warmup_steps", "optimizer",
                   "adam_betas", "adam_eps", "auxk_alpha", "k_aux", "dead_tokens_threshold", "b_dec_init", "dtype",
                   "data_seed")
+# Compared through their resolved values (num_latents, lr) rather than as given.
+_RESOLVED_FIELDS = ("num_latents", "expansion_factor", "lr")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of a trainer state (without its own ``sha256`` entry), over canonical JSON."""
+    body = {k: v for k, v in state.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -245,11 +268,15 @@ class _SeedState:
     metric_steps: int = 0
 
 
-def _make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, cfg: TrainConfig,
+                    seed: int = 0) -> torch.optim.Optimizer:
+    """The optimizer of one SAE; ``seed`` (the SAE's) seeds LowMemoryAdam's stochastic rounding."""
     from .optim import make_optimizer
 
     if name == "signum":
         return make_optimizer(name, params, lr)
+    if name == "low_memory_adam":
+        return make_optimizer(name, params, lr, betas=cfg.adam_betas, eps=cfg.adam_eps, seed=seed)
     return make_optimizer(name, params, lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
 
 
@@ -338,6 +365,10 @@ class Trainer:
         if cfg.k > self.num_latents:
             raise ValueError(f"k={cfg.k} must not exceed num_latents={self.num_latents}")
         self.lr = cfg.resolved_lr(self.num_latents)
+        n_tokens = source.num_tokens
+        if n_tokens is not None and cfg.batch_size > n_tokens:
+            raise ValueError(f"batch_size={cfg.batch_size} is larger than the source ({n_tokens} tokens): use a "
+                             "smaller batch size or more activations")
         self.k_aux = min(cfg.k_aux if cfg.k_aux is not None else max(1, self.d_in // 2), self.num_latents)
         self.dtype = _DTYPES[cfg.dtype]
         self.rank, self.world_size = dist_utils.get_rank(), dist_utils.get_world_size()
@@ -351,6 +382,7 @@ class Trainer:
         self.step = 0
         self.states = [self._new_state(seed) for seed in self.local_seeds]
         self._wandb: Any = None
+        self._wandb_id: str | None = None
         self._bar: Any = None
 
     # ------------------------------------------------------------------------------------------------------
@@ -365,7 +397,7 @@ class Trainer:
         from .sae import TopKSAE
 
         sae = TopKSAE(self.d_in, self.num_latents, self.cfg.k, dtype=self.dtype, device=self.device, seed=seed)
-        optimizer = _make_optimizer(self.cfg.optimizer, list(sae.parameters()), self.lr, self.cfg)
+        optimizer = _make_optimizer(self.cfg.optimizer, list(sae.parameters()), self.lr, self.cfg, seed=seed)
         counter = torch.zeros(self.num_latents, dtype=torch.int64, device=self.device)
         return _SeedState(seed, sae, optimizer, counter)
 
@@ -393,6 +425,9 @@ class Trainer:
                                   "--resume) or choose another output_dir")
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temp_folders()
+            if cfg.resume:
+                self._truncate_log()
             atomic_write_json(self.output_dir / "config.json", {
                 "train_config": asdict(cfg), "source": self.source.describe(), "d_in": self.d_in,
                 "num_latents": self.num_latents, "lr": self.lr, "world_size": self.world_size,
@@ -429,6 +464,28 @@ class Trainer:
         finally:
             self._stop_logging()
         return self.saes
+
+    def _remove_stale_temp_folders(self) -> None:
+        """Delete checkpoint temp folders left by a run that was killed while writing one."""
+        ckpt_root = self.output_dir / "checkpoints"
+        if ckpt_root.is_dir():
+            for tmp in ckpt_root.glob(".tmp_step_*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _truncate_log(self) -> None:
+        """Keep only the log rows up to the resumed step (an interrupted run may have logged past it)."""
+        log = self.output_dir / "log.jsonl"
+        if not log.is_file():
+            return
+        kept = []
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a row cut short by the interruption
+            if isinstance(row, dict) and int(row.get("step", 0)) <= self.step:
+                kept.append(line + "\n")
+        atomic_write(log, lambda f: f.write("".join(kept).encode()))
 
     def _next_checkpoint_tokens(self) -> int | None:
         interval = self.cfg.checkpoint_interval
@@ -509,8 +566,10 @@ class Trainer:
             except ImportError:
                 print("sae-fast: wandb is not installed; logging to log.jsonl only")
             else:
+                resume = {"id": self._wandb_id, "resume": "must"} if self._wandb_id else {}
                 self._wandb = wandb.init(project=self.cfg.wandb_project, config=asdict(self.cfg),
-                                         dir=str(self.output_dir), resume="allow")
+                                         dir=str(self.output_dir), **resume)
+                self._wandb_id = getattr(self._wandb, "id", None) or self._wandb_id
 
     def _stop_logging(self) -> None:
         if self._bar is not None:
@@ -549,6 +608,10 @@ class Trainer:
             self._bar.n = self.tokens_seen
             self._bar.set_postfix(fvu=f"{mean['fvu']:.4f}", l0=f"{mean['l0']:.1f}",
                                   dead=f"{100 * mean['dead_fraction']:.1f}%", tok_s=f"{tokens_per_s:,.0f}")
+        elif not self.cfg.progress:
+            for r in all_rows:
+                print(f"step {self.step}/{self.cfg.num_steps} seed {r['seed']}: fvu {r['fvu']:.4f}  L0 {r['l0']:.1f}  "
+                      f"dead {100 * r['dead_fraction']:.1f}%  {tokens_per_s:,.0f} tok/s", flush=True)
         if self._wandb is not None:
             payload = {f"seed{r['seed']}/{k}": r[k] for r in all_rows
                        for k in ("fvu", "explained_variance", "l0", "dead_fraction", "auxk_loss")}
@@ -564,41 +627,61 @@ class Trainer:
         return not self.data_parallel or self.rank == 0
 
     def save_checkpoint(self) -> Path:
-        """Write a complete checkpoint of every seed at the current step (atomically) and return its folder."""
+        """Write a complete checkpoint of every seed at the current step (atomically) and return its folder.
+
+        ``trainer_state.json``, written last, records the SHA-256 of every file of the checkpoint and of
+        itself; :meth:`load_checkpoint` checks them all.
+        """
         ckpt_root = self.output_dir / "checkpoints"
         final = ckpt_root / f"step_{self.step:09d}"
         tmp = ckpt_root / f".tmp_step_{self.step:09d}"
-        if self.rank == 0:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-        dist_utils.barrier()
-        if self._owns_files() and not final.exists():
-            for st in self.states:
-                folder = tmp / f"seed{st.seed}"
-                save_sae(st.sae, folder, metadata=self._sae_metadata(st.seed))
-                buffer = io.BytesIO()
-                torch.save(st.optimizer.state_dict(), buffer)
-                atomic_write(folder / "optimizer.pt", lambda f, b=buffer: f.write(b.getvalue()))
-                atomic_save_safetensors({"tokens_since_fired": st.tokens_since_fired, **_rng_states(st.optimizer)},
-                                        folder / "train_state.safetensors")
-        dist_utils.barrier()
-        if self.rank == 0:
-            if final.exists():  # already written (resumed at the end of a finished run)
-                shutil.rmtree(tmp)
-            else:
-                atomic_write_json(tmp / "trainer_state.json", {
-                    "format": _STATE_FORMAT, "step": self.step, "tokens": self.tokens_seen, "seeds": self.cfg.seeds,
-                    "config": {k: getattr(self.cfg, k) for k in _RESUME_FIELDS}, "d_in": self.d_in,
-                    "num_latents": self.num_latents, "world_size": self.world_size})
-                fsync_dir(tmp)
-                os.replace(tmp, final)
-                fsync_dir(ckpt_root)
-                complete = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
-                for old in complete[:-self.cfg.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
+        try:
+            if self.rank == 0:
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                tmp.mkdir(parents=True)
+            dist_utils.barrier()
+            if self._owns_files() and not final.exists():
+                for st in self.states:
+                    folder = tmp / f"seed{st.seed}"
+                    save_sae(st.sae, folder, metadata=self._sae_metadata(st.seed))
+                    buffer = io.BytesIO()
+                    torch.save(st.optimizer.state_dict(), buffer)
+                    atomic_write(folder / "optimizer.pt", lambda f, b=buffer: f.write(b.getvalue()))
+                    atomic_save_safetensors({"tokens_since_fired": st.tokens_since_fired, **_rng_states(st.optimizer)},
+                                            folder / "train_state.safetensors")
+            dist_utils.barrier()
+            if self.rank == 0:
+                if final.exists():  # already written (resumed at the end of a finished run)
+                    shutil.rmtree(tmp)
+                else:
+                    atomic_write_json(tmp / "trainer_state.json", self._trainer_state(tmp))
+                    fsync_dir(tmp)
+                    os.replace(tmp, final)
+                    fsync_dir(ckpt_root)
+                    complete = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
+                    for old in complete[:-self.cfg.keep_checkpoints]:
+                        shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         dist_utils.barrier()
         return final
+
+    def _resume_config(self) -> dict[str, Any]:
+        """The settings a resumed run must share, with F and the learning rate as resolved."""
+        mine = {k: getattr(self.cfg, k) for k in _RESUME_FIELDS if k not in _RESOLVED_FIELDS}
+        return json.loads(json.dumps(mine))
+
+    def _trainer_state(self, folder: Path) -> dict[str, Any]:
+        files = {str(p.relative_to(folder)): _sha256_file(p) for p in sorted(folder.rglob("*"))
+                 if p.is_file() and not p.name.startswith(".")}
+        state = {"format": _STATE_FORMAT, "step": self.step, "tokens": self.tokens_seen, "seeds": self.cfg.seeds,
+                 "config": self._resume_config(), "d_in": self.d_in, "num_latents": self.num_latents, "lr": self.lr,
+                 "world_size": self.world_size, "source": self.source.fingerprint(),
+                 "wandb_run_id": self._wandb_id, "files": files}
+        return json.loads(json.dumps({**state, "sha256": _state_digest(state)}))
 
     def save_final(self) -> None:
         """Write each seed's SAE to ``output_dir/seed<s>`` (sparsify layout)."""
@@ -614,25 +697,21 @@ class Trainer:
         return found[-1] if found else None
 
     def load_checkpoint(self, path: str | os.PathLike[str] | None = None) -> None:
-        """Restore every local seed from ``path`` (default: the newest complete checkpoint)."""
+        """Restore every local seed from ``path`` (default: the newest complete checkpoint).
+
+        Raises CheckpointError naming the file when any file fails its recorded SHA-256, and ValueError when
+        the checkpoint was made with other settings or on another data source.
+        """
         folder = Path(path) if path is not None else self.latest_checkpoint()
         if folder is None:
             raise FileNotFoundError(f"resume: no complete checkpoint under {self.output_dir / 'checkpoints'}")
-        state_file = folder / "trainer_state.json"
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"resume: {state_file} is missing or corrupt: {exc}") from exc
-        if state.get("format") != _STATE_FORMAT:
-            raise CheckpointError(f"resume: {state_file} is not a sae_fast training state")
-        mine = {k: getattr(self.cfg, k) for k in _RESUME_FIELDS}
-        theirs = state["config"]
-        diff = {k: (theirs.get(k), v) for k, v in json.loads(json.dumps(mine)).items() if theirs.get(k) != v}
-        if diff or state.get("d_in") != self.d_in:
-            raise ValueError(f"resume: the checkpoint {folder} was made with other settings: "
-                             + ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in diff.items()))
+        state = self._read_state(folder)
+        self._check_compatible(folder, state)
+        files = state.get("files")
         for st in self.states:
             seed_dir = folder / f"seed{st.seed}"
+            if files is not None:
+                self._verify_files(folder, files, f"seed{st.seed}/")
             sae = load_sae(seed_dir, device=self.device, dtype=self.dtype)
             with torch.no_grad():
                 for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
@@ -646,6 +725,50 @@ class Trainer:
             st.tokens_since_fired.copy_(counters["tokens_since_fired"])
             _set_rng_states(st.optimizer, counters)
         self.step = int(state["step"])
+        self._wandb_id = state.get("wandb_run_id")
+
+    @staticmethod
+    def _read_state(folder: Path) -> dict[str, Any]:
+        state_file = folder / "trainer_state.json"
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"resume: {state_file} is missing or corrupt: {exc}") from exc
+        if not isinstance(state, dict) or state.get("format") not in (_STATE_FORMAT, *_LEGACY_FORMATS):
+            raise CheckpointError(f"resume: {state_file} is not a sae_fast training state (or is corrupt)")
+        if state["format"] == _STATE_FORMAT and state.get("sha256") != _state_digest(state):
+            raise CheckpointError(f"resume: {state_file} is corrupt: its contents do not match its SHA-256")
+        return state
+
+    @staticmethod
+    def _verify_files(folder: Path, files: dict[str, str], prefix: str) -> None:
+        for name, digest in files.items():
+            if not name.startswith(prefix):
+                continue
+            file = folder / name
+            if not file.is_file():
+                raise CheckpointError(f"resume: checkpoint file {file} is missing")
+            if _sha256_file(file) != digest:
+                raise CheckpointError(f"resume: checkpoint file {file} is corrupt (SHA-256 mismatch)")
+        if not any(name.startswith(prefix) for name in files):
+            raise CheckpointError(f"resume: {folder / prefix} is not recorded in the checkpoint's trainer_state.json")
+
+    def _check_compatible(self, folder: Path, state: dict[str, Any]) -> None:
+        """ValueError naming every setting (and the data source) that differs from the checkpoint's."""
+        theirs = state.get("config") or {}
+        diff = {k: (theirs.get(k), v) for k, v in self._resume_config().items() if theirs.get(k) != v}
+        for key, mine in (("d_in", self.d_in), ("num_latents", self.num_latents), ("lr", self.lr)):
+            if key in state and state[key] != mine:
+                diff[key] = (state[key], mine)
+        if diff:
+            raise ValueError(f"resume: the checkpoint {folder} was made with other settings: "
+                             + ", ".join(f"{k}: {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in diff.items()))
+        saved, now = state.get("source"), json.loads(json.dumps(self.source.fingerprint()))
+        if saved is not None and saved != now:
+            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise ValueError(f"resume: the checkpoint {folder} was made on another data source (differs in "
+                             + ", ".join(f"{k}: {saved.get(k)!r} (checkpoint) vs {now.get(k)!r} (now)"
+                                         for k in changed) + ")")
 
 
 def train(source: ActivationSource, cfg: TrainConfig | None = None, **overrides: Any) -> dict[int, Any]:

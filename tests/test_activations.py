@@ -292,3 +292,60 @@ def test_embedded_model_from_a_packed_copy(monkeypatch: pytest.MonkeyPatch, tmp_
     assert act.load_embedded_model()[0].config.num_hidden_layers == 4
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         act.load_embedded_model(path=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- audit fixes
+
+
+def test_texts_without_real_tokens_raise_instead_of_hanging(tiny_bert) -> None:
+    model, tokenizer = tiny_bert
+    src = ModelSource(model, tokenizer, ["", "   "], layer=1)
+    with pytest.raises(ValueError, match="no real tokens"):
+        next(src.iter_batches(8))
+
+
+def test_gpt2_style_tokenizer_without_a_pad_token(tmp_path: Path) -> None:
+    """A tiny GPT-2 built offline (WordLevel tokenizer, no pad token): padded with EOS; the tokenizer is left as is."""
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
+
+    words = ["<|endoftext|>", "[UNK]", "to", "be", "or", "not", "the", "question"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", unk_token="[UNK]")
+    torch.manual_seed(0)
+    model = GPT2Model(GPT2Config(vocab_size=len(words), n_embd=16, n_layer=2, n_head=2, n_positions=32)).eval()
+    texts = ["to be or not to be", "the question"]
+    src = ModelSource(model, tokenizer, texts, layer=1)
+    assert tokenizer.pad_token is None and src.tokenizer.pad_token == "<|endoftext|>"
+    acts = torch.cat(list(src.iter_activations()))
+    assert acts.shape == (8, 16)
+    with torch.no_grad():  # block 1's output, token by token, equals the unpadded forward of each text
+        alone = [model(**tokenizer(t, return_tensors="pt"), output_hidden_states=True).hidden_states[1][0]
+                 for t in texts]
+    torch.testing.assert_close(src._activations_of(texts), torch.cat(alone), rtol=1e-5, atol=1e-5)
+
+
+def test_cache_cleans_temp_files_and_counts_texts(tiny_bert, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = tiny_bert
+    src = ModelSource(model, tokenizer, TEXTS, layer=2, text_batch_size=4)
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / ".shard_00000.npy.tmp99999").write_bytes(b"left by a killed run")
+
+    def no_space(*args, **kwargs):
+        raise OSError("no space left")
+
+    with monkeypatch.context() as m:
+        m.setattr(np, "save", no_space)
+        with pytest.raises(OSError, match="no space"):
+            cache_activations(src, out, texts_per_shard=4, progress=False)
+    assert not list(out.glob(".*.tmp*"))  # the stale file went at the start, the failed one on the error
+    import tqdm.auto
+
+    bars: list[dict] = []
+    real = tqdm.auto.tqdm
+    monkeypatch.setattr(tqdm.auto, "tqdm", lambda **kw: bars.append(kw) or real(**kw))
+    cache_activations(src, out, texts_per_shard=4, progress=False)
+    assert (bars[0]["total"], bars[0]["unit"]) == (len(TEXTS), "text")

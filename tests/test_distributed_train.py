@@ -55,6 +55,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     try:
         _run(f"{out}/sharded", SHARDED_SEEDS, resume_after=7)  # ranks are interrupted, then resume
         _run(f"{out}/data_parallel", [DP_SEED], resume_after=None)
+        _run(f"{out}/data_parallel_resumed", [DP_SEED], resume_after=7)
     finally:
         dist.destroy_process_group()
 
@@ -75,7 +76,8 @@ DP_SEED = 5
 
 @pytest.fixture(scope="module")
 def distributed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One gloo job of 2 processes: 3 seeds sharded over the ranks (with a resume), then 1 seed data-parallel."""
+    """One gloo job of 2 processes: 3 seeds sharded over the ranks (with a resume), then 1 seed data-parallel
+    (straight, and interrupted then resumed)."""
     tmp = tmp_path_factory.mktemp("dist")
     mp.start_processes(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, start_method="spawn", join=True)
     return tmp
@@ -115,6 +117,17 @@ def test_one_seed_is_data_parallel_and_matches_one_process(distributed_run: Path
     # Only rank 0 writes the (replicated) SAE and the log.
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("seed")) == ["seed5"]
     assert '"seed": 5,' in (out / "log.jsonl").read_text()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
+def test_data_parallel_resume_matches_the_uninterrupted_run(distributed_run: Path) -> None:
+    straight = load_sae(distributed_run / "data_parallel" / "seed5")
+    resumed = load_sae(distributed_run / "data_parallel_resumed" / "seed5")
+    for name in PARAMS:
+        assert torch.equal(getattr(resumed, name), getattr(straight, name)), name
+    steps = [int(line.split('"step": ')[1].split(",")[0])
+             for line in (distributed_run / "data_parallel_resumed" / "log.jsonl").read_text().splitlines()]
+    assert steps == [4, 8, 12]
 
 
 def test_more_ranks_than_seeds_is_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:

