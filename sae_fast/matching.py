@@ -22,8 +22,11 @@ Backends
     :class:`FaissIndex` and pass it as ``index_b`` to reuse it against many dictionaries. Returned cosines
     are re-scored in float32 for the returned indices.
 ``auto``
-    ``exact`` (torch on the GPU when one is visible, else float32 blocks on the CPU); ``faiss`` when a
-    prebuilt index is passed. What was picked is in ``Match.backend`` and is logged at INFO level.
+    ``faiss`` when a prebuilt index is passed; on CUDA ``exact`` (the tensor-core sweep does both directions
+    of (2^17, 2048) in 135 ms where faiss ``knn_gpu`` needs 156 ms for one, issue 6 anchors); on a CPU an IVF
+    index with sampled recall@1 when the sweep would cost more than ``AUTO_FAISS_MIN_FLOP`` (2 F_A F_B d) and
+    faiss is installed, else ``exact``. What was picked is in ``Match.backend``, ``info["picked"]`` (and why
+    in ``info["picked_reason"]``) and is logged at INFO level.
 
 ``absolute=True`` ranks by |cos| (a row and its negation count as the same feature) and returns |cos|.
 """
@@ -50,6 +53,12 @@ ArrayLike = Any  # numpy array or torch tensor of shape (F, d)
 BACKENDS = ("auto", "exact", "faiss")
 INDEX_KINDS = ("flat", "ivf", "ivf_sq", "hnsw", "cagra")
 _LOW_PRECISION = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}  # unit roundoff
+APPROXIMATE_KINDS = ("ivf", "ivf_sq", "hnsw", "cagra")
+# backend="auto" on a CPU: above this many flop (2 F_A F_B d) per pair, faiss IVF instead of the exact sweep.
+# bench/RESULTS.md measures the CPU sweep at 30-56 GFLOP/s on 2 loaded cores (~130 quiet): 1e13 flop is about
+# 3 minutes there, e.g. F = 2^17 at d = 768 (2.6e13) goes to IVF, F = 2^16 at d = 768 (6.6e12) stays exact.
+AUTO_FAISS_MIN_FLOP = 1e13
+DEFAULT_RECALL_SAMPLE = 1000  # rows sampled for recall@1 of an approximate index, unless told otherwise
 
 
 @dataclass
@@ -644,14 +653,37 @@ def resolve_device(device: torch.device | str | None, *xs: ArrayLike) -> torch.d
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_backend(backend: str, device: torch.device, index_given: bool) -> str:
-    """Resolves ``auto``: ``faiss`` when a prebuilt index is given, else ``exact`` (a tiled GEMM is exact and,
-    measured on 2 CPU cores and on an H100, at least as fast as faiss's exact search)."""
+def choose_backend(backend: str, device: torch.device, index_given: bool,
+                   flop: float | None = None) -> tuple[str, str]:
+    """Resolves ``auto`` to (backend, reason): ``faiss`` when a prebuilt index is given; ``exact`` on CUDA
+    (faster than faiss there, see the module docstring); on a CPU ``faiss`` (IVF) when ``flop`` (2 F_A F_B d of
+    one pair) exceeds ``AUTO_FAISS_MIN_FLOP`` and faiss is installed, else ``exact``."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
-        return backend
-    return "faiss" if index_given else "exact"
+        return backend, f"backend={backend!r} asked for"
+    if index_given:
+        return "faiss", "auto: a prebuilt faiss index was passed"
+    if device.type == "cuda":
+        return "exact", "auto: CUDA device, the tensor-core sweep beats faiss there"
+    if flop is None or flop <= AUTO_FAISS_MIN_FLOP:
+        size = "" if flop is None else f"{flop:.3g} flop <= {AUTO_FAISS_MIN_FLOP:.3g}, "
+        return "exact", f"auto: {device.type}, {size}exact sweep"
+    if not faiss_available():
+        return "exact", f"auto: {flop:.3g} flop > {AUTO_FAISS_MIN_FLOP:.3g} on {device.type} but faiss is not installed"
+    return "faiss", (f"auto: {flop:.3g} flop > {AUTO_FAISS_MIN_FLOP:.3g} on {device.type} and faiss installed: IVF "
+                     "with sampled recall@1")
+
+
+def pick_backend(backend: str, device: torch.device, index_given: bool, flop: float | None = None) -> str:
+    """The backend of :func:`choose_backend` without the reason."""
+    return choose_backend(backend, device, index_given, flop)[0]
+
+
+def _dims(x: ArrayLike) -> tuple[int, int] | None:
+    """(F, d) of a 2-D array/tensor, else None (the checks come later)."""
+    shape = getattr(x, "shape", None)
+    return (int(shape[0]), int(shape[1])) if shape is not None and len(shape) == 2 else None
 
 
 def _exact_backend(
@@ -711,12 +743,12 @@ def match(
     tol: float | None = None,
     block_rows: int | None = None,
     block_cols: int | None = None,
-    index: str = "flat",
+    index: str | None = None,
     nlist: int | None = None,
     nprobe: int | None = None,
     index_a: FaissIndex | None = None,
     index_b: FaissIndex | None = None,
-    recall_sample: int = 0,
+    recall_sample: int | None = None,
     normalize: bool = True,
     kernel: str = "torch",
     verbose: bool = False,
@@ -728,10 +760,12 @@ def match(
     on CPU, float16 on CUDA: same tensor-core speed as bfloat16 and 8x smaller rounding for unit-norm rows, so
     far fewer rows need re-scoring; low-precision results are re-scored so the top-k is the float32 one),
     ``candidates`` kept per row before re-scoring, ``tol`` the certification margin (default: a rounding
-    bound computed from the inputs), ``block_rows`` x ``block_cols`` the tile. faiss backend: ``index`` kind,
-    ``nlist``, ``nprobe``, or prebuilt ``index_b`` (searched with A) and ``index_a`` (searched with B);
-    ``recall_sample`` > 0: for an approximate index, recall@1 of A -> B against the exact float32 top-1 on that
-    many random rows of A, in ``info["recall_at_1"]``.
+    bound computed from the inputs), ``block_rows`` x ``block_cols`` the tile. faiss backend: ``index`` kind
+    (default ``flat``; ``ivf`` when ``auto`` picks faiss by size), ``nlist``, ``nprobe`` (a prebuilt index's own
+    nprobe is restored afterwards), or prebuilt ``index_b`` (searched with A) and ``index_a`` (searched with B).
+    ``recall_sample``: for an approximate index, recall@1 against the exact float32 top-1 on that many random
+    rows (default min(1000, F); 0 disables), A -> B in ``info["recall_at_1"]`` and, with ``both``, B -> A in
+    ``info["recall_at_1_ba"]``.
     ``kernel``: ``torch`` (tiled torch GEMM + running top-k) or ``triton`` (fused GEMM + max kernel, k = 1, signed
     cosine, bfloat16/float16 tiles; CUDA, or CPU under TRITON_INTERPRET=1). ``normalize=False`` (exact
     backend) trusts that A and B are already checked unit-norm float32 rows on the device and skips the checks
@@ -739,8 +773,14 @@ def match(
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
+    if recall_sample is not None and (not isinstance(recall_sample, int) or recall_sample < 0):
+        raise ValueError(f"recall_sample must be a non-negative int or None, got {recall_sample!r}")
     dev = resolve_device(device, A, B)
-    chosen = pick_backend(backend, dev, index_b is not None or index_a is not None)
+    da, db = _dims(A), _dims(B)
+    flop = 2.0 * da[0] * db[0] * da[1] if da is not None and db is not None else None
+    chosen, reason = choose_backend(backend, dev, index_b is not None or index_a is not None, flop)
+    if index is None:
+        index = "ivf" if backend == "auto" and chosen == "faiss" and index_b is None else "flat"
     t0 = time.perf_counter()
     if chosen == "exact":
         if normalize:
@@ -760,23 +800,34 @@ def match(
         ib = index_b if index_b is not None else FaissIndex(B, index, nlist=nlist, nprobe=nprobe)
         if both and ia is None:
             ia = FaissIndex(A, index, nlist=nlist, nprobe=nprobe)
-        if nprobe is not None:
-            for ix in (ia, ib):
-                if ix is not None and ix.kind in ("ivf", "ivf_sq"):
+        given = {id(x): x for x in (ia, ib) if x is not None}.values()
+        ivfs = [x for x in given if x.kind in ("ivf", "ivf_sq")]
+        saved = [(ix, ix.nprobe) for ix in ivfs]
+        try:
+            if nprobe is not None:
+                for ix in ivfs:
                     ix.set_nprobe(nprobe)
-        cos_ab, idx_ab = ib.search(A, k, absolute=absolute)
-        cos_ba = idx_ba = None
-        if both:
-            cos_ba, idx_ba = ia.search(B, k, absolute=absolute)
-        desc = ib.description + (f", nprobe={ib.nprobe}" if ib.kind.startswith("ivf") else "")
+            cos_ab, idx_ab = ib.search(A, k, absolute=absolute)
+            cos_ba = idx_ba = None
+            if both:
+                cos_ba, idx_ba = ia.search(B, k, absolute=absolute)
+            desc = ib.description + (f", nprobe={ib.nprobe}" if ib.kind.startswith("ivf") else "")
+        finally:  # a caller's index keeps its own nprobe
+            for ix, old in saved:
+                if old is not None and ix.nprobe != old:
+                    ix.set_nprobe(old)
         fa, fb, d = idx_ab.shape[0], ib.n, ib.d
         info = {"build_seconds": ib.build_seconds + (ia.build_seconds if ia is not None and both else 0.0)}
-        if recall_sample > 0 and ib.kind != "flat":
-            info["recall_at_1"] = _sampled_recall(A, ib, idx_ab, cos_ab, recall_sample, absolute)
-            info["recall_rows"] = min(recall_sample, fa)
+        if ib.kind in APPROXIMATE_KINDS:
+            n = min(DEFAULT_RECALL_SAMPLE if recall_sample is None else recall_sample, fa)
+            if n > 0:
+                info["recall_at_1"] = _sampled_recall(A, ib, idx_ab, cos_ab, n, absolute)
+                info["recall_rows"] = n
+                if both and ia.kind in APPROXIMATE_KINDS:
+                    info["recall_at_1_ba"] = _sampled_recall(B, ia, idx_ba, cos_ba, min(n, fb), absolute)
         result = Match(idx_ab, cos_ab, idx_ba, cos_ba, desc, absolute, info)
     seconds = time.perf_counter() - t0
-    result.info.update(seconds=seconds, flop=2.0 * fa * fb * d, picked=chosen)
+    result.info.update(seconds=seconds, flop=2.0 * fa * fb * d, picked=chosen, picked_reason=reason)
     msg = f"match: backend={backend!r} -> {result.backend} ({fa}x{fb}, d={d}, {seconds:.3f} s)"
     log.info(msg)
     if verbose:

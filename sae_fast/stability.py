@@ -17,10 +17,15 @@ One-to-one variants: :func:`hungarian_match` (scipy's linear_sum_assignment), :f
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
+import logging
 import math
 import os
 import re
+import signal
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -32,7 +37,17 @@ import numpy as np
 import torch
 
 from . import distributed as dist_utils
-from .matching import ArrayLike, FaissIndex, as_unit_rows, match, match_many, pick_backend, resolve_device
+from .matching import (
+    ArrayLike,
+    FaissIndex,
+    as_unit_rows,
+    choose_backend,
+    match,
+    match_many,
+    resolve_device,
+)
+
+log = logging.getLogger(__name__)
 
 SPARSIFY_FILE = "sae.safetensors"
 SAELENS_FILE = "sae_weights.safetensors"
@@ -42,7 +57,12 @@ _META_FILE = "stability.json"
 _FORMAT = "sae_fast.stability/1"
 
 UNSTABLE, NEITHER, STABLE = -1, 0, 1
-_INDEX_OPTIONS = ("nlist", "nprobe", "use_gpu", "threads", "graph_degree", "itopk_size")  # FaissIndex keywords
+# every keyword of FaissIndex (nlist, nprobe, hnsw_m, ef_search, ...) and of the exact sweep (match_many)
+_INDEX_OPTIONS = tuple(n for n, p in inspect.signature(FaissIndex.__init__).parameters.items()
+                       if p.kind is inspect.Parameter.KEYWORD_ONLY)
+_EXACT_OPTIONS = ("dtype", "candidates", "tol", "block_rows", "block_cols", "kernel")
+_NO_EFFECT = ("threads",)  # index options that do not change results (left out of the resume check)
+_FINGERPRINT_ROWS = 8
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -303,6 +323,25 @@ class SeedDecoders:
         with safe_open(str(self._files[s]), framework="pt") as h:
             return h.get_tensor(DECODER_KEY)
 
+    def fingerprint(self, s: int) -> str:
+        """A cheap identity of seed s's decoder: hash of its shape and a few strided rows (read one by one)."""
+        step = max(1, self.num_features // _FINGERPRINT_ROWS)
+        rows = range(0, self.num_features, step)[:_FINGERPRINT_ROWS]
+        h = hashlib.sha256(repr((self.num_features, self.d)).encode())
+        if self._arrays is not None:
+            x = self._arrays[s]
+            for r in rows:
+                row = x[r].detach().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x[r]))
+                h.update(row.to(torch.float32).numpy().tobytes())
+        else:
+            from safetensors import safe_open
+
+            with safe_open(str(self._files[s]), framework="pt") as f:
+                sl = f.get_slice(DECODER_KEY)
+                for r in rows:
+                    h.update(sl[r:r + 1].to(torch.float32).numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def get(self, s: int) -> torch.Tensor:
         """Seed s's unit-normalised decoder rows, float32 on the device (cached)."""
         if s in self._cache:
@@ -388,12 +427,92 @@ def default_stack(num_seeds: int, num_features: int, d: int, cache_bytes: int, m
 
 
 def _check_compatible(old: Stability, seeds: list[str], anchors: list[int], num_features: int, absolute: bool,
-                      where: Path) -> None:
+                      where: Path, settings: dict[str, Any] | None = None,
+                      fingerprints: list[str] | None = None) -> None:
+    """Raises ValueError when the run saved at ``where`` was made with other seeds, anchors, F, absolute, backend
+    or index settings, d, or decoders (runs saved before settings/fingerprints were recorded skip those checks)."""
     same = (old.seeds == seeds and old.anchors == anchors and old.num_features == num_features
             and old.absolute == absolute)
     if not same:
         raise ValueError(f"{where} holds a stability run with other settings (seeds, anchors, F or absolute); "
                          "use another out= directory or delete it")
+    problems = []
+    saved = old.info.get("settings")
+    if settings is not None and saved is not None:
+        problems += [f"{key}: saved {saved.get(key)!r}, now {settings.get(key)!r}"
+                     for key in sorted(set(settings) | set(saved)) if settings.get(key) != saved.get(key)]
+    saved_fp = old.info.get("fingerprints")
+    if fingerprints is not None and saved_fp is not None:
+        changed = [seeds[i] for i, (x, y) in enumerate(zip(saved_fp, fingerprints)) if x != y]
+        if changed:
+            problems.append(f"decoders of seeds {changed} changed since the run was saved")
+    if problems:
+        raise ValueError(f"{where} holds a stability run that this call cannot resume: " + "; ".join(problems)
+                         + ". Pass the saved settings, use another out= directory or delete it")
+
+
+def _load_prior(out_dir: Path | None, ckpt_dir: Path | None, world: int, names: list[str], anchors: list[int],
+                num_features: int, absolute: bool) -> Stability | None:
+    """The saved run to finish or return: the final result in ``out_dir`` (if complete, or in one process), else
+    this rank's checkpoint."""
+    if out_dir is not None and (out_dir / _META_FILE).is_file():
+        old = Stability.load(out_dir)
+        _check_compatible(old, names, anchors, num_features, absolute, out_dir)
+        if old.complete or world == 1:
+            return old
+    if world > 1 and ckpt_dir is not None and (ckpt_dir / _META_FILE).is_file():
+        old = Stability.load(ckpt_dir)
+        _check_compatible(old, names, anchors, num_features, absolute, ckpt_dir)
+        return old
+    return None
+
+
+def _run_settings(backend: str, chosen: str, d: int, match_kwargs: dict[str, Any],
+                  saved: dict[str, Any] | None) -> dict[str, Any]:
+    """What a resumed run must share with the saved one: backend, d and (faiss) the index kind and options.
+    ``auto`` with no index options given keeps the saved run's index settings."""
+    if chosen != "faiss":
+        return {"backend": chosen, "d": d}
+    given = {k: v for k, v in match_kwargs.items() if k in (*_INDEX_OPTIONS, "index") and v is not None}
+    if backend == "auto" and not given and saved is not None and saved.get("backend") == "faiss":
+        return dict(saved, d=d)
+    kind = given.pop("index", None) or ("ivf" if backend == "auto" else "flat")
+    return {"backend": "faiss", "d": d, "index": kind,
+            **{k: v for k, v in sorted(given.items()) if k not in _NO_EFFECT}}
+
+
+def _agree_stack(stack: int | None, saved: int | None, default: int, use_dist: bool) -> int:
+    """Seeds per exact sweep, the same on every rank (they must cut the same job list): the one given, else the
+    saved run's, else the default (the smallest over ranks: free GPU memory differs)."""
+    if stack is not None:
+        if not isinstance(stack, (int, np.integer)) or isinstance(stack, bool) or stack < 1:
+            raise ValueError(f"stack must be a positive int (seeds per exact sweep), got {stack!r}")
+        return int(stack)
+    if not use_dist:
+        return int(saved) if saved else default
+    votes = dist_utils.all_gather_objects((int(saved) if saved else None, default))
+    kept = [v[0] for v in votes if v[0] is not None]
+    return kept[0] if kept else min(v[1] for v in votes)
+
+
+class _Sigterm:
+    """While active (main thread only), SIGTERM raises KeyboardInterrupt so the run checkpoints before it dies;
+    the previous handler is restored on exit."""
+
+    def __enter__(self) -> _Sigterm:
+        self.prev: Any = None
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            self.prev = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            signal.signal(signal.SIGTERM, self.prev if self.prev is not None else signal.SIG_DFL)
 
 
 def stability_scores(
@@ -411,7 +530,7 @@ def stability_scores(
     hookpoint: str | None = None,
     cache_bytes: int | None = None,
     distributed: bool = True,
-    recall_sample: int = 0,
+    recall_sample: int | None = None,
     stack: int | None = None,
     **match_kwargs: Any,
 ) -> Stability:
@@ -421,16 +540,22 @@ def stability_scores(
         ``sae.safetensors`` or ``sae_weights.safetensors`` holding ``W_dec`` (F, d)), read one at a time.
     theta, eps: defaults of the returned :class:`Stability` (its p_hat/split accept any other value).
     anchor: ``"all"`` (every seed is an anchor; every directed pair) or one seed index.
-    backend: ``auto`` | ``exact`` | ``faiss`` (see :func:`sae_fast.matching.match`); ``match_kwargs`` go to it
-        (``dtype``, ``block_rows``, ``index``, ``nprobe``, ...). ``absolute``: match on |cos|.
+    backend: ``auto`` | ``exact`` | ``faiss`` (see :func:`sae_fast.matching.choose_backend`; ``auto`` decides on
+        the size of one pair, 2 F^2 d, and picks an IVF index when it picks faiss). ``match_kwargs``: for the
+        exact backend ``dtype``, ``candidates``, ``tol``, ``block_rows``, ``block_cols``, ``kernel``; for faiss
+        ``index`` (kind) and every :class:`~sae_fast.matching.FaissIndex` keyword (``nlist``, ``nprobe``,
+        ``hnsw_m``, ``ef_construction``, ``ef_search``, ``graph_degree``, ``itopk_size``, ``use_gpu``,
+        ``threads``, ``seed``); anything else raises TypeError. ``absolute``: match on |cos|.
     out: a directory; the result is saved there, progress is checkpointed every ``save_every`` seconds and
-        when interrupted, and a run found there is resumed at the next unfinished pair.
+        when interrupted (an exception, Ctrl-C or SIGTERM), and a run found there is resumed at the next
+        unfinished pair. Resuming checks the backend, index settings, d and a fingerprint of every decoder.
     recall_sample: with an approximate faiss index, recall@1 against exact float32 on this many random anchor
-        rows per pair; the mean goes to ``info["recall_at_1"]``.
+        rows per pair (default min(1000, F); 0 disables); the mean goes to ``info["recall_at_1"]``.
     cache_bytes: memory for normalised decoders kept between pairs (default: half the free GPU memory on CUDA,
         2 GiB elsewhere).
     stack: exact backend, seeds stacked into one sweep against an anchor (:func:`sae_fast.matching.match_many`:
-        few large GEMMs instead of S^2/2 small ones); default :func:`default_stack`. Results do not depend on it.
+        few large GEMMs instead of S^2/2 small ones); default: the saved run's, else :func:`default_stack`,
+        lowered until every rank has work. Results do not depend on it.
     progress: a tqdm bar per pair. distributed: when torch.distributed is initialised, ranks split the pairs
         and the results are gathered on every rank (rank-private checkpoints go to ``out/rank{r}of{w}``).
     """
@@ -438,6 +563,12 @@ def stability_scores(
         raise ValueError(f"theta must be a cosine in [-1, 1], got {theta}")
     if not 0.0 <= eps < 0.5:
         raise ValueError(f"eps must be in [0, 0.5), got {eps}")
+    unknown = sorted(set(match_kwargs) - {*_INDEX_OPTIONS, *_EXACT_OPTIONS, "index"})
+    if unknown:
+        raise TypeError(f"stability_scores() got unexpected keyword arguments {unknown}; the exact backend takes "
+                        f"{list(_EXACT_OPTIONS)}, faiss takes 'index' and {list(_INDEX_OPTIONS)}")
+    if recall_sample is not None and (not isinstance(recall_sample, int) or recall_sample < 0):
+        raise ValueError(f"recall_sample must be a non-negative int or None, got {recall_sample!r}")
     dev = resolve_device(device)
     seeds = SeedDecoders(decoders, dev, cache_bytes=cache_bytes, hookpoint=hookpoint)
     num_seeds, num_features = len(seeds), seeds.num_features
@@ -449,78 +580,111 @@ def stability_scores(
         anchors = [int(anchor)]
     else:
         raise ValueError(f"anchor must be 'all' or a seed index, got {anchor!r}")
-    chosen = pick_backend(backend, dev, False)
     use_dist = distributed and dist_utils.get_world_size() > 1
     rank, world = (dist_utils.get_rank(), dist_utils.get_world_size()) if use_dist else (0, 1)
 
     out_dir = Path(out) if out is not None else None
     ckpt_dir = out_dir if (out_dir is None or world == 1) else out_dir / f"rank{rank}of{world}"
-    state: Stability | None = None
-    if out_dir is not None and (out_dir / _META_FILE).is_file():
-        old = Stability.load(out_dir)
-        _check_compatible(old, seeds.names, anchors, num_features, absolute, out_dir)
-        if old.complete:
-            old.theta, old.eps = theta, eps
-            return old
-        if world == 1:
-            state = old
-    if world > 1 and ckpt_dir is not None and (ckpt_dir / _META_FILE).is_file():
-        state = Stability.load(ckpt_dir)
-        _check_compatible(state, seeds.names, anchors, num_features, absolute, ckpt_dir)
-    if state is None:
+    prior = _load_prior(out_dir, ckpt_dir, world, seeds.names, anchors, num_features, absolute)
+    saved = prior.info.get("settings") if prior is not None else None
+    if backend == "auto" and saved is not None:  # a resumed run keeps the backend it started with
+        chosen, reason = saved["backend"], "auto: the saved run's backend"
+    else:
+        chosen, reason = choose_backend(backend, dev, False, 2.0 * num_features**2 * seeds.d)
+    settings = _run_settings(backend, chosen, seeds.d, match_kwargs, saved)
+    fingerprints = [seeds.fingerprint(s) for s in range(num_seeds)]
+    if prior is not None:
+        _check_compatible(prior, seeds.names, anchors, num_features, absolute,
+                          out_dir if ckpt_dir is None or prior.complete else ckpt_dir, settings, fingerprints)
+        prior.theta, prior.eps = theta, eps
+        if prior.complete:
+            return prior
+    ignored = sorted(k for k in match_kwargs if k not in (_EXACT_OPTIONS if chosen == "exact" else
+                                                          (*_INDEX_OPTIONS, "index")))
+    if ignored:
+        log.warning("stability_scores: backend %s ignores %s", chosen, ignored)
+    if prior is not None:
+        state = prior
+    else:
         shape = (len(anchors), num_seeds, num_features)
         state = Stability(torch.full(shape, math.nan), torch.full(shape, -1, dtype=torch.int32),
                           torch.zeros(shape[:2], dtype=torch.bool), anchors, seeds.names, theta, eps, absolute)
-    state.theta, state.eps = theta, eps
+    state.info.update(settings=settings, fingerprints=fingerprints, picked_reason=reason)
     pos = {a: i for i, a in enumerate(anchors)}
 
-    if stack is None:
-        stack = default_stack(num_seeds, num_features, seeds.d, seeds.cache_bytes)
-    elif not isinstance(stack, (int, np.integer)) or stack < 1:
-        raise ValueError(f"stack must be a positive int (seeds per exact sweep), got {stack!r}")
-    jobs = _jobs(num_seeds, anchors, chosen, stack=int(stack))
-    exact_kwargs = {k: v for k, v in match_kwargs.items() if k not in (*_INDEX_OPTIONS, "index")}  # faiss-only
+    default = default_stack(num_seeds, num_features, seeds.d, seeds.cache_bytes)
+    stack = _agree_stack(stack, state.info.get("stack"), default, use_dist)
+    jobs = _jobs(num_seeds, anchors, chosen, stack=stack)
+    while chosen == "exact" and len(jobs) < world and stack > 1:  # every rank gets work
+        stack -= 1
+        jobs = _jobs(num_seeds, anchors, chosen, stack=stack)
+    exact_kwargs = {k: v for k, v in match_kwargs.items() if k in _EXACT_OPTIONS}
+    index_opts = {k: v for k, v in settings.items() if k in _INDEX_OPTIONS}
+    if "threads" in match_kwargs:
+        index_opts["threads"] = match_kwargs["threads"]
     if chosen == "exact":
-        state.info["stack"] = int(stack)
+        state.info["stack"] = stack
     mine = dist_utils.shard(jobs, rank, world) if use_dist else jobs
+    if use_dist:  # pairs a checkpoint holds that another rank owns under this split: that rank computes them
+        owned = torch.zeros_like(state.done)
+        for job in mine:
+            for q, s in job.pairs:
+                owned[pos[q], s] = True
+        stale = state.done & ~owned
+        state.done &= owned
+        state.best_cos[stale] = math.nan
+        state.best_j[stale] = -1
     todo = [job for job in mine if not all(bool(state.done[pos[q], s]) for q, s in job.pairs)]
 
     from tqdm.auto import tqdm
 
     total = sum(len(j.pairs) for j in mine)
-    bar = tqdm(total=total, initial=total - sum(len(j.pairs) for j in todo), desc="stability pairs", unit="pair",
-               disable=not progress or rank != 0)
+    bar = tqdm(total=total, initial=sum(int(state.done[pos[q], s]) for j in mine for q, s in j.pairs),
+               desc="stability pairs", unit="pair", disable=not progress or rank != 0)
     last_save = time.monotonic()
     t_start = time.perf_counter()
     index_cache: tuple[int, FaissIndex] | None = None
     stacked: tuple[tuple[int, ...], torch.Tensor] | None = None
     recalls: list[float] = []
     backend_desc = state.backend
+
+    def checkpoint(force: bool = False) -> None:
+        nonlocal last_save
+        if ckpt_dir is not None and (force or time.monotonic() - last_save >= save_every):
+            state.backend = backend_desc
+            state.save(ckpt_dir)
+            last_save = time.monotonic()
+
     try:
-        for job in todo:
-            if chosen == "exact":
-                if stacked is None or stacked[0] != job.block:
-                    stacked = None  # free the previous block's matrix before building the next
-                    rows = [seeds.get(s) for s in job.block]  # one seed: the cached tensor itself, no copy
-                    stacked = (job.block, torch.cat(rows) if len(rows) > 1 else rows[0])
-                    del rows
-                first = job.block.index(job.others[0])
-                rows = stacked[1][first * num_features:(first + len(job.others)) * num_features]
-                ms = match_many(seeds.get(job.query), rows, segment=num_features, both=job.both, absolute=absolute,
-                                device=dev, normalize=False, **exact_kwargs)
-                rescored = ms[0].info.get("rescored_rows", 0) + ms[0].info.get("rescored_cols", 0)
-                state.info["rescored"] = state.info.get("rescored", 0) + rescored  # near ties redone in float32
-                for s, m in zip(job.others, ms):
-                    _store(state, pos, job.query, s, m.cos_ab[:, 0], m.index_ab[:, 0])
-                    if job.both:
-                        _store(state, pos, s, job.query, m.cos_ba[:, 0], m.index_ba[:, 0])
-                if job is todo[0]:  # the first sweep is the widest: its tiles describe the run
-                    backend_desc = f"{ms[0].backend}, up to {stack} seeds stacked per sweep"
-            else:
+        with _Sigterm():
+            for job in todo:
+                if chosen == "exact":
+                    if stacked is None or stacked[0] != job.block:
+                        stacked = None  # free the previous block's matrix before building the next
+                        rows = [seeds.get(s) for s in job.block]  # one seed: the cached tensor itself, no copy
+                        stacked = (job.block, torch.cat(rows) if len(rows) > 1 else rows[0])
+                        del rows
+                    first = job.block.index(job.others[0])
+                    rows = stacked[1][first * num_features:(first + len(job.others)) * num_features]
+                    ms = match_many(seeds.get(job.query), rows, segment=num_features, both=job.both,
+                                    absolute=absolute, device=dev, normalize=False, **exact_kwargs)
+                    rescored = ms[0].info.get("rescored_rows", 0) + ms[0].info.get("rescored_cols", 0)
+                    state.info["rescored"] = state.info.get("rescored", 0) + rescored  # near ties redone in fp32
+                    new = sum(not bool(state.done[pos[q], s]) for q, s in job.pairs)
+                    for s, m in zip(job.others, ms):
+                        _store(state, pos, job.query, s, m.cos_ab[:, 0], m.index_ab[:, 0])
+                        if job.both:
+                            _store(state, pos, s, job.query, m.cos_ba[:, 0], m.index_ba[:, 0])
+                    if job is todo[0]:  # the first sweep is the widest: its tiles describe the run
+                        backend_desc = f"{ms[0].backend}, up to {stack} seeds stacked per sweep"
+                    bar.update(new)
+                    bar.set_postfix_str(f"{seeds.names[job.query]} <-> {len(job.others)} seeds")
+                    checkpoint()
+                    continue
                 s = job.query
                 if index_cache is None or index_cache[0] != s:
-                    kw = {k: v for k, v in match_kwargs.items() if k in _INDEX_OPTIONS}
-                    index_cache = (s, FaissIndex(seeds.get(s).cpu(), match_kwargs.get("index", "flat"), **kw))
+                    index_cache = None  # free the previous index first
+                    index_cache = (s, FaissIndex(seeds.get(s).cpu(), settings["index"], **index_opts))
                 for q, _ in job.pairs:
                     if bool(state.done[pos[q], s]):
                         continue
@@ -529,25 +693,23 @@ def stability_scores(
                     _store(state, pos, q, s, m.cos_ab[:, 0], m.index_ab[:, 0])
                     if "recall_at_1" in m.info:
                         recalls.append(m.info["recall_at_1"])
-                backend_desc = m.backend
-            bar.update(len(job.pairs))
-            bar.set_postfix_str(f"{seeds.names[job.query]} <-> {len(job.others) or len(job.pairs)} seeds")
-            if ckpt_dir is not None and time.monotonic() - last_save >= save_every:
-                state.backend = backend_desc
-                state.save(ckpt_dir)
-                last_save = time.monotonic()
+                        state.info["recall_rows_per_pair"] = m.info["recall_rows"]
+                    backend_desc = m.backend
+                    bar.update(1)
+                    bar.set_postfix_str(f"{seeds.names[q]} -> {seeds.names[s]}")
+                    checkpoint()
     except BaseException:
-        if ckpt_dir is not None:
-            state.backend = backend_desc
-            state.save(ckpt_dir)
+        checkpoint(force=True)
         raise
     finally:
         bar.close()
     state.backend = backend_desc
     state.info["seconds"] = state.info.get("seconds", 0.0) + time.perf_counter() - t_start
-    if recalls:
-        state.info["recall_at_1"] = float(np.mean(recalls))
-        state.info["recall_rows_per_pair"] = recall_sample
+    if recalls:  # pooled with the pairs of earlier (interrupted) sessions
+        n_old = state.info.get("recall_pairs", 0)
+        mean_old = state.info.get("recall_at_1", 0.0)
+        state.info["recall_at_1"] = float((mean_old * n_old + np.sum(recalls)) / (n_old + len(recalls)))
+        state.info["recall_pairs"] = n_old + len(recalls)
     if use_dist:
         if ckpt_dir is not None:
             state.save(ckpt_dir)
@@ -568,6 +730,7 @@ def _store(state: Stability, pos: dict[int, int], q: int, s: int, cos: torch.Ten
 def _gather(state: Stability) -> Stability:
     """Merges the ranks' partial results (each pair computed by exactly one rank) on every rank."""
     done = state.done.clone()
+    count_mine = done.sum()
     cos = torch.where(done.unsqueeze(-1), state.best_cos, torch.zeros(()))
     j = torch.where(done.unsqueeze(-1), state.best_j, torch.zeros((), dtype=torch.int32))
     count = done.to(torch.int32)
@@ -581,6 +744,12 @@ def _gather(state: Stability) -> Stability:
     state.done = done
     seconds = dist_utils.all_gather_objects(state.info.get("seconds", 0.0))
     state.info["seconds_per_rank"] = seconds
+    state.info["pairs_per_rank"] = dist_utils.all_gather_objects(int(count_mine))
+    mine = (state.info.get("recall_at_1"), state.info.get("recall_pairs", 0))
+    recall = [r for r in dist_utils.all_gather_objects(mine) if r[0] is not None and r[1]]
+    if recall:  # pooled over ranks
+        state.info["recall_pairs"] = sum(n for _, n in recall)
+        state.info["recall_at_1"] = sum(r * n for r, n in recall) / state.info["recall_pairs"]
     return state
 
 
@@ -643,7 +812,18 @@ def encoder_decoder_match(enc_A: ArrayLike, dec_A: ArrayLike, enc_B: ArrayLike, 
     """The shared-feature rule of Paulo & Belrose (2025): Hungarian matching separately on encoder rows and on
     decoder rows; feature i of A is shared with feature j of B when both matchings pick j for i and both the
     encoder and the decoder cosines are >= theta. Encoders are given as (F, d) rows (feature directions; transpose
-    SAELens's (d, F) ``W_enc``). Returns (rows of A, partners in B, encoder cosines, decoder cosines)."""
+    SAELens's (d, F) ``W_enc``): each SAE's encoder and decoder must have one shape, and both SAEs one d.
+    Returns (rows of A, partners in B, encoder cosines, decoder cosines)."""
+    shapes = {name: tuple(getattr(x, "shape", ())) for name, x in
+              (("enc_A", enc_A), ("dec_A", dec_A), ("enc_B", enc_B), ("dec_B", dec_B))}
+    for enc, dec in (("enc_A", "dec_A"), ("enc_B", "dec_B")):
+        if shapes[enc] != shapes[dec]:
+            hint = (f"; {enc} looks like SAELens's (d, F) W_enc: pass W_enc.T"
+                    if len(shapes[dec]) == 2 and shapes[enc] == shapes[dec][::-1] else "")
+            raise ValueError(f"{enc} and {dec} must both have shape (F, d), got {enc} {shapes[enc]} and {dec} "
+                             f"{shapes[dec]}{hint}")
+    if len(shapes["dec_A"]) == 2 and len(shapes["dec_B"]) == 2 and shapes["dec_A"][1] != shapes["dec_B"][1]:
+        raise ValueError(f"both SAEs must have the same d, got dec_A {shapes['dec_A']} and dec_B {shapes['dec_B']}")
     r_e, c_e, cos_e = hungarian_match(enc_A, enc_B, absolute=absolute, max_features=max_features)
     r_d, c_d, cos_d = hungarian_match(dec_A, dec_B, absolute=absolute, max_features=max_features)
     n = max(int(r_e.max(initial=-1)), int(r_d.max(initial=-1))) + 1

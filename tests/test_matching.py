@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import sae_fast
-from sae_fast.matching import FaissIndex, Match, default_nlist, match, match_many, recall_at_1
+import sae_fast.matching as matching
+from sae_fast.matching import FaissIndex, Match, default_nlist, faiss_available, match, match_many, recall_at_1
 
-faiss = pytest.importorskip("faiss")
+needs_faiss = pytest.mark.skipif(not faiss_available(), reason="needs faiss (pip install 'sae_fast[faiss]')")
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +95,7 @@ def test_near_ties_are_rescored_in_float32() -> None:
     assert torch.equal(m.index_ba, ci)
 
 
+@needs_faiss
 def test_faiss_flat_agrees_with_exact_and_ivf_recall_is_measured() -> None:
     a, b, _inv = planted(4096, 64, 0.8, seed=3)
     exact = match(a, b, both=True, backend="exact")
@@ -118,6 +120,7 @@ def test_faiss_flat_agrees_with_exact_and_ivf_recall_is_measured() -> None:
     assert torch.allclose(sq.cos_ab[ok, 0], direct, atol=1e-6)
 
 
+@needs_faiss
 def test_faiss_hnsw_and_absolute() -> None:
     a, b, inv = planted(1000, 32, 0.9, seed=4)
     b[::2] *= -1  # every other partner flipped: only |cos| finds them
@@ -130,19 +133,55 @@ def test_faiss_hnsw_and_absolute() -> None:
     assert (signed.best_ab < 0.85).sum() == 500
 
 
-def test_index_built_once_is_reused() -> None:
+@needs_faiss
+def test_index_built_once_is_reused(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b, _ = planted(512, 32, 0.8, seed=5)
     index = FaissIndex(b, "flat")
+    built = []
+
+    class Counting(FaissIndex):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(matching, "FaissIndex", Counting)
     m1 = match(a, None, backend="auto", index_b=index)
     m2 = match(a[:100], None, index_b=index)
+    assert not built  # nothing is built inside match(index_b=...)
     assert m1.info["picked"] == "faiss" and torch.equal(m1.index_ab[:100], m2.index_ab)
+    ivf = FaissIndex(b, "ivf", nlist=8, nprobe=2)
+    match(a, None, backend="faiss", index_b=ivf, nprobe=8)
+    assert ivf.nprobe == 2 and ivf.index.nprobe == 2  # the caller's nprobe is restored
+    match(a, b, backend="faiss", index="flat")
+    assert len(built) == 1
 
 
 def test_auto_says_what_it_picked(caplog: pytest.LogCaptureFixture) -> None:
     a, b, _ = planted(128, 16, 0.8)
     with caplog.at_level(logging.INFO, logger="sae_fast.matching"):
-        m = match(a, b)
+        m = match(a, b, device="cpu")
     assert m.info["picked"] == "exact" and "backend='auto' -> exact" in caplog.text
+    assert "flop <=" in m.info["picked_reason"]
+
+
+@needs_faiss
+def test_auto_picks_ivf_above_the_size_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, _ = planted(2048, 32, 0.8, seed=6)
+    monkeypatch.setattr(matching, "AUTO_FAISS_MIN_FLOP", 2.0 * 2048 * 2048 * 32 - 1)
+    m = match(a, b, both=True, device="cpu")
+    assert m.info["picked"] == "faiss" and "IndexIVFFlat" in m.backend and "faiss installed" in m.info["picked_reason"]
+    exact = match(a, b, both=True, backend="exact")
+    back = Match(m.index_ba, m.cos_ba, None, None, "", info={})
+    assert m.info["recall_rows"] == 1000 and abs(m.info["recall_at_1"] - recall_at_1(m, exact)) < 0.05
+    assert abs(m.info["recall_at_1_ba"] - recall_at_1(back, Match(exact.index_ba, exact.cos_ba, None, None, ""))) < 0.05
+    assert "recall_at_1" not in match(a, b, device="cpu", recall_sample=0).info
+    monkeypatch.setattr(matching, "AUTO_FAISS_MIN_FLOP", 2.0 * 2048 * 2048 * 32)
+    assert match(a, b, device="cpu").info["picked"] == "exact"
+    monkeypatch.setattr(matching, "faiss_available", lambda: False)
+    monkeypatch.setattr(matching, "AUTO_FAISS_MIN_FLOP", 1.0)
+    m = match(a, b, device="cpu")
+    assert m.info["picked"] == "exact" and "not installed" in m.info["picked_reason"]
+    assert matching.pick_backend("auto", torch.device("cuda"), False, 1e20) == "exact"
 
 
 def test_package_function_survives_module_import() -> None:
@@ -244,6 +283,7 @@ def test_match_many_bad_input() -> None:
         match_many(a, [torch.randn(5, 8)], k=6)
 
 
+@needs_faiss
 def test_cagra_needs_a_gpu_faiss_with_cuvs() -> None:
     from sae_fast.matching import faiss_has_cagra
 

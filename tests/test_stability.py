@@ -109,6 +109,7 @@ def test_low_precision_tiles_give_the_same_evidence(seeds, reference: Stability)
 
 
 def test_faiss_backend_agrees(seeds, reference: Stability) -> None:
+    pytest.importorskip("faiss")
     st = stability_scores(seeds[0], backend="faiss", progress=False)
     assert torch.equal(st.best_j, reference.best_j)
     torch.testing.assert_close(st.best_cos, reference.best_cos, equal_nan=True, atol=1e-6, rtol=0)
@@ -343,3 +344,136 @@ def test_stacking_does_not_change_the_result(seeds, reference: Stability, stack:
                        reference.best_j)  # faiss-only options are ignored by the exact backend, as by match()
     one = stability_scores(seeds[0], anchor=2, stack=stack, progress=False, **kw)
     assert torch.equal(one.best_j[0], reference.best_j[2])
+
+
+_SIGTERM_SCRIPT = r"""
+import sys, time, torch
+import sae_fast.stability as stab
+real = stab.match_many
+def slow(*args, **kwargs):
+    out = real(*args, **kwargs)
+    print("sweep", flush=True)
+    time.sleep(0.5)
+    return out
+stab.match_many = slow
+g = torch.Generator().manual_seed(0)
+stab.stability_scores([torch.randn(64, 16, generator=g) for _ in range(4)], out=sys.argv[1], progress=False,
+                      stack=1, save_every=1e9)
+"""
+
+
+def test_sigterm_checkpoints_and_the_run_resumes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", _SIGTERM_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for _ in range(2):  # two sweeps started: the first one is finished
+            assert proc.stdout.readline().strip() == "sweep", proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+    finally:
+        proc.kill()
+        proc.communicate()
+    partial = Stability.load(tmp_path)  # saved on SIGTERM although save_every was never reached
+    assert 2 <= int(partial.done.sum()) < 12 and not partial.complete
+    g = torch.Generator().manual_seed(0)
+    decs = [torch.randn(64, 16, generator=g) for _ in range(4)]
+    resumed = stability_scores(decs, out=tmp_path, progress=False)
+    full = stability_scores(decs, progress=False, stack=1)
+    assert resumed.complete and torch.equal(resumed.best_j, full.best_j)
+    torch.testing.assert_close(resumed.best_cos, full.best_cos, equal_nan=True, atol=0, rtol=0)
+
+
+def _small(num: int = 3, f: int = 64, d: int = 16) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(f, d, generator=g) for _ in range(num)]
+
+
+def test_resume_refuses_other_backend_index_or_decoders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    decs = _small()
+    stability_scores(decs, out=tmp_path / "exact", progress=False, backend="exact")
+    with pytest.raises(ValueError, match="backend: saved 'exact', now 'faiss'"):
+        stability_scores(decs, out=tmp_path / "exact", progress=False, backend="faiss")
+    changed = [decs[0], decs[1] + 0.5, decs[2]]
+    with pytest.raises(ValueError, match=r"decoders of seeds \['1'\] changed"):
+        stability_scores(changed, out=tmp_path / "exact", progress=False)
+    pytest.importorskip("faiss")
+    real = stab.match
+
+    def fail_second(*args, **kwargs):  # interrupt a faiss run after its first pair
+        if fail_second.calls == 1:
+            raise KeyboardInterrupt
+        fail_second.calls += 1
+        return real(*args, **kwargs)
+
+    fail_second.calls = 0
+    monkeypatch.setattr(stab, "match", fail_second)
+    with pytest.raises(KeyboardInterrupt):
+        stability_scores(decs, out=tmp_path / "ivf", progress=False, backend="faiss", index="ivf", nlist=2,
+                         save_every=1e9)
+    monkeypatch.setattr(stab, "match", real)
+    with pytest.raises(ValueError, match="nlist: saved 2, now 4"):
+        stability_scores(decs, out=tmp_path / "ivf", progress=False, backend="faiss", index="ivf", nlist=4)
+    with pytest.raises(ValueError, match="index: saved 'ivf', now 'flat'"):
+        stability_scores(decs, out=tmp_path / "ivf", progress=False, backend="faiss")
+    st = stability_scores(decs, out=tmp_path / "ivf", progress=False)  # auto keeps the saved settings
+    assert st.complete and st.info["settings"] == {"backend": "faiss", "d": 16, "index": "ivf", "nlist": 2}
+
+
+def test_faiss_options_are_forwarded_and_unknown_ones_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("faiss")
+    built: list[tuple[str, dict]] = []
+
+    class Counting(stab.FaissIndex):
+        def __init__(self, x, kind="flat", **kwargs):
+            built.append((kind, kwargs))
+            super().__init__(x, kind, **kwargs)
+
+    monkeypatch.setattr(stab, "FaissIndex", Counting)
+    st = stability_scores(_small(4), backend="faiss", index="hnsw", hnsw_m=8, ef_construction=20, ef_search=16,
+                          progress=False)
+    assert len(built) == 4  # anchor="all": one index per seed, reused by the 3 other anchors
+    assert built[0] == ("hnsw", {"hnsw_m": 8, "ef_construction": 20, "ef_search": 16})
+    assert "IndexHNSWFlat(M=8, efConstruction=20, efSearch=16)" in st.backend
+    assert st.info["recall_rows_per_pair"] == 64 and 0.5 <= st.info["recall_at_1"] <= 1.0  # measured by default
+    built.clear()
+    st = stability_scores(_small(), backend="faiss", index="ivf", nlist=2, nprobe=1, recall_sample=0, progress=False)
+    assert built[0][1] == {"nlist": 2, "nprobe": 1} and "recall_at_1" not in st.info
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['nprob'\\]"):
+        stability_scores(_small(), backend="faiss", nprob=3, progress=False)
+
+
+def test_auto_picks_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sae_fast.matching as matching
+
+    st = stability_scores(_small(), progress=False, device="cpu")
+    assert st.info["settings"]["backend"] == "exact" and "flop <=" in st.info["picked_reason"]
+    pytest.importorskip("faiss")
+    monkeypatch.setattr(matching, "AUTO_FAISS_MIN_FLOP", 1e3)
+    st = stability_scores(_small(), progress=False, device="cpu")
+    assert st.info["settings"] == {"backend": "faiss", "d": 16, "index": "ivf"} and "IVF" in st.backend
+    assert "faiss installed" in st.info["picked_reason"] and "recall_at_1" in st.info
+
+
+def test_faiss_run_checkpoints_between_pairs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("faiss")
+    saves = []
+    real = Stability.save
+    monkeypatch.setattr(Stability, "save", lambda self, path: (saves.append(Path(path)), real(self, path))[1])
+    stability_scores(_small(), backend="faiss", out=tmp_path, save_every=0, progress=False)
+    assert len(saves) == 3 * 2 + 1  # after each of the 6 directed pairs (not only per index), then the result
+
+
+def test_encoder_decoder_match_checks_shapes() -> None:
+    a, b, _inv, _n = planted_pair(seed=1)
+    with pytest.raises(ValueError, match=r"pass W_enc\.T"):
+        encoder_decoder_match(a.T.contiguous(), a, b, b)
+    with pytest.raises(ValueError, match="enc_B and dec_B must both have shape"):
+        encoder_decoder_match(a, a, b[:10], b)
+    with pytest.raises(ValueError, match="same d"):
+        encoder_decoder_match(a, a, b[:, :8], b[:, :8])

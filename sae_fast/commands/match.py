@@ -27,11 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score-tile dtype of the exact backend (default float32 on CPU, float16 on GPU)")
     parser.add_argument("--kernel", choices=["torch", "triton"], default="torch",
                         help="exact backend: tiled torch GEMM, or the fused Triton GEMM + max kernel (CUDA, k = 1)")
-    parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw", "cagra"], default="flat",
-                        help="faiss index (cagra: GPU faiss with cuVS only)")
+    parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw", "cagra"], default=None,
+                        help="faiss index (default flat; ivf when auto picks faiss; cagra: GPU faiss with cuVS only)")
     parser.add_argument("--nlist", type=int, default=None, help="faiss IVF lists (default ~4 sqrt(F))")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss IVF lists searched per query")
-    parser.add_argument("--recall", action="store_true", help="with --backend faiss: also run exact, print recall@1")
+    parser.add_argument("--recall-sample", type=int, default=None,
+                        help="approximate faiss index: recall@1 vs exact on this many sampled rows (default "
+                             "min(1000, F); 0: off)")
+    parser.add_argument("--recall", action="store_true",
+                        help="with faiss: also run exact on every row, print the full recall@1")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and faiss (0: default)")
     parser.add_argument("--out", default=None, help="write indices and cosines to this .safetensors file")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     t0 = time.perf_counter()
     m = match(a, b, k=args.k, both=args.both, backend=args.backend, absolute=args.absolute, device=args.device,
-              dtype=dtype, index=args.index, nlist=args.nlist, nprobe=args.nprobe, kernel=args.kernel)
+              dtype=dtype, index=args.index, nlist=args.nlist, nprobe=args.nprobe, kernel=args.kernel,
+              recall_sample=args.recall_sample)
     seconds = time.perf_counter() - t0
     summary = {
         "backend": m.backend, "A": list(a.shape), "B": list(b.shape), "seconds": round(seconds, 4),
@@ -66,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     if args.both:
         summary["mutual_nn"] = int(m.mutual().sum())
         summary[f"mutual_nn_ge_{args.theta}"] = int(m.mutual(args.theta).sum())
+    if m.info["picked"] != "exact":
+        summary["picked"] = m.info["picked_reason"]
+    for key in ("recall_at_1", "recall_at_1_ba", "recall_rows"):
+        if key in m.info:
+            summary[key if key == "recall_rows" else f"sampled_{key}"] = m.info[key]
     if args.recall and m.info["picked"] == "faiss":
         exact = match(a, b, backend="exact", absolute=args.absolute, device=args.device, dtype=dtype)
         summary["recall_at_1"] = recall_at_1(m, exact)

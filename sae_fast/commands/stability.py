@@ -11,12 +11,21 @@ NAME = "stability"
 HELP = "Stability scores p_hat of every feature across the seeds saved under DIR (one SAE folder per seed)."
 
 
+def anchor_arg(text: str) -> str | int:
+    """argparse type of --anchor: 'all' or a non-negative seed index."""
+    if text == "all":
+        return "all"
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected 'all' or a non-negative seed index, got {text!r}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="directory with one folder per seed holding sae.safetensors or "
                                     "sae_weights.safetensors (W_dec of shape (F, d))")
     parser.add_argument("--theta", type=float, default=0.7, help="cosine threshold for a match")
     parser.add_argument("--eps", type=float, default=0.05, help="endpoint split: stable p>=1-eps, unstable p<=eps")
-    parser.add_argument("--anchor", default="all", help="'all' or the index of one anchor seed")
+    parser.add_argument("--anchor", type=anchor_arg, default="all", help="'all' or the index of one anchor seed")
     parser.add_argument("--backend", choices=["auto", "exact", "faiss"], default="auto", help="matching backend")
     parser.add_argument("--abs", dest="absolute", action="store_true", help="match on |cos| instead of signed cos")
     parser.add_argument("--hookpoint", default=None, help="pick this hookpoint when seeds hold several")
@@ -28,11 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", type=int, default=None,
                         help="exact backend: seeds stacked into one GEMM sweep against an anchor (default: as many "
                              "as fit in 2^18 stacked rows and a quarter of the decoder cache)")
-    parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw", "cagra"], default="flat",
-                        help="faiss index (cagra: GPU faiss with cuVS only)")
+    parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw", "cagra"], default=None,
+                        help="faiss index (default flat; ivf when auto picks faiss; cagra: GPU faiss with cuVS only)")
+    parser.add_argument("--nlist", type=int, default=None, help="faiss IVF lists (default ~4 sqrt(F))")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss IVF lists searched per query")
-    parser.add_argument("--recall-sample", type=int, default=0,
-                        help="approximate faiss index: measure recall@1 vs exact on this many rows per pair")
+    parser.add_argument("--hnsw-m", type=int, default=None, help="faiss HNSW neighbours per node (default 32)")
+    parser.add_argument("--ef-search", type=int, default=None, help="faiss HNSW search depth (default 64)")
+    parser.add_argument("--recall-sample", type=int, default=None,
+                        help="approximate faiss index: measure recall@1 vs exact on this many rows per pair "
+                             "(default min(1000, F); 0: off)")
     parser.add_argument("--out", default=None, help="where results and checkpoints go (default DIR/stability); "
                                                     "a partial run found there is resumed")
     parser.add_argument("--no-save", action="store_true", help="do not write results or checkpoints")
@@ -49,20 +62,23 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    anchor: str | int = "all" if args.anchor == "all" else int(args.anchor)
+        try:
+            import faiss
+
+            faiss.omp_set_num_threads(args.threads)
+        except ImportError:
+            pass
     out = None if args.no_save else (args.out or str(Path(args.dir) / "stability"))
     kwargs = {}
     if args.dtype:
         kwargs["dtype"] = getattr(torch, args.dtype)
     if args.kernel != "torch":
         kwargs["kernel"] = args.kernel
-    if args.backend == "faiss":
-        kwargs["index"] = args.index
-        if args.nprobe is not None:
-            kwargs["nprobe"] = args.nprobe
-        if args.threads > 0:
-            kwargs["threads"] = args.threads
-    result = stability_scores(args.dir, theta=args.theta, eps=args.eps, anchor=anchor, backend=args.backend,
+    if args.backend != "exact":
+        options = {"index": args.index, "nlist": args.nlist, "nprobe": args.nprobe, "hnsw_m": args.hnsw_m,
+                   "ef_search": args.ef_search}
+        kwargs.update({k: v for k, v in options.items() if v is not None})
+    result = stability_scores(args.dir, theta=args.theta, eps=args.eps, anchor=args.anchor, backend=args.backend,
                               absolute=args.absolute, device=args.device, out=out, save_every=args.save_every,
                               progress=not args.no_progress, hookpoint=args.hookpoint,
                               recall_sample=args.recall_sample, stack=args.stack, **kwargs)
@@ -71,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if "stack" in result.info:
         summary["stack"] = result.info["stack"]
     if "recall_at_1" in result.info:
-        summary["recall_at_1"] = result.info["recall_at_1"]
+        summary["recall_at_1"] = round(result.info["recall_at_1"], 4)
+        summary["recall_rows_per_pair"] = result.info.get("recall_rows_per_pair")
     if out:
         summary["out"] = out
     print_summary(summary, args.json, width=12)
