@@ -54,6 +54,23 @@ def check_tensor(name: str, t: torch.Tensor, shape: tuple[int, ...], dtypes: tup
         raise ValueError(f"{name} must be contiguous")
 
 
+def check_devices(**tensors: torch.Tensor | None) -> None:
+    """All given tensors (None skipped) on one device; the error names each argument's device."""
+    named = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(named.values())) > 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in named.items())
+        raise ValueError(f"tensors must be on one device, got {listed}")
+
+
+def check_index_range(name: str, indices: torch.Tensor, high: int) -> None:
+    """Every entry of `indices` in [0, high) (one host sync): an index out of range would be read or written out of
+    bounds by a kernel."""
+    if indices.numel():
+        low, top = (int(v) for v in torch.aminmax(indices))
+        if low < 0 or top >= high:
+            raise ValueError(f"{name} must lie in [0, {high}), got values in [{low}, {top}]")
+
+
 @triton.jit
 def grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     """(pid_m, pid_n) of program `pid` in grouped order: GROUP_M row blocks walk the column blocks together, so

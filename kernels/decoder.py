@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FLOAT_DTYPES, check_tensor, interpreting, next_pow2
+from ._common import FLOAT_DTYPES, check_devices, check_index_range, check_tensor, interpreting, next_pow2
 
 __all__ = ["decoder_backward", "gather_weighted_sum", "sparse_dot"]
 
@@ -70,21 +70,27 @@ def _sparse_dot_kernel(
     tl.store(out_ptr + n * K + j, acc, mask=j_ok)
 
 
-def _check_indices(indices: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def _check_indices(indices: torch.Tensor, shape: tuple[int, int], f: int, check_range: bool) -> torch.Tensor:
     check_tensor("indices", indices, shape, (torch.int64, torch.int32))
+    if check_range:
+        check_index_range("indices", indices, f)
     return indices.long().contiguous()
 
 
-def gather_weighted_sum(weights: torch.Tensor, indices: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def gather_weighted_sum(
+    weights: torch.Tensor, indices: torch.Tensor, table: torch.Tensor, *, check_range: bool = True
+) -> torch.Tensor:
     """Σ_j weights[n, j] · table[indices[n, j]] -> (N, d) in table's dtype.
 
-    weights (N, k) float, indices (N, k) int64 in [0, F) (not checked on device), table (F, d); contiguous.
+    weights (N, k) float, indices (N, k) int64/int32 in [0, F), table (F, d); contiguous, one device.
+    `check_range`: verify the index range first (one host sync); callers with indices from the encoder skip it.
     """
     n, k = weights.shape
     f, d = table.shape
     check_tensor("weights", weights, (n, k), (*FLOAT_DTYPES, torch.float64))
     check_tensor("table", table, (f, d), FLOAT_DTYPES)
-    indices = _check_indices(indices, (n, k))
+    check_devices(weights=weights, indices=indices, table=table)
+    indices = _check_indices(indices, (n, k), f, check_range)
     out = torch.empty((n, d), dtype=table.dtype, device=table.device)
     if n == 0 or d == 0:
         return out
@@ -96,17 +102,21 @@ def gather_weighted_sum(weights: torch.Tensor, indices: torch.Tensor, table: tor
     return out
 
 
-def sparse_dot(grad_out: torch.Tensor, indices: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def sparse_dot(
+    grad_out: torch.Tensor, indices: torch.Tensor, table: torch.Tensor, *, check_range: bool = True
+) -> torch.Tensor:
     """<grad_out[n], table[indices[n, j]]> -> (N, k) fp32.
 
-    grad_out (N, d) float, indices (N, k) int64 in [0, F), table (F, d) float; contiguous.
+    grad_out (N, d) float, indices (N, k) int64/int32 in [0, F), table (F, d) float; contiguous, one device.
+    `check_range` as in `gather_weighted_sum`.
     """
     n, d = grad_out.shape
     k = indices.shape[1] if indices.dim() == 2 else -1
     f = table.shape[0]
     check_tensor("grad_out", grad_out, (n, d), FLOAT_DTYPES)
     check_tensor("table", table, (f, d), FLOAT_DTYPES)
-    indices = _check_indices(indices, (n, k))
+    check_devices(grad_out=grad_out, indices=indices, table=table)
+    indices = _check_indices(indices, (n, k), f, check_range)
     out = torch.empty((n, k), dtype=torch.float32, device=table.device)
     if n == 0 or k == 0:
         return out
@@ -118,16 +128,24 @@ def sparse_dot(grad_out: torch.Tensor, indices: torch.Tensor, table: torch.Tenso
 
 
 def decoder_backward(
-    grad_out: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor
+    grad_out: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    W_dec: torch.Tensor,
+    *,
+    check_range: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of out = gather_weighted_sum(values, indices, W_dec).
 
-    grad_out (N, d) in W_dec's dtype, values (N, k) float, indices (N, k) int64, W_dec (F, d); contiguous.
+    grad_out (N, d) in W_dec's dtype, values (N, k) float, indices (N, k) int64 in [0, F), W_dec (F, d);
+    contiguous, one device (`check_range` as in `gather_weighted_sum`).
     Returns grad_values (N, k) fp32 and grad_W_dec (F, d) in W_dec's dtype (row-sparse: zero rows for latents
     that never fired; built latent-sorted, without atomics).
     """
     from .sparse_transpose import sparse_transpose_matmul
 
-    grad_values = sparse_dot(grad_out, indices, W_dec)
-    grad_W, _ = sparse_transpose_matmul(indices.long(), values, grad_out, W_dec.shape[0], out_dtype=W_dec.dtype)
+    grad_values = sparse_dot(grad_out, indices, W_dec, check_range=check_range)
+    grad_W, _ = sparse_transpose_matmul(
+        indices.long(), values, grad_out, W_dec.shape[0], out_dtype=W_dec.dtype, check_range=False
+    )
     return grad_values, grad_W

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FLOAT_DTYPES, check_tensor, interpreting, next_pow2
+from ._common import FLOAT_DTYPES, check_devices, check_tensor, interpreting, next_pow2
 
 __all__ = ["MAX_D", "normalize_rows_", "remove_parallel_component_"]
 
@@ -65,6 +65,7 @@ def remove_parallel_component_(G: torch.Tensor, W: torch.Tensor, eps: float = 1.
     r, d = W.shape
     check_tensor("W", W, (r, d), FLOAT_DTYPES)
     check_tensor("G", G, (r, d), FLOAT_DTYPES)
+    check_devices(G=G, W=W)
     if d > MAX_D:
         raise ValueError(f"d must be at most {MAX_D}, got {d}")
     if r and d:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import FLOAT_DTYPES, check_tensor
+from ._common import FLOAT_DTYPES, check_devices, check_index_range, check_tensor
 from .decoder import gather_weighted_sum
 from .sparse_transpose import sparse_transpose_matmul
 
@@ -28,24 +28,32 @@ def encoder_backward(
     *,
     need_dx: bool = True,
     need_dW: bool = True,
+    check_range: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients w.r.t. (x, W_enc, b_enc) of the selected relu activations.
 
     grad_values, values: (N, k) float; indices (N, k) int64 in [0, F); x (N, d), W_enc (F, d) one dtype in
-    {fp32, bf16, fp16}; all contiguous. Returns dx (N, d) in x's dtype, dW_enc (F, d) in W_enc's dtype and
-    db_enc (F,) in W_enc's dtype (None where not needed).
+    {fp32, bf16, fp16}; all contiguous, one device. Returns dx (N, d) in x's dtype, dW_enc (F, d) in W_enc's dtype
+    and db_enc (F,) in W_enc's dtype (None where not needed). `check_range`: verify the index range first (one
+    host sync; out-of-range indices would be read out of bounds); callers with the encoder's indices skip it.
     """
     n, k = values.shape
     f, d = W_enc.shape
     check_tensor("grad_values", grad_values, (n, k), (*FLOAT_DTYPES, torch.float64))
     check_tensor("values", values, (n, k), (*FLOAT_DTYPES, torch.float64))
+    check_tensor("indices", indices, (n, k), (torch.int64,))
     check_tensor("x", x, (n, d), FLOAT_DTYPES)
     check_tensor("W_enc", W_enc, (f, d), (x.dtype,))
+    check_devices(grad_values=grad_values, values=values, indices=indices, x=x, W_enc=W_enc)
+    if check_range:
+        check_index_range("indices", indices, f)
     g = (grad_values.float() * (values > 0)).contiguous()
-    dx = gather_weighted_sum(g, indices, W_enc).to(x.dtype) if need_dx else None
+    dx = gather_weighted_sum(g, indices, W_enc, check_range=False).to(x.dtype) if need_dx else None
     dW = db = None
     if need_dW:
-        dW, colsum = sparse_transpose_matmul(indices, g, x, f, out_dtype=W_enc.dtype, with_colsum=True)
+        dW, colsum = sparse_transpose_matmul(
+            indices, g, x, f, out_dtype=W_enc.dtype, with_colsum=True, check_range=False
+        )
         assert colsum is not None
         db = colsum.to(W_enc.dtype)
     return dx, dW, db

@@ -13,7 +13,8 @@ Two Triton kernels, both on tensor cores (bf16/fp16 in, fp32 accumulate):
 
 Selection order: value descending, ties broken by the lowest latent index (same as sae_fast.reference).
 AuxK in the same pass: with a dead-latent map, the epilogue also stores the relu'd pre-activations of the
-dead latents (only those) into a compact (N, num_dead) buffer; the host takes its top-k_aux.
+dead latents (only those) into a compact (N, num_dead) fp32 buffer; the host takes its top-k_aux (on fp32 values,
+like the top-k: rounding them to a 16-bit input dtype first would make ties that sae_fast.reference does not).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import triton.language as tl
 from ..topk import select_topk_lowest_index, sort_desc_lowest_index
 from ._common import (
     FLOAT_DTYPES,
+    check_devices,
     check_tensor,
     cuda_mm_fp32_out_ok,
     grouped_tile,
@@ -102,6 +104,13 @@ def _candidates_per_tile(k: int, f: int, block_n: int, unsure_per_row: float | N
 
 
 @triton.jit
+def _relu_nan_to_inf(z):
+    """relu(z) with NaN mapped to +inf. tl.maximum (maxnum) would map NaN to 0 and hide a NaN weight; +inf is
+    ordered, so it is selected and `sae_fast.ops.encode`'s O(N·k) finiteness check of the outputs sees it."""
+    return tl.where(z != z, float("inf"), tl.maximum(z, 0.0))
+
+
+@triton.jit
 def _relu_preact_tile(
     x_ptr, w_ptr, b_ptr, dead_pos_ptr, dead_out_ptr, rows64, row_ok, cols, col_ok, D, num_dead,
     HAS_DEAD: tl.constexpr, CAST_FP32: tl.constexpr, IEEE_FP32: tl.constexpr,
@@ -109,7 +118,7 @@ def _relu_preact_tile(
 ):  # fmt: skip
     """relu(x[rows] W[cols]ᵀ + b[cols]) as a (BLOCK_M, BLOCK_N) fp32 tile, on tensor cores (fp32 accumulation);
     with HAS_DEAD also stores its dead-latent columns into dead_out (see the kernels below). Masked rows and
-    columns read zeros."""
+    columns read zeros. A NaN pre-activation becomes +inf (`_relu_nan_to_inf`)."""
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = x_ptr + rows64[:, None] * D + offs_k[None, :]
     b_ptrs = w_ptr + cols.to(tl.int64)[None, :] * D + offs_k[:, None]
@@ -127,7 +136,7 @@ def _relu_preact_tile(
         else:
             acc = tl.dot(a, bt, acc)
     bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    s = tl.maximum(acc + bias[None, :], 0.0)
+    s = _relu_nan_to_inf(acc + bias[None, :])
     if HAS_DEAD:
         pos = tl.load(dead_pos_ptr + cols, mask=col_ok, other=-1)
         tl.store(
@@ -166,7 +175,7 @@ def _tile_candidates_kernel(
     Writes cand_v (N, T, M) fp32 and cand_i (N, T, M) int32: per row and latent tile, the M largest values of
     relu(x Wᵀ + b) in that tile, descending, ties by lowest index (-inf with an index past the tile where the
     tile has fewer than M latents). With HAS_DEAD: dead_pos (F,) int32 (column in the dead buffer or -1),
-    dead_out (N, num_dead) (x's dtype) receives relu(x Wᵀ + b) of the dead latents.
+    dead_out (N, num_dead) fp32 receives relu(x Wᵀ + b) of the dead latents.
     """
     num_pid_n = tl.cdiv(F, BLOCK_N)
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_M), num_pid_n, GROUP_M)
@@ -205,7 +214,7 @@ def _chunk_candidates_kernel(
     rows64 = rows.to(tl.int64)
     pre = tl.load(pre_ptr + rows64[:, None] * C + local[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
     bias = tl.load(b_ptr + col0 + local, mask=col_ok, other=0.0).to(tl.float32)
-    s = tl.where(col_ok[None, :], tl.maximum(pre + bias[None, :], 0.0), float("-inf"))
+    s = tl.where(col_ok[None, :], _relu_nan_to_inf(pre + bias[None, :]), float("-inf"))
     tile = col0 // BLOCK_N + pid_n
     _store_top_m(s, cand_v_ptr, cand_i_ptr, rows64, row_ok, tile, tiles_total, col0 + pid_n * BLOCK_N, offs_n, M)
 
@@ -270,7 +279,7 @@ def _running_topk_kernel(
     Writes cand_v (N, SPLITS, K) fp32 and cand_i (N, SPLITS, K) int32: for each split of the latent axis,
     the top-K of relu(x Wᵀ + b) restricted to that split (value desc, ties: lowest index; entries from a
     split with fewer than K latents are -inf with index >= F). With HAS_DEAD: dead_pos (F,) int32 (column
-    in the dead buffer or -1), dead_out (N, num_dead) (x's dtype) receives relu(x Wᵀ + b) of the dead latents.
+    in the dead buffer or -1), dead_out (N, num_dead) fp32 receives relu(x Wᵀ + b) of the dead latents.
     """
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -504,16 +513,18 @@ def encoder_topk(
     epilogue), "gemm" (a separate cuBLAS GEMM over the dead latents only) or "auto" (the GEMM while at most
     1 / DEAD_GEMM_MAX_FRACTION of latents are dead); "cublas" copies them from its chunks.
     Returns values (N, k) fp32 (descending; ties: lowest index), indices (N, k) int64, and, with a dead
-    mask, aux_values / aux_indices (N, min(k_aux, num_dead)) (x's dtype / int64 latent indices), else None.
-    Extra memory: (N, F / BLOCK_N, M) candidates (8 bytes each) plus (N, num_dead) in x's dtype for AuxK (the
-    relu'd pre-activations of the dead latents only; e.g. 1.7 GB at N = 8192 with 10% of 2^20 latents dead).
+    mask, aux_values / aux_indices (N, min(k_aux, num_dead)) (fp32 / int64 latent indices), else None. Both
+    selections are made on fp32 values.
+    Extra memory: (N, F / BLOCK_N, M) candidates (8 bytes each) plus (N, num_dead) fp32 for AuxK (the relu'd
+    pre-activations of the dead latents only; e.g. 3.4 GB at N = 8192 with 10% of 2^20 latents dead).
     """
     n, d = x.shape
     f = W_enc.shape[0]
     check_tensor("x", x, (n, d), FLOAT_DTYPES)
     check_tensor("W_enc", W_enc, (f, d), (x.dtype,))
     check_tensor("b_enc", b_enc, (f,), (x.dtype,))
-    if not 1 <= k <= f:
+    check_devices(x=x, W_enc=W_enc, b_enc=b_enc, dead_mask=dead_mask)
+    if isinstance(k, bool) or not 1 <= k <= f:
         raise ValueError(f"k must be in [1, {f}], got {k}")
     if f + next_pow2(k) >= 2**31:
         raise ValueError("num_latents must be below 2**31 - k")
@@ -534,16 +545,16 @@ def encoder_topk(
             dead_store == "kernel" or (dead_store == "auto" and num_dead * DEAD_GEMM_MAX_FRACTION > f)
         )
     dead_pos = torch.empty(1, dtype=torch.int32, device=device)
-    dead_out = torch.empty(1, dtype=x.dtype, device=device)
+    dead_out = torch.empty(1, dtype=torch.float32, device=device)
     if in_kernel:
         dead_pos = torch.full((f,), -1, dtype=torch.int32, device=device)
         dead_pos[dead_idx] = torch.arange(num_dead, dtype=torch.int32, device=device)
-        # in the input dtype: the AuxK values are returned in it anyway, and bf16 halves this buffer
-        dead_out = torch.empty((n, num_dead), dtype=x.dtype, device=device)
+        # fp32, not x's dtype: AuxK selects on fp32 values like the top-k (and the reference)
+        dead_out = torch.empty((n, num_dead), dtype=torch.float32, device=device)
     elif has_dead and method == "cublas":
-        dead_out = torch.empty((n, num_dead), dtype=x.dtype, device=device)  # filled from the chunks
-    elif has_dead:  # a separate GEMM over the dead latents only, rounded to x's dtype like the kernel's store
-        dead_out = torch.relu(torch.addmm(b_enc[dead_idx], x, W_enc[dead_idx].T))
+        dead_out = torch.empty((n, num_dead), dtype=torch.float32, device=device)  # filled from the chunks
+    elif has_dead:  # a separate GEMM over the dead latents only, fp32 output like the kernel's store
+        dead_out = torch.relu(_gemm_fp32(x, W_enc[dead_idx]) + b_enc[dead_idx].float())
     dead = (dead_pos, dead_out, num_dead if in_kernel else 0, in_kernel)
     if n == 0:
         values = torch.empty((0, k), dtype=torch.float32, device=device)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FLOAT_DTYPES, check_tensor, interpreting
+from ._common import FLOAT_DTYPES, check_devices, check_tensor, interpreting
 
 __all__ = ["adam_step_", "sign_step_"]
 
@@ -113,6 +113,7 @@ def adam_step_(
     check_tensor("grad", g, shape, (p.dtype,))
     check_tensor("exp_avg", m, shape, FLOAT_DTYPES)
     check_tensor("exp_avg_sq", v, shape, (m.dtype,))
+    check_devices(p=p, grad=g, exp_avg=m, exp_avg_sq=v)
     n = p.numel()
     if n == 0:
         return
@@ -132,6 +133,7 @@ def sign_step_(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, *, lr
     check_tensor("grad", g, shape, (p.dtype,))
     if buf is not None:
         check_tensor("momentum_buffer", buf, shape, FLOAT_DTYPES)
+    check_devices(p=p, grad=g, momentum_buffer=buf)
     n = p.numel()
     if n == 0:
         return

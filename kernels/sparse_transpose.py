@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FLOAT_DTYPES, check_tensor, interpreting, next_pow2
+from ._common import FLOAT_DTYPES, check_devices, check_index_range, check_tensor, interpreting, next_pow2
 
 __all__ = ["LatentCSR", "latent_csr", "latent_csr_pairs", "sparse_transpose_matmul", "sparse_transpose_pairs"]
 
@@ -28,9 +28,14 @@ class LatentCSR:
 
 
 def latent_csr_pairs(latents: torch.Tensor, rows: torch.Tensor, num_latents: int) -> LatentCSR:
-    """Latent-sorted layout of P pairs: latents (P,) int64 in [0, num_latents), rows (P,) int64 dense rows."""
+    """Latent-sorted layout of P pairs: latents (P,) int64 in [0, num_latents), rows (P,) int64 dense rows.
+
+    A latent >= num_latents raises ValueError (bincount would give it a count past the layout: free to detect);
+    a negative one fails in bincount."""
     _, order = torch.sort(latents, stable=True)
     count = torch.bincount(latents, minlength=num_latents)
+    if count.shape[0] != num_latents:
+        raise ValueError(f"latents must lie in [0, {num_latents}), got a latent up to {count.shape[0] - 1}")
     start = torch.cumsum(count, 0) - count
     return LatentCSR(rows[order].contiguous(), order, start.contiguous(), count.to(torch.int32).contiguous())
 
@@ -95,11 +100,13 @@ def sparse_transpose_pairs(
     out_dtype: torch.dtype = torch.float32,
     with_colsum: bool = False,
     csr: LatentCSR | None = None,
+    check_range: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """out[f] = Σ_{p: latents[p] = f} weights[p] · dense[rows[p]] -> (F, d) in out_dtype; colsum[f] = Σ weights[p].
 
     latents, rows: (P,) int64 (latents in [0, F), rows in [0, R)); weights (P,) float; dense (R, d)
-    fp32/bf16/fp16; all contiguous. Every output row is written (zeros for latents without pairs).
+    fp32/bf16/fp16; all contiguous, one device. Every output row is written (zeros for latents without pairs).
+    `check_range`: verify both index ranges first (host syncs); callers with indices from the encoder skip it.
     """
     p = latents.shape[0]
     r, d = dense.shape
@@ -107,6 +114,10 @@ def sparse_transpose_pairs(
     check_tensor("rows", rows, (p,), (torch.int64,))
     check_tensor("weights", weights, (p,), (*FLOAT_DTYPES, torch.float64))
     check_tensor("dense", dense, (r, d), FLOAT_DTYPES)
+    check_devices(latents=latents, rows=rows, weights=weights, dense=dense)
+    if check_range:
+        check_index_range("latents", latents, num_latents)
+        check_index_range("rows", rows, r)
     device = dense.device
     out = torch.empty((num_latents, d), dtype=out_dtype, device=device)
     colsum = torch.empty((num_latents,), dtype=torch.float32, device=device) if with_colsum else None
@@ -133,20 +144,26 @@ def sparse_transpose_matmul(
     out_dtype: torch.dtype = torch.float32,
     with_colsum: bool = False,
     csr: LatentCSR | None = None,
+    check_range: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(F, d) = Σ over pairs of weights[n, j] · dense[n] into row indices[n, j]; optional column sums (F,) fp32.
 
-    indices (N, k) int64 in [0, F); weights (N, k) float; dense (N, d) fp32/bf16/fp16; contiguous.
+    indices (N, k) int64 in [0, F); weights (N, k) float; dense (N, d) fp32/bf16/fp16; contiguous, one device.
     `csr` reuses a layout from `latent_csr(indices, F)`. Every output row is written (zeros for latents that
-    never fired).
+    never fired). `check_range`: verify the index range first (one host sync).
     """
+    if indices.dim() != 2:
+        raise ValueError(f"indices must have shape (N, k), got {tuple(indices.shape)}")
     n, k = indices.shape
     check_tensor("indices", indices, (n, k), (torch.int64,))
     check_tensor("weights", weights, (n, k), (*FLOAT_DTYPES, torch.float64))
     if dense.dim() != 2 or dense.shape[0] != n:
         raise ValueError(f"dense must have shape ({n}, d), got {tuple(dense.shape)}")
+    check_devices(indices=indices, weights=weights, dense=dense)
+    if check_range:
+        check_index_range("indices", indices, num_latents)
     rows = torch.arange(n, device=dense.device).repeat_interleave(k)
     return sparse_transpose_pairs(
         indices.reshape(-1), rows, weights.reshape(-1), dense, num_latents,
-        out_dtype=out_dtype, with_colsum=with_colsum, csr=csr,
+        out_dtype=out_dtype, with_colsum=with_colsum, csr=csr, check_range=False,
     )  # fmt: skip

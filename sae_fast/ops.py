@@ -122,6 +122,29 @@ def _check_matrix(name: str, t: Tensor, cols: int | None = None) -> None:
         raise TypeError(f"{name} must be a floating tensor (fp32/fp64/bf16/fp16), got {t.dtype}")
 
 
+def _check_k(name: str, k: object, high: int | None = None) -> None:
+    """k: a positive Python int (not a bool), at most `high` when given."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1 or (high is not None and k > high):
+        span = f"[1, num_latents={high}]" if high is not None else "[1, inf)"
+        raise ValueError(f"{name} must be an int in {span}, got {k!r}")
+
+
+def _check_dead_mask(dead_mask: object, num_latents: int, device: torch.device) -> None:
+    """dead_mask: a bool tensor of shape (num_latents,) on `device`."""
+    if not isinstance(dead_mask, Tensor) or dead_mask.dtype != torch.bool or dead_mask.shape != (num_latents,):
+        got = (
+            f"{dead_mask.dtype} {tuple(dead_mask.shape)}" if isinstance(dead_mask, Tensor) else type(dead_mask).__name__
+        )
+        raise ValueError(f"dead_mask must be a bool tensor of shape ({num_latents},), got {got}")
+    if dead_mask.device != device:
+        raise ValueError(f"dead_mask must be on {device} (the weights' device), got {dead_mask.device}")
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
 def _check_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead_mask: Tensor | None) -> None:
     _check_matrix("W_enc", W_enc)
     num_latents, d_in = W_enc.shape
@@ -131,25 +154,47 @@ def _check_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead_mask: Te
     if x.dtype != W_enc.dtype or b_enc.dtype != W_enc.dtype:
         raise TypeError(f"x, W_enc, b_enc must share a dtype, got {x.dtype}, {W_enc.dtype}, {b_enc.dtype}")
     if x.device != W_enc.device or b_enc.device != W_enc.device:
-        raise ValueError("x, W_enc and b_enc must be on the same device")
-    if not isinstance(k, int) or not 1 <= k <= num_latents:
-        raise ValueError(f"k must be an int in [1, num_latents={num_latents}], got {k!r}")
+        raise ValueError(f"x, W_enc and b_enc must be on one device, got {x.device}, {W_enc.device}, {b_enc.device}")
+    _check_k("k", k, num_latents)
     if dead_mask is not None:
-        if not isinstance(dead_mask, Tensor) or dead_mask.dtype != torch.bool or dead_mask.shape != (num_latents,):
-            raise ValueError(f"dead_mask must be a bool tensor of shape ({num_latents},)")
-        if dead_mask.device != W_enc.device:
-            raise ValueError("dead_mask must be on the same device as W_enc")
+        _check_dead_mask(dead_mask, num_latents, W_enc.device)
 
 
-def _check_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> None:
+def _check_decode(
+    values: Tensor, indices: Tensor, W_dec: Tensor, *, check_indices: bool, check_finite: bool,
+    names: tuple[str, str] = ("values", "indices"),
+) -> None:  # fmt: skip
+    """Shapes, dtypes, devices; with `check_indices` every index in [0, num_latents) (one host sync); with
+    `check_finite` no NaN/inf in values."""
+    v_name, i_name = names
     _check_matrix("W_dec", W_dec)
-    _check_matrix("values", values)
+    _check_matrix(v_name, values)
     if not isinstance(indices, Tensor) or indices.dtype not in (torch.int64, torch.int32):
-        raise TypeError("indices must be an int64 (or int32) tensor")
+        got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
+        raise TypeError(f"{i_name} must be an int64 (or int32) tensor, got {got}")
     if indices.shape != values.shape:
-        raise ValueError(f"indices must have the shape of values {tuple(values.shape)}, got {tuple(indices.shape)}")
+        raise ValueError(
+            f"{i_name} must have the shape of {v_name} {tuple(values.shape)}, got {tuple(indices.shape)}"
+        )
     if values.device != W_dec.device or indices.device != W_dec.device:
-        raise ValueError("values, indices and W_dec must be on the same device")
+        raise ValueError(
+            f"{v_name}, {i_name} and W_dec must be on one device, got {values.device}, {indices.device}, {W_dec.device}"
+        )
+    if check_indices and indices.numel():
+        low, high = (int(v) for v in torch.aminmax(indices))
+        if low < 0 or high >= W_dec.shape[0]:
+            raise ValueError(
+                f"{i_name} must lie in [0, num_latents={W_dec.shape[0]}), got values in [{low}, {high}]"
+            )
+    if check_finite:
+        _check_finite(v_name, values)
+
+
+def _check_aux(aux_indices: Tensor, dead_mask: Tensor, W_dec: Tensor, check_indices: bool) -> None:
+    """dead_mask (F,) bool on W_dec's device; with `check_indices` every AuxK index a dead latent."""
+    _check_dead_mask(dead_mask, W_dec.shape[0], W_dec.device)
+    if check_indices and aux_indices.numel() and not bool(dead_mask[aux_indices.long()].all()):
+        raise ValueError("aux_indices must all be dead latents (dead_mask[aux_indices] all True)")
 
 
 def encode(
@@ -166,24 +211,34 @@ def encode(
 
     x: (N, d) already centred by b_dec; W_enc: (F, d); b_enc: (F,), all one float dtype, one device.
     Returns values (N, k) in x's dtype, indices (N, k) int64 (values descending, ties: lowest index), and with
-    `dead_mask` (F,) bool: aux_values / aux_indices (N, min(k_aux, num_dead)). Differentiable w.r.t. x, W_enc,
-    b_enc through both the top-k and the AuxK values.
+    `dead_mask` (F,) bool: aux_values / aux_indices (N, min(k_aux, num_dead)); k_aux defaults to max(1, d // 2).
+    Selection is on the fp32 pre-activations on every path. Differentiable w.r.t. x, W_enc, b_enc through both
+    the top-k and the AuxK values.
+    `check_finite`: raise ValueError naming the input if x or b_enc holds NaN/inf (O(N·d + F)), or if a selected
+    value is not finite (O(N·k); W_enc, too large to scan every step, is then scanned and named if it is the
+    culprit). A NaN or +inf weight is seen that way: its pre-activations are NaN (the kernels make them +inf) or
+    +inf, and both sort above every finite value. A -inf pre-activation is a ReLU zero, not an error.
     """
     _check_encode(x, W_enc, b_enc, k, dead_mask)
     if dead_mask is not None:
         if k_aux is None:
-            k_aux = x.shape[1] // 2
-        if not isinstance(k_aux, int) or k_aux < 1:
-            raise ValueError(f"k_aux must be a positive int, got {k_aux!r}")
-    if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or inf")
+            k_aux = max(1, x.shape[1] // 2)
+        _check_k("k_aux", k_aux)
+    if check_finite:
+        _check_finite("x", x)
+        _check_finite("b_enc", b_enc)
     if _use_triton(x):
         values, indices, aux_values, aux_indices = _EncodeTopK.apply(x, W_enc, b_enc, k, dead_mask, k_aux)
-        if dead_mask is None:
-            return EncodeOutput(values, indices, None, None)
-        return EncodeOutput(values, indices, aux_values, aux_indices)
-    topk = reference.topk_lowest_index if _backend == "reference" else _topk_without_sort
-    return EncodeOutput(*reference.encode_topk(x, W_enc, b_enc, k, dead_mask, k_aux, topk=topk))
+        out = EncodeOutput(values, indices, *((None, None) if dead_mask is None else (aux_values, aux_indices)))
+    else:
+        topk = reference.topk_lowest_index if _backend == "reference" else _topk_without_sort
+        out = EncodeOutput(*reference.encode_topk(x, W_enc, b_enc, k, dead_mask, k_aux, topk=topk))
+    if check_finite:
+        selected = out.values if out.aux_values is None else torch.cat([out.values, out.aux_values], 1)
+        if selected.numel() and not bool(torch.isfinite(selected).all()):
+            _check_finite("W_enc", W_enc)
+            raise ValueError("the encoder's pre-activations overflowed to inf (inputs finite, values too large)")
+    return out
 
 
 def _topk_without_sort(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -194,25 +249,32 @@ def _topk_without_sort(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return scores.gather(-1, indices), indices
 
 
-def decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+def decode(
+    values: Tensor, indices: Tensor, W_dec: Tensor, *, check_indices: bool = True, check_finite: bool = True
+) -> Tensor:
     """Σ_j values[n, j] · W_dec[indices[n, j]] -> (N, d) in W_dec's dtype (no decoder bias).
 
     values, indices: (N, k); W_dec: (F, d). Differentiable w.r.t. values and W_dec.
+    `check_indices`: raise ValueError unless every index lies in [0, F) (one host sync; the kernels would read out
+    of bounds). `check_finite`: raise ValueError if values hold NaN/inf. Turn both off for indices and values
+    straight from `encode` (already checked).
     """
-    return decode_many([(values, indices)], W_dec)[0]
+    return decode_many([(values, indices)], W_dec, check_indices=check_indices, check_finite=check_finite)[0]
 
 
-def decode_many(pairs: Sequence[tuple[Tensor, Tensor]], W_dec: Tensor) -> list[Tensor]:
+def decode_many(
+    pairs: Sequence[tuple[Tensor, Tensor]], W_dec: Tensor, *, check_indices: bool = True, check_finite: bool = True
+) -> list[Tensor]:
     """`decode` of several (values, indices) pairs with one W_dec, e.g. the top-k and the AuxK activations.
 
     Same results as separate `decode` calls, but on the kernel path the backward builds ONE row-sparse dW_dec
     over all pairs (one latent-sorted pass) instead of one dense (F, d) gradient per call plus their sum.
-    Each values/indices: (N, k_i) (N may differ between pairs).
+    Each values/indices: (N, k_i) (N may differ between pairs); checks as in `decode`.
     """
     if not pairs:
         raise ValueError("pairs must hold at least one (values, indices) pair")
     for values, indices in pairs:
-        _check_decode(values, indices, W_dec)
+        _check_decode(values, indices, W_dec, check_indices=check_indices, check_finite=check_finite)
     if _use_triton(W_dec):
         flat = [t for values, indices in pairs for t in (values, indices)]
         return list(_DecodeMany.apply(W_dec, *flat))
@@ -230,37 +292,60 @@ def _decode_cpu(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     return torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
 
 
-def decode_aux(values: Tensor, indices: Tensor, W_dec: Tensor, dead_mask: Tensor) -> Tensor:
+def decode_aux(
+    values: Tensor,
+    indices: Tensor,
+    W_dec: Tensor,
+    dead_mask: Tensor,
+    *,
+    check_indices: bool = True,
+    check_finite: bool = True,
+) -> Tensor:
     """`decode` of the AuxK activations (indices all dead latents): Σ_j values[n, j] · W_dec[indices[n, j]].
 
     With `aux_is_dense(k_aux, num_dead, N)` this is one GEMM over the dead latents — the (N, num_dead) code matrix
     times W_dec[dead] — whose backward is two more GEMMs; otherwise the sparse `decode`. values, indices:
-    (N, k_aux); W_dec: (F, d); dead_mask: (F,) bool. Returns (N, d) in W_dec's dtype.
+    (N, k_aux); W_dec: (F, d); dead_mask: (F,) bool. Returns (N, d) in W_dec's dtype. Checks as in `decode`, and
+    `check_indices` also requires every index to be a dead latent.
     """
-    _check_decode(values, indices, W_dec)
+    _check_decode(values, indices, W_dec, check_indices=check_indices, check_finite=check_finite)
+    _check_aux(indices, dead_mask, W_dec, check_indices)
     num_dead = int(dead_mask.sum())
     if not aux_is_dense(values.shape[1], num_dead, values.shape[0]):
-        return decode(values, indices, W_dec)
+        return decode(values, indices, W_dec, check_indices=False, check_finite=False)
     dead_idx, position = _dead_positions(dead_mask)
     codes = values.new_zeros((values.shape[0], num_dead)).scatter(1, position[indices], values)
     return (codes.to(W_dec.dtype) @ W_dec[dead_idx]).to(W_dec.dtype)
 
 
 def decode_with_aux(
-    values: Tensor, indices: Tensor, aux_values: Tensor, aux_indices: Tensor, W_dec: Tensor, dead_mask: Tensor
+    values: Tensor,
+    indices: Tensor,
+    aux_values: Tensor,
+    aux_indices: Tensor,
+    W_dec: Tensor,
+    dead_mask: Tensor,
+    *,
+    check_indices: bool = True,
+    check_finite: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """(`decode(values, indices, W_dec)`, `decode_aux(aux_values, aux_indices, W_dec, dead_mask)`) as one op.
 
     On the kernel path its backward builds ONE (F, d) gradient for W_dec: the latent-sorted rows of the top-k
     pairs, plus, for dense AuxK, the GEMM of the dead rows added into it in place (separate calls would each
     allocate a full-size gradient and autograd would add them: 8.6 GB more at (2^20, 4096) in bf16).
+    Checks as in `decode_aux`.
     """
-    _check_decode(values, indices, W_dec)
-    _check_decode(aux_values, aux_indices, W_dec)
+    checks = {"check_indices": check_indices, "check_finite": check_finite}
+    _check_decode(values, indices, W_dec, **checks)
+    _check_decode(aux_values, aux_indices, W_dec, **checks, names=("aux_values", "aux_indices"))
+    _check_aux(aux_indices, dead_mask, W_dec, check_indices)
+    unchecked = {"check_indices": False, "check_finite": False}
     if not _use_triton(W_dec):
-        return decode(values, indices, W_dec), decode_aux(aux_values, aux_indices, W_dec, dead_mask)
+        decoded = decode(values, indices, W_dec, **unchecked)
+        return decoded, decode_aux(aux_values, aux_indices, W_dec, dead_mask, **unchecked)
     if not aux_is_dense(aux_values.shape[1], int(dead_mask.sum()), aux_values.shape[0]):
-        decoded, aux_decoded = decode_many([(values, indices), (aux_values, aux_indices)], W_dec)
+        decoded, aux_decoded = decode_many([(values, indices), (aux_values, aux_indices)], W_dec, **unchecked)
         return decoded, aux_decoded
     dead_idx, position = _dead_positions(dead_mask)
     return _DecodeDenseAux.apply(W_dec, values, indices, aux_values, position[aux_indices], dead_idx)
@@ -355,10 +440,13 @@ class _EncodeTopK(torch.autograd.Function):
                 W_enc,
                 need_dx=need_dx,
                 need_dW=need_dW,
+                check_range=False,
             )
             return dx, dW, db, None, None, None
         # top-k pairs sparse; AuxK as GEMMs with the (N, num_dead) gated gradient of the dead pre-activations
-        dx, dW, db = encoder_backward(grad_values.float(), values, indices, x, W_enc, need_dx=need_dx, need_dW=need_dW)
+        dx, dW, db = encoder_backward(
+            grad_values.float(), values, indices, x, W_enc, need_dx=need_dx, need_dW=need_dW, check_range=False
+        )
         dead_idx, position = _dead_positions(ctx.dead_mask)
         gated = (grad_aux_values.float() * (aux_values > 0)).to(x.dtype)
         G = gated.new_zeros((x.shape[0], dead_idx.numel())).scatter_(1, position[aux_indices], gated)
@@ -382,7 +470,9 @@ class _DecodeMany(torch.autograd.Function):
         W_dec = W_dec.contiguous()
         tensors = [t.contiguous() if i % 2 == 0 else t.long().contiguous() for i, t in enumerate(flat)]
         ctx.save_for_backward(W_dec, *tensors)
-        return tuple(gather_weighted_sum(tensors[i], tensors[i + 1], W_dec) for i in range(0, len(tensors), 2))
+        return tuple(
+            gather_weighted_sum(tensors[i], tensors[i + 1], W_dec, check_range=False) for i in range(0, len(tensors), 2)
+        )
 
     @staticmethod
     def backward(ctx, *grad_outs):  # type: ignore[override]
@@ -400,7 +490,7 @@ class _DecodeMany(torch.autograd.Function):
         grad_flat: list[Tensor | None] = []
         for i, ((values, indices), g) in enumerate(zip(pairs, grads)):
             need = ctx.needs_input_grad[1 + 2 * i]
-            grad_flat += [sparse_dot(g, indices, W_dec).to(values.dtype) if need else None, None]
+            grad_flat += [sparse_dot(g, indices, W_dec, check_range=False).to(values.dtype) if need else None, None]
         grad_W = None
         if ctx.needs_input_grad[0]:
             latents, rows, weights, offset = [], [], [], 0
@@ -412,8 +502,9 @@ class _DecodeMany(torch.autograd.Function):
                 offset += n
             dense = grads[0] if len(grads) == 1 else torch.cat(grads)
             grad_W, _ = sparse_transpose_pairs(
-                torch.cat(latents), torch.cat(rows), torch.cat(weights), dense, W_dec.shape[0], out_dtype=W_dec.dtype
-            )
+                torch.cat(latents), torch.cat(rows), torch.cat(weights), dense, W_dec.shape[0],
+                out_dtype=W_dec.dtype, check_range=False,
+            )  # fmt: skip
         return (grad_W, *grad_flat)
 
 
@@ -431,7 +522,7 @@ class _DecodeDenseAux(torch.autograd.Function):
         codes = codes.to(W_dec.dtype)
         ctx.save_for_backward(W_dec, values, indices, aux_pos, dead_idx, codes)
         ctx.aux_dtype = aux_values.dtype
-        return gather_weighted_sum(values, indices, W_dec), codes @ W_dead
+        return gather_weighted_sum(values, indices, W_dec, check_range=False), codes @ W_dead
 
     @staticmethod
     def backward(ctx, grad_out, grad_aux_out):  # type: ignore[override]
@@ -446,13 +537,17 @@ class _DecodeDenseAux(torch.autograd.Function):
             grad_aux_out = W_dec.new_zeros((n, d))
         grad_out = grad_out.to(W_dec.dtype).contiguous()
         grad_aux_out = grad_aux_out.to(W_dec.dtype).contiguous()
-        grad_values = sparse_dot(grad_out, indices, W_dec).to(values.dtype) if ctx.needs_input_grad[1] else None
+        grad_values = None
+        if ctx.needs_input_grad[1]:
+            grad_values = sparse_dot(grad_out, indices, W_dec, check_range=False).to(values.dtype)
         grad_aux_values = None
         if ctx.needs_input_grad[3]:
             grad_codes = grad_aux_out @ W_dec[dead_idx].T  # (N, num_dead)
             grad_aux_values = grad_codes.gather(1, aux_pos).to(ctx.aux_dtype)
         grad_W = None
         if ctx.needs_input_grad[0]:
-            grad_W, _ = sparse_transpose_matmul(indices, values, grad_out, W_dec.shape[0], out_dtype=W_dec.dtype)
+            grad_W, _ = sparse_transpose_matmul(
+                indices, values, grad_out, W_dec.shape[0], out_dtype=W_dec.dtype, check_range=False
+            )
             grad_W.index_add_(0, dead_idx, (codes.T @ grad_aux_out).to(grad_W.dtype))
         return grad_W, grad_values, None, grad_aux_values, None, None

@@ -8,6 +8,9 @@ Conventions shared with the Triton kernels (`kernels/`):
   for the running top-k in `kernels/encoder_topk.py`, so indices compare exactly.
 - Activations are relu'd pre-activations, so zero values are possible (then the lowest indices win).
 - AuxK selects among dead latents only; it returns `min(k_aux, num_dead)` columns.
+- Pre-activations are computed and selected in fp32 (fp64 for fp64 inputs) whatever the input dtype, as the
+  kernels accumulate in fp32: rounding them to bf16 first would make ties the kernels do not see. Only the
+  selected values are cast back to the input dtype.
 """
 
 from __future__ import annotations
@@ -45,8 +48,11 @@ def topk_lowest_index(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def preactivations(x: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
-    """relu(x @ W_enc.T + b_enc): (N, d) x (F, d) + (F,) -> (N, F) in the parameters' dtype."""
-    return torch.relu(torch.nn.functional.linear(x, W_enc, b_enc))
+    """relu(x @ W_enc.T + b_enc): (N, d) x (F, d) + (F,) -> (N, F) in fp32 (fp64 if any input is fp64).
+
+    Never rounded to a 16-bit input dtype: the kernels select on their fp32 accumulators."""
+    acc = _acc(x, W_enc, b_enc)
+    return torch.relu(torch.nn.functional.linear(x.to(acc), W_enc.to(acc), b_enc.to(acc)))
 
 
 def encode_topk(
@@ -62,13 +68,15 @@ def encode_topk(
     """Top-k of relu(x W_encᵀ + b_enc) and, with `dead_mask`, the AuxK top-k over dead latents.
 
     x: (N, d) (already centred by b_dec); W_enc: (F, d); b_enc: (F,); dead_mask: (F,) bool.
-    Returns values (N, k), indices (N, k) int64, and aux_values / aux_indices of shape
-    (N, min(k_aux, num_dead)) (None when `dead_mask` is None). Aux indices are latent indices.
+    Returns values (N, k) in x's dtype, indices (N, k) int64, and aux_values / aux_indices of shape
+    (N, min(k_aux, num_dead)) (None when `dead_mask` is None). Aux indices are latent indices. Both selections
+    are made on the fp32 (fp64) pre-activations; only the selected values are cast to x's dtype.
     `topk`: the selection, (scores, k) -> (values, indices) by this module's rule; the CPU path of
     `sae_fast.ops` passes one that selects the same without a full sort.
     """
     pre = preactivations(x, W_enc, b_enc)
     values, indices = topk(pre, k)
+    values = values.to(x.dtype)
     if dead_mask is None:
         return values, indices, None, None
     if k_aux is None:
@@ -76,7 +84,7 @@ def encode_topk(
     dead = torch.nonzero(dead_mask, as_tuple=False).squeeze(1)  # ascending latent order
     k_eff = min(k_aux, int(dead.numel()))
     aux_values, aux_pos = topk(pre[:, dead], k_eff)
-    return values, indices, aux_values, dead[aux_pos]
+    return values, indices, aux_values.to(x.dtype), dead[aux_pos]
 
 
 def _gather_rows(table: Tensor, indices: Tensor, acc: torch.dtype) -> Tensor:

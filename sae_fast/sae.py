@@ -16,7 +16,9 @@ class ForwardOutput(NamedTuple):
     """Result of `TopKSAE.forward`.
 
     recon: (N, d) reconstruction (with b_dec); values/indices: (N, k) top-k activations;
-    fvu: scalar Σ‖x − x̂‖² / Σ‖x − mean(x)‖²; auxk_loss: scalar AuxK loss (0 without dead latents).
+    fvu: scalar Σ‖x − x̂‖² / Σ‖x − mean(x)‖²; auxk_loss: scalar AuxK loss (0 without dead latents). Both losses
+    are computed from the given x (not its cast to the compute dtype) in promote_types(x's dtype, recon's dtype,
+    float32): fp32 for 16-bit and fp32 inputs, fp64 for a float64 model or input.
     """
 
     recon: Tensor
@@ -131,44 +133,56 @@ class TopKSAE(nn.Module):
     def forward(self, x: Tensor, *, dead_mask: Tensor | None = None, k_aux: int | None = None) -> ForwardOutput:
         """Reconstruction, FVU and (with `dead_mask`) the AuxK loss.
 
-        AuxK (Gao et al. 2024): the top-k_aux (default d_in // 2) relu pre-activations among dead latents
+        AuxK (Gao et al. 2024): the top-k_aux (default max(1, d_in // 2)) relu pre-activations among dead latents
         reconstruct the detached residual x − x̂ with W_dec only (no b_dec); the loss is
         min(num_dead / k_aux, 1) · ‖ê − e‖² / Σ‖x − mean(x)‖². Its gradient reaches W_enc, b_enc and W_dec.
+        Batch size: N = 0 gives zero losses; N = 1 raises ValueError, since the FVU's denominator
+        Σ‖x − mean(x)‖² of one row is 0 (the FVU would be inf and its gradient NaN): use `encode`/`decode` to
+        reconstruct single rows. A batch of N >= 2 identical rows has the same zero denominator (inf FVU); it is
+        not checked, as that would cost a host sync per step.
         """
-        x = self._check_x(x)
+        x_in, x = x, self._check_x(x)  # the residual uses the given x, not its cast to the compute dtype
+        if x.shape[0] == 1:
+            raise ValueError(
+                "forward needs N = 0 or N >= 2 rows: the FVU of one row divides by Σ‖x − mean(x)‖² = 0 "
+                "(use encode/decode for a single row)"
+            )
         if k_aux is None:
-            k_aux = self.d_in // 2
-        if dead_mask is not None and (
-            not isinstance(dead_mask, Tensor) or dead_mask.dtype != torch.bool or dead_mask.shape != (self.num_latents,)
-        ):
-            raise ValueError(f"dead_mask must be a bool tensor of shape ({self.num_latents},)")
+            k_aux = max(1, self.d_in // 2)
+        if dead_mask is not None:
+            ops._check_dead_mask(dead_mask, self.num_latents, self.device)
         use_aux = dead_mask is not None and bool(dead_mask.any())
         W_enc, b_enc, W_dec, b_dec = self._weights()
         enc = ops.encode(x - b_dec, W_enc, b_enc, self.k, dead_mask=dead_mask if use_aux else None, k_aux=k_aux)
         if use_aux:
             assert dead_mask is not None and enc.aux_values is not None and enc.aux_indices is not None
-            # one op for both: on the kernel path its backward builds a single dW_dec (AuxK dense or sparse)
+            # one op for both: on the kernel path its backward builds a single dW_dec (AuxK dense or sparse);
+            # the encoder's indices and values need no second check
             decoded, aux_decoded = ops.decode_with_aux(
-                enc.values, enc.indices, enc.aux_values, enc.aux_indices, W_dec, dead_mask
-            )
+                enc.values, enc.indices, enc.aux_values, enc.aux_indices, W_dec, dead_mask,
+                check_indices=False, check_finite=False,
+            )  # fmt: skip
         else:
-            decoded, aux_decoded = ops.decode(enc.values, enc.indices, W_dec), None
+            decoded = ops.decode(enc.values, enc.indices, W_dec, check_indices=False, check_finite=False)
+            aux_decoded = None
         recon = decoded + b_dec
-        xf = x.float()
+        # fp32 for 16-bit inputs, fp64 kept for a fp64 model or input (x.float() would downcast it)
+        acc = torch.promote_types(torch.promote_types(x_in.dtype, recon.dtype), torch.float32)
+        xa = x_in.to(acc)
         if x.shape[0] == 0:
-            zero = recon.float().sum() * 0.0
+            zero = recon.to(acc).sum() * 0.0
             return ForwardOutput(recon, enc.values, enc.indices, zero, zero.clone())
-        residual = xf - recon.float()
-        total_variance = (xf - xf.mean(0)).pow(2).sum()
+        residual = xa - recon.to(acc)
+        total_variance = (xa - xa.mean(0)).pow(2).sum()
         fvu = residual.pow(2).sum() / total_variance
         if aux_decoded is not None:
             assert dead_mask is not None
-            num_dead = dead_mask.sum().float()
+            num_dead = dead_mask.sum().to(acc)
             scale = (num_dead / k_aux).clamp(max=1.0)
-            aux_recon = aux_decoded.float()  # W_dec only: no b_dec in the AuxK reconstruction
+            aux_recon = aux_decoded.to(acc)  # W_dec only: no b_dec in the AuxK reconstruction
             auxk_loss = scale * (aux_recon - residual.detach()).pow(2).sum() / total_variance
         else:
-            auxk_loss = torch.zeros((), dtype=torch.float32, device=x.device)
+            auxk_loss = torch.zeros((), dtype=acc, device=x.device)
         return ForwardOutput(recon, enc.values, enc.indices, fvu, auxk_loss)
 
     @torch.no_grad()

@@ -82,3 +82,16 @@ def test_gradcheck_float64() -> None:
         return reference.decode(values, indices, Wd) + 0.5 * reference.decode(av, ai, Wd)
 
     assert torch.autograd.gradcheck(f, (x, W, b, Wd))
+
+
+def test_bf16_selects_on_fp32_preactivations() -> None:
+    """Pre-activations 256 and 257 from bf16 inputs: bf16 rounds 257 to 256 (a tie the lowest index would win);
+    the kernels accumulate and select in fp32, and so does the reference. Values come back in bf16."""
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.bfloat16)
+    W = torch.tensor([[256.0, 0.0], [256.0, 1.0], [0.0, 0.0]], dtype=torch.bfloat16)
+    b = torch.zeros(3, dtype=torch.bfloat16)
+    dead = torch.tensor([True, True, False])
+    values, indices, av, ai = reference.encode_topk(x, W, b, 1, dead, k_aux=1)
+    assert indices.tolist() == [[1]] and ai.tolist() == [[1]]
+    assert values.dtype == av.dtype == torch.bfloat16
+    assert reference.preactivations(x, W, b).dtype == torch.float32

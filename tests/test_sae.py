@@ -161,3 +161,58 @@ def test_cpu_training_is_bit_reproducible() -> None:
 
     first, second = run(), run()
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_float64_gradcheck_of_fvu() -> None:
+    """A float64 TopKSAE keeps float64 through FVU and AuxK (they used to be computed from x.float(), which made
+    this gradcheck fail), on the CPU path. AuxK is not gradchecked: its target, the residual, is detached on
+    purpose, which finite differences do not know."""
+    from tests.kernels._tolerances import GRADCHECK
+
+    sae = TopKSAE(5, 12, 3, dtype=torch.float64, seed=0)
+    x = _data(n=6, d=5, seed=3).double().requires_grad_(True)
+    dead = torch.arange(12) % 3 == 0
+    names = ("W_enc", "b_enc", "W_dec", "b_dec")
+    params = tuple(getattr(sae, name).detach().clone().requires_grad_(True) for name in names)
+
+    def forward(x: torch.Tensor, *ps: torch.Tensor):
+        return torch.func.functional_call(sae, dict(zip(names, ps)), (x,), {"dead_mask": dead, "k_aux": 2})
+
+    out = forward(x, *params)
+    assert out.fvu.dtype == out.auxk_loss.dtype == torch.float64 and out.auxk_loss.item() > 0
+    assert torch.autograd.gradcheck(lambda *args: forward(*args).fvu, (x, *params), **GRADCHECK)
+
+
+def test_single_row_batch_raises_and_empty_batch_works() -> None:
+    """N = 1: Σ‖x − mean(x)‖² = 0, so the FVU would be inf with NaN gradients: a clear error instead."""
+    sae = TopKSAE(12, 40, 4, seed=0)
+    with pytest.raises(ValueError, match=r"N = 0 or N >= 2"):
+        sae(_data(n=1))
+    out = sae(torch.zeros(0, 12), dead_mask=torch.ones(40, dtype=torch.bool))
+    assert out.fvu.item() == 0.0 and out.auxk_loss.item() == 0.0
+    out = sae(_data(n=2))
+    assert torch.isfinite(out.fvu)
+    v, i = sae.encode(_data(n=1))  # single rows still encode and decode
+    assert sae.decode(v, i).shape == (1, 12)
+
+
+def test_default_k_aux_for_one_input_dimension_and_mask_checks() -> None:
+    sae = TopKSAE(1, 6, 1, seed=0)
+    out = sae(_data(n=5, d=1), dead_mask=torch.arange(6) >= 2)  # k_aux = max(1, 1 // 2) = 1
+    assert out.auxk_loss.item() >= 0 and torch.isfinite(out.auxk_loss)
+    with pytest.raises(ValueError, match="dead_mask must be a bool tensor"):
+        sae(_data(n=5, d=1), dead_mask=torch.ones(6))
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, num_latents=6\)"):
+        sae.decode(torch.ones(2, 1), torch.full((2, 1), 6))
+
+
+def test_losses_use_the_given_x_under_autocast() -> None:
+    """With fp32 master weights under bf16 autocast the kernels take x in bf16, but the residual and the variance
+    use the given fp32 x."""
+    sae = TopKSAE(16, 64, 4, seed=0)
+    x = _data(n=10, d=16) * 1.001
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(x)
+    xf = x.double()
+    expected = (xf - out.recon.double()).pow(2).sum() / (xf - xf.mean(0)).pow(2).sum()
+    torch.testing.assert_close(out.fvu.double(), expected, atol=1e-6, rtol=1e-5)

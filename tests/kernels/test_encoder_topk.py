@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from sae_fast.kernels.encoder_topk import encoder_topk
+from sae_fast.kernels.encoder_topk import TileConfig, encoder_topk
 
 from sae_fast import reference
+from tests.kernels._tolerances import EXACT, VALUES
 
 
 def _inputs(n: int, d: int, f: int, seed: int, dtype: torch.dtype = torch.float32):
@@ -15,7 +16,17 @@ def _inputs(n: int, d: int, f: int, seed: int, dtype: torch.dtype = torch.float3
     return x.to(dtype), W.to(dtype), b.to(dtype)
 
 
-def assert_topk_matches(values, indices, pre, k, atol=1e-5, rtol=1e-5) -> None:
+def _exact_inputs(n: int, d: int, f: int, seed: int, dtype: torch.dtype = torch.float32):
+    """Multiples of 1/8 and 1/16 of small integers: exact in bf16 and every fp32 sum of their products exact, so
+    no summation order can change a pre-activation (many exact ties, resolved by the lowest index)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-8, 9, (n, d), generator=g) / 8
+    W = torch.randint(-4, 5, (f, d), generator=g) / 16
+    b = torch.randint(-16, 17, (f,), generator=g) / 16
+    return x.to(dtype), W.to(dtype), b.to(dtype)
+
+
+def assert_topk_matches(values, indices, pre, k, atol=VALUES[torch.float32].atol, rtol=VALUES[torch.float32].rtol):
     """Values equal the reference top-k values; each index points at a pre-activation equal to its value
     (tolerant to near-ties computed in a different summation order); indices unique per row."""
     ref_values, _ = reference.topk_lowest_index(pre, k)
@@ -39,25 +50,25 @@ CASES = [  # (N, d, F, k, dead fraction, k_aux, splits)
 )
 @pytest.mark.parametrize(("n", "d", "f", "k", "dead_frac", "k_aux", "splits"), CASES)
 def test_matches_reference(n, d, f, k, dead_frac, k_aux, splits, method, dead_store) -> None:
-    x, W, b = _inputs(n, d, f, seed=n + d + f + k)
+    """Exact inputs: indices, values, AuxK indices and values equal the reference's bit for bit."""
+    x, W, b = _exact_inputs(n, d, f, seed=n + d + f + k)
     dead = None
     if k_aux is not None:
         dead = torch.rand(f, generator=torch.Generator().manual_seed(1)) < dead_frac
     # cublas in chunks of 64 latents, so that tiles and dead latents spread over several chunks
     values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, splits=splits, method=method,
                                            dead_store=dead_store, chunk=64)
-    _, ri, rav, _ = reference.encode_topk(x, W, b, k, dead, k_aux)
+    rv, ri, rav, rai = reference.encode_topk(x, W, b, k, dead, k_aux)
     assert values.shape == (n, k) and indices.shape == (n, k) and indices.dtype == torch.int64
-    pre = reference.preactivations(x, W, b)
-    assert_topk_matches(values, indices, pre, k)
-    assert (indices == ri).float().mean() >= 0.99 if n else True  # exact except for rare fp near-ties
+    assert torch.equal(indices, ri)
+    torch.testing.assert_close(values, rv, **EXACT())
     if dead is None:
         assert av is None and ai is None
         return
     assert av.shape == rav.shape == (n, min(k_aux, int(dead.sum())))
     assert bool(dead[ai].all())
-    torch.testing.assert_close(av, rav, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(pre.gather(1, ai), av, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ai, rai)
+    torch.testing.assert_close(av, rav, **EXACT())
 
 
 @pytest.mark.parametrize("method", ["tiles", "cublas"])
@@ -71,7 +82,7 @@ def test_tile_guard_recomputes_rows_it_cannot_certify(candidates: int, method: s
     # cublas in chunks of 64 latents: tiles of 32 spread over three chunks
     values, indices, _, _ = encoder_topk(x, W, b, k, candidates=candidates, stats=stats, method=method, chunk=64)
     ref_values, ref_indices = reference.topk_lowest_index(reference.preactivations(x, W, b), k)
-    torch.testing.assert_close(values, ref_values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values, ref_values, **VALUES[torch.float32]())
     assert torch.equal(indices, ref_indices)
     assert stats["M"] == max(candidates, 2)  # 5 tiles of 32: at least ceil(9 / 5) = 2 candidates each
     if candidates == 1 or candidates == 2:
@@ -98,7 +109,7 @@ def test_rows_with_fewer_than_k_positive_values_need_no_recomputation(method: st
     ref_values, ref_indices = reference.topk_lowest_index(pre, k)
     assert int((pre > 0).sum(1).max()) <= 5 and int((pre > 0).sum(1).min()) >= 1
     assert torch.equal(indices, ref_indices)
-    torch.testing.assert_close(values, ref_values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values, ref_values, **VALUES[torch.float32]())
     assert stats["unsure_rows"] == 0 and stats["zero_tail_rows"] == n
     assert indices[3].tolist() == [5, 40, 100, 170, 250, 0, 1, 2, 3]
     # one row with a tile holding more positives than candidates kept: the guard sends it to the exact kernel
@@ -145,8 +156,8 @@ def test_no_dead_latents_gives_empty_aux() -> None:
 def test_bf16_close_to_fp32_reference() -> None:
     x, W, b = _inputs(7, 100, 200, seed=5, dtype=torch.bfloat16)
     values, indices, _, _ = encoder_topk(x, W, b, 3)
-    pre = reference.preactivations(x.float(), W.float(), b.float())  # kernel accumulates in fp32
-    assert_topk_matches(values, indices, pre, 3, atol=1e-4, rtol=1e-4)
+    pre = reference.preactivations(x, W, b)  # in fp32, as the kernel accumulates
+    assert_topk_matches(values, indices, pre, 3, **VALUES[torch.bfloat16]())
 
 
 def test_bad_inputs() -> None:
@@ -163,3 +174,23 @@ def test_bad_inputs() -> None:
         encoder_topk(x, W, b, 3, torch.zeros(130, dtype=torch.bool), None)
     with pytest.raises(ValueError, match="dead_store"):
         encoder_topk(x, W, b, 3, torch.zeros(130, dtype=torch.bool), 4, dead_store="cublas")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "cfg", [TileConfig(64, 128, 64, 8, 3), TileConfig(128, 128, 32, 8, 3)], ids=["64x128x64", "128x128x32"]
+)
+def test_gpu_tile_configs_under_the_interpreter(cfg, dtype) -> None:
+    """The GPU's 128-latent tiles (the interpreter's default is 32) on F = 300 (a partial last tile), with AuxK
+    stored by the kernel: exact inputs, so everything compares bit for bit; bf16 selects on fp32 like the
+    reference."""
+    n, d, f, k = 70, 100, 300, 9
+    x, W, b = _exact_inputs(n, d, f, seed=3, dtype=dtype)
+    dead = torch.arange(f) % 3 == 0
+    stats: dict = {}
+    values, indices, av, ai = encoder_topk(x, W, b, k, dead, 12, tile_config=cfg, dead_store="kernel", stats=stats)
+    _, ri, _, rai = reference.encode_topk(x, W, b, k, dead, 12)
+    assert torch.equal(indices, ri) and torch.equal(ai, rai)
+    pre = reference.preactivations(x, W, b)  # fp32: the kernel returns fp32 values (ops casts them to x's dtype)
+    assert torch.equal(values, pre.gather(1, ri)) and torch.equal(av, pre.gather(1, rai))
+    assert stats["M"] < 128  # not every value a candidate: the guard is exercised
