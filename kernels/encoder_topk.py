@@ -44,6 +44,10 @@ __all__ = ["TileConfig", "encoder_topk"]
 # kernel's own dead store cost 9-27% of the encoder at 1% dead (bench/RESULTS.md), a GEMM over 1% of the
 # latents ~1% of it. With many dead latents (early training) the kernel's store avoids a second large GEMM.
 DEAD_GEMM_MAX_FRACTION = 8
+# The (N, num_dead) fp32 AuxK buffer is kept below this; above it (many dead latents in a large batch, e.g. all
+# of 2^20 latents dead at N = 8192 would be 32 GiB) the dead latents are scanned in chunks of columns by a GEMM
+# with a running top-k_aux merge, so memory stays bounded at the cost of a second GEMM over the dead latents.
+DEAD_BUFFER_MAX_BYTES = 2**30
 TILE_N = 128  # latents per tile of the tile-candidates kernel on a GPU (its M is chosen for this width)
 
 
@@ -483,6 +487,31 @@ def _cublas_topk(
     return (*_select_candidates(cand_v, cand_i, k, m, block_n, f), m)
 
 
+def _dead_topk_chunked(
+    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, dead_idx: torch.Tensor, k_aux: int, columns: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k_aux of relu(x Wᵀ + b) over the (ascending) dead latents `dead_idx`, `columns` of them per GEMM.
+
+    x: (N, d), W: (F, d), b: (F,), dead_idx: (num_dead,) int64 ascending. Returns values (N, min(k_aux, num_dead))
+    fp32 (descending; ties: lowest latent index) and their latent indices (int64). Only an (N, columns) fp32 block
+    is dense at a time. The running best comes first in each merge and holds only lower latent indices than the
+    new block, so "lowest position" among equal values is "lowest latent index", as in one selection over all.
+    """
+    best_v = best_i = None
+    for lo in range(0, dead_idx.numel(), columns):
+        cols = dead_idx[lo:lo + columns]
+        pre = torch.relu(_gemm_fp32(x, W[cols]) + b[cols].float())
+        if best_v is not None:
+            pre = torch.cat([best_v, pre], dim=1)
+            cols = torch.cat([best_i, cols.expand(x.shape[0], -1)], dim=1)
+        else:
+            cols = cols.expand(x.shape[0], -1)
+        best_v, pos = select_topk_lowest_index(pre, min(k_aux, pre.shape[1]))
+        best_i = torch.gather(cols, 1, pos)
+    assert best_v is not None and best_i is not None
+    return best_v, best_i
+
+
 def encoder_topk(
     x: torch.Tensor,
     W_enc: torch.Tensor,
@@ -498,6 +527,7 @@ def encoder_topk(
     dead_store: str = "auto",
     chunk: int | None = None,
     stats: dict | None = None,
+    dead_buffer_bytes: int = DEAD_BUFFER_MAX_BYTES,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Top-k of relu(x W_encᵀ + b_enc) per row, plus the AuxK top-k_aux among dead latents in the same pass.
 
@@ -511,12 +541,15 @@ def encoder_topk(
     exactly), "zero_tail_rows" (fewer than k positive values, completed by index) and "M".
     `dead_store`: where the dead latents' pre-activations come from — "kernel" (stored by the GEMM kernel's
     epilogue), "gemm" (a separate cuBLAS GEMM over the dead latents only) or "auto" (the GEMM while at most
-    1 / DEAD_GEMM_MAX_FRACTION of latents are dead); "cublas" copies them from its chunks.
+    1 / DEAD_GEMM_MAX_FRACTION of latents are dead); "cublas" copies them from its chunks. Whatever the store,
+    when the (N, num_dead) fp32 buffer would exceed `dead_buffer_bytes` (default DEAD_BUFFER_MAX_BYTES, 1 GiB),
+    the dead latents are instead scanned after the top-k by GEMMs over blocks of them with a running
+    top-k_aux merge (bounded memory, same result).
     Returns values (N, k) fp32 (descending; ties: lowest index), indices (N, k) int64, and, with a dead
     mask, aux_values / aux_indices (N, min(k_aux, num_dead)) (fp32 / int64 latent indices), else None. Both
     selections are made on fp32 values.
     Extra memory: (N, F / BLOCK_N, M) candidates (8 bytes each) plus (N, num_dead) fp32 for AuxK (the relu'd
-    pre-activations of the dead latents only; e.g. 3.4 GB at N = 8192 with 10% of 2^20 latents dead).
+    pre-activations of the dead latents only), at most `dead_buffer_bytes`.
     """
     n, d = x.shape
     f = W_enc.shape[0]
@@ -532,6 +565,7 @@ def encoder_topk(
         raise ValueError(f"method must be 'tiles', 'cublas' or 'running', got {method!r}")
     device = x.device
     has_dead = dead_mask is not None
+    chunked = False  # whether the dead latents are scanned in blocks after the top-k (buffer over the cap)
     in_kernel = False  # whether the GEMM kernel stores the dead latents' pre-activations
     if has_dead:
         check_tensor("dead_mask", dead_mask, (f,), (torch.bool,))
@@ -541,7 +575,12 @@ def encoder_topk(
             raise ValueError(f"dead_store must be 'auto', 'kernel' or 'gemm', got {dead_store!r}")
         dead_idx = torch.nonzero(dead_mask, as_tuple=False).squeeze(1)
         num_dead = int(dead_idx.numel())
-        in_kernel = method != "cublas" and (
+        if dead_buffer_bytes < 4 * max(n, 1):
+            raise ValueError(
+                f"dead_buffer_bytes must hold at least one fp32 column of {n} rows, got {dead_buffer_bytes}"
+            )
+        chunked = 4 * n * num_dead > dead_buffer_bytes
+        in_kernel = not chunked and method != "cublas" and (
             dead_store == "kernel" or (dead_store == "auto" and num_dead * DEAD_GEMM_MAX_FRACTION > f)
         )
     dead_pos = torch.empty(1, dtype=torch.int32, device=device)
@@ -551,6 +590,8 @@ def encoder_topk(
         dead_pos[dead_idx] = torch.arange(num_dead, dtype=torch.int32, device=device)
         # fp32, not x's dtype: AuxK selects on fp32 values like the top-k (and the reference)
         dead_out = torch.empty((n, num_dead), dtype=torch.float32, device=device)
+    elif has_dead and chunked:
+        pass  # scanned in blocks after the top-k
     elif has_dead and method == "cublas":
         dead_out = torch.empty((n, num_dead), dtype=torch.float32, device=device)  # filled from the chunks
     elif has_dead:  # a separate GEMM over the dead latents only, fp32 output like the kernel's store
@@ -563,7 +604,7 @@ def encoder_topk(
         values, indices = _running_topk(x, W_enc, b_enc, k, splits, dead)
     else:
         if method == "cublas":
-            from_chunks = (dead_idx, dead_out) if has_dead else None
+            from_chunks = (dead_idx, dead_out) if has_dead and not chunked else None
             values, indices, unsure, filled, m = _cublas_topk(x, W_enc, b_enc, k, candidates, from_chunks, chunk)
         else:
             values, indices, unsure, filled, m = _tile_topk(x, W_enc, b_enc, k, tile_config, candidates, dead)
@@ -575,5 +616,8 @@ def encoder_topk(
             values[rows], indices[rows] = _running_topk(x[rows].contiguous(), W_enc, b_enc, k, splits, no_dead)
     if not has_dead:
         return values, indices, None, None
+    if chunked:
+        aux_values, aux_idx = _dead_topk_chunked(x, W_enc, b_enc, dead_idx, k_aux, dead_buffer_bytes // (4 * n))
+        return values, indices, aux_values, aux_idx
     aux_values, aux_pos = select_topk_lowest_index(dead_out, min(k_aux, num_dead))
     return values, indices, aux_values, dead_idx[aux_pos]

@@ -147,6 +147,23 @@ def test_ties_lowest_index_wins_exactly() -> None:
     assert indices[0].tolist() == list(range(k)) and values.abs().max() == 0
 
 
+@pytest.mark.parametrize("method", ["tiles", "cublas", "running"])
+@pytest.mark.parametrize("columns", [1, 3, 40])
+def test_dead_buffer_cap_scans_dead_latents_in_blocks(method: str, columns: int) -> None:
+    """Over the AuxK buffer cap the dead latents are scanned in blocks of `columns` with a running merge: the
+    same AuxK values and indices (ties included) as one selection, for blocks smaller than k_aux too."""
+    n, d, f, k, k_aux = 9, 100, 200, 3, 7
+    x, W, b = _exact_inputs(n, d, f, seed=11)
+    dead = torch.rand(f, generator=torch.Generator().manual_seed(2)) < 0.4
+    values, indices, av, ai = encoder_topk(x, W, b, k, dead, k_aux, method=method, chunk=64,
+                                           dead_buffer_bytes=4 * n * columns)
+    rv, ri, rav, rai = reference.encode_topk(x, W, b, k, dead, k_aux)
+    assert torch.equal(indices, ri) and torch.equal(values, rv)
+    assert torch.equal(ai, rai) and torch.equal(av, rav)
+    with pytest.raises(ValueError, match="dead_buffer_bytes"):
+        encoder_topk(x, W, b, k, dead, k_aux, dead_buffer_bytes=4 * n - 1)
+
+
 def test_no_dead_latents_gives_empty_aux() -> None:
     x, W, b = _inputs(4, 100, 130, seed=0)
     _, _, av, ai = encoder_topk(x, W, b, 3, torch.zeros(130, dtype=torch.bool), 10)

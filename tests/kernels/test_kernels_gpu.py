@@ -29,7 +29,7 @@ def _inputs(d: int, f: int, n: int, dtype: torch.dtype, device: str, seed: int =
 
 def check_encoder(
     d: int, f: int, k: int, n: int, dtype: torch.dtype, device: str = "cuda", dead_store: str = "auto",
-    method: str = "tiles", bias_shift: float = 0.0,
+    method: str = "tiles", bias_shift: float = 0.0, dead_buffer_bytes: int | None = None,
 ) -> dict:
     """Kernel top-k (and AuxK over ~3% dead latents) vs fp32 reference pre-activations, row chunk by chunk.
     ``bias_shift`` is subtracted from b_enc (a high threshold: rows with fewer than k positive values). Returns
@@ -44,8 +44,9 @@ def check_encoder(
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 inputs: the kernel uses IEEE fp32 dots too
     try:
         stats: dict = {}
+        cap = {} if dead_buffer_bytes is None else {"dead_buffer_bytes": dead_buffer_bytes}
         values, indices, av, ai = encoder_topk(
-            x, W, b, k, dead, k_aux, stats=stats, dead_store=dead_store, method=method
+            x, W, b, k, dead, k_aux, stats=stats, dead_store=dead_store, method=method, **cap
         )
         tol = 1e-4 if dtype == torch.float32 else 2e-3  # same products, different fp32 summation order
         exact = 0
@@ -197,6 +198,11 @@ def test_encoder_topk_high_threshold(method: str) -> None:
 def test_encoder_topk_dead_store_in_kernel() -> None:
     """The AuxK pre-activations stored by the GEMM kernel's epilogue (used when many latents are dead)."""
     check_encoder(768, 16384, 64, 8192, torch.bfloat16, dead_store="kernel")
+
+
+def test_encoder_topk_dead_buffer_cap() -> None:
+    """Over the AuxK buffer cap (here 64 columns of the ~490 dead): dead latents scanned in blocks, merged."""
+    check_encoder(768, 16384, 64, 8192, torch.bfloat16, dead_buffer_bytes=4 * 8192 * 64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])
