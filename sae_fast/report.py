@@ -45,10 +45,36 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return html.escape(str(value)) if isinstance(value, str) else str(value)
 
 
+def _has(results: dict, path: str) -> bool:
+    """Whether ``path`` names a stored entry (its value may be null: a NaN in the study)."""
+    head, _, last = path.rpartition(".")
+    parent = _get(results, head) if head else results
+    if isinstance(parent, dict):
+        return last in parent
+    return isinstance(parent, list) and last.isdigit() and int(last) < len(parent)
+
+
 def _table(results: dict, rows: list[tuple[str, str]], header: tuple[str, str] = ("quantity", "value")) -> Block:
-    """Rows of (label, JSON path); the value is looked up and the path shown as its source."""
-    body = [(label, _fmt(_get(results, path)), path) for label, path in rows]
+    """Rows of (label, JSON path); the value is looked up and the path shown as its source. Rows whose path is
+    not in the results (an analysis that did not run) are left out; stored nulls show as "–"."""
+    body = [(label, _fmt(_get(results, path)), path) for label, path in rows if _has(results, path)]
     return ("table", ((*header, "source (results.json)"), body))
+
+
+def _columns(results: dict, prefixes: list[str], columns: list[tuple[str, str]]) -> Block:
+    """One row per JSON prefix, one column per (header, key): cell = value at ``prefix.key``. The last column
+    names the prefix; each header ends with its key in brackets so every cell stays traceable."""
+    header = (*[f"{h} [{k}]" for h, k in columns], "source (results.json)")
+    body = []
+    for prefix in prefixes:
+        cells = []
+        for _, key in columns:
+            value = _get(results, f"{prefix}.{key}")
+            if isinstance(value, list):
+                value = ", ".join(map(str, value[:12])) + (f", … ({len(value)})" if len(value) > 12 else "")
+            cells.append(_fmt(value))
+        body.append((*cells, prefix))
+    return ("table", (header, body))
 
 
 def _png(fig: Any) -> bytes:
@@ -120,11 +146,19 @@ def _figures(results: dict, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
     if sub:
         rs = sorted(sub, key=int)
         fig, ax = plt.subplots(figsize=(5, 3))
-        for key, label in (("set", results["subspaces"]["set"]), ("stable", "stable"),
+        for key, label in (("set", results["subspaces"]["set"] + " (full set)"), ("stable", "stable (full set)"),
                            ("random_subset", "random subsets, same size"), ("haar", "Haar-random")):
             vals = [_get(sub[r], f"{key}.mean_cos2") for r in rs]
             if any(v is not None for v in vals):
                 ax.plot([int(r) for r in rs], [np.nan if v is None else v for v in vals], "o-", label=label)
+        matched = results["subspaces"].get("matched", {})
+        for name, m in matched.items():
+            for key, style in (("set", "s--"), ("random", "x:")):
+                vals = [_get(m, f"ranks.{r}.{key}.mean_cos2") for r in rs]
+                if any(v is not None for v in vals):
+                    ax.plot([int(r) for r in rs], [np.nan if v is None else v for v in vals], style,
+                            label=f"{name if key == 'set' else 'random'}, n = {m['n']}" + (f" ({name})" if key ==
+                                                                                            "random" else ""))
         ax.set(xlabel="rank r", ylabel="mean cos² across seed pairs", title="cross-seed top-r subspaces")
         ax.legend(fontsize=7)
         figs["subspaces"] = _png(fig)
@@ -132,9 +166,11 @@ def _figures(results: dict, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
     if c:
         fig, ax = plt.subplots(figsize=(5, 3))
         ax.hist([x["mean_best_similarity"] for x in c], bins=20, range=(0, 1), label="candidates")
-        null = _get(results, "candidates.null.mean_best_similarity_q99")
-        if null is not None:
-            ax.axvline(null, color="k", ls="--", lw=1, label="random null, 99th pct")
+        for key, style, label in (("null", "--", "random latent subsets (same seed, size), 99th pct"),
+                                  ("null_haar", ":", "Haar-random subspaces, 99th pct")):
+            null = _get(results, f"candidates.{key}.mean_best_similarity_q99")
+            if null is not None:
+                ax.axvline(null, color="k", ls=style, lw=1, label=label)
         ax.set(xlabel="mean best similarity in the other seeds", ylabel="candidates", title="candidate subspaces")
         ax.legend(fontsize=7)
         figs["candidates"] = _png(fig)
@@ -179,7 +215,8 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
                    "'freqmatched', the same firing-frequency profile)."))
     m = results.get("masking", {})
     rows = [("EV of the full SAE", "masking.ev_full"), ("FVU of the full SAE", "masking.fvu_full"),
-            ("n (stable) / ratio", "masking.n"), ("ratio", "masking.ratio")]
+            ("n: stable latents masked in the n-vs-ratio·n comparison", "masking.n"),
+            ("ratio: unstable latents masked = ratio × n", "masking.ratio")]
     for name in m.get("delta_ev", {}):
         rows.append((f"ΔEV masking {name} ({_fmt(_get(m, f'sizes.{name}'))} latents)", f"masking.delta_ev.{name}"))
         for kind in ("random_like", "freqmatched_like"):
@@ -203,16 +240,17 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
                                   for k in sp["distortion"]]))
     B.append(("h2", "3. Activation statistics"))
     B.append(_table(results, [
-        ("mean firing frequency, stable", "frequency.anchor.stable.mean"),
-        ("mean firing frequency, unstable", "frequency.anchor.unstable.mean"),
-        ("median firing frequency, stable", "frequency.anchor.stable.median"),
-        ("median firing frequency, unstable", "frequency.anchor.unstable.median"),
-        ("mean firing frequency, all latents", "frequency.anchor.all.mean"),
-        ("k / F", "frequency.k_over_F"),
+        ("mean firing frequency, stable (% of tokens)", "frequency.anchor.stable.mean_percent"),
+        ("mean firing frequency, unstable (% of tokens)", "frequency.anchor.unstable.mean_percent"),
+        ("median firing frequency, stable (% of tokens)", "frequency.anchor.stable.median_percent"),
+        ("median firing frequency, unstable (% of tokens)", "frequency.anchor.unstable.median_percent"),
+        ("mean firing frequency, all latents (% of tokens)", "frequency.anchor.all.mean_percent"),
+        ("k / F (%)", "frequency.k_over_F_percent"),
         ("dead share (never fires on held-out), unstable", "frequency.anchor.unstable.dead_share"),
         ("dead share, all", "frequency.anchor.all.dead_share"),
     ]))
-    B.append(("p", "Paper (GPT-2 small, [S1]): ≈0.44 % of tokens for stable vs ≈0.18 % for unstable features."))
+    B.append(("p", "Paper (GPT-2 small, [S1]): ≈0.44 % of tokens for stable vs ≈0.18 % for unstable features "
+                   "(k / F = 0.39 % there)."))
     if "frequency" in figs:
         B.append(("fig", ("frequency", figs["frequency"])))
     if snippets:
@@ -226,13 +264,22 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
     er = results.get("effective_rank", {})
     B.append(("p", f"Normalised entropy effective rank ER/d of unit decoder rows, each set subsampled to n = "
                    f"{er.get('n')} latents (d = {er.get('d')}). Paper (GPT-2, [S1]): ≈0.80 stable vs ≈0.60 unstable."
-                   + (f" Caution: n < d here, so ER/d cannot exceed n/d = {er['n'] / er['d']:.3g} and the sets are "
-                      "hard to tell apart; more seeds/longer training give larger stable sets."
+                   + (f" Caution: n < d here, so ER/d cannot exceed n/d = {er['n'] / er['d']:.3g}; compare "
+                      "ER/min(n, d) of each set with that of random latents at the same n (and its spread) "
+                      "instead. More seeds or longer training give larger stable sets."
                       if er.get("n") and er.get("d") and er["n"] < er["d"] else "")))
-    B.append(_table(results, [(f"ER/d {name}", f"effective_rank.sets.{name}.er_over_d_mean")
-                              for name in er.get("sets", {})] +
-                    [(f"participation ratio / d {name}", f"effective_rank_pr.sets.{name}.er_over_d_mean")
-                     for name in results.get("effective_rank_pr", {}).get("sets", {})]))
+    er_rows = []
+    for key, label in (("effective_rank", "ER"), ("effective_rank_pr", "participation ratio")):
+        block = results.get(key, {})
+        for name in [*block.get("sets", {}), "random"]:
+            path = f"{key}.sets.{name}" if name != "random" else f"{key}.random"
+            if _get(results, path) is None:
+                continue
+            what = name if name != "random" else "random latents, same n"
+            er_rows += [(f"{label}/d {what}", f"{path}.er_over_d_mean"),
+                        (f"{label}/min(n, d) {what} (mean)", f"{path}.er_over_min_nd_mean"),
+                        (f"{label}/min(n, d) {what} (std over subsamples)", f"{path}.er_over_min_nd_std")]
+    B.append(_table(results, er_rows))
     sub = results.get("subspaces", {})
     B.append(("h3", f"Cross-seed reproducibility of the {sub.get('set', '')} subspace"))
     rows = []
@@ -242,6 +289,28 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
                 rows.append((f"r = {r}: mean cos², {key}", f"subspaces.ranks.{r}.{key}.mean_cos2"))
         rows.append((f"r = {r}: energy captured, {sub.get('set')}", f"subspaces.ranks.{r}.set.energy"))
     B.append(_table(results, rows))
+    matched = sub.get("matched", {})
+    if matched:
+        B.append(("p", "Matched null: each seed's set and, as the null, random live latents of the same seed are "
+                       "subsampled to a common n (at most F/4), several times; mean ± spread over the draws and "
+                       "z = (set − random) / √(spread_set² + spread_random²)."))
+        mrows = []
+        for name, m in matched.items():
+            mrows.append((f"{name}: common n", f"subspaces.matched.{name}.n"))
+            mrows.append((f"{name}: draws", f"subspaces.matched.{name}.draws"))
+            mrows.append((f"{name}: share of F in the set (mean over seeds)", f"subspaces.matched.{name}.share_of_F"))
+            for r in sorted(m.get("ranks", {}), key=int):
+                base = f"subspaces.matched.{name}.ranks.{r}"
+                mrows += [(f"{name}, r = {r}: mean cos², set", f"{base}.set.mean_cos2"),
+                          (f"{name}, r = {r}: spread over draws, set", f"{base}.set.mean_cos2_spread"),
+                          (f"{name}, r = {r}: mean cos², random latents", f"{base}.random.mean_cos2"),
+                          (f"{name}, r = {r}: spread over draws, random", f"{base}.random.mean_cos2_spread"),
+                          (f"{name}, r = {r}: z-score (mean cos²)", f"{base}.z_mean_cos2")]
+        B.append(_table(results, mrows))
+    for name in sub.get("large_sets", []):
+        B.append(("p", f"<b>Warning</b>: the {name} set holds more than half of the latents, so a random subset of "
+                       "its size is nearly the same set; trust the matched (subsampled) comparison above, not the "
+                       "full-set one."))
     if "subspaces" in figs:
         B.append(("fig", ("subspaces", figs["subspaces"])))
     B.append(("h3", "Stability classifier (logistic regression on decoder rows, train on one seed, test on others)"))
@@ -253,18 +322,35 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
     ]))
     B.append(("p", "Paper ([S1]): F1 ≈ 0.67–0.73 (positive class unconfirmed, both given)."))
     B.append(("h3", "Candidate subspaces (beyond the paper)"))
+    a0 = int(_get(results, "config.anchor") or 0)
     B.append(_table(results, [
-        ("candidates of seed 0", "candidates.per_seed.0.num_candidates"),
+        (f"candidates of the anchor (seed {a0})", f"candidates.per_seed.{a0}.num_candidates"),
         ("mean reproducibility score", "candidates.score_mean"),
         ("share of candidates reproduced (score >= min_score)", "candidates.reproduced_share"),
-        ("null: mean score of random subspaces", "candidates.null.score_mean"),
-        ("null: share reproduced", "candidates.null.reproduced_share"),
+        ("share reproduced and beating the subset null (p <= alpha)", "candidates.reproducible_share"),
         ("mean best similarity in another seed (mean over candidates)", "candidates.mean_best_similarity"),
-        ("null: mean best similarity of random subspaces", "candidates.null.mean_best_similarity"),
-        ("null: its 99th percentile", "candidates.null.mean_best_similarity_q99"),
-        ("anchor: share of the set in a reproducible subspace", "candidates.per_seed.0.share_in_reproducible"),
+        ("subset null (random latents, same seed and size): mean score", "candidates.null.score_mean"),
+        ("subset null: mean best similarity", "candidates.null.mean_best_similarity"),
+        ("subset null: its 99th percentile", "candidates.null.mean_best_similarity_q99"),
+        ("Haar null (random subspaces, same ranks): mean score", "candidates.null_haar.score_mean"),
+        ("Haar null: mean best similarity", "candidates.null_haar.mean_best_similarity"),
+        (f"anchor (seed {a0}): share of the set in a reproducible subspace",
+         f"candidates.per_seed.{a0}.share_in_reproducible"),
         ("clustering affinity", "candidates.params.method"),
     ]))
+    cands = results.get("candidates", {}).get("candidates") or []
+    if cands:
+        top = sorted(range(len(cands)), key=lambda c: (-(cands[c].get("score") or 0),
+                                                       cands[c].get("p_value") or 1.0,
+                                                       -(cands[c].get("mean_best_similarity") or 0)))[:10]
+        B.append(("p", "Top candidates (arrays.npz → candidate_id / candidate_score give the candidate of every "
+                       "(seed, latent)): the latents listed are unstable one by one but span a subspace that "
+                       "recurs in other seeds when the score is high and p (against random latent subsets of the "
+                       "same seed and size) is small."))
+        B.append(_columns(results, [f"candidates.candidates.{c}" for c in top], [
+            ("seed", "seed"), ("latents", "latents"), ("rank", "rank"), ("score", "score"),
+            ("mean best similarity", "mean_best_similarity"), ("subset null", "null_similarity"),
+            ("p", "p_value")]))
     if "candidates" in figs:
         B.append(("fig", ("candidates", figs["candidates"])))
     B.append(("h2", "5. Pooling unique features across seeds"))
@@ -296,25 +382,40 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
             ("base pool saved (sparsify layout) at", "pooling.pooled_base.saved.path"),
             ("ranked pool saved at", "pooling.pooled.saved.path"),
         ]))
-        B.append(("p", "Ranked: the target size of unique features by recurrence, then firing frequency, from all "
-                       "pool seeds. Base: the base seed's dictionary in which every feature recurring in other pool "
+        pool = results.get("pooling", {})
+        refit = "single_refit" in pool
+        B.append(("p", f"Ranked: the target size of unique features by {pool.get('ranked_by', 'recurrence')} "
+                       "(frequencies measured on training rows, not on the rows EV is scored on), from all pool "
+                       "seeds. Base: the base seed's dictionary in which every feature recurring in other pool "
                        "seeds but not in the base replaces the base latent nearest to it (with two pool seeds: the "
-                       "base seed itself). The base seed gets the same encoder refit and fine-tuning as the "
-                       "control. Stability is measured against seeds not used to build the pool."))
+                       "base seed itself). "
+                       + ("The base seed gets the same encoder refit and fine-tuning as the control. " if refit else
+                          "No refit or fine-tuning was run: the pools are scored as built. ")
+                       + "Stability is measured against seeds not used to build the pool. "
+                       + html.escape(pool.get("note", ""))))
     if "synthetic" in results:
         B.append(("h2", "6. Synthetic ground truth"))
         B.append(("p", "Isolated sparse features plus groups living in shared low-rank subspaces with no preferred "
                        "basis (sae_fast.synthetic; config in results.json → synthetic.config)."))
         B.append(_table(results, [
             ("isolated features recovered (cos >= 0.9)", "synthetic.isolated_recovered_share"),
+            ("isolated features: activation MCC (Hungarian-matched mean correlation)", "synthetic.isolated_mcc"),
             ("mean p̂ of isolated latents", "synthetic.p_hat_isolated"),
             ("mean p̂ of grouped latents", "synthetic.p_hat_grouped"),
             ("group subspace vs truth, mean cos²", "synthetic.group_mean_cos2"),
             ("group subspace across seeds, mean cos²", "synthetic.group_cross_seed_mean_cos2"),
             ("median largest principal angle (rad)", "synthetic.group_max_angle_median"),
             ("random baseline mean cos² (r/d)", "synthetic.haar_mean_cos2"),
+            ("no assignment: group energy in the top span of the non-stable latents",
+             "synthetic.nonstable_span.group_energy"),
+            ("… isolated-feature energy in that span", "synthetic.nonstable_span.isolated_energy"),
+            ("… random span of the same rank", "synthetic.nonstable_span.haar"),
             ("candidate subspaces: mean reproducibility score", "synthetic.candidates.score_mean"),
-            ("candidate subspaces: null (random subspaces) score", "synthetic.candidates.null_score_mean"),
+            ("candidate subspaces: mean best similarity", "synthetic.candidates.mean_best_similarity"),
+            ("… subset null (random latents, same seed and size)",
+             "synthetic.candidates.null_subset_mean_best_similarity"),
+            ("candidate subspaces: subset null score", "synthetic.candidates.null_subset_score_mean"),
+            ("candidate subspaces: Haar null score", "synthetic.candidates.null_haar_score_mean"),
             ("non-stable grouped latents in a reproducible candidate",
              "synthetic.candidates.nonstable_grouped_in_reproducible"),
             ("non-stable other latents in a reproducible candidate",
@@ -337,8 +438,8 @@ def _md(blocks: list[Block]) -> str:
         elif kind == "table":
             header, rows = val
             out.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-            out[-1] += "".join("\n| " + " | ".join(str(c) if i < 2 else f"`{c}`" for i, c in enumerate(r)) + " |"
-                               for r in rows)
+            cell = lambda i, c, n: f"`{c}`" if i == n - 1 else str(c)
+            out[-1] += "".join("\n| " + " | ".join(cell(i, c, len(r)) for i, c in enumerate(r)) + " |" for r in rows)
         elif kind == "fig":
             out.append(f"![{val[0]}](figures/{val[0]}.png)")
     return "\n\n".join(out) + "\n"

@@ -10,7 +10,8 @@ trains the seeds on the embedded default (MiniLM layer 3 on Shakespeare), which 
 
 Artifacts in ``out_dir``: ``results.json`` (every number of the report, by section), ``arrays.npz``
 (p̂, labels, best cosines, frequencies per seed), ``stability/`` (the :class:`sae_fast.Stability` run),
-``snippets.json``, ``figures/*.png``, ``report.html`` (self-contained) and ``report.md``.
+``snippets.json``, ``figures/*.png``, ``report.html`` (self-contained) and ``report.md``; ``arrays.npz`` also holds
+``candidate_id`` (S, F: index into results["candidates"]["candidates"], -1 for none) and ``candidate_score``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class StudyConfig:
     """random sets per masking comparison"""
     ranks: tuple[int, ...] = (8, 16, 32, 64)
     """ranks r of the cross-seed subspace comparison"""
+    subspace_draws: int = 3
+    """subsamples (of each set and of random latents, at a common n <= F/4) for the subspace null and its z-score"""
     candidate_method: str | None = None
     """candidate clustering affinity: 'correlation' (default with activations), 'coactivation', 'cosine' or 'max'"""
     candidate_threshold: float = 0.1
@@ -174,14 +177,56 @@ def _heldout_embedded(texts: list[str], layer: int, max_tokens: int, device: str
                    texts=list(texts))
 
 
+EMBEDDED_CONFIG_FILE = "embedded_default.json"
+"""the embedded default's settings, saved next to ``activations/`` and ``seeds/`` to guard their reuse"""
+
+
+def _embedded_fingerprint(cfg: EmbeddedDefault) -> dict[str, Any]:
+    """The settings that determine the cached activations and the trained seeds (not the device or eval texts)."""
+    from .activations import EMBEDDED_MODEL_NAME
+
+    return {"model": EMBEDDED_MODEL_NAME, "model_path": cfg.model_path, "layer": cfg.layer,
+            "train_texts": cfg.train_texts, "expansion_factor": cfg.expansion_factor, "k": cfg.k,
+            "total_tokens": cfg.total_tokens, "train_batch_size": cfg.train_batch_size, "lr": cfg.lr,
+            "seeds": list(range(cfg.num_seeds)), "extra": _to_jsonable(cfg.extra)}
+
+
+def check_embedded_reuse(out_dir: str | os.PathLike, cfg: EmbeddedDefault) -> bool:
+    """Guards the reuse of ``out_dir/activations`` and ``out_dir/seeds``: raises ValueError naming the fields
+    that differ from the saved :data:`EMBEDDED_CONFIG_FILE` (or when earlier outputs have no such file); else
+    writes that file. Returns True when earlier outputs are being reused."""
+    out = Path(out_dir)
+    want = json.loads(json.dumps(_embedded_fingerprint(cfg)))
+    saved_file = out / EMBEDDED_CONFIG_FILE
+    existing = [p.name for p in (out / "activations", out / "seeds") if p.exists()]
+    if saved_file.is_file():
+        saved = json.loads(saved_file.read_text())
+        diff = sorted(k for k in set(want) | set(saved) if want.get(k) != saved.get(k))
+        if diff:
+            detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {want.get(k)!r}" for k in diff)
+            raise ValueError(f"{out} holds activations/seeds of a different embedded default ({detail}); use a new "
+                             "--out folder (or delete the old one)")
+        return True
+    if existing:
+        raise ValueError(f"{out} holds {' and '.join(existing)} but no {EMBEDDED_CONFIG_FILE} saying how they were "
+                         "made, so they cannot be reused safely; use a new --out folder (or delete them)")
+    out.mkdir(parents=True, exist_ok=True)
+    saved_file.write_text(json.dumps(want, indent=1))
+    return False
+
+
 def train_embedded_default(out_dir: str | os.PathLike, cfg: EmbeddedDefault | None = None,
                            progress: bool = True) -> tuple[Path, HeldOut, dict]:
-    """Caches the embedded default's activations, trains ``num_seeds`` SAEs, returns (run dir, held-out, info)."""
+    """Caches the embedded default's activations, trains ``num_seeds`` SAEs, returns (run dir, held-out, info).
+
+    Earlier outputs in ``out_dir`` are reused only when they were made with the same settings
+    (:func:`check_embedded_reuse`)."""
     from .activations import CachedSource, cache_activations, embedded_default, shakespeare_sentences
     from .train import TrainConfig, train
 
     cfg = cfg or EmbeddedDefault()
     out = Path(out_dir)
+    reused = check_embedded_reuse(out, cfg)
     t0 = time.perf_counter()
     cache_dir = out / "activations"
     if not (cache_dir / "manifest.json").exists():
@@ -203,32 +248,39 @@ def train_embedded_default(out_dir: str | os.PathLike, cfg: EmbeddedDefault | No
     sentences = shakespeare_sentences(cfg.train_texts + cfg.eval_texts)[cfg.train_texts:]
     held = _heldout_embedded(sentences, cfg.layer, 10**9, cfg.device, cfg.model_path)
     info = {"embedded_default": asdict(cfg), "train_tokens_cached": int(source.num_tokens),
-            "seconds_cache": t_cache, "seconds_train": t_train,
+            "reused_earlier_outputs": reused, "seconds_cache": t_cache, "seconds_train": t_train,
             "seconds_heldout": time.perf_counter() - t0 - t_cache - t_train}
     return run_dir, held, info
 
 
-def find_seeds(run_dir: str | os.PathLike, hookpoint: str | None = None) -> list[tuple[str, Path]]:
-    """Seed folders directly under ``run_dir`` (``<seed>/`` or ``<seed>/<hookpoint>/``) holding a saved SAE
-    (``sae.safetensors`` or ``sae_weights.safetensors``), in natural order; trainer checkpoints are skipped."""
-    import re
+def find_seeds(run_dir: str | os.PathLike, hookpoint: str | None = None,
+               names: list[str] | None = None) -> list[tuple[str, Path]]:
+    """(name, folder) of every saved SAE under ``run_dir`` (``<seed>/`` or ``<seed>/<hookpoint>/``; sae_fast,
+    sparsify or SAELens files) via :func:`sae_fast.stability.find_saved_saes`, in natural order. ``names``:
+    keep only these seed names (``<seed>`` or ``<seed>/<hookpoint>``), in that order; all must exist."""
+    from .stability import find_saved_saes
 
-    base = Path(run_dir)
-    if not base.is_dir():
-        raise FileNotFoundError(f"run_dir {base} does not exist")
-    found = []
-    for child in sorted(p for p in base.iterdir() if p.is_dir() and p.name != "checkpoints"):
-        folder = child / hookpoint if hookpoint else child
-        if (folder / "sae.safetensors").is_file() or (folder / "sae_weights.safetensors").is_file():
-            found.append((child.name, folder))
-    key = lambda item: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", item[0])]
-    return sorted(found, key=key)
+    try:
+        found = [(name, f.parent) for name, f in find_saved_saes(run_dir, hookpoint)]
+    except ValueError as err:
+        if "no saved SAEs" not in str(err):
+            raise
+        found = []
+    if names is None:
+        return found
+    by_name = {n: f for n, f in found}
+    by_name.update({n.split("/")[0]: f for n, f in found if "/" in n})
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} lacks the saved SAEs of {missing}")
+    return [(n, by_name[n]) for n in names]
 
 
-def _load_saes(run_dir: str | os.PathLike, hookpoint: str | None = None) -> tuple[list[str], list[Any]]:
+def _load_saes(run_dir: str | os.PathLike, hookpoint: str | None = None,
+               names: list[str] | None = None) -> tuple[list[str], list[Any]]:
     from .checkpoint import load_sae
 
-    found = find_seeds(run_dir, hookpoint)
+    found = find_seeds(run_dir, hookpoint, names)
     if len(found) < 2:
         raise ValueError(f"{run_dir} holds {len(found)} saved SAE(s) in its subfolders; the study needs >= 2 seeds")
     saes = [load_sae(folder, dtype=torch.float32, device="cpu").eval() for _, folder in found]
@@ -263,6 +315,16 @@ def _fires(sae: Any, x: torch.Tensor, batch_size: int) -> np.ndarray:
         values, indices = sae.encode(x[start : start + batch_size])
         out[start : start + batch_size].scatter_(1, indices.cpu(), (values > 0).cpu())
     return out.numpy()
+
+
+def _dense_codes(sae: Any, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(N, F) latent activations (zero where not selected)."""
+    out = torch.zeros(x.shape[0], sae.num_latents)
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            values, indices = sae.encode(x[start : start + batch_size])
+            out[start : start + batch_size].scatter_(1, indices.cpu(), values.float().cpu())
+    return out
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -302,13 +364,24 @@ def synthetic_section(num_seeds: int = 4, steps: int = 800, seed: int = 0, progr
     # candidate subspaces on ground truth: which non-stable latents are basis ambiguity (in a group) vs not
     from .analysis.stability import anchor_scores
     from .analysis.stability import split as split_labels
-    from .synthetic import evaluate_decoder
+    from .synthetic import activation_mcc, evaluate_decoder, span_vs_groups
 
     labels = [split_labels(p) for p in anchor_scores(decoders).p_hat]
     nonstable = [lab != STABLE for lab in labels]
-    x_eval = model.activations(8192, seed=seed + 2)
-    cands = cand_mod.candidate_subspaces(decoders, nonstable, fires=[_fires(s, x_eval, 4096) for s in saes],
-                                         seed=seed)
+    batch = model.sample(8192, seed=seed + 2)
+    fires = [_fires(s, batch.x, 4096) for s in saes]
+    # per-latent activations against the isolated features' codes (Hungarian-matched mean correlation)
+    mcc = [activation_mcc(batch.isolated_codes, _dense_codes(s, batch.x, 4096))["mcc"] for s in saes]
+    res["isolated_mcc"] = float(np.mean(mcc))
+    res["isolated_mcc_per_seed"] = mcc
+    # no ground-truth assignment: the top span of each seed's live non-stable latents against the group subspaces
+    spans = [span_vs_groups(model, decoders[s], np.flatnonzero(nonstable[s] & fires[s].any(axis=0)))
+             for s in range(num_seeds)]
+    res["nonstable_span"] = {key: float(np.mean([sp[key] for sp in spans])) for key in
+                             ("group_energy", "isolated_energy", "haar")}
+    res["nonstable_span"]["rank"] = spans[0]["rank"]
+    cands = cand_mod.candidate_subspaces(decoders, nonstable, fires=fires, seed=seed,
+                                         freqs=[f.mean(axis=0) for f in fires])
     grouped_in, other_in = [], []
     for s in range(num_seeds):
         grouped = evaluate_decoder(model, decoders[s]).latent_group >= 0
@@ -317,7 +390,11 @@ def synthetic_section(num_seeds: int = 4, steps: int = 800, seed: int = 0, progr
         grouped_in += repro[grouped & nonstable[s]].tolist()
         other_in += repro[~grouped & nonstable[s]].tolist()
     res["candidates"] = {"num_candidates": len(cands["candidates"]), "score_mean": cands["score_mean"],
-                         "null_score_mean": cands["null"].get("score_mean"),
+                         "mean_best_similarity": cands["mean_best_similarity"],
+                         "null_subset_mean_best_similarity": cands["null"].get("mean_best_similarity"),
+                         "null_subset_score_mean": cands["null"].get("score_mean"),
+                         "null_haar_score_mean": cands["null_haar"].get("score_mean"),
+                         "reproducible_share": cands["reproducible_share"],
                          "nonstable_grouped_in_reproducible": float(np.mean(grouped_in)) if grouped_in else None,
                          "nonstable_other_in_reproducible": float(np.mean(other_in)) if other_in else None,
                          "params": cands["params"]}
@@ -372,9 +449,14 @@ def study(
         bar.update(1)
 
     embedded_layer = None
+    seed_names = None
     if run_dir is None:
+        if activations is not None:
+            raise ValueError("activations are for a given run_dir; the embedded default computes its own held-out "
+                             "activations (pass run_dir=<out>/seeds to analyse its seeds on other activations)")
         step("train")
         run_dir, held, info = train_embedded_default(out, embedded, progress=progress)
+        seed_names = [f"seed{s}" for s in range((embedded or EmbeddedDefault()).num_seeds)]
         if refit_activations is None:
             refit_activations = out / "activations"
         embedded_layer = (embedded or EmbeddedDefault()).layer
@@ -387,15 +469,16 @@ def study(
         results["source"] = {"kind": "given run", "run_dir": str(run_dir)}
     held = _as_heldout(held, cfg.max_eval_tokens)
     x = mask_mod.check_activations(held.x, "activations").float()
-    names, saes = _load_saes(run_dir, hookpoint)
+    names, saes = _load_saes(run_dir, hookpoint, seed_names)
     S = len(saes)
     d = saes[0].d_in
     if x.shape[1] != d:
         raise ValueError(f"activations have d={x.shape[1]} but the SAEs have d_in={d}")
     x_refit = None
-    if refit_activations is not None and (cfg.refit_steps > 0 or cfg.finetune_steps > 0):
-        x_refit = mask_mod.check_activations(_as_heldout(refit_activations, cfg.max_refit_tokens).x,
-                                             "refit_activations").float()
+    do_refit = cfg.refit_steps > 0 or cfg.finetune_steps > 0
+    if refit_activations is not None:  # also read without a refit: the pool's frequency ranking uses them
+        n_rows = cfg.max_refit_tokens if do_refit else cfg.max_eval_tokens
+        x_refit = mask_mod.check_activations(_as_heldout(refit_activations, n_rows).x, "refit_activations").float()
         if x_refit.shape[1] != d:
             raise ValueError(f"refit_activations have d={x_refit.shape[1]} but the SAEs have d_in={d}")
     if not 0 <= cfg.anchor < S:
@@ -429,8 +512,9 @@ def study(
     # 2. activation frequency and snippets ---------------------------------------------------------------------
     step("frequency")
     freqs = [freq_mod.firing_frequency(s, x, batch_size=cfg.batch_size) for s in saes]
-    results["frequency"] = {"anchor": freq_mod.compare_groups(freqs[a0], labels[a0]), "k_over_F":
-                            saes[a0].k / saes[a0].num_latents}
+    k_over_f = saes[a0].k / saes[a0].num_latents
+    results["frequency"] = {"anchor": freq_mod.compare_groups(freqs[a0], labels[a0]), "k_over_F": k_over_f,
+                            "k_over_F_percent": 100 * k_over_f}
     snippets: dict[str, Any] = {}
     if held.tokens is not None and held.where is not None:
         chosen = freq_mod.sample_latents(labels[a0], freqs[a0], cfg.snippet_latents, seed=cfg.seed)
@@ -469,9 +553,10 @@ def study(
             "nonstable": labels[a0] != STABLE, "all": np.ones_like(labels[a0], dtype=bool)}
     if cfg.exclude_dead:
         sets = {k: v & alive[a0] for k, v in sets.items()}
-    results["effective_rank"] = er_mod.matched_effective_rank(decoders[a0], sets, seed=cfg.seed)
+    rand_from = alive[a0] if cfg.exclude_dead else None
+    results["effective_rank"] = er_mod.matched_effective_rank(decoders[a0], sets, random_from=rand_from, seed=cfg.seed)
     results["effective_rank_pr"] = er_mod.matched_effective_rank(decoders[a0], sets, kind="participation",
-                                                                 seed=cfg.seed)
+                                                                 random_from=rand_from, seed=cfg.seed)
     done("geometry")
 
     # 5. cross-seed subspaces -----------------------------------------------------------------------------------
@@ -487,8 +572,22 @@ def study(
         return out_sets
 
     sub_sets = seed_sets(cfg.subspace_set)
+    # full sets (with the stable reference and the Haar null); the random-subset null lives in "matched" below,
+    # where set and random latents are subsampled to a common n (a random subset as large as the set is the set)
     results["subspaces"] = {"set": cfg.subspace_set, **sub_mod.cross_seed_subspaces(
-        decoders, sub_sets, ranks=cfg.ranks, reference_sets={"stable": seed_sets("stable")}, seed=cfg.seed)}
+        decoders, sub_sets, ranks=cfg.ranks, n_random=0, reference_sets={"stable": seed_sets("stable")},
+        seed=cfg.seed)}
+    F_lat = saes[0].num_latents
+    matched = {}
+    for kind in ("unstable", "nonstable", "stable"):
+        kind_sets = seed_sets(kind)
+        if min(int(np.sum(m)) for m in kind_sets) >= 2:
+            matched[kind] = sub_mod.matched_cross_seed_subspaces(
+                decoders, kind_sets, ranks=cfg.ranks, max_fraction=0.25, draws=cfg.subspace_draws,
+                random_from=alive if cfg.exclude_dead else None, seed=cfg.seed)
+    results["subspaces"]["matched"] = matched
+    results["subspaces"]["large_sets"] = [
+        k for k in ("unstable", "nonstable") if float(np.mean([np.sum(m) for m in seed_sets(k)])) > F_lat / 2]
     done("subspaces")
 
     # 6. classifier ----------------------------------------------------------------------------------------------
@@ -502,7 +601,14 @@ def study(
     fires = [_fires(s, x[:n_co], cfg.batch_size) for s in saes]
     results["candidates"] = {"set": cfg.subspace_set, **cand_mod.candidate_subspaces(
         decoders, sub_sets, fires=fires, method=cfg.candidate_method, threshold=cfg.candidate_threshold,
-        tau=cfg.candidate_tau, seed=cfg.seed)}
+        tau=cfg.candidate_tau, freqs=freqs, seed=cfg.seed)}
+    # per (seed, latent): the candidate it belongs to (-1: none) and that candidate's reproducibility score
+    F_all = saes[0].num_latents
+    candidate_id = np.full((S, F_all), -1, dtype=np.int64)
+    candidate_score = np.full((S, F_all), np.nan)
+    for c, cand in enumerate(results["candidates"]["candidates"]):
+        candidate_id[cand["seed"], cand["latents"]] = c
+        candidate_score[cand["seed"], cand["latents"]] = cand["score"]
     done("candidates")
 
     # 8. pooling ---------------------------------------------------------------------------------------------------
@@ -510,19 +616,28 @@ def study(
     n_pool = cfg.pool_seeds if cfg.pool_seeds is not None else max(2, S // 2)
     if S - n_pool >= 1 and n_pool >= 2:
         if x_refit is not None:
-            x_pool_eval = x
-            note = (f"refit on {x_refit.shape[0]} training activations; EV on all {x.shape[0]} held-out rows for "
-                    "the pools and the single seeds alike")
-        else:
+            x_train, x_pool_eval = x_refit, x
+            note = (f"{'refit on' if do_refit else 'no refit; ranking frequencies from'} {x_refit.shape[0]} training "
+                    f"activations; EV on all {x.shape[0]} held-out rows for the pools and the single seeds alike")
+        elif do_refit:
             n_train = x.shape[0] // 2
-            x_refit, x_pool_eval = x[:n_train], x[n_train:]
-            note = ("refit uses the first half of the held-out activations; EV is measured on the second half for "
-                    "the pools and the single seeds alike")
+            x_train, x_pool_eval = x[:n_train], x[n_train:]
+            note = ("refit and ranking frequencies use the first half of the held-out activations; EV is measured "
+                    "on the second half for the pools and the single seeds alike")
+        else:
+            x_train, x_pool_eval = None, x
+            note = (f"no refit; the pool is ranked by recurrence, then component size (no training rows for "
+                    f"frequencies); EV on all {x.shape[0]} held-out rows for the pools and the single seeds alike")
+        # the ranking's frequencies come from the training rows, never from the rows EV is measured on
+        pool_freqs = None if x_train is None else [
+            freq_mod.firing_frequency(s, x_train[: cfg.max_eval_tokens], batch_size=cfg.batch_size)
+            for s in saes[:n_pool]]
         results["pooling"] = pool_mod.pooling_study(
-            saes[:n_pool], decoders[n_pool:], x_pool_eval, x_train=x_refit, theta=cfg.theta, eps=cfg.eps,
-            freqs=freqs[:n_pool], refit_steps=cfg.refit_steps, finetune_steps=cfg.finetune_steps,
-            refit_batch_size=cfg.refit_batch_size,
-            min_recurrence=cfg.pool_min_recurrence, batch_size=cfg.batch_size, save_dir=out / "pooled")
+            saes[:n_pool], decoders[n_pool:], x_pool_eval, x_train=x_train if do_refit else None, theta=cfg.theta,
+            eps=cfg.eps, absolute=cfg.absolute, freqs=pool_freqs, refit_steps=cfg.refit_steps,
+            finetune_steps=cfg.finetune_steps, refit_batch_size=cfg.refit_batch_size,
+            min_recurrence=cfg.pool_min_recurrence, batch_size=cfg.batch_size, save_dir=out / "pooled",
+            progress=progress)
         results["pooling"]["note"] = note
     else:
         results["pooling"] = {"skipped": f"needs >= 2 pool seeds and >= 1 held-out seed (have {S} seeds)"}
@@ -534,7 +649,8 @@ def study(
         done("synthetic")
 
     np.savez_compressed(out / "arrays.npz", p_hat=p_hat, labels=labels, best_cos=best_cos,
-                        freq=np.stack(freqs), seeds=np.asarray(names))
+                        freq=np.stack(freqs), seeds=np.asarray(names), candidate_id=candidate_id,
+                        candidate_score=candidate_score)
     results["timings_seconds"] = {k: round(v, 3) for k, v in timings.items()}
     results["timings_seconds"]["total_before_report"] = round(time.perf_counter() - t_start, 3)
     results = _to_jsonable(results)

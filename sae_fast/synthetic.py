@@ -21,7 +21,9 @@ directions are independent random unit vectors and only each group basis is orth
 Everything is seeded: the model's geometry by ``SyntheticConfig.seed``, each sample by the ``seed`` passed to
 :meth:`SyntheticModel.sample`. The evaluation helpers measure, for trained decoders, how well isolated
 features are recovered (best cosine per ground-truth direction) and how well each group's subspace is
-recovered (principal angles between ``U_g`` and the top singular subspace of the latents assigned to it).
+recovered (principal angles between ``U_g`` and the top singular subspace of the latents assigned to it);
+:func:`activation_mcc` correlates latent activations with the isolated features' codes (Hungarian-matched mean
+correlation, MCC); :func:`span_vs_groups` checks the groups with no ground-truth assignment of latents.
 """
 
 from __future__ import annotations
@@ -341,3 +343,50 @@ def evaluate_seeds(
         else float("nan"),
         "haar_mean_cos2": haar_mean_cos2(cfg.d, r),
     }
+
+
+def activation_mcc(true_codes: np.ndarray | torch.Tensor, latent_acts: np.ndarray | torch.Tensor) -> dict:
+    """Mean correlation coefficient (MCC): Pearson correlation of every ground-truth code (n, M) with every latent
+    activation (n, F), one-to-one Hungarian matching maximising the total, then the mean over the M features.
+
+    Returns ``{"mcc", "per_feature": (M,) matched correlations, "latent": (M,) matched latent}``; constant
+    columns correlate 0.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    def z(a: np.ndarray | torch.Tensor) -> np.ndarray:
+        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        a = a.astype(np.float64)
+        a = a - a.mean(axis=0)
+        sd = np.linalg.norm(a, axis=0)
+        return np.where(sd > 0, a / np.maximum(sd, 1e-300), 0.0)
+
+    t, lat = z(true_codes), z(latent_acts)
+    if t.ndim != 2 or lat.ndim != 2 or t.shape[0] != lat.shape[0]:
+        raise ValueError(f"true_codes (n, M) and latent_acts (n, F) must share n, got {t.shape} and {lat.shape}")
+    if t.shape[1] > lat.shape[1]:
+        raise ValueError(f"need at least as many latents ({lat.shape[1]}) as features ({t.shape[1]})")
+    corr = t.T @ lat  # (M, F)
+    rows, cols = linear_sum_assignment(-corr)
+    matched = corr[rows, cols]
+    return {"mcc": float(matched.mean()) if len(matched) else float("nan"), "per_feature": matched,
+            "latent": cols}
+
+
+def span_vs_groups(model: SyntheticModel, decoder: np.ndarray | torch.Tensor, latents: np.ndarray) -> dict:
+    """Group recovery with no ground-truth assignment of latents: the top-(n_groups * group_rank) right singular
+    span of the given latents' unit decoder rows (e.g. a seed's non-stable latents) against the truth.
+
+    ``group_energy``: mean over groups of ||V^T U_g||² / r (1: each U_g lies in the span); ``isolated_energy``:
+    mean ||V^T f_i||² over isolated directions (low: the span holds the groups, not the isolated features);
+    ``haar``: R / d, the value for a random R-dimensional span.
+    """
+    cfg = model.config
+    R = cfg.n_groups * cfg.group_rank
+    rows = _unit_rows(decoder)[np.asarray(latents)]
+    if R == 0 or len(rows) < R:
+        return {"group_energy": float("nan"), "isolated_energy": float("nan"), "haar": R / cfg.d, "rank": R}
+    V = np.linalg.svd(rows, full_matrices=False)[2][:R].T  # (d, R)
+    g = float(np.mean([(np.linalg.norm(V.T @ U) ** 2) / cfg.group_rank for U in model.group_bases]))
+    iso = float(np.mean(np.linalg.norm(model.isolated @ V, axis=1) ** 2)) if cfg.n_isolated else float("nan")
+    return {"group_energy": g, "isolated_energy": iso, "haar": R / cfg.d, "rank": R}

@@ -46,3 +46,22 @@ def test_get_and_missing_results(tmp_path):
     assert _get(res, "no.such.path") is None
     with pytest.raises(FileNotFoundError, match=r"results\.json"):
         write_report(tmp_path)
+
+
+def test_candidate_rows_follow_the_anchor_and_list_top_candidates(tmp_path):
+    res = _results()
+    res["config"]["anchor"] = 1
+    cand = {"seed": 1, "latents": [3, 5, 9], "size": 3, "rank": 2, "score": 1.0, "mean_best_similarity": 0.9,
+            "null_similarity": 0.3, "p_value": 0.02, "reproducible": True}
+    res["candidates"] = {"candidates": [cand], "score_mean": 1.0, "null": {"score_mean": 0.1},
+                         "null_haar": {"score_mean": 0.0},
+                         "per_seed": [{"num_candidates": 0, "share_in_reproducible": 0.0},
+                                      {"num_candidates": 1, "share_in_reproducible": 0.5}]}
+    res["frequency"] = {"anchor": {"stable": {"mean_percent": 0.44}}, "k_over_F_percent": 0.39}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    md = write_report(tmp_path)["markdown"].read_text()
+    assert "`candidates.per_seed.1.num_candidates`" in md and "candidates of the anchor (seed 1) | 1 |" in md
+    assert "per_seed.0" not in md
+    assert "| 1 | 3, 5, 9 | 2 | 1 | 0.9 | 0.3 | 0.02 | `candidates.candidates.0` |" in md
+    assert "Haar null" in md and "subset null" in md
+    assert "(% of tokens) | 0.44 |" in md and "n (stable)" not in md

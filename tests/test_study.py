@@ -31,17 +31,31 @@ def _run_dir(tmp_path, num_seeds: int = 4):
     return tmp_path / "run", x
 
 
-def test_study_on_saved_seeds_writes_traceable_report(tmp_path):
+def test_study_on_saved_seeds_writes_traceable_report(tmp_path, monkeypatch):
     from sae_fast import study
     from sae_fast.activations import save_tensor_cache
-    from sae_fast.report import _get
+    from sae_fast.analysis import pooling as pool_mod
+    from sae_fast.analysis.frequency import firing_frequency
+    from sae_fast.checkpoint import load_sae
     from sae_fast.seed_study import StudyConfig
 
     run, x = _run_dir(tmp_path)
     out = tmp_path / "study"
-    train_cache = save_tensor_cache(x[:700], tmp_path / "train_cache").path  # fewer rows than max_refit_tokens
+    x_train = torch.as_tensor(np.random.default_rng(9).standard_normal((700, D)), dtype=torch.float32)
+    train_cache = save_tensor_cache(x_train, tmp_path / "train_cache").path  # fewer rows than max_refit_tokens
+    seen = {}
+    original = pool_mod.pooling_study
+
+    def spy(*args, **kwargs):
+        seen.update(x_eval=args[2], freqs=kwargs["freqs"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pool_mod, "pooling_study", spy)
     res = study(run, activations=x, refit_activations=train_cache, out_dir=out, synthetic=False, progress=False,
                 config=StudyConfig(ranks=(2, 4), n_random=1, refit_steps=2, finetune_steps=2))
+    # the pool's frequency ranking comes from the training rows, not from the rows its EV is measured on
+    assert torch.equal(seen["x_eval"], x)
+    np.testing.assert_allclose(seen["freqs"][0], firing_frequency(load_sae(run / "seed0"), x_train), atol=1e-12)
     assert res["pooling"]["note"].startswith("refit on 700 training activations")
     assert res["source"]["seeds"] == ["seed0", "seed1", "seed2", "seed3"]
     st = res["stability"]["anchor"]
@@ -55,18 +69,58 @@ def test_study_on_saved_seeds_writes_traceable_report(tmp_path):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "<img" in html
     assert json.loads((out / "results.json").read_text()) == res
-    # every table row of the markdown report names a results.json path whose value it shows
+    _check_traceable(out, res)
     md = (out / "report.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| ") and line.endswith("` |")]
-    assert len(rows) > 30
-    for line in rows:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        path = cells[-1].strip("`")
-        value = _get(res, path)
-        if isinstance(value, float):
-            assert float(cells[1]) == pytest.approx(value, rel=1e-3, abs=1e-6), line
     with np.load(out / "arrays.npz") as z:
         np.testing.assert_array_equal(z["p_hat"].shape, (4, F))
+        cid, cscore = z["candidate_id"], z["candidate_score"]
+    # which latents belong to which candidate subspace, per (seed, latent)
+    cands = res["candidates"]["candidates"]
+    assert cands and cid.shape == (4, F) and (cid >= 0).sum() == sum(c["size"] for c in cands)
+    for c, cand in enumerate(cands):
+        assert (cid[cand["seed"], cand["latents"]] == c).all()
+        np.testing.assert_allclose(cscore[cand["seed"], cand["latents"]], cand["score"])
+    assert "p [p_value]" in md and "candidates.candidates." in md  # the top-candidates table
+    sub = res["subspaces"]
+    assert set(sub["matched"]) >= {"unstable", "nonstable"} and "random_subset" not in sub["ranks"]["2"]
+
+
+def _check_traceable(out, res: dict) -> None:
+    """Every table row of the markdown report names a results.json path whose value it shows (3-column tables:
+    the value; wider ones: one JSON key per column, named in brackets in the header)."""
+    import re
+
+    from sae_fast.report import _fmt, _get, _has
+
+    md = (out / "report.md").read_text().splitlines()
+    checked = 0
+    header: list[str] = []
+    for i, line in enumerate(md):
+        if i + 1 < len(md) and md[i + 1].startswith("|---"):
+            header = [c.strip() for c in line.strip("|").split("|")]
+        if not (line.startswith("| ") and line.endswith("` |")):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        path = cells[-1].strip("`")
+        if len(cells) == 3:
+            pairs = [(path, cells[1])]
+        else:
+            keys = [re.search(r"\[(\w+)\]$", h).group(1) for h in header[:-1]]
+            pairs = [(f"{path}.{k}", c) for k, c in zip(keys, cells[:-1])]
+        for full, cell in pairs:
+            value = _get(res, full)
+            assert _has(res, full), (line, full)  # a path that resolves to nothing fails
+            assert value is not None or cell == "–", (line, full)  # only a stored null (NaN) shows as "–"
+            if isinstance(value, (bool, str)):
+                assert cell == _fmt(value), (line, full)
+            elif isinstance(value, int):
+                assert int(cell) == value, (line, full)
+            elif isinstance(value, float):
+                assert float(cell) == pytest.approx(value, rel=1e-3, abs=1e-6), (line, full)
+            elif isinstance(value, list):
+                assert cell.split(", ")[0] == str(value[0]), (line, full)
+            checked += 1
+    assert checked > 60
 
 
 def test_study_rejects_bad_input(tmp_path):
@@ -104,3 +158,60 @@ def test_cli_study(tmp_path, capsys):
     pooling = json.loads((tmp_path / "s" / "results.json").read_text())["pooling"]
     assert pooling["note"].startswith("refit on 500 training activations; EV on all 3000 held-out rows")
     assert pooling["pooled_base"]["refit_steps"] == 2 and "ev_refit" in pooling["single_refit"]
+
+
+def test_embedded_default_reuses_only_matching_outputs(tmp_path):
+    """A folder made with other settings (layer 3, 3 seeds) is refused for layer 5, 2 seeds, naming the fields."""
+    from sae_fast import study
+    from sae_fast.seed_study import EmbeddedDefault, _load_saes, check_embedded_reuse, train_embedded_default
+
+    out = tmp_path / "study"
+    assert check_embedded_reuse(out, EmbeddedDefault(layer=3, num_seeds=3)) is False
+    (out / "seeds").mkdir()
+    assert check_embedded_reuse(out, EmbeddedDefault(layer=3, num_seeds=3)) is True
+    with pytest.raises(ValueError, match=r"layer: saved 3, now 5; seeds: saved \[0, 1, 2\], now \[0, 1\].*--out"):
+        train_embedded_default(out, EmbeddedDefault(layer=5, num_seeds=2), progress=False)  # before any work
+    legacy = tmp_path / "legacy"
+    (legacy / "activations").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"embedded_default\.json"):
+        check_embedded_reuse(legacy, EmbeddedDefault())
+    # only the seeds asked for are loaded, not every seed* folder
+    run, x = _run_dir(tmp_path, num_seeds=4)
+    names, saes = _load_saes(run, names=["seed0", "seed1"])
+    assert names == ["seed0", "seed1"] and len(saes) == 2
+    with pytest.raises(FileNotFoundError, match="seed7"):
+        _load_saes(run, names=["seed0", "seed7"])
+    with pytest.raises(ValueError, match="activations are for a given run_dir"):
+        study(None, activations=x, out_dir=tmp_path / "o", synthetic=False, progress=False)
+
+
+def test_study_on_sparsify_hookpoint_layout_without_refit(tmp_path):
+    """Seeds written by the real sparsify (tests/data fixture, perturbed per seed) in its <seed>/<hookpoint>/
+    layout; no refit: EV on every held-out row, no refit claimed; --absolute reaches the pooling."""
+    from pathlib import Path
+
+    from sae_fast import study
+    from sae_fast.checkpoint import load_sae
+    from sae_fast.seed_study import StudyConfig
+
+    fixture = Path(__file__).parent / "data" / "sparsify_1.3.3_topk_d8_f24"
+    gen = torch.Generator().manual_seed(0)
+    for s in range(4):
+        sae = load_sae(fixture, dtype=torch.float32)
+        with torch.no_grad():
+            noise = torch.randn(sae.W_dec.shape, generator=gen)
+            noise[:12] *= 0.02  # the first half recurs across seeds, the rest is fresh
+            sae.W_dec.copy_(torch.cat([sae.W_dec[:12], torch.zeros_like(sae.W_dec[12:])]) + noise)
+        save_sae(sae, tmp_path / "run" / f"seed{s}" / "layers.3", format="sparsify")
+    x = torch.randn(2000, 8, generator=gen)
+    out = tmp_path / "study"
+    res = study(tmp_path / "run", activations=x, out_dir=out, synthetic=False, progress=False,
+                config=StudyConfig(ranks=(2,), n_random=1, refit_steps=0, finetune_steps=0, absolute=True))
+    assert res["source"]["seeds"] == [f"seed{s}/layers.3" for s in range(4)]
+    assert res["stability"]["anchor"]["num_stable"] >= 10
+    pool = res["pooling"]
+    assert "refit on" not in pool["note"] and "ev_refit" not in pool["pooled"] and "single_refit" not in pool
+    assert pool["absolute"] is True and pool["ranked_by"] == "recurrence, then size"
+    assert pool["single"][0]["ev"] == pytest.approx(res["masking"]["ev_full"], abs=1e-6)  # all rows, not half
+    assert "encoder refit" not in (out / "report.md").read_text()
+    _check_traceable(out, res)

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from sae_fast.synthetic import SyntheticConfig, SyntheticModel, evaluate_decoder, evaluate_seeds
+from sae_fast.synthetic import (
+    SyntheticConfig,
+    SyntheticModel,
+    activation_mcc,
+    evaluate_decoder,
+    evaluate_seeds,
+    span_vs_groups,
+)
 
 
 def test_sample_is_seeded_and_matches_its_ground_truth():
@@ -58,6 +65,26 @@ def test_evaluate_decoder_on_the_ground_truth_itself():
     np.testing.assert_allclose(rep.group_angles, 0.0, atol=1e-6)
 
 
+def test_activation_mcc_and_span_on_the_ground_truth_itself():
+    model = SyntheticModel()
+    cfg = model.config
+    batch = model.sample(2000, seed=5)
+    codes = batch.isolated_codes.numpy()
+    perm = np.random.default_rng(0).permutation(cfg.n_isolated)
+    acts = np.concatenate([codes[:, perm], np.random.default_rng(1).random((2000, 10))], axis=1)  # + noise latents
+    res = activation_mcc(batch.isolated_codes, acts)
+    assert res["mcc"] == pytest.approx(1.0) and (perm[res["latent"]] == np.arange(cfg.n_isolated)).all()
+    assert activation_mcc(codes, np.random.default_rng(2).random((2000, 30)))["mcc"] < 0.2
+    with pytest.raises(ValueError, match="at least as many latents"):
+        activation_mcc(codes, codes[:, :3])
+    # the group rows alone span the groups; the isolated rows do not
+    rows = np.concatenate([model.isolated] + [model.group_bases[g].T for g in range(cfg.n_groups)])
+    grouped = np.arange(cfg.n_isolated, len(rows))
+    assert span_vs_groups(model, rows, grouped)["group_energy"] == pytest.approx(1.0)
+    assert span_vs_groups(model, rows, grouped)["isolated_energy"] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(span_vs_groups(model, rows, np.arange(3))["group_energy"])
+
+
 def _train_seed(x: torch.Tensor, num_latents: int, k: int, seed: int, steps: int) -> np.ndarray:
     """A small TopK SAE (sae_fast.TopKSAE, Adam, AuxK on latents dead for 200 steps); its unit decoder."""
     from sae_fast import TopKSAE
@@ -101,7 +128,15 @@ def test_key_claim_with_sae_fast_trainer():
     _check_key_claim(res)
     # candidate subspaces tell basis ambiguity (non-stable latents of a group) from the rest
     cands = res["candidates"]
-    assert cands["null_score_mean"] == 0.0 and cands["score_mean"] > 0.2, cands
+    assert cands["null_haar_score_mean"] == 0.0 and cands["score_mean"] > 0.2, cands
+    # random latent subsets of the same seed and size (frequency-matched) are a far tougher null than Haar
+    assert cands["null_subset_mean_best_similarity"] > 0.2, cands
+    assert cands["mean_best_similarity"] > cands["null_subset_mean_best_similarity"], cands
+    # per-latent activations: isolated features are each carried by one latent
+    assert res["isolated_mcc"] >= 0.95, res["isolated_mcc_per_seed"]
+    # no ground-truth assignment: each seed's live non-stable latents span the groups, not the isolated features
+    span = res["nonstable_span"]
+    assert span["group_energy"] >= 0.8 > 0.5 > span["haar"] > span["isolated_energy"], span
     assert cands["nonstable_grouped_in_reproducible"] >= 0.3, cands
     other = cands["nonstable_other_in_reproducible"]
     assert other is None or other < cands["nonstable_grouped_in_reproducible"], cands

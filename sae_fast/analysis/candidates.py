@@ -15,9 +15,15 @@
    or ``/ max(p, q)`` (``"max"``: 1 only for identical subspaces; a small subspace inside a big one scores p / q).
    A candidate is *reproduced* in seed b when its best similarity there is >= ``tau``.
 4. **Score** of a candidate = share of the other seeds in which it is reproduced, the subspace analogue of
-   p̂. **Null**: the same score for Haar-random subspaces of the same ranks matched against the same
-   candidates. Unstable latents whose candidate scores >= ``min_score`` belong to a reproducible subspace
-   (basis ambiguity); the others look like noise.
+   p̂. **Null** (``"null"``): the same procedure (basis, matching) applied to random latent subsets of the same
+   size drawn from the same seed (frequency-matched when ``freqs`` are given). Decoder rows are far from
+   isotropic (random subsets of real decoders share much of their span across seeds), so this null, not a
+   Haar-random one, says whether a cluster is more than "some latents of this seed". Each candidate gets the
+   mean similarity of the subset draws of nearest size (``null_similarity``) and an empirical p-value
+   (share of those draws with at least its mean best similarity). The Haar null (``"null_haar"``: random
+   subspaces of the same ranks) is kept for reference. Latents whose candidate scores >= ``min_score`` and
+   beats the subset null (p <= ``alpha``) belong to a reproducible subspace (basis ambiguity); the others
+   look like noise.
 """
 
 from __future__ import annotations
@@ -107,6 +113,28 @@ def candidate_basis(rows: np.ndarray, *, energy: float = 0.95, max_rank: int = 3
     return vt[:r].T.copy()
 
 
+def _random_subset(rng: np.random.Generator, F: int, members: np.ndarray, freq: ArrayLike | None,
+                   bins: int = 20) -> np.ndarray:
+    """``len(members)`` distinct random latents of a seed with F latents; with ``freq``, each drawn from the
+    frequency-quantile bin of a member (so the subset fires like the candidate)."""
+    m = len(members)
+    if freq is None:
+        return rng.choice(F, m, replace=False)
+    order = np.argsort(np.asarray(freq, dtype=np.float64).reshape(-1), kind="stable")
+    pos = np.empty(F, dtype=np.int64)
+    pos[order] = np.arange(F)
+    edges = np.linspace(0, F, bins + 1).astype(np.int64)
+    member_bin = np.searchsorted(edges, pos[members], side="right") - 1
+    picked: list[int] = []
+    for b, count in zip(*np.unique(member_bin, return_counts=True)):
+        pool = order[edges[b]:edges[b + 1]]
+        picked += rng.choice(pool, min(count, len(pool)), replace=False).tolist()
+    if len(picked) < m:  # a bin smaller than its share of members: fill from anywhere
+        rest = np.setdiff1d(np.arange(F), picked)
+        picked += rng.choice(rest, m - len(picked), replace=False).tolist()
+    return np.asarray(picked, dtype=np.int64)
+
+
 def _cos2_sums(queries: list[np.ndarray], bases: list[np.ndarray], max_entries: int = 2**24) -> np.ndarray:
     """(Q, C) sum of cos² of the principal angles between every query and every base (orthonormal columns).
 
@@ -176,15 +204,23 @@ def candidate_subspaces(
     normalize: str = "min",
     min_score: float = 0.5,
     n_null: int = 1,
+    min_null_draws: int = 200,
+    freqs: list[ArrayLike] | None = None,
+    alpha: float = 0.05,
+    null_neighbours: int = 50,
     seed: int = 0,
 ) -> dict:
     """Candidate subspaces of ``sets[s]`` (e.g. each seed's unstable latents) and their reproducibility.
 
     ``fires[s]``: boolean (N, F_s) firing matrix of seed s on shared held-out activations (needed for the
-    firing affinities; ``method`` defaults to "correlation" when given, else "cosine").
-    Returns ``{"candidates": [per-candidate dicts: seed, latents, rank, score, mean_best_similarity],
-    "null": {"score_mean", "reproduced_share", ...}, "per_seed": [{"num_unstable", "num_in_reproducible",
-    "share_in_reproducible", "reproducible_latents"}], "params": {...}}``.
+    firing affinities; ``method`` defaults to "correlation" when given, else "cosine"). ``freqs[s]``: (F_s,)
+    firing frequencies for the frequency-matched subset null. ``n_null`` subset (and Haar) draws per candidate,
+    more when needed for ``min_null_draws`` in all (p-values need them); each candidate's p-value uses the
+    ``null_neighbours`` subset draws nearest to its size.
+    Returns ``{"candidates": [per-candidate dicts: seed, latents, rank, score, mean_best_similarity,
+    null_similarity, p_value, reproducible], "null": {subset null: "score_mean", "reproduced_share", ...},
+    "null_haar": {...}, "per_seed": [{"num_set", "num_in_reproducible", "share_in_reproducible",
+    "reproducible_latents"}], "params": {...}}``.
     """
     decs = check_decoders(decoders)
     S = len(decs)
@@ -209,37 +245,58 @@ def candidate_subspaces(
             members.append(idx[cl])
     owner_arr = np.asarray(owner, dtype=np.int64)
     params = {"method": method, "threshold": threshold, "min_size": min_size, "energy": energy,
-              "max_rank": max_rank, "tau": tau, "normalize": normalize, "min_score": min_score}
-    out: dict = {"params": params, "candidates": [], "null": {}, "per_seed": []}
+              "max_rank": max_rank, "tau": tau, "normalize": normalize, "min_score": min_score, "alpha": alpha,
+              "null": "random latent subsets of the same size from the same seed"
+                      + (", frequency-matched" if freqs is not None else "")}
+    out: dict = {"params": params, "candidates": [], "null": {}, "null_haar": {}, "per_seed": []}
     if bases:
         best = _best_similarity(bases, owner_arr, bases, owner_arr, S, normalize)
         rng = np.random.default_rng([seed, 0x5EED])  # not the bare seed: a caller's data may share it
-        null_q = [np.linalg.qr(rng.standard_normal((d, b.shape[1])))[0] for b in bases for _ in range(n_null)]
+        n_null = max(n_null, -(-min_null_draws // len(bases)))
+        haar_q = [np.linalg.qr(rng.standard_normal((d, b.shape[1])))[0] for b in bases for _ in range(n_null)]
         null_owner = np.repeat(owner_arr, n_null)
-        null_best = _best_similarity(bases, owner_arr, null_q, null_owner, S, normalize)
+        sizes = np.array([len(m) for m in members])
+        sub_q = [candidate_basis(decs[owner[c]][_random_subset(rng, len(decs[owner[c]]), members[c],
+                                                               None if freqs is None else freqs[owner[c]])],
+                                 energy=energy, max_rank=max_rank)
+                 for c in range(len(bases)) for _ in range(n_null)]
+        sub_sizes = np.repeat(sizes, n_null)
+
+        def summaries(best_q: np.ndarray) -> np.ndarray:
+            rows = []
+            for q in range(len(best_q)):
+                vals = np.nan_to_num(np.delete(best_q[q], null_owner[q]), nan=0.0)
+                rows.append(((vals >= tau).mean() if len(vals) else np.nan, vals.mean() if len(vals) else np.nan))
+            return np.asarray(rows)
+
+        haar = summaries(_best_similarity(bases, owner_arr, haar_q, null_owner, S, normalize))
+        sub = summaries(_best_similarity(bases, owner_arr, sub_q, null_owner, S, normalize))
+        near = {int(m): np.argsort(np.abs(np.log(sub_sizes) - np.log(m)), kind="stable")[:null_neighbours]
+                for m in np.unique(sizes)}
         for c in range(len(bases)):
             others = [b for b in range(S) if b != owner[c]]
             vals = np.nan_to_num(best[c, others], nan=0.0)
+            score = float((vals >= tau).mean()) if others else float("nan")
+            sim = float(vals.mean()) if others else float("nan")
+            ref = sub[near[len(members[c])], 1]
+            p_value = float((1 + np.sum(ref >= sim - 1e-12)) / (1 + len(ref)))
             out["candidates"].append({
                 "seed": owner[c], "latents": members[c].tolist(), "size": len(members[c]),
-                "rank": int(bases[c].shape[1]), "score": float((vals >= tau).mean()) if others else float("nan"),
-                "mean_best_similarity": float(vals.mean()) if others else float("nan"),
+                "rank": int(bases[c].shape[1]), "score": score, "mean_best_similarity": sim,
+                "null_similarity": float(ref.mean()), "p_value": p_value,
+                "reproducible": bool(score >= min_score and p_value <= alpha),
             })
-        nulls = []
-        for q in range(len(null_q)):
-            others = [b for b in range(S) if b != null_owner[q]]
-            vals = np.nan_to_num(null_best[q, others], nan=0.0)
-            nulls.append(((vals >= tau).mean(), vals.mean()))
-        nulls_arr = np.asarray(nulls)
-        out["null"] = {"score_mean": float(nulls_arr[:, 0].mean()),
-                       "reproduced_share": float((nulls_arr[:, 0] >= min_score).mean()),
-                       "mean_best_similarity": float(nulls_arr[:, 1].mean()),
-                       "mean_best_similarity_q99": float(np.quantile(nulls_arr[:, 1], 0.99)),
-                       "draws": len(nulls)}
+        for key, arr in (("null", sub), ("null_haar", haar)):
+            out[key] = {"score_mean": float(arr[:, 0].mean()),
+                        "reproduced_share": float((arr[:, 0] >= min_score).mean()),
+                        "mean_best_similarity": float(arr[:, 1].mean()),
+                        "mean_best_similarity_q99": float(np.quantile(arr[:, 1], 0.99)),
+                        "draws": len(arr)}
+        out["null"]["kind"] = params["null"]
+        out["null_haar"]["kind"] = "Haar-random subspaces of the same ranks"
     for s in range(S):
-        repro = sorted(
-            {int(i) for c in out["candidates"] if c["seed"] == s and c["score"] >= min_score for i in c["latents"]}
-        )
+        mine = [c for c in out["candidates"] if c["seed"] == s and c["reproducible"]]
+        repro = sorted({int(i) for c in mine for i in c["latents"]})
         n_set = len(idx_sets[s])
         out["per_seed"].append({
             "num_set": n_set,
@@ -252,6 +309,8 @@ def candidate_subspaces(
     scores = [c["score"] for c in out["candidates"]]
     out["score_mean"] = float(np.mean(scores)) if scores else float("nan")
     out["reproduced_share"] = float(np.mean([s >= min_score for s in scores])) if scores else float("nan")
+    out["reproducible_share"] = (float(np.mean([c["reproducible"] for c in out["candidates"]]))
+                                 if scores else float("nan"))
     best_sims = [c["mean_best_similarity"] for c in out["candidates"]]
     out["mean_best_similarity"] = float(np.mean(best_sims)) if best_sims else float("nan")
     return out

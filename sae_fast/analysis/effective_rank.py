@@ -3,7 +3,8 @@
 Entropy effective rank (Roy & Vetterli 2007): with singular values s and ``p_i = s_i / sum_j s_j``,
 ``ER = exp(-sum_i p_i log p_i)``; the participation ratio ``(sum s^2)^2 / sum s^4`` is offered as an
 alternative. Rows are unit-normalised, not centred (both choices unconfirmed for the paper). ER <= min(n, d),
-so the stable and unstable sets are compared after subsampling both to the same size n, several times.
+so the stable and unstable sets are compared after subsampling both to the same size n, several times, next to
+ER/min(n, d) and random subsets of the same n (when n << d, ER/d is bounded by n/d and says little).
 The paper reports ER/d ≈ 0.80 for stable vs ≈ 0.60 for unstable features (GPT-2 small, d = 768, [S1]).
 """
 
@@ -39,12 +40,15 @@ def matched_effective_rank(
     n: int | None = None,
     repeats: int = 10,
     kind: str = "entropy",
+    random_from: ArrayLike | None = None,
     seed: int = 0,
 ) -> dict:
     """Normalised effective rank ER/d of each named latent set, subsampled to a common size n.
 
-    ``n`` defaults to the size of the smallest non-empty set. Returns ``{"n", "d", "kind", "sets": {name:
-    {"er_over_d_mean", "er_over_d_std", "size"}}}``; a set smaller than n is reported with NaN.
+    ``n`` defaults to the size of the smallest non-empty set. Since ER <= min(n, d), ER/min(n, d) is given too,
+    and a baseline: ``repeats`` random subsets of n latents of ``random_from`` (default: all latents). Returns
+    ``{"n", "d", "kind", "random": {...}, "sets": {name: {"er_over_d_mean", "er_over_d_std",
+    "er_over_min_nd_mean", "er_over_min_nd_std", "size"}}}``; a set smaller than n is reported with NaN.
     """
     D = unit_rows(decoder)
     F, d = D.shape
@@ -54,12 +58,20 @@ def matched_effective_rank(
         n = min(sizes) if sizes else 0
     rng = np.random.default_rng(seed)
     out = {"n": int(n), "d": int(d), "kind": kind, "sets": {}}
-    for name, rows in idx.items():
+    cap = max(min(int(n), d), 1)
+
+    def measure(rows: np.ndarray, draws: int) -> dict:
         if n < 2 or len(rows) < n:
-            out["sets"][name] = {"er_over_d_mean": float("nan"), "er_over_d_std": float("nan"), "size": len(rows)}
-            continue
-        draws = 1 if len(rows) == n else repeats
-        vals = [effective_rank(D[rng.choice(rows, n, replace=False)], kind) / d for _ in range(draws)]
-        out["sets"][name] = {"er_over_d_mean": float(np.mean(vals)), "er_over_d_std": float(np.std(vals)),
-                             "size": len(rows)}
+            nan = float("nan")
+            return {"er_over_d_mean": nan, "er_over_d_std": nan, "er_over_min_nd_mean": nan,
+                    "er_over_min_nd_std": nan, "size": len(rows)}
+        vals = np.array([effective_rank(D[rng.choice(rows, n, replace=False)], kind) for _ in range(draws)])
+        return {"er_over_d_mean": float(np.mean(vals / d)), "er_over_d_std": float(np.std(vals / d)),
+                "er_over_min_nd_mean": float(np.mean(vals / cap)), "er_over_min_nd_std": float(np.std(vals / cap)),
+                "size": len(rows)}
+
+    for name, rows in idx.items():
+        out["sets"][name] = measure(rows, 1 if len(rows) == n else repeats)
+    pool = np.arange(F) if random_from is None else index_array(random_from, F, "random_from")
+    out["random"] = measure(pool, repeats)
     return out

@@ -30,7 +30,8 @@ def firing_frequency(sae: SparseCoder, x: ArrayLike, *, batch_size: int = 4096) 
 
 
 def compare_groups(freq: ArrayLike, labels: ArrayLike) -> dict:
-    """Mean and median firing frequency of the stable (1) and unstable (-1) sets and of all latents."""
+    """Mean and median firing frequency (share, and ``*_percent``) of the stable (1) and unstable (-1) sets and of
+    all latents."""
     f = np.asarray(freq, dtype=np.float64).reshape(-1)
     lab = np.asarray(labels).reshape(-1)
     if f.shape != lab.shape:
@@ -45,6 +46,8 @@ def compare_groups(freq: ArrayLike, labels: ArrayLike) -> dict:
             "median": float(np.median(vals)) if vals.size else float("nan"),
             "dead_share": float((vals == 0).mean()) if vals.size else float("nan"),
         }
+        out[name]["mean_percent"] = 100 * out[name]["mean"]  # the paper quotes % of tokens
+        out[name]["median_percent"] = 100 * out[name]["median"]
     return out
 
 

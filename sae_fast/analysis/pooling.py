@@ -5,7 +5,8 @@
    other's argmax with cosine >= theta (``link="argmax"``). Connected components are the **unique
    features**; the **recurrence** of one is the number of distinct seeds among its members.
 2. Keep ``target_size`` components. ``fill="rank"``: ranked by recurrence, then by the representative's
-   firing frequency (when given; else by component size); the representative is the medoid member (highest
+   firing frequency (when given, measured on training rows, not on the evaluation rows; else by component
+   size); the representative is the medoid member (highest
    mean cosine to the other members). ``fill="base"``: the base seed's dictionary in which every feature that
    recurs in >= ``min_recurrence`` seeds but not in the base replaces the base's non-recurring latent nearest
    to it (the one most likely covering the same direction). The "rank" pool is the more stable, but it is a
@@ -50,8 +51,10 @@ def pool_features(
     theta: float = 0.7,
     link: str = "mutual",
     freqs: list[ArrayLike] | None = None,
+    absolute: bool = False,
 ) -> Pool:
-    """Unique features across seeds: components of the cross-seed cosine graph (module docstring, step 1-2)."""
+    """Unique features across seeds: components of the cross-seed cosine graph (module docstring, step 1-2).
+    ``absolute``: link on |cos| (a feature and its negation are one feature)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -66,6 +69,8 @@ def pool_features(
     for a in range(S):
         for b in range(a + 1, S):
             cos = decs[a] @ decs[b].T
+            if absolute:
+                cos = np.abs(cos)
             ja = cos.argmax(axis=1)  # a -> b
             ib = cos.argmax(axis=0)  # b -> a
             ia = np.arange(len(decs[a]))
@@ -95,6 +100,8 @@ def pool_features(
         recurrence[c] = len(set(seed_of[g].tolist()))
         if len(g) > 2:
             sims = allrows[g] @ allrows[g].T
+            if absolute:
+                sims = np.abs(sims)
             best = g[int(np.argmax(sims.sum(axis=1)))]
         else:
             best = g[0]
@@ -186,17 +193,20 @@ def pooled_sae(saes: list[torch.nn.Module], pool: Pool, target_size: int | None 
 
 
 def refit(sae: torch.nn.Module, x: torch.Tensor, *, steps: int = 100, batch_size: int = 512, lr: float = 1e-3,
-          decoder: bool = False, seed: int = 0) -> list[float]:
+          decoder: bool = False, seed: int = 0, progress: bool = False, desc: str = "refit") -> list[float]:
     """Fine-tune ``sae`` on rows of ``x`` (Adam on FVU); returns the FVU per step. ``decoder=False``: W_enc, b_enc
     and b_dec with W_dec frozen; ``decoder=True``: every parameter, with the trainer's decoder maintenance (the
-    gradient component parallel to each decoder row removed, rows renormalised after each step)."""
+    gradient component parallel to each decoder row removed, rows renormalised after each step). ``progress``: a
+    tqdm bar named ``desc``."""
+    from tqdm.auto import tqdm
+
     params = list(sae.parameters()) if decoder else [sae.W_enc, sae.b_enc, sae.b_dec]
     sae.W_dec.requires_grad_(decoder)
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     try:
-        for _ in range(steps):
+        for _ in tqdm(range(steps), desc=desc, leave=False, disable=not progress):
             xb = x[torch.randint(x.shape[0], (batch_size,), generator=gen)]
             loss = sae(xb).fvu
             opt.zero_grad(set_to_none=True)
@@ -220,6 +230,7 @@ def pooling_study(
     x_train: torch.Tensor | None = None,
     theta: float = 0.7,
     eps: float = 0.05,
+    absolute: bool = False,
     link: str = "mutual",
     freqs: list[ArrayLike] | None = None,
     refit_steps: int = 0,
@@ -229,6 +240,7 @@ def pooling_study(
     min_recurrence: int = 2,
     batch_size: int = 4096,
     save_dir: str | Path | None = None,
+    progress: bool = False,
 ) -> dict:
     """Pool ``pool_saes`` both ways (``fill="rank"`` → ``out["pooled"]``, ``fill="base"`` → ``out["pooled_base"]``)
     and compare each pooled SAE with the single pool seeds on EV and on p̂ against held-out seeds. With
@@ -236,40 +248,44 @@ def pooling_study(
     encoder refit (decoder frozen: ``ev_refit``) and, from the pool as it was built, the same ``finetune_steps``
     of fine-tuning of every parameter (``finetune``: EV and p̂ again, as the decoder moves, and the median cosine
     of each decoder row to where it started), so that every comparison is like with like. ``save_dir``: each
-    pooled SAE, in its last state (fine-tuned, else refit, else as built), is saved to ``save_dir/<fill>``."""
+    pooled SAE, in its last state (fine-tuned, else refit, else as built), is saved to ``save_dir/<fill>``.
+    ``freqs`` (ranking tie-break) should come from rows other than ``x_eval``; ``absolute``: match on |cos|
+    (pooling and p̂ alike); ``progress``: tqdm bars over the refit and fine-tuning steps."""
     from .masking import masked_fvu
     from .stability import anchor_scores, summarize
 
     if len(pool_saes) < 2 or len(heldout_decoders) < 1:
         raise ValueError("pooling needs at least 2 pool seeds and 1 held-out seed")
     decs = [s.W_dec.detach().float().cpu() for s in pool_saes]
-    pool = pool_features(decs, theta=theta, link=link, freqs=freqs)
+    pool = pool_features(decs, theta=theta, link=link, freqs=freqs, absolute=absolute)
     held = [unit_rows(h, "heldout_decoders") for h in heldout_decoders]
     size = pool_saes[0].num_latents
     do_refit = refit_steps > 0 and x_train is not None
     do_finetune = finetune_steps > 0 and x_train is not None
 
     def summary(sae: torch.nn.Module) -> dict:
-        sc = anchor_scores([sae.W_dec.detach().float().cpu(), *held], theta=theta, anchors=[0])
+        sc = anchor_scores([sae.W_dec.detach().float().cpu(), *held], theta=theta, anchors=[0], signed=not absolute)
         st = summarize(sc.p_hat[0], eps=eps)
         return {"ev": 1.0 - masked_fvu(sae, x_eval, {}, batch_size=batch_size)["none"],
                 "p_hat_mean": st["p_hat_mean"], "share_stable": st["share_stable"],
                 "share_unstable": st["share_unstable"]}
 
-    def refit_ev(sae: torch.nn.Module) -> tuple[dict, torch.nn.Module]:
+    def refit_ev(sae: torch.nn.Module, name: str) -> tuple[dict, torch.nn.Module]:
         """The refit / fine-tuning results and the SAE worth keeping (fine-tuned, else refit, else ``sae``)."""
         out: dict = {}
         final = sae
         if do_refit:
             refitted = copy.deepcopy(sae).float().cpu().requires_grad_(True)
-            losses = refit(refitted, x_train, steps=refit_steps, batch_size=refit_batch_size)
+            losses = refit(refitted, x_train, steps=refit_steps, batch_size=refit_batch_size, progress=progress,
+                           desc=f"refit {name}")
             out.update(ev_refit=1.0 - masked_fvu(refitted, x_eval, {}, batch_size=batch_size)["none"],
                        refit_steps=refit_steps, refit_final_train_fvu=losses[-1])
             final = refitted
         if do_finetune:
             tuned = copy.deepcopy(sae).float().cpu().requires_grad_(True)
             start = tuned.W_dec.detach().clone()
-            losses = refit(tuned, x_train, steps=finetune_steps, batch_size=refit_batch_size, decoder=True)
+            losses = refit(tuned, x_train, steps=finetune_steps, batch_size=refit_batch_size, decoder=True,
+                           progress=progress, desc=f"fine-tune {name}")
             moved = torch.nn.functional.cosine_similarity(start, tuned.W_dec.detach(), dim=1)
             out["finetune"] = {**summary(tuned), "steps": finetune_steps, "final_train_fvu": losses[-1],
                                "decoder_cos_to_start_median": float(moved.median())}
@@ -282,6 +298,8 @@ def pooling_study(
 
     out: dict = {
         "num_pool_seeds": len(pool_saes), "num_heldout_seeds": len(held), "theta": theta, "link": link,
+        "absolute": absolute,
+        "ranked_by": "recurrence, then frequency" if freqs is not None else "recurrence, then size",
         "num_unique_features": len(pool.members), "target_size": size,
         "recurrence_hist": np.bincount(pool.recurrence, minlength=len(pool_saes) + 1).tolist(),
         "single": [{"seed": s, **summary(sae)} for s, sae in enumerate(pool_saes)],
@@ -293,7 +311,7 @@ def pooling_study(
         if fill == "base":
             out[key].update(base_seed=base, min_recurrence=min_recurrence,
                             latents_from_other_seeds=sum(s != base for s, _ in choice))
-        results, final = refit_ev(pooled)
+        results, final = refit_ev(pooled, f"{fill} pool")
         out[key].update(results)
         if save_dir is not None:
             from ..checkpoint import save_sae
@@ -304,7 +322,7 @@ def pooling_study(
             out[key]["saved"] = {"path": str(folder), "stage": stage}
     out["chosen_recurrence_hist"] = out["pooled"]["chosen_recurrence_hist"]
     if do_refit or do_finetune:
-        out["single_refit"] = {"seed": base, **refit_ev(pool_saes[base])[0]}
+        out["single_refit"] = {"seed": base, **refit_ev(pool_saes[base], "base seed")[0]}
     for key in ("ev", "p_hat_mean", "share_stable", "share_unstable"):
         out[f"single_{key}_mean"] = float(np.mean([r[key] for r in out["single"]]))
     return out

@@ -6,6 +6,11 @@ angles between span(V_a) and span(V_b) give mean cos², the largest angle and th
 ``||D_b V_a||_F^2 / ||D_b||_F^2``. Null baselines: (i) Haar-random r-subspaces (expected mean cos² = r/d);
 (ii) top-r subspaces of random latent subsets of the same size drawn from all latents of each seed (controls
 for the anisotropy of decoder rows). r is swept.
+
+When a set holds most of the latents (e.g. "non-stable" with few seeds), a random subset of its size is nearly
+the same set and null (ii) is degenerate; :func:`matched_cross_seed_subspaces` therefore subsamples the set and
+the random latents to a common n (at most F/4 by default), a few times, and reports mean ± spread over the
+draws and a z-score of the set against the random subsets.
 """
 
 from __future__ import annotations
@@ -92,4 +97,77 @@ def cross_seed_subspaces(
             if min(len(x) for x in ref_rows) >= r:
                 entry[name] = _pair_stats([v[:, :r] for v in ref_vecs[name]], ref_grams[name])
         out["ranks"][int(r)] = entry
+    return out
+
+
+def _draw_stats(decs: list[np.ndarray], picks: list[np.ndarray], ranks: list[int]) -> dict[int, dict]:
+    """Pair statistics at every rank for one draw (``picks[s]``: row indices of seed s)."""
+    rows = [decs[s][picks[s]] for s in range(len(decs))]
+    vecs = [right_singular(x)[1] for x in rows]
+    grams = [x.T @ x for x in rows]
+    return {r: _pair_stats([v[:, :r] for v in vecs], grams) for r in ranks}
+
+
+def matched_cross_seed_subspaces(
+    decoders: list[ArrayLike],
+    sets: list[ArrayLike],
+    *,
+    ranks: tuple[int, ...] = (8, 16, 32, 64),
+    n: int | None = None,
+    max_fraction: float = 0.25,
+    draws: int = 3,
+    random_from: list[ArrayLike] | None = None,
+    seed: int = 0,
+) -> dict:
+    """Cross-seed reproducibility of ``sets[s]`` against random latents at a common size n.
+
+    Each draw subsamples every seed's set to n latents and, as the null, n latents of ``random_from[s]`` (default:
+    all latents); n defaults to ``min(smallest set, max_fraction * F)``. Returns ``{"n", "draws", "set_sizes",
+    "share_of_F", "ranks": {r: {"set": {mean_cos2, mean_cos2_spread, energy, ...}, "random": {...},
+    "z_mean_cos2", "z_energy"}}}``: means over draws, ``*_spread`` the std over draws (ddof 1), and
+    ``z = (set − random) / sqrt(spread_set² + spread_random²)`` (NaN with a single draw).
+    """
+    decs = check_decoders(decoders)
+    S = len(decs)
+    if S < 2:
+        raise ValueError("need at least 2 seeds")
+    if len(sets) != S:
+        raise ValueError(f"sets must hold one index set per seed ({S}), got {len(sets)}")
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    d = decs[0].shape[1]
+    idx = [index_array(sets[s], len(decs[s]), f"sets[{s}]") for s in range(S)]
+    pools = [np.arange(len(decs[s])) if random_from is None else
+             index_array(random_from[s], len(decs[s]), f"random_from[{s}]") for s in range(S)]
+    F = min(len(x) for x in decs)
+    if n is None:
+        n = min(min(len(i) for i in idx), int(max_fraction * F))
+    n = int(min(n, min(len(i) for i in idx), min(len(p) for p in pools)))
+    out: dict = {"d": d, "n": n, "draws": draws, "set_sizes": [len(i) for i in idx],
+                 "share_of_F": float(np.mean([len(idx[s]) / len(decs[s]) for s in range(S)])), "ranks": {}}
+    rk = [int(r) for r in ranks if 1 <= r <= min(n, d)]
+    if not rk:
+        return out
+    rng = np.random.default_rng([seed, 0x5B5])
+    set_draws, rand_draws = [], []
+    for _ in range(draws):
+        set_draws.append(_draw_stats(decs, [rng.choice(i, n, replace=False) for i in idx], rk))
+        rand_draws.append(_draw_stats(decs, [rng.choice(p, n, replace=False) for p in pools], rk))
+
+    def agg(ds: list[dict]) -> dict:
+        res = {}
+        for key in ("mean_cos2", "largest_angle", "energy"):
+            vals = np.array([dr[key] for dr in ds])
+            res[key] = float(vals.mean())
+            res[f"{key}_spread"] = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+        return res
+
+    for r in rk:
+        a, b = agg([dr[r] for dr in set_draws]), agg([dr[r] for dr in rand_draws])
+        entry = {"set": a, "random": b, "haar_mean_cos2": r / d}
+        for key in ("mean_cos2", "energy"):
+            spread = np.hypot(a[f"{key}_spread"], b[f"{key}_spread"])
+            ok = np.isfinite(spread) and spread > 0
+            entry[f"z_{key}"] = float((a[key] - b[key]) / spread) if ok else float("nan")
+        out["ranks"][r] = entry
     return out

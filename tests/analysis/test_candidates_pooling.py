@@ -39,9 +39,14 @@ def test_candidates_recover_shared_subspaces_and_beat_null():
     res = candidate_subspaces(decs, [np.arange(len(d)) for d in decs], fires=fires)
     grouped = [c for c in res["candidates"] if max(c["latents"]) < n_group]
     assert len(grouped) == 6 and all(c["score"] == 1.0 and c["rank"] == 4 for c in grouped)
-    assert res["null"]["score_mean"] == 0.0
+    assert res["null_haar"]["score_mean"] == 0.0
     assert res["mean_best_similarity"] == pytest.approx(np.mean([c["mean_best_similarity"] for c in res["candidates"]]))
-    assert res["mean_best_similarity"] > res["null"]["mean_best_similarity_q99"]
+    assert res["mean_best_similarity"] > res["null_haar"]["mean_best_similarity_q99"]
+    # random 8-latent subsets of a seed mostly contain a group's 4-dim span: a far higher null than Haar's,
+    # yet the clusters beat it (enough draws for p <= 0.05 even with 6 candidates)
+    assert res["null"]["draws"] >= 200 and res["null"]["score_mean"] > 0.3
+    assert res["null"]["mean_best_similarity"] > 3 * res["null_haar"]["mean_best_similarity"]
+    assert all(c["reproducible"] and c["p_value"] <= 0.05 < c["null_similarity"] for c in grouped)
     for p in res["per_seed"]:
         assert set(range(n_group)) <= set(p["reproducible_latents"])
     res_cos = candidate_subspaces(decs, [np.arange(len(d)) for d in decs], method="cosine", threshold=0.05)
@@ -179,3 +184,47 @@ def test_best_similarity_equals_principal_angles_over_every_pair():
                 else:
                     assert got[q, s] == pytest.approx(sim[q, owner == s].max(), abs=1e-12)
         assert (got[owner == 0][-1, 1:] > 0.8).all()  # the shared subspace is found in the other seeds
+
+
+def test_subset_null_flags_a_cluster_no_better_than_random_latents():
+    """Isotropic latents, clustered by cosine: candidates may 'reproduce' against big random subspaces under the
+    min-normalised similarity, but no better than random latent subsets of the same seed, so none is flagged."""
+    rng = np.random.default_rng(4)
+    d, S = 6, 3
+    decs = [rng.standard_normal((30, d)) for _ in range(S)]
+    res = candidate_subspaces(decs, [np.arange(30)] * S, method="cosine", threshold=0.3, tau=0.5,
+                              freqs=[rng.random(30) for _ in range(S)])
+    assert res["candidates"] and "frequency-matched" in res["params"]["null"]
+    assert res["null"]["mean_best_similarity"] > 0.5  # random latents of a 6-dim space look "reproducible" too
+    assert np.mean([c["p_value"] for c in res["candidates"]]) > 0.2
+    assert res["reproducible_share"] <= 0.1
+
+
+def test_pooling_honours_absolute():
+    """Seed 1 holds the negated decoders of seed 0: one feature each under |cos|, none under the signed cosine."""
+    decs, _ = planted_decoders(num_seeds=2, d=16, shared=6, private=6)
+    decs[1] = -decs[0]
+    assert (pool_features(decs).recurrence == 1).all()
+    assert (pool_features(decs, absolute=True).recurrence == 2).all()
+    from sae_fast import TopKSAE
+
+    saes = []
+    for dec in (decs[0], decs[0] + 0.01):
+        sae = TopKSAE(16, 12, 3, seed=0)
+        with torch.no_grad():
+            sae.W_dec.copy_(torch.as_tensor(dec, dtype=torch.float32))
+        saes.append(sae.requires_grad_(False))
+    x = torch.randn(64, 16)
+    signed = pooling_study(saes, [-decs[0]], x)
+    absolute = pooling_study(saes, [-decs[0]], x, absolute=True)
+    assert signed["pooled"]["p_hat_mean"] == 0.0 and absolute["pooled"]["p_hat_mean"] == 1.0
+    assert absolute["absolute"] is True
+
+
+def test_refit_shows_progress(capsys):
+    from sae_fast import TopKSAE
+    from sae_fast.analysis.pooling import refit
+
+    sae = TopKSAE(8, 16, 2, seed=0)
+    losses = refit(sae, torch.randn(64, 8), steps=3, batch_size=16, progress=True, desc="refit ranked pool")
+    assert len(losses) == 3 and "refit ranked pool" in capsys.readouterr().err
