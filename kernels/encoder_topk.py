@@ -493,23 +493,33 @@ def _dead_topk_chunked(
     """Top-k_aux of relu(x Wᵀ + b) over the (ascending) dead latents `dead_idx`, `columns` of them per GEMM.
 
     x: (N, d), W: (F, d), b: (F,), dead_idx: (num_dead,) int64 ascending. Returns values (N, min(k_aux, num_dead))
-    fp32 (descending; ties: lowest latent index) and their latent indices (int64). Only an (N, columns) fp32 block
-    is dense at a time. The running best comes first in each merge and holds only lower latent indices than the
-    new block, so "lowest position" among equal values is "lowest latent index", as in one selection over all.
+    fp32 (descending; ties: lowest latent index) and their latent indices (int64). Each block's own top-k_aux is
+    taken first, then merged with the running best: beyond the (N, columns) fp32 block only (N, 2 k_aux) sets
+    are alive. The running best comes first in each merge and holds only lower latent indices than the block,
+    so "lowest position" among equal values is "lowest latent index", as in one selection over all dead latents.
     """
     best_v = best_i = None
     for lo in range(0, dead_idx.numel(), columns):
         cols = dead_idx[lo:lo + columns]
         pre = torch.relu(_gemm_fp32(x, W[cols]) + b[cols].float())
+        v, pos = select_topk_lowest_index(pre, min(k_aux, pre.shape[1]))
+        del pre
+        i = cols[pos]
         if best_v is not None:
-            pre = torch.cat([best_v, pre], dim=1)
-            cols = torch.cat([best_i, cols.expand(x.shape[0], -1)], dim=1)
-        else:
-            cols = cols.expand(x.shape[0], -1)
-        best_v, pos = select_topk_lowest_index(pre, min(k_aux, pre.shape[1]))
-        best_i = torch.gather(cols, 1, pos)
+            v, i = torch.cat([best_v, v], dim=1), torch.cat([best_i, i], dim=1)
+            v, pos = select_topk_lowest_index(v, min(k_aux, v.shape[1]))
+            i = torch.gather(i, 1, pos)
+        best_v, best_i = v, i
     assert best_v is not None and best_i is not None
     return best_v, best_i
+
+
+def _default_dead_buffer_bytes(device: torch.device) -> int:
+    """DEAD_BUFFER_MAX_BYTES, or a quarter of the free GPU memory where that is more."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(DEAD_BUFFER_MAX_BYTES, free // 4)
+    return DEAD_BUFFER_MAX_BYTES
 
 
 def encoder_topk(
@@ -527,7 +537,7 @@ def encoder_topk(
     dead_store: str = "auto",
     chunk: int | None = None,
     stats: dict | None = None,
-    dead_buffer_bytes: int = DEAD_BUFFER_MAX_BYTES,
+    dead_buffer_bytes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Top-k of relu(x W_encᵀ + b_enc) per row, plus the AuxK top-k_aux among dead latents in the same pass.
 
@@ -541,15 +551,15 @@ def encoder_topk(
     exactly), "zero_tail_rows" (fewer than k positive values, completed by index) and "M".
     `dead_store`: where the dead latents' pre-activations come from — "kernel" (stored by the GEMM kernel's
     epilogue), "gemm" (a separate cuBLAS GEMM over the dead latents only) or "auto" (the GEMM while at most
-    1 / DEAD_GEMM_MAX_FRACTION of latents are dead); "cublas" copies them from its chunks. Whatever the store,
-    when the (N, num_dead) fp32 buffer would exceed `dead_buffer_bytes` (default DEAD_BUFFER_MAX_BYTES, 1 GiB),
-    the dead latents are instead scanned after the top-k by GEMMs over blocks of them with a running
-    top-k_aux merge (bounded memory, same result).
+    1 / DEAD_GEMM_MAX_FRACTION of latents are dead); "cublas" copies them from its chunks. Unless "kernel" is
+    asked for, when the (N, num_dead) fp32 buffer would exceed `dead_buffer_bytes` (default: 1 GiB, or a quarter
+    of the free GPU memory where that is more) the dead latents are instead scanned after the top-k by GEMMs
+    over blocks of them with a running top-k_aux merge (bounded memory, same result).
     Returns values (N, k) fp32 (descending; ties: lowest index), indices (N, k) int64, and, with a dead
     mask, aux_values / aux_indices (N, min(k_aux, num_dead)) (fp32 / int64 latent indices), else None. Both
     selections are made on fp32 values.
     Extra memory: (N, F / BLOCK_N, M) candidates (8 bytes each) plus (N, num_dead) fp32 for AuxK (the relu'd
-    pre-activations of the dead latents only), at most `dead_buffer_bytes`.
+    pre-activations of the dead latents only), at most `dead_buffer_bytes` unless dead_store="kernel".
     """
     n, d = x.shape
     f = W_enc.shape[0]
@@ -575,11 +585,13 @@ def encoder_topk(
             raise ValueError(f"dead_store must be 'auto', 'kernel' or 'gemm', got {dead_store!r}")
         dead_idx = torch.nonzero(dead_mask, as_tuple=False).squeeze(1)
         num_dead = int(dead_idx.numel())
+        if dead_buffer_bytes is None:
+            dead_buffer_bytes = _default_dead_buffer_bytes(device)
         if dead_buffer_bytes < 4 * max(n, 1):
             raise ValueError(
                 f"dead_buffer_bytes must hold at least one fp32 column of {n} rows, got {dead_buffer_bytes}"
             )
-        chunked = 4 * n * num_dead > dead_buffer_bytes
+        chunked = dead_store != "kernel" and 4 * n * num_dead > dead_buffer_bytes
         in_kernel = not chunked and method != "cublas" and (
             dead_store == "kernel" or (dead_store == "auto" and num_dead * DEAD_GEMM_MAX_FRACTION > f)
         )

@@ -130,7 +130,15 @@ class TopKSAE(nn.Module):
         _, _, W_dec, b_dec = self._weights()
         return ops.decode(values.to(W_dec.dtype), indices, W_dec) + b_dec
 
-    def forward(self, x: Tensor, *, dead_mask: Tensor | None = None, k_aux: int | None = None) -> ForwardOutput:
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        dead_mask: Tensor | None = None,
+        k_aux: int | None = None,
+        total_variance: Tensor | None = None,
+        check_finite: bool = True,
+    ) -> ForwardOutput:
         """Reconstruction, FVU and (with `dead_mask`) the AuxK loss.
 
         AuxK (Gao et al. 2024): the top-k_aux (default max(1, d_in // 2)) relu pre-activations among dead latents
@@ -140,9 +148,15 @@ class TopKSAE(nn.Module):
         Σ‖x − mean(x)‖² of one row is 0 (the FVU would be inf and its gradient NaN): use `encode`/`decode` to
         reconstruct single rows. A batch of N >= 2 identical rows has the same zero denominator (inf FVU); it is
         not checked, as that would cost a host sync per step.
+        `total_variance` (scalar) replaces Σ‖x − mean(x)‖² as both losses' denominator: a data-parallel rank
+        passes the whole batch's, so its losses are its share of the global ones (any N, 1 included).
+        `check_finite=False` skips the encoder's scans of x, b_enc and the selected values for non-finite numbers
+        (host syncs; a trainer that checks its batches and its losses itself turns them off).
         """
         x_in, x = x, self._check_x(x)  # the residual uses the given x, not its cast to the compute dtype
-        if x.shape[0] == 1:
+        if total_variance is not None and (not isinstance(total_variance, Tensor) or total_variance.dim() != 0):
+            raise ValueError("total_variance must be a scalar tensor")
+        if x.shape[0] == 1 and total_variance is None:
             raise ValueError(
                 "forward needs N = 0 or N >= 2 rows: the FVU of one row divides by Σ‖x − mean(x)‖² = 0 "
                 "(use encode/decode for a single row)"
@@ -153,7 +167,8 @@ class TopKSAE(nn.Module):
             ops._check_dead_mask(dead_mask, self.num_latents, self.device)
         use_aux = dead_mask is not None and bool(dead_mask.any())
         W_enc, b_enc, W_dec, b_dec = self._weights()
-        enc = ops.encode(x - b_dec, W_enc, b_enc, self.k, dead_mask=dead_mask if use_aux else None, k_aux=k_aux)
+        enc = ops.encode(x - b_dec, W_enc, b_enc, self.k, dead_mask=dead_mask if use_aux else None, k_aux=k_aux,
+                         check_finite=check_finite)
         if use_aux:
             assert dead_mask is not None and enc.aux_values is not None and enc.aux_indices is not None
             # one op for both: on the kernel path its backward builds a single dW_dec (AuxK dense or sparse);
@@ -173,7 +188,10 @@ class TopKSAE(nn.Module):
             zero = recon.to(acc).sum() * 0.0
             return ForwardOutput(recon, enc.values, enc.indices, zero, zero.clone())
         residual = xa - recon.to(acc)
-        total_variance = (xa - xa.mean(0)).pow(2).sum()
+        if total_variance is None:
+            total_variance = (xa - xa.mean(0)).pow(2).sum()
+        else:
+            total_variance = total_variance.to(acc)
         fvu = residual.pow(2).sum() / total_variance
         if aux_decoded is not None:
             assert dead_mask is not None

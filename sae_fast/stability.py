@@ -330,8 +330,14 @@ class SeedDecoders:
         h = hashlib.sha256(repr((self.num_features, self.d)).encode())
         if self._arrays is not None:
             x = self._arrays[s]
-            for r in rows:
-                row = x[r].detach().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x[r]))
+            picked = list(rows)
+            if isinstance(x, torch.Tensor):  # one gather and one copy to the host
+                sample = x[torch.tensor(picked, device=x.device)].detach().cpu()
+            elif isinstance(x, np.ndarray):  # memmaps included: reads only these rows
+                sample = torch.from_numpy(np.ascontiguousarray(x[picked]))
+            else:
+                sample = torch.stack([torch.as_tensor(np.asarray(x[r])) for r in picked])
+            for row in sample:
                 h.update(row.to(torch.float32).numpy().tobytes())
         else:
             from safetensors import safe_open
@@ -587,12 +593,14 @@ def stability_scores(
     ckpt_dir = out_dir if (out_dir is None or world == 1) else out_dir / f"rank{rank}of{world}"
     prior = _load_prior(out_dir, ckpt_dir, world, seeds.names, anchors, num_features, absolute)
     saved = prior.info.get("settings") if prior is not None else None
-    if backend == "auto" and saved is not None:  # a resumed run keeps the backend it started with
-        chosen, reason = saved["backend"], "auto: the saved run's backend"
+    if backend == "auto" and prior is not None:  # a resumed run keeps the backend it started with
+        # (runs saved before settings were recorded could only have been exact under "auto")
+        chosen, reason = (saved or {}).get("backend", "exact"), "auto: the saved run's backend"
     else:
         chosen, reason = choose_backend(backend, dev, False, 2.0 * num_features**2 * seeds.d)
     settings = _run_settings(backend, chosen, seeds.d, match_kwargs, saved)
-    fingerprints = [seeds.fingerprint(s) for s in range(num_seeds)]
+    # only a saved run can be resumed, so only then are the decoders fingerprinted
+    fingerprints = [seeds.fingerprint(s) for s in range(num_seeds)] if out_dir is not None else None
     if prior is not None:
         _check_compatible(prior, seeds.names, anchors, num_features, absolute,
                           out_dir if ckpt_dir is None or prior.complete else ckpt_dir, settings, fingerprints)

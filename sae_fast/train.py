@@ -238,6 +238,19 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _diverged(seeds: list[int], step: int) -> FloatingPointError:
+    return FloatingPointError(
+        f"training diverged: seed(s) {seeds} have non-finite losses or weights at step {step} (lower the lr, or "
+        "check the activations); the last checkpoint, if any, was written before and can be resumed"
+    )
+
+
+def _file_digests(root: Path, folder: Path) -> dict[str, str]:
+    """{path relative to root: SHA-256} of every (non-hidden) file under ``folder``."""
+    return {str(p.relative_to(root)): _sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
 def _state_digest(state: dict[str, Any]) -> str:
     """SHA-256 of a trainer state (without its own ``sha256`` entry), over canonical JSON."""
     body = {k: v for k, v in state.items() if k != "sha256"}
@@ -505,21 +518,22 @@ class Trainer:
             for st in self.states:
                 st.sae.init_b_dec_from_data(x, method=cfg.b_dec_init)
         if self.data_parallel:
+            # each rank's losses use the whole batch's variance: they sum over ranks to the global FVU / AuxK,
+            # for any split (a 1-row or empty slice included)
             xf = x.float()
             total_variance = (xf - xf.mean(0)).pow(2).sum()
             x_local = torch.tensor_split(x, self.world_size)[self.rank]
-            xl = x_local.float()
-            local_variance = (xl - xl.mean(0)).pow(2).sum() if x_local.shape[0] else total_variance
-            scale = local_variance / total_variance  # local FVU * scale sums to the global FVU over ranks
         else:
-            x_local, scale = x, None
+            x_local, total_variance = x, None
         lr = self._lr_at(self.step)
         for st in self.states:
             sae = st.sae
             use_aux = cfg.auxk_alpha > 0
             dead = st.tokens_since_fired >= cfg.dead_tokens_threshold if use_aux else None
-            out = sae(x_local, dead_mask=dead, k_aux=self.k_aux)
-            fvu, auxk = (out.fvu, out.auxk_loss) if scale is None else (out.fvu * scale, out.auxk_loss * scale)
+            # the batch was checked above and the losses are checked at every log and checkpoint: no per-step
+            # finiteness scans (host syncs) inside the encoder
+            out = sae(x_local, dead_mask=dead, k_aux=self.k_aux, total_variance=total_variance, check_finite=False)
+            fvu, auxk = out.fvu, out.auxk_loss
             loss = fvu + cfg.auxk_alpha * auxk if use_aux else fvu
             st.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -536,8 +550,8 @@ class Trainer:
             st.tokens_since_fired += n_tokens
             st.tokens_since_fired[fired > 0] = 0
             with torch.no_grad():
-                l0 = (out.values > 0).sum(dim=1).float().mean()
-                if scale is not None:
+                l0 = (out.values > 0).sum(dim=1).float().mean() if out.values.shape[0] else fvu.new_zeros(())
+                if self.data_parallel:
                     l0 = l0 * (x_local.shape[0] / n_tokens)  # summed over ranks below: token-weighted mean
                 self._accumulate(st, {"fvu": fvu.detach().float(), "auxk_loss": auxk.detach().float(), "l0": l0})
 
@@ -595,14 +609,20 @@ class Trainer:
             st.metrics, st.metric_steps = {}, 0
         if self.data_parallel:
             all_rows = rows if self.rank == 0 else []
+            seen = rows  # all-reduced: the same on every rank
         else:
-            all_rows = [r for part in dist_utils.all_gather_objects(rows) for r in part]
+            all_rows = seen = [r for part in dist_utils.all_gather_objects(rows) for r in part]
+        diverged = sorted(r["seed"] for r in seen if not (math.isfinite(r["fvu"]) and math.isfinite(r["auxk_loss"])))
         if self.rank != 0:
+            if diverged:
+                raise _diverged(diverged, self.step)
             return
         all_rows.sort(key=lambda r: self.cfg.seeds.index(r["seed"]))
         with open(self.output_dir / "log.jsonl", "a") as f:
             for row in all_rows:
                 f.write(json.dumps(row) + "\n")
+        if diverged:  # logged first, so that log.jsonl shows it
+            raise _diverged(diverged, self.step)
         mean = {k: sum(r[k] for r in all_rows) / len(all_rows) for k in ("fvu", "l0", "dead_fraction")}
         if self._bar is not None:
             self._bar.n = self.tokens_seen
@@ -632,6 +652,7 @@ class Trainer:
         ``trainer_state.json``, written last, records the SHA-256 of every file of the checkpoint and of
         itself; :meth:`load_checkpoint` checks them all.
         """
+        self._check_finite_state()
         ckpt_root = self.output_dir / "checkpoints"
         final = ckpt_root / f"step_{self.step:09d}"
         tmp = ckpt_root / f".tmp_step_{self.step:09d}"
@@ -641,6 +662,7 @@ class Trainer:
                     shutil.rmtree(tmp)
                 tmp.mkdir(parents=True)
             dist_utils.barrier()
+            digests: dict[str, str] = {}
             if self._owns_files() and not final.exists():
                 for st in self.states:
                     folder = tmp / f"seed{st.seed}"
@@ -650,12 +672,13 @@ class Trainer:
                     atomic_write(folder / "optimizer.pt", lambda f, b=buffer: f.write(b.getvalue()))
                     atomic_save_safetensors({"tokens_since_fired": st.tokens_since_fired, **_rng_states(st.optimizer)},
                                             folder / "train_state.safetensors")
-            dist_utils.barrier()
+                    digests.update(_file_digests(tmp, folder))  # each writing rank hashes its own seeds
+            files = {name: digest for part in dist_utils.all_gather_objects(digests) for name, digest in part.items()}
             if self.rank == 0:
                 if final.exists():  # already written (resumed at the end of a finished run)
                     shutil.rmtree(tmp)
                 else:
-                    atomic_write_json(tmp / "trainer_state.json", self._trainer_state(tmp))
+                    atomic_write_json(tmp / "trainer_state.json", self._trainer_state(files))
                     fsync_dir(tmp)
                     os.replace(tmp, final)
                     fsync_dir(ckpt_root)
@@ -669,14 +692,22 @@ class Trainer:
         dist_utils.barrier()
         return final
 
+    def _check_finite_state(self) -> None:
+        """FloatingPointError on every rank when a seed's losses since the last log or its weights are not
+        finite, so that no checkpoint of a diverged seed is ever written (a few host syncs per checkpoint)."""
+        mine = [st.seed for st in self.states
+                if not all(bool(torch.isfinite(v).all()) for v in st.metrics.values())
+                or not all(bool(torch.isfinite(p).all()) for p in st.sae.parameters())]
+        diverged = sorted({s for part in dist_utils.all_gather_objects(mine) for s in part})
+        if diverged:
+            raise _diverged(diverged, self.step)
+
     def _resume_config(self) -> dict[str, Any]:
         """The settings a resumed run must share, with F and the learning rate as resolved."""
         mine = {k: getattr(self.cfg, k) for k in _RESUME_FIELDS if k not in _RESOLVED_FIELDS}
         return json.loads(json.dumps(mine))
 
-    def _trainer_state(self, folder: Path) -> dict[str, Any]:
-        files = {str(p.relative_to(folder)): _sha256_file(p) for p in sorted(folder.rglob("*"))
-                 if p.is_file() and not p.name.startswith(".")}
+    def _trainer_state(self, files: dict[str, str]) -> dict[str, Any]:
         state = {"format": _STATE_FORMAT, "step": self.step, "tokens": self.tokens_seen, "seeds": self.cfg.seeds,
                  "config": self._resume_config(), "d_in": self.d_in, "num_latents": self.num_latents, "lr": self.lr,
                  "world_size": self.world_size, "source": self.source.fingerprint(),

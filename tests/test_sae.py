@@ -196,6 +196,26 @@ def test_single_row_batch_raises_and_empty_batch_works() -> None:
     assert sae.decode(v, i).shape == (1, 12)
 
 
+def test_shares_of_a_batch_with_its_total_variance_sum_to_the_batch_losses() -> None:
+    """A data-parallel rank passes the whole batch's variance: the slices' losses (1-row and empty slices
+    included) sum to the whole batch's FVU and AuxK, and their gradients to its gradient."""
+    sae = TopKSAE(12, 40, 4, seed=0).double()
+    x = _data(n=5).double()
+    dead = torch.arange(40) % 3 == 0
+    whole = sae(x, dead_mask=dead, k_aux=6)
+    tv = (x - x.mean(0)).pow(2).sum()
+    parts = [sae(x[a:b], dead_mask=dead, k_aux=6, total_variance=tv) for a, b in ((0, 3), (3, 4), (4, 4), (4, 5))]
+    torch.testing.assert_close(sum(p.fvu for p in parts), whole.fvu)
+    torch.testing.assert_close(sum(p.auxk_loss for p in parts), whole.auxk_loss)
+    whole.fvu.backward()
+    g_whole = sae.W_enc.grad.clone()
+    sae.zero_grad()
+    sum(p.fvu for p in parts).backward()
+    torch.testing.assert_close(sae.W_enc.grad, g_whole)
+    with pytest.raises(ValueError, match="total_variance"):
+        sae(x, total_variance=tv.reshape(1))
+
+
 def test_default_k_aux_for_one_input_dimension_and_mask_checks() -> None:
     sae = TopKSAE(1, 6, 1, seed=0)
     out = sae(_data(n=5, d=1), dead_mask=torch.arange(6) >= 2)  # k_aux = max(1, 1 // 2) = 1

@@ -494,3 +494,27 @@ def test_metrics_per_seed_reach_the_console_without_a_progress_bar(tmp_path: Pat
     train(TensorSource(_data(2000)), _cfg(tmp_path, seeds=[0, 7], batch_size=100, total_tokens=1000))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
     assert len(lines) == 4 and lines[-1].startswith("step 10/10 seed 7: fvu")
+
+
+def test_a_diverged_seed_stops_training_before_any_checkpoint_of_it(tmp_path: Path) -> None:
+    """Non-finite weights (or losses) are caught at the next log or checkpoint, never saved; log.jsonl shows it."""
+    def poison(t: Trainer) -> None:
+        if t.step == 3:
+            with torch.no_grad():
+                t.states[1].sae.W_enc[0, 0] = float("nan")
+
+    cfg = _cfg(tmp_path, checkpoint_interval=128 * 4, log_interval=10)
+    with pytest.raises(FloatingPointError, match=r"seed\(s\) \[1\]"):
+        Trainer(TensorSource(_data()), cfg).fit(on_step=poison)
+    assert not list((tmp_path / "run" / "checkpoints").glob("step_*"))
+
+    def poison_loss(t: Trainer) -> None:
+        if t.step == 3:
+            t.states[0].metrics["fvu"] = t.states[0].metrics["fvu"] * float("inf")
+
+    cfg = _cfg(tmp_path / "b", log_interval=4)
+    with pytest.raises(FloatingPointError, match=r"seed\(s\) \[0\]"):
+        Trainer(TensorSource(_data()), cfg).fit(on_step=poison_loss)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "run" / "log.jsonl").read_text().splitlines()]
+    last = {r["seed"]: r for r in rows if r["step"] == 4}
+    assert last[0]["fvu"] == float("inf") and last[1]["fvu"] < 1

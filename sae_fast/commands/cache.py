@@ -91,9 +91,20 @@ def default_cache_dir(args: argparse.Namespace) -> Path:
     model = "minilm" if args.model == "embedded" else Path(str(args.model)).name
     hook = f"m-{args.module}" if args.module else f"l{args.layer}"
     texts = "shakespeare" if not args.texts else Path(args.texts).stem
-    digest = hashlib.sha256(json.dumps(requested_spec(args), sort_keys=True).encode()).hexdigest()[:8]
-    name = f"{model}-{hook}-{texts}-{args.cache_tokens or 'all'}-{args.cache_dtype}-{digest}"
-    return Path("runs") / "activations" / name
+    spec = requested_spec(args)
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+    stem = f"{model}-{hook}-{texts}-{args.cache_tokens or 'all'}-{args.cache_dtype}"
+    path = Path("runs") / "activations" / f"{stem}-{digest}"
+    legacy = path.with_name(stem)  # the name before the hash was added: reused only if it holds this very cache
+    if not path.exists() and legacy.is_dir():
+        from ..activations import open_matching_cache
+
+        try:
+            if open_matching_cache(legacy, spec) is not None:
+                return legacy
+        except ValueError:
+            pass
+    return path
 
 
 def _source_defaults() -> argparse.Namespace:

@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--theta", type=float, default=0.7, help="cosine threshold for a match")
     parser.add_argument("--eps", type=float, default=0.05, help="endpoint split: stable p>=1-eps, unstable p<=eps")
     parser.add_argument("--anchor", type=anchor_arg, default="all", help="'all' or the index of one anchor seed")
-    parser.add_argument("--backend", choices=["auto", "exact", "faiss"], default="auto", help="matching backend")
+    parser.add_argument("--backend", choices=["auto", "exact", "faiss"], default="auto",
+                        help="matching backend; 'auto' is exact on a GPU and below ~1e13 flop per pair on a CPU, above "
+                             "that (with faiss installed) an approximate IVF index whose sampled recall@1 is printed: "
+                             "pass 'exact' to be sure")
     parser.add_argument("--abs", dest="absolute", action="store_true", help="match on |cos| instead of signed cos")
     parser.add_argument("--hookpoint", default=None, help="pick this hookpoint when seeds hold several")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")

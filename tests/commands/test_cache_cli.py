@@ -9,7 +9,7 @@ import torch
 
 from sae_fast.activations import save_tensor_cache
 from sae_fast.cli import build_parser, main
-from sae_fast.commands.cache import default_cache_dir
+from sae_fast.commands.cache import default_cache_dir, requested_spec
 
 
 def test_default_cache_dir_depends_on_every_source_setting(tmp_path: Path) -> None:
@@ -38,3 +38,20 @@ def test_cache_refuses_a_folder_made_with_other_settings(tmp_path: Path, capsys:
               "--no-progress"])
     err = capsys.readouterr().err
     assert "different settings" in err and "model: 'tensor'" in err and "hook" in err
+
+
+def test_a_cache_under_the_old_unhashed_name_is_reused_only_if_it_matches(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import sae_fast.activations as activations
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["train"])
+    hashed = default_cache_dir(args)
+    legacy = hashed.with_name(hashed.name.rsplit("-", 1)[0])
+    assert default_cache_dir(args) == hashed  # no legacy folder
+    save_tensor_cache(torch.randn(10, 6), legacy, model="tensor")  # another cache under the old name
+    assert default_cache_dir(args) == hashed
+    seen = []
+    monkeypatch.setattr(activations, "open_matching_cache", lambda path, spec: seen.append(spec) or object())
+    assert default_cache_dir(args) == legacy  # the same cache under the old name
+    assert len(seen) == 1 and seen[0] == requested_spec(args)
