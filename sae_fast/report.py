@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,29 @@ def _figures(results: dict, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
     return figs
 
 
+def _lm_loss_blocks(results: dict) -> list[Block]:
+    """The next-token loss with the (masked) reconstruction spliced in, or why it is not reported."""
+    lm = results.get("lm_loss")
+    if not lm:  # results of an older study
+        return [("p", "Language-model loss with the masked reconstruction spliced in: not computed (no lm_loss "
+                      "in results.json).")]
+    if "masks" not in lm:
+        return [("p", "Language-model loss with the masked reconstruction spliced in: not computed — "
+                      + html.escape(str(lm.get("skipped", "no reason recorded"))) + ".")]
+    model, hook = html.escape(str(lm.get("model", "the model"))), html.escape(str(lm.get("hook")))
+    B: list[Block] = [("p", f"Next-token loss of {model} with the SAE's reconstruction spliced in at {hook} on "
+                            "every real, non-special token (the tokens the SAE is trained on), latents masked after "
+                            "encoding as above; mean cross-entropy in nats per predicted token, padding excluded. "
+                            "Mask 'none' is the unmasked reconstruction; Δ vs clean = loss − clean loss; Δ vs "
+                            "reconstruction = loss − the unmasked reconstruction's loss.")]
+    B.append(_table(results, [("texts", "lm_loss.num_texts"), ("predicted tokens", "lm_loss.num_tokens"),
+                              ("clean loss (no splice)", "lm_loss.clean")]))
+    B.append(_columns(results, [f"lm_loss.masks.{name}" for name in lm["masks"]], [
+        ("mask", "name"), ("latents masked", "size"), ("loss", "loss"), ("Δ vs clean", "delta_vs_clean"),
+        ("Δ vs reconstruction", "delta_vs_recon")]))
+    return B
+
+
 def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = None) -> list[Block]:
     """The report's content, section by section."""
     B: list[Block] = [("h1", "Seed-dependence study")]
@@ -227,13 +251,12 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
     for key in ("masking", "masking_sweep"):
         if key in figs:
             B.append(("fig", (key, figs[key])))
-    B.append(("p", "Language-model loss with the masked reconstruction spliced in: not computed. The embedded "
-                   "model (all-MiniLM-L6-v2) ships without its masked-LM head (a sentence-embedding BertModel), so "
-                   "no MLM loss exists for it; for a causal LM this is future work. Instead, for the embedded "
-                   "default, the reconstruction is spliced in after the hooked block and the distortion "
-                   "1 − cos of the model's sentence embedding is measured (0 = unchanged)."))
+    B.extend(_lm_loss_blocks(results))
     sp = results.get("splice")
     if sp:
+        B.append(("p", "Embedding distortion: the reconstruction is spliced in after the hooked block of the "
+                       "sentence-embedding model and the distortion 1 − cos of its mean-pooled sentence embedding "
+                       "is measured (0 = unchanged)."))
         B.append(_table(results, [(f"embedding distortion, {'reconstruction only' if k == 'none' else 'masking ' + k}"
                                    f" ({_fmt(_get(sp, f'sizes.{k}'))} latents)" if k != "none" else
                                    "embedding distortion, unmasked reconstruction", f"splice.distortion.{k}")
@@ -253,6 +276,8 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
                    "(k / F = 0.39 % there)."))
     if "frequency" in figs:
         B.append(("fig", ("frequency", figs["frequency"])))
+    if results.get("snippets_skipped"):
+        B.append(("p", "Top-activating snippets: not computed — " + html.escape(results["snippets_skipped"]) + "."))
     if snippets:
         B.append(("h3", "Top-activating snippets (snippets.json)"))
         for group in ("stable", "unstable"):
@@ -340,9 +365,13 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
     ]))
     cands = results.get("candidates", {}).get("candidates") or []
     if cands:
-        top = sorted(range(len(cands)), key=lambda c: (-(cands[c].get("score") or 0),
-                                                       cands[c].get("p_value") or 1.0,
-                                                       -(cands[c].get("mean_best_similarity") or 0)))[:10]
+        def num(value: object, missing: float) -> float:  # None and NaN (no other seed to compare) sort last
+            v = float(value) if isinstance(value, (int, float)) else math.nan
+            return missing if math.isnan(v) else v
+
+        top = sorted(range(len(cands)), key=lambda c: (-num(cands[c].get("score"), -1.0),
+                                                       num(cands[c].get("p_value"), 2.0),
+                                                       -num(cands[c].get("mean_best_similarity"), -1.0)))[:10]
         B.append(("p", "Top candidates (arrays.npz → candidate_id / candidate_score give the candidate of every "
                        "(seed, latent)): the latents listed are unstable one by one but span a subspace that "
                        "recurs in other seeds when the score is high and p (against random latent subsets of the "

@@ -6,7 +6,9 @@ different seeds (sae_fast, sparsify or SAELens layout) plus held-out activations
 stability (p̂, split, histograms), masking EV, firing frequency and top-activating snippets, effective rank,
 cross-seed subspace angles, the stability classifier, candidate subspaces, pooling, and (optionally) the
 synthetic ground-truth experiment; then writes ``report.html`` and ``report.md``. ``run_dir=None`` first
-trains the seeds on the embedded default (MiniLM layer 3 on Shakespeare), which needs no network or GPU.
+trains the seeds on the embedded default (MiniLM layer 3 on Shakespeare), which needs no network or GPU. A given
+run may name its model (:class:`StudyModel`): held-out activations, snippets and, for a causal LM, the next-token
+loss with the (masked) reconstruction spliced in (``results["lm_loss"]``, or the reason it is skipped) come from it.
 
 Artifacts in ``out_dir``: ``results.json`` (every number of the report, by section), ``arrays.npz``
 (p̂, labels, best cosines, frequencies per seed), ``stability/`` (the :class:`sae_fast.Stability` run),
@@ -86,7 +88,8 @@ class StudyConfig:
     max_eval_tokens: int = 50_000
     """held-out activations used (first rows)"""
     splice_texts: int = 128
-    """embedded default: held-out sentences for the splice analysis (0: skip it)"""
+    """held-out texts for the splice analyses (the embedded default's embedding distortion, a causal LM's
+    next-token loss with --model; 0: skip them)"""
     snippet_latents: int = 6
     """latents per group shown with their top-activating snippets"""
     snippet_top: int = 5
@@ -140,6 +143,25 @@ class EmbeddedDefault:
 
 
 @dataclass
+class StudyModel:
+    """The model a given run's seeds were trained on (``sae-fast study RUN_DIR --model PATH``): held-out activations
+    (when none are given), top-activating snippets and, for a causal LM, the spliced next-token loss come from it."""
+
+    path: str
+    """Hugging Face model folder, or 'embedded' for MiniLM (then the embedding distortion is reported)"""
+    layer: int | None = None
+    """hook point: the output of block L (as ModelSource)"""
+    module: str | None = None
+    """hook point: the output of the module with this name instead"""
+    texts: list[str] | None = None
+    """held-out texts; None: the Shakespeare sentences after the embedded default's training sentences"""
+    max_length: int = 128
+    """tokens per text"""
+    device: str = "cpu"
+    """device that runs the model"""
+
+
+@dataclass
 class HeldOut:
     """Held-out activations, optionally with the token strings around each row (for snippets)."""
 
@@ -147,6 +169,29 @@ class HeldOut:
     tokens: list[list[str]] | None = None  # tokens of each text
     where: np.ndarray | None = None  # (N, 2) (text index, token position) of each row
     texts: list[str] | None = None  # the texts themselves (the embedded default: for the splice analysis)
+
+
+def _heldout_from_source(src: Any, max_tokens: int) -> HeldOut:
+    """Activations of a ModelSource over its texts (first texts first, kept on the CPU) with the (text, position)
+    of every row, up to ``max_tokens`` rows."""
+    xs, tokens, where = [], [], []
+    for batch in src._text_batches(list(range(len(src.texts)))):
+        acts = src._activations_of(batch).cpu()
+        enc = src.tokenizer(list(batch), padding=True, truncation=True, max_length=src.max_length,
+                            return_special_tokens_mask=True)
+        for ids, att, special in zip(enc["input_ids"], enc["attention_mask"], enc["special_tokens_mask"]):
+            keep = [i for i, (a, s) in enumerate(zip(att, special)) if a and not s]
+            toks = src.tokenizer.convert_ids_to_tokens([ids[i] for i in keep])
+            where.extend((len(tokens), p) for p in range(len(toks)))
+            tokens.append(toks)
+        xs.append(acts)
+        if sum(x.shape[0] for x in xs) >= max_tokens:
+            break
+    x = torch.cat(xs)
+    if x.shape[0] != len(where):
+        raise RuntimeError(f"token bookkeeping mismatch: {x.shape[0]} activations, {len(where)} tokens")
+    return HeldOut(x=x[:max_tokens], tokens=tokens, where=np.asarray(where[:max_tokens], dtype=np.int64),
+                   texts=list(src.texts))
 
 
 def _heldout_embedded(texts: list[str], layer: int, max_tokens: int, device: str = "cpu",
@@ -157,24 +202,33 @@ def _heldout_embedded(texts: list[str], layer: int, max_tokens: int, device: str
 
     model, tokenizer = load_embedded_model(device, model_path)
     src = ModelSource(model, tokenizer, texts, layer=layer, model_name=EMBEDDED_MODEL_NAME, device=device)
-    xs, tokens, where = [], [], []
-    for batch in src._text_batches(list(range(len(texts)))):
-        acts = src._activations_of(batch).cpu()
-        enc = tokenizer(list(batch), padding=True, truncation=True, max_length=src.max_length,
-                        return_special_tokens_mask=True)
-        for ids, att, special in zip(enc["input_ids"], enc["attention_mask"], enc["special_tokens_mask"]):
-            keep = [i for i, (a, s) in enumerate(zip(att, special)) if a and not s]
-            toks = tokenizer.convert_ids_to_tokens([ids[i] for i in keep])
-            where.extend((len(tokens), p) for p in range(len(toks)))
-            tokens.append(toks)
-        xs.append(acts)
-        if sum(x.shape[0] for x in xs) >= max_tokens:
-            break
-    x = torch.cat(xs)
-    if x.shape[0] != len(where):
-        raise RuntimeError(f"token bookkeeping mismatch: {x.shape[0]} activations, {len(where)} tokens")
-    return HeldOut(x=x[:max_tokens], tokens=tokens, where=np.asarray(where[:max_tokens], dtype=np.int64),
-                   texts=list(texts))
+    return _heldout_from_source(src, max_tokens)
+
+
+def open_study_model(spec: StudyModel, d_in: int | None = None) -> tuple[Any, str | None]:
+    """(ModelSource over the spec's texts, None for a causal LM else why no LM loss is reported); ValueError
+    when the hook point's width differs from the SAEs' ``d_in``."""
+    from .activations import EMBEDDED_MODEL_NAME, ModelSource, load_embedded_model, shakespeare_sentences
+    from .analysis.splice import MINILM_NO_LM_LOSS, load_model
+
+    if (spec.layer is None) == (spec.module is None):
+        raise ValueError(f"the model {spec.path} needs exactly one hook point, the one the SAEs were trained on: "
+                         f"layer (the output of block L) or module, got layer={spec.layer}, module={spec.module}")
+    if spec.path == "embedded":
+        (model, tokenizer), why, name = load_embedded_model(spec.device), MINILM_NO_LM_LOSS, EMBEDDED_MODEL_NAME
+    else:
+        model, tokenizer, why = load_model(spec.path, spec.device)
+        name = str(spec.path)
+    texts = spec.texts
+    if texts is None:
+        skip = EmbeddedDefault.train_texts
+        texts = shakespeare_sentences()[skip:]
+    src = ModelSource(model, tokenizer, texts, layer=spec.layer, module=spec.module, max_length=spec.max_length,
+                      device=spec.device, model_name=name)
+    if d_in is not None and src.d_in != d_in:
+        raise ValueError(f"the model {name} gives d={src.d_in} at hook point {src.hook.name} but the SAEs have "
+                         f"d_in={d_in}")
+    return src, why
 
 
 EMBEDDED_CONFIG_FILE = "embedded_default.json"
@@ -414,6 +468,7 @@ def study(
     embedded: EmbeddedDefault | None = None,
     synthetic: bool = True,
     hookpoint: str | None = None,
+    model: StudyModel | None = None,
     progress: bool = True,
     report: bool = True,
 ) -> dict:
@@ -425,6 +480,9 @@ def study(
     refit uses the first half of the held-out rows and EV is measured on the second half.
     With ``run_dir=None`` the seeds are trained first on the embedded default (``embedded`` sets how), and the
     refit reads the cached training activations.
+    ``model`` (with ``run_dir``): the model the seeds were trained on; it gives the held-out activations when
+    ``activations`` is None, the token strings of the snippets, and the next-token loss with the (masked)
+    reconstruction spliced in when it is a causal LM (results["lm_loss"]; else the reason it is skipped).
     ``synthetic``: also run the synthetic ground-truth experiment (about a minute on 2 CPU cores).
     """
     cfg = config or StudyConfig()
@@ -436,6 +494,8 @@ def study(
     steps = ["stability", "frequency", "masking", "geometry", "subspaces", "classifier", "candidates", "pooling"]
     if run_dir is None:
         steps.insert(0, "train")
+    if model is not None:
+        steps.insert(0, "model")
     if synthetic:
         steps.append("synthetic")
     bar = tqdm(total=len(steps) + 1, desc="study", disable=not progress)
@@ -450,10 +510,13 @@ def study(
 
     embedded_layer = None
     seed_names = None
+    src, why_no_lm = None, None  # the given model's ModelSource; why it has no LM loss
+    snip_held = None  # the model's held-out activations with tokens, for snippets when `activations` have none
     if run_dir is None:
-        if activations is not None:
-            raise ValueError("activations are for a given run_dir; the embedded default computes its own held-out "
-                             "activations (pass run_dir=<out>/seeds to analyse its seeds on other activations)")
+        if activations is not None or model is not None:
+            raise ValueError(f"{'activations are' if model is None else 'model is'} for a given run_dir; the embedded "
+                             "default computes its own held-out activations (pass run_dir=<out>/seeds to analyse its "
+                             "seeds on others)")
         step("train")
         run_dir, held, info = train_embedded_default(out, embedded, progress=progress)
         seed_names = [f"seed{s}" for s in range((embedded or EmbeddedDefault()).num_seeds)]
@@ -461,15 +524,32 @@ def study(
             refit_activations = out / "activations"
         embedded_layer = (embedded or EmbeddedDefault()).layer
         results["source"] = {"kind": "embedded default (MiniLM all-MiniLM-L6-v2 layer 3, Shakespeare)", **info}
+        from .analysis.splice import MINILM_NO_LM_LOSS
+
+        why_no_lm = MINILM_NO_LM_LOSS
         done("train")
+        names, saes = _load_saes(run_dir, hookpoint, seed_names)
     else:
-        if activations is None:
-            raise ValueError("activations (held-out activations of the same hook point) are required with run_dir")
-        held = _as_heldout(activations, cfg.max_eval_tokens)
+        if activations is None and model is None:
+            raise ValueError("activations (held-out activations of the same hook point) or the model they come from "
+                             "are required with run_dir")
         results["source"] = {"kind": "given run", "run_dir": str(run_dir)}
+        names, saes = _load_saes(run_dir, hookpoint, seed_names)
+        held = None if activations is None else _as_heldout(activations, cfg.max_eval_tokens)
+        why_no_lm = "no model given (sae-fast study RUN_DIR --model PATH: a causal LM gives the next-token loss)"
+        if model is not None:
+            step("model")
+            src, why_no_lm = open_study_model(model, saes[0].d_in)
+            results["source"].update({"model": src.model_name, "hook": src.hook.name, "max_length": src.max_length})
+            model_held = _heldout_from_source(src, cfg.max_eval_tokens)
+            if held is None:
+                held = model_held
+            elif held.tokens is None:  # snippets from the model's own activations of the same hook point
+                snip_held = model_held
+                results["source"]["snippet_tokens"] = int(model_held.x.shape[0])
+            done("model")
     held = _as_heldout(held, cfg.max_eval_tokens)
     x = mask_mod.check_activations(held.x, "activations").float()
-    names, saes = _load_saes(run_dir, hookpoint, seed_names)
     S = len(saes)
     d = saes[0].d_in
     if x.shape[1] != d:
@@ -516,17 +596,24 @@ def study(
     results["frequency"] = {"anchor": freq_mod.compare_groups(freqs[a0], labels[a0]), "k_over_F": k_over_f,
                             "k_over_F_percent": 100 * k_over_f}
     snippets: dict[str, Any] = {}
-    if held.tokens is not None and held.where is not None:
+    sn = held if held.tokens is not None and held.where is not None else snip_held
+    if sn is not None and sn.tokens is not None and sn.where is not None:
+        x_sn = x if sn is held else mask_mod.check_activations(sn.x, "the model's activations").float()
         chosen = freq_mod.sample_latents(labels[a0], freqs[a0], cfg.snippet_latents, seed=cfg.seed)
         for group, lats in chosen.items():
-            rows, vals = freq_mod.top_activations(saes[a0], x, lats, n_top=cfg.snippet_top, batch_size=cfg.batch_size)
+            rows, vals = freq_mod.top_activations(saes[a0], x_sn, lats, n_top=cfg.snippet_top,
+                                                  batch_size=cfg.batch_size)
             snippets[group] = [
                 {"latent": int(lat), "p_hat": float(p_hat[a0, lat]), "freq": float(freqs[a0][lat]),
-                 "examples": [{"activation": float(v), "text": freq_mod.snippet(held.tokens[held.where[r, 0]],
-                                                                                 int(held.where[r, 1]))}
+                 "examples": [{"activation": float(v), "text": freq_mod.snippet(sn.tokens[sn.where[r, 0]],
+                                                                                 int(sn.where[r, 1]))}
                               for r, v in zip(rows[i], vals[i]) if r >= 0]}
                 for i, lat in enumerate(lats)
             ]
+    else:
+        results["snippets_skipped"] = ("the held-out activations come without their tokens (an array or file); "
+                                       "pass the model they come from (--model, with --layer or --module) for "
+                                       "top-activating snippets")
     (out / "snippets.json").write_text(json.dumps(snippets, indent=1))
     results["snippets_file"] = "snippets.json" if snippets else None
     done("frequency")
@@ -541,9 +628,22 @@ def study(
         from .activations import load_embedded_model
         from .analysis.splice import splice_study
 
-        model, tokenizer = load_embedded_model("cpu", (embedded or EmbeddedDefault()).model_path)
-        results["splice"] = splice_study(model, tokenizer, held.texts[: cfg.splice_texts], embedded_layer,
+        minilm, tokenizer = load_embedded_model("cpu", (embedded or EmbeddedDefault()).model_path)
+        results["splice"] = splice_study(minilm, tokenizer, held.texts[: cfg.splice_texts], embedded_layer,
                                          saes[a0], labels[a0], ratio=cfg.ratio, seed=cfg.seed)
+    if src is not None and cfg.splice_texts > 0:
+        from .analysis.splice import lm_loss_study, splice_study
+
+        texts = src.texts[: cfg.splice_texts]
+        if why_no_lm is None:
+            results["lm_loss"] = {"model": src.model_name, **lm_loss_study(
+                src.model, src.tokenizer, texts, saes[a0], labels[a0], layer=src.hook.layer, module=src.hook.module,
+                ratio=cfg.ratio, seed=cfg.seed, max_length=src.max_length, progress=progress)}
+        elif model is not None and model.path == "embedded" and src.hook.layer:
+            results["splice"] = splice_study(src.model, src.tokenizer, texts, src.hook.layer, saes[a0], labels[a0],
+                                             ratio=cfg.ratio, seed=cfg.seed)
+    if "lm_loss" not in results:
+        results["lm_loss"] = {"skipped": why_no_lm if cfg.splice_texts > 0 else "splice_texts = 0"}
     done("masking")
 
     # 4. effective rank -------------------------------------------------------------------------------------------

@@ -307,15 +307,10 @@ def test_texts_without_real_tokens_raise_instead_of_hanging(tiny_bert) -> None:
 def test_gpt2_style_tokenizer_without_a_pad_token(tmp_path: Path) -> None:
     """A tiny GPT-2 built offline (WordLevel tokenizer, no pad token): padded with EOS; the tokenizer is left as is."""
     pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
+    from .analysis._tiny_lm import tiny_gpt2, tiny_tokenizer
 
-    words = ["<|endoftext|>", "[UNK]", "to", "be", "or", "not", "the", "question"]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", unk_token="[UNK]")
-    torch.manual_seed(0)
-    model = GPT2Model(GPT2Config(vocab_size=len(words), n_embd=16, n_layer=2, n_head=2, n_positions=32)).eval()
+    tokenizer = tiny_tokenizer()
+    model = tiny_gpt2(lm_head=False, n_embd=16)
     texts = ["to be or not to be", "the question"]
     src = ModelSource(model, tokenizer, texts, layer=1)
     assert tokenizer.pad_token is None and src.tokenizer.pad_token == "<|endoftext|>"

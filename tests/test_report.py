@@ -65,3 +65,24 @@ def test_candidate_rows_follow_the_anchor_and_list_top_candidates(tmp_path):
     assert "| 1 | 3, 5, 9 | 2 | 1 | 0.9 | 0.3 | 0.02 | `candidates.candidates.0` |" in md
     assert "Haar null" in md and "subset null" in md
     assert "(% of tokens) | 0.44 |" in md and "n (stable)" not in md
+
+
+def test_lm_loss_table_or_the_reason_it_is_absent(tmp_path):
+    res = _results()
+    res["lm_loss"] = {"model": "tiny-gpt2", "hook": "layers.1", "num_texts": 4, "num_tokens": 40, "clean": 1.5,
+                      "masks": {name: {"name": name, "size": size, "loss": loss, "delta_vs_clean": loss - 1.5,
+                                       "delta_vs_recon": loss - 1.75}
+                                for name, size, loss in (("none", 0, 1.75), ("stable", 4, 2.5),
+                                                         ("unstable", 8, 1.875))}}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    md = write_report(tmp_path)["markdown"].read_text()
+    assert "Next-token loss of tiny-gpt2" in md and "| clean loss (no splice) | 1.5 | `lm_loss.clean` |" in md
+    assert "| stable | 4 | 2.5 | 1 | 0.75 | `lm_loss.masks.stable` |" in md
+    assert "| none | 0 | 1.75 | 0.25 | 0 | `lm_loss.masks.none` |" in md
+    res["lm_loss"] = {"skipped": "the model is not a causal LM"}
+    res["snippets_skipped"] = "no tokens"
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    md = write_report(tmp_path)["markdown"].read_text()
+    assert "not computed — the model is not a causal LM." in md
+    assert "Top-activating snippets: not computed — no tokens" in md
+    assert "lm_loss.masks" not in md

@@ -14,20 +14,20 @@ from sae_fast.sae import TopKSAE
 D, F, K, SHARED = 16, 24, 4, 12
 
 
-def _run_dir(tmp_path, num_seeds: int = 4):
+def _run_dir(tmp_path, num_seeds: int = 4, d: int = D):
     """Seeds sharing 12 decoder (and encoder) directions, the rest random; sparsify and SAELens layouts mixed."""
     rng = np.random.default_rng(0)
-    common = rng.standard_normal((SHARED, D))
+    common = rng.standard_normal((SHARED, d))
     for s in range(num_seeds):
-        rows = np.concatenate([common + 0.02 * rng.standard_normal((SHARED, D)), rng.standard_normal((F - SHARED, D))])
+        rows = np.concatenate([common + 0.02 * rng.standard_normal((SHARED, d)), rng.standard_normal((F - SHARED, d))])
         rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-        sae = TopKSAE(D, F, K, seed=s)
+        sae = TopKSAE(d, F, K, seed=s)
         with torch.no_grad():
             sae.W_dec.copy_(torch.as_tensor(rows, dtype=torch.float32))
             sae.W_enc.copy_(torch.as_tensor(rows, dtype=torch.float32))
         save_sae(sae, tmp_path / "run" / f"seed{s}", format="saelens" if s == 1 else "sparsify")
     (tmp_path / "run" / "checkpoints" / "step_1" / "seed0").mkdir(parents=True)  # trainer leftovers are ignored
-    x = torch.as_tensor(rng.standard_normal((3000, D)), dtype=torch.float32)
+    x = torch.as_tensor(rng.standard_normal((3000, d)), dtype=torch.float32)
     return tmp_path / "run", x
 
 
@@ -71,6 +71,9 @@ def test_study_on_saved_seeds_writes_traceable_report(tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text()) == res
     _check_traceable(out, res)
     md = (out / "report.md").read_text()
+    # no tokens, no model: both absences are stated, not left silent
+    assert "Top-activating snippets: not computed" in md and res["snippets_file"] is None
+    assert res["lm_loss"]["skipped"].startswith("no model given") and "not computed — no model given" in md
     with np.load(out / "arrays.npz") as z:
         np.testing.assert_array_equal(z["p_hat"].shape, (4, F))
         cid, cscore = z["candidate_id"], z["candidate_score"]
@@ -215,3 +218,67 @@ def test_study_on_sparsify_hookpoint_layout_without_refit(tmp_path):
     assert pool["single"][0]["ev"] == pytest.approx(res["masking"]["ev_full"], abs=1e-6)  # all rows, not half
     assert "encoder refit" not in (out / "report.md").read_text()
     _check_traceable(out, res)
+
+
+# --- a given run with its language model (--model) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_lms(tmp_path_factory):
+    """A tiny GPT-2 (d = 32) saved twice, with and without its LM head, and a file of 60 held-out texts."""
+    pytest.importorskip("transformers")
+    from .analysis._tiny_lm import WORDS, save_tiny_gpt2
+
+    base = tmp_path_factory.mktemp("lms")
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS[2:], rng.integers(6, 12))) for _ in range(60)]
+    (base / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return save_tiny_gpt2(base / "causal", train_steps=20), save_tiny_gpt2(base / "base", lm_head=False), texts
+
+
+def test_cli_study_with_a_causal_lm_reports_the_spliced_next_token_loss(tmp_path, tiny_lms, capsys, one_torch_thread):
+    from sae_fast.cli import main
+
+    causal, _, _ = tiny_lms
+    run, _ = _run_dir(tmp_path, num_seeds=3, d=32)
+    out = tmp_path / "s"
+    rc = main(["study", str(run), "--model", str(causal), "--layer", "1", "--texts", str(causal.parent / "texts.txt"),
+               "--out", str(out), "--no-synthetic", "--no-progress", "--ranks", "2", "--refit-steps", "0",
+               "--finetune-steps", "0", "--splice-texts", "16"])
+    assert rc == 0 and "next-token loss: clean" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    lm = res["lm_loss"]
+    assert lm["hook"] == "layers.1" and lm["num_texts"] == 16 and lm["model"] == str(causal)
+    assert {"none", "stable", "unstable", "random_like_stable", "random_like_unstable"} <= set(lm["masks"])
+    none = lm["masks"]["none"]
+    assert none["delta_vs_clean"] == pytest.approx(none["loss"] - lm["clean"]) and none["delta_vs_recon"] == 0
+    assert res["source"]["hook"] == "layers.1" and res["source"]["eval_tokens"] > 400  # computed from the model
+    assert res["snippets_file"] == "snippets.json" and json.loads((out / "snippets.json").read_text())
+    md = (out / "report.md").read_text()
+    assert "`lm_loss.clean`" in md and "`lm_loss.masks.stable`" in md and "Δ vs clean [delta_vs_clean]" in md
+    assert "Top-activating snippets (snippets.json)" in md
+    _check_traceable(out, res)
+    with pytest.raises(SystemExit, match="--layer L or --module"):
+        main(["study", str(run), "--model", str(causal), "--out", str(tmp_path / "t")])
+    with pytest.raises(SystemExit, match="need RUN_DIR"):
+        main(["study", "--model", str(causal), "--out", str(tmp_path / "t")])
+
+
+def test_study_with_a_model_without_lm_head_says_why_and_still_shows_snippets(tmp_path, tiny_lms, one_torch_thread):
+    from sae_fast import study
+    from sae_fast.seed_study import StudyConfig, StudyModel
+
+    causal, base, texts = tiny_lms
+    run, x = _run_dir(tmp_path, num_seeds=3, d=32)
+    out = tmp_path / "s"
+    cfg = StudyConfig(ranks=(2,), n_random=1, refit_steps=0, finetune_steps=0)
+    res = study(run, activations=x[:500], model=StudyModel(str(base), module="h.0", texts=texts), out_dir=out,
+                synthetic=False, progress=False, config=cfg)
+    assert "not a causal LM" in res["lm_loss"]["skipped"] and "GPT2Model" in res["lm_loss"]["skipped"]
+    assert res["source"]["eval_tokens"] == 500 and res["source"]["snippet_tokens"] > 400  # rows from --activations
+    assert res["snippets_file"] == "snippets.json" and "snippets_skipped" not in res
+    md = (out / "report.md").read_text()
+    assert "not computed — the model is not a causal LM" in md and "Top-activating snippets (snippets.json)" in md
+    run16, _ = _run_dir(tmp_path / "narrow", num_seeds=2)
+    with pytest.raises(ValueError, match=r"gives d=32 at hook point layers\.1 but the SAEs have d_in=16"):
+        study(run16, model=StudyModel(str(causal), layer=1, texts=texts), out_dir=out, synthetic=False, progress=False)

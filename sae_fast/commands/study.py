@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 NAME = "study"
 HELP = ("Seed-dependence study: stability, masking EV, frequency, geometry, candidate subspaces, pooling, "
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of trained seeds (sae_fast, sparsify or SAELens layout); omit to train the "
                              "embedded default")
     parser.add_argument("--activations", default=None,
-                        help="held-out activations for RUN_DIR: an activation cache folder, .npy or .safetensors")
+                        help="held-out activations for RUN_DIR: an activation cache folder, .npy or .safetensors "
+                             "(default with --model: computed from the model over --texts)")
     parser.add_argument("--refit-activations", default=None,
                         help="training activations for RUN_DIR (same forms) used by the pooled SAEs' encoder refit; "
                              "default: half of the held-out ones (the embedded default uses its training cache)")
@@ -32,6 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hookpoint", default=None, help="hookpoint subfolder when RUN_DIR holds several")
     parser.add_argument("--no-synthetic", action="store_true", help="skip the synthetic ground-truth experiment")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    lm = parser.add_argument_group("the model of RUN_DIR (held-out activations, snippets, spliced LM loss)")
+    lm.add_argument("--model", default=None,
+                    help="Hugging Face model folder the seeds were trained on ('embedded': MiniLM), run on --device: "
+                         "held-out activations when --activations is not given, top-activating snippets, and for a "
+                         "causal LM the next-token loss with the (masked) reconstruction spliced in")
+    lm.add_argument("--texts", default=None,
+                    help="held-out texts for --model, one per line (default: the Shakespeare sentences after the "
+                         "embedded default's training sentences)")
+    lm.add_argument("--module", default=None,
+                    help="hook point of --model: the output of the module with this name (instead of --layer)")
+    lm.add_argument("--max-length", type=int, default=128, help="tokens per text for --model")
     group = parser.add_argument_group("analyses (StudyConfig)")
     for f in dataclasses.fields(StudyConfig):
         default = f.default
@@ -49,23 +62,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name == "extra":
             continue
         kind = float if f.name == "lr" else str if f.name in ("device", "model_path") else int
-        emb.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=docs.get(f.name, ""))
+        text = docs.get(f.name, "")
+        if f.name == "layer":  # shared with --model: the hook point of the given model
+            text = f"{text} (default {f.default}); with RUN_DIR --model: the hook point, the output of block L"
+        elif f.name == "device":
+            text = f"{text}; with RUN_DIR --model: the device that runs the model"
+        emb.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None if f.name == "layer" else f.default,
+                         help=text)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..seed_study import EmbeddedDefault, StudyConfig, study
+    from ..seed_study import EmbeddedDefault, StudyConfig, StudyModel, study
 
     cfg = StudyConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(StudyConfig)})
     emb = EmbeddedDefault(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EmbeddedDefault)
-                             if f.name != "extra"})
-    if args.run_dir is not None and args.activations is None:
-        raise SystemExit("sae-fast study: RUN_DIR needs --activations (held-out activations of the same hook point)")
+                             if f.name != "extra" and getattr(args, f.name) is not None})
+    given = [flag for flag, value in (("--model", args.model), ("--texts", args.texts), ("--module", args.module))
+             if value is not None]
+    model = None
+    if args.run_dir is None and given:
+        raise SystemExit(f"sae-fast study: {', '.join(given)} need RUN_DIR (the embedded default uses MiniLM)")
+    if args.run_dir is not None:
+        if args.activations is None and args.model is None:
+            raise SystemExit("sae-fast study: RUN_DIR needs --activations (held-out activations of the same hook "
+                             "point) or --model (the model they come from, with --layer or --module)")
+        if args.model is None and (args.texts or args.module):
+            raise SystemExit("sae-fast study: --texts and --module need --model")
+        if args.model is not None:
+            if (args.layer is None) == (args.module is None):
+                raise SystemExit("sae-fast study: --model needs exactly one of --layer L or --module NAME (the hook "
+                                 "point the seeds were trained on)")
+            texts = None
+            if args.texts:
+                texts = [t for t in Path(args.texts).read_text(encoding="utf-8").splitlines() if t.strip()]
+            model = StudyModel(args.model, layer=args.layer, module=args.module, texts=texts,
+                               max_length=args.max_length, device=args.device)
     t0 = time.perf_counter()
     res = study(args.run_dir, activations=args.activations, refit_activations=args.refit_activations,
-                out_dir=args.out, config=cfg, embedded=emb,
+                out_dir=args.out, config=cfg, embedded=emb, model=model,
                 synthetic=not args.no_synthetic, hookpoint=args.hookpoint, progress=not args.no_progress)
     st = res["stability"]["anchor"]
     print(f"seeds {res['source']['num_seeds']}, F {res['source']['num_latents']}: stable {st['share_stable']:.3f}, "
           f"unstable {st['share_unstable']:.3f}, EV {res['masking']['ev_full']:.4f}")
+    lm = res.get("lm_loss", {})
+    if "masks" in lm:
+        print(f"next-token loss: clean {lm['clean']:.4f}, reconstruction spliced in {lm['masks']['none']['loss']:.4f}")
     print(f"report: {args.out}/report.html  ({time.perf_counter() - t0:.0f} s)")
     return 0
