@@ -67,6 +67,8 @@ __all__ = ["TrainConfig", "Trainer", "field_docs", "train"]
 _STATE_FORMAT = "sae_fast.train/2"  # /2: SHA-256 of every file and of the state itself, the data source
 _LEGACY_FORMATS = ("sae_fast.train/1",)  # no checksums: still resumable
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CONSOLE_LINES_PER_RUN = 10  # per-seed console lines over a run when there is no progress bar (every log -> jsonl)
+
 # Optimizers: name -> base learning rate at 2**14 latents (scaled by 1/sqrt(num_latents / 2**14)).
 _BASE_LR = {"adam": 2e-4, "low_memory_adam": 2e-4, "signum": 5e-3}
 OPTIMIZERS = tuple(_BASE_LR)
@@ -396,6 +398,7 @@ class Trainer:
         self.states = [self._new_state(seed) for seed in self.local_seeds]
         self._wandb: Any = None
         self._wandb_id: str | None = None
+        self._console_step: int | None = None  # last step printed to the console (no progress bar)
         self._bar: Any = None
 
     # ------------------------------------------------------------------------------------------------------
@@ -628,7 +631,7 @@ class Trainer:
             self._bar.n = self.tokens_seen
             self._bar.set_postfix(fvu=f"{mean['fvu']:.4f}", l0=f"{mean['l0']:.1f}",
                                   dead=f"{100 * mean['dead_fraction']:.1f}%", tok_s=f"{tokens_per_s:,.0f}")
-        elif not self.cfg.progress:
+        elif not self.cfg.progress and self._console_due():
             for r in all_rows:
                 print(f"step {self.step}/{self.cfg.num_steps} seed {r['seed']}: fvu {r['fvu']:.4f}  L0 {r['l0']:.1f}  "
                       f"dead {100 * r['dead_fraction']:.1f}%  {tokens_per_s:,.0f} tok/s", flush=True)
@@ -637,6 +640,15 @@ class Trainer:
                        for k in ("fvu", "explained_variance", "l0", "dead_fraction", "auxk_loss")}
             payload["tokens_per_s"] = tokens_per_s
             self._wandb.log(payload, step=self.step)
+
+    def _console_due(self) -> bool:
+        """Without a progress bar, per-seed lines about ten times a run (and at its last step), not every log."""
+        every = max(1, math.ceil(self.cfg.num_steps / CONSOLE_LINES_PER_RUN))
+        last = self._console_step
+        if self.step < self.cfg.num_steps and last is not None and self.step - last < every:
+            return False
+        self._console_step = self.step
+        return True
 
     # ------------------------------------------------------------------------------------------------------
     def _sae_metadata(self, seed: int) -> dict[str, Any]:

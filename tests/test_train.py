@@ -494,6 +494,12 @@ def test_metrics_per_seed_reach_the_console_without_a_progress_bar(tmp_path: Pat
     train(TensorSource(_data(2000)), _cfg(tmp_path, seeds=[0, 7], batch_size=100, total_tokens=1000))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
     assert len(lines) == 4 and lines[-1].startswith("step 10/10 seed 7: fvu")
+    # logged every step (log.jsonl), printed about ten times a run and at the last step
+    train(TensorSource(_data(4000)), _cfg(tmp_path / "b", seeds=[0], batch_size=100, total_tokens=4000,
+                                          log_interval=1))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == [f"{s}/40" for s in (*range(1, 40, 4), 40)]
+    assert len((tmp_path / "b" / "run" / "log.jsonl").read_text().splitlines()) == 40
 
 
 def test_a_diverged_seed_stops_training_before_any_checkpoint_of_it(tmp_path: Path) -> None:
