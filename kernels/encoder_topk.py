@@ -494,9 +494,11 @@ def _dead_topk_chunked(
 
     x: (N, d), W: (F, d), b: (F,), dead_idx: (num_dead,) int64 ascending. Returns values (N, min(k_aux, num_dead))
     fp32 (descending; ties: lowest latent index) and their latent indices (int64). Each block's own top-k_aux is
-    taken first, then merged with the running best: beyond the (N, columns) fp32 block only (N, 2 k_aux) sets
-    are alive. The running best comes first in each merge and holds only lower latent indices than the block,
-    so "lowest position" among equal values is "lowest latent index", as in one selection over all dead latents.
+    taken first, then merged with the running best, so what outlives a block is (N, 2 k_aux). Peak memory is a
+    few times the block: the GEMM output, the ReLU'd copy, and the selection's temporaries (rows with fewer than
+    k_aux positive values, the common case among dead latents, take the tie-resolving path: ~4x the block).
+    The running best comes first in each merge and holds only lower latent indices than the block, so "lowest
+    position" among equal values is "lowest latent index", as in one selection over all dead latents.
     """
     best_v = best_i = None
     for lo in range(0, dead_idx.numel(), columns):
@@ -512,14 +514,6 @@ def _dead_topk_chunked(
         best_v, best_i = v, i
     assert best_v is not None and best_i is not None
     return best_v, best_i
-
-
-def _default_dead_buffer_bytes(device: torch.device) -> int:
-    """DEAD_BUFFER_MAX_BYTES, or a quarter of the free GPU memory where that is more."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(DEAD_BUFFER_MAX_BYTES, free // 4)
-    return DEAD_BUFFER_MAX_BYTES
 
 
 def encoder_topk(
@@ -552,9 +546,9 @@ def encoder_topk(
     `dead_store`: where the dead latents' pre-activations come from — "kernel" (stored by the GEMM kernel's
     epilogue), "gemm" (a separate cuBLAS GEMM over the dead latents only) or "auto" (the GEMM while at most
     1 / DEAD_GEMM_MAX_FRACTION of latents are dead); "cublas" copies them from its chunks. Unless "kernel" is
-    asked for, when the (N, num_dead) fp32 buffer would exceed `dead_buffer_bytes` (default: 1 GiB, or a quarter
-    of the free GPU memory where that is more) the dead latents are instead scanned after the top-k by GEMMs
-    over blocks of them with a running top-k_aux merge (bounded memory, same result).
+    asked for, when the (N, num_dead) fp32 buffer would exceed `dead_buffer_bytes` (default DEAD_BUFFER_MAX_BYTES,
+    1 GiB) the dead latents are instead scanned after the top-k by GEMMs over blocks of them with a running
+    top-k_aux merge (same result; memory bounded by a few times the cap, see `_dead_topk_chunked`).
     Returns values (N, k) fp32 (descending; ties: lowest index), indices (N, k) int64, and, with a dead
     mask, aux_values / aux_indices (N, min(k_aux, num_dead)) (fp32 / int64 latent indices), else None. Both
     selections are made on fp32 values.
@@ -586,7 +580,7 @@ def encoder_topk(
         dead_idx = torch.nonzero(dead_mask, as_tuple=False).squeeze(1)
         num_dead = int(dead_idx.numel())
         if dead_buffer_bytes is None:
-            dead_buffer_bytes = _default_dead_buffer_bytes(device)
+            dead_buffer_bytes = DEAD_BUFFER_MAX_BYTES
         if dead_buffer_bytes < 4 * max(n, 1):
             raise ValueError(
                 f"dead_buffer_bytes must hold at least one fp32 column of {n} rows, got {dead_buffer_bytes}"

@@ -635,6 +635,12 @@ def study(
         from .analysis.splice import lm_loss_study, splice_study
 
         texts = src.texts[: cfg.splice_texts]
+        if src.hook.module is None and not src.hook.layer:  # layer 0: the embeddings are no block's output
+            why_no_lm = ("the hook point is the embeddings (layer 0), which cannot be spliced: pass --layer >= 1 "
+                         "or --module")
+        elif why_no_lm is not None and model is not None and model.path == "embedded" and not src.hook.layer:
+            why_no_lm = ("all-MiniLM-L6-v2 has no LM head, and the embedding distortion is computed for a --layer "
+                         "hook point only, not for --module")
         if why_no_lm is None:
             results["lm_loss"] = {"model": src.model_name, **lm_loss_study(
                 src.model, src.tokenizer, texts, saes[a0], labels[a0], layer=src.hook.layer, module=src.hook.module,

@@ -242,8 +242,9 @@ def _sha256_file(path: Path) -> str:
 
 def _diverged(seeds: list[int], step: int) -> FloatingPointError:
     return FloatingPointError(
-        f"training diverged: seed(s) {seeds} have non-finite losses or weights at step {step} (lower the lr, or "
-        "check the activations); the last checkpoint, if any, was written before and can be resumed"
+        f"training diverged: seed(s) {seeds} have non-finite losses or weights at step {step}; no checkpoint was "
+        "written after it. Check the activations, or start a new run with a lower lr (a resume replays the same "
+        "steps with the same settings)"
     )
 
 
@@ -727,7 +728,8 @@ class Trainer:
         return json.loads(json.dumps({**state, "sha256": _state_digest(state)}))
 
     def save_final(self) -> None:
-        """Write each seed's SAE to ``output_dir/seed<s>`` (sparsify layout)."""
+        """Write each seed's SAE to ``output_dir/seed<s>`` (sparsify layout); FloatingPointError if one diverged."""
+        self._check_finite_state()
         if self._owns_files():
             for st in self.states:
                 save_sae(st.sae, self.output_dir / f"seed{st.seed}", metadata=self._sae_metadata(st.seed))

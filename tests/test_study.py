@@ -279,6 +279,10 @@ def test_study_with_a_model_without_lm_head_says_why_and_still_shows_snippets(tm
     assert res["snippets_file"] == "snippets.json" and "snippets_skipped" not in res
     md = (out / "report.md").read_text()
     assert "not computed — the model is not a causal LM" in md and "Top-activating snippets (snippets.json)" in md
+    # a causal LM hooked at the embeddings (layer 0) cannot be spliced: the reason, not a crash after the analyses
+    res = study(run, activations=x[:500], model=StudyModel(str(causal), layer=0, texts=texts), out_dir=tmp_path / "e",
+                synthetic=False, progress=False, config=cfg)
+    assert "embeddings (layer 0)" in res["lm_loss"]["skipped"] and (tmp_path / "e" / "results.json").is_file()
     run16, _ = _run_dir(tmp_path / "narrow", num_seeds=2)
     with pytest.raises(ValueError, match=r"gives d=32 at hook point layers\.1 but the SAEs have d_in=16"):
         study(run16, model=StudyModel(str(causal), layer=1, texts=texts), out_dir=out, synthetic=False, progress=False)

@@ -513,6 +513,12 @@ def test_a_diverged_seed_stops_training_before_any_checkpoint_of_it(tmp_path: Pa
     with pytest.raises(FloatingPointError, match=r"seed\(s\) \[1\]"):
         Trainer(TensorSource(_data()), cfg).fit(on_step=poison)
     assert not list((tmp_path / "run" / "checkpoints").glob("step_*"))
+    trainer = Trainer(TensorSource(_data()), _cfg(tmp_path / "c"))
+    with torch.no_grad():
+        trainer.states[0].sae.b_dec[0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"seed\(s\) \[0\]"):
+        trainer.save_final()
+    assert not (tmp_path / "c" / "run" / "seed0").exists()
 
     def poison_loss(t: Trainer) -> None:
         if t.step == 3:

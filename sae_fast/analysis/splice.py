@@ -103,10 +103,13 @@ def _spliced(model: torch.nn.Module, hook: HookPoint, sae: Any, masks: dict[str,
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     handle = module.register_forward_hook(replace)
+    was_training = model.training
+    model.eval()  # no dropout: every loss (the clean one included) is deterministic
     try:
         yield state
     finally:
         handle.remove()
+        model.train(was_training)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
