@@ -175,7 +175,10 @@ def _heldout_from_source(src: Any, max_tokens: int) -> HeldOut:
     """Activations of a ModelSource over its texts (first texts first, kept on the CPU) with the (text, position)
     of every row, up to ``max_tokens`` rows."""
     xs, tokens, where = [], [], []
-    for batch in src._text_batches(list(range(len(src.texts)))):
+    size = src.text_batch_size
+    # texts in their own order (not sorted by length like the training pass): a cut at max_tokens keeps the
+    # first texts, not the shortest of a group
+    for batch in (src.texts[b:b + size] for b in range(0, len(src.texts), size)):
         acts = src._activations_of(batch).cpu()
         enc = src.tokenizer(list(batch), padding=True, truncation=True, max_length=src.max_length,
                             return_special_tokens_mask=True)
