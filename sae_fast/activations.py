@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import fsync_dir
+from .checkpoint import atomic_write, atomic_write_json
 
 MANIFEST = "manifest.json"
 _SPEC = "cache_spec.json"
@@ -253,35 +253,11 @@ class CachedSource(_FiniteSource):
         return {**super().fingerprint(), "manifest_sha256": manifest}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 def _write_shard(path: Path, rows: torch.Tensor, dtype: str) -> None:
     """Write one shard atomically: a complete .npy file appears under its name, or nothing does."""
     tensor = rows.detach().to("cpu", _DTYPES[dtype]).contiguous()
     array = tensor.view(torch.uint16).numpy() if dtype == "bfloat16" else tensor.numpy()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def _remove_stale_temp_files(path: Path) -> None:
@@ -292,7 +268,7 @@ def _remove_stale_temp_files(path: Path) -> None:
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    _atomic_write_bytes(path / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write_json(path / MANIFEST, manifest)
 
 
 def save_tensor_cache(activations: torch.Tensor, path: str | os.PathLike[str], *, dtype: str | torch.dtype = "float32",
@@ -582,7 +558,7 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_files(out)
     if not (out / _SPEC).is_file():
-        _atomic_write_bytes(out / _SPEC, (json.dumps(spec, indent=2) + "\n").encode())
+        atomic_write_json(out / _SPEC, spec)
 
     from tqdm.auto import tqdm
 

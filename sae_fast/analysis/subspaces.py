@@ -44,6 +44,16 @@ def _pair_stats(bases: list[np.ndarray], grams: list[np.ndarray]) -> dict:
     }
 
 
+def _seed_decoders(decoders: list[ArrayLike], sets: list[ArrayLike]) -> list[np.ndarray]:
+    """The checked decoders of at least 2 seeds, with one index set per seed in ``sets``."""
+    decs = check_decoders(decoders)
+    if len(decs) < 2:
+        raise ValueError("need at least 2 seeds")
+    if len(sets) != len(decs):
+        raise ValueError(f"sets must hold one index set per seed ({len(decs)}), got {len(sets)}")
+    return decs
+
+
 def cross_seed_subspaces(
     decoders: list[ArrayLike],
     sets: list[ArrayLike],
@@ -60,12 +70,8 @@ def cross_seed_subspaces(
     "haar", <reference names>}}}`` where each entry holds mean cos², largest angle and (except "haar")
     energy, averaged over seed pairs (and over ``n_random`` draws for random subsets).
     """
-    decs = check_decoders(decoders)
+    decs = _seed_decoders(decoders, sets)
     S = len(decs)
-    if S < 2:
-        raise ValueError("need at least 2 seeds")
-    if len(sets) != S:
-        raise ValueError(f"sets must hold one index set per seed ({S}), got {len(sets)}")
     d = decs[0].shape[1]
     rows = [decs[s][index_array(sets[s], len(decs[s]), f"sets[{s}]")] for s in range(S)]
     refs = {name: [decs[s][index_array(v[s], len(decs[s]), f"{name}[{s}]")] for s in range(S)]
@@ -127,12 +133,8 @@ def matched_cross_seed_subspaces(
     "z_mean_cos2", "z_energy"}}}``: means over draws, ``*_spread`` the std over draws (ddof 1), and
     ``z = (set − random) / sqrt(spread_set² + spread_random²)`` (NaN with a single draw).
     """
-    decs = check_decoders(decoders)
+    decs = _seed_decoders(decoders, sets)
     S = len(decs)
-    if S < 2:
-        raise ValueError("need at least 2 seeds")
-    if len(sets) != S:
-        raise ValueError(f"sets must hold one index set per seed ({S}), got {len(sets)}")
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
     d = decs[0].shape[1]

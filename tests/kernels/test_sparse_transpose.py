@@ -8,6 +8,15 @@ from sae_fast import reference
 from tests.kernels._tolerances import SUMS
 
 
+def _matches_reference(indices: torch.Tensor, weights: torch.Tensor, dense: torch.Tensor, f: int):
+    """The kernel's (F, d) product and column sums, checked against the reference; returns both."""
+    out, colsum = sparse_transpose_matmul(indices, weights, dense, f, with_colsum=True)
+    expected = reference.sparse_transpose_matmul(indices, weights, dense, f)
+    torch.testing.assert_close(out, expected, **SUMS[torch.float32]())
+    torch.testing.assert_close(colsum, torch.zeros(f).index_add_(0, indices.reshape(-1), weights.reshape(-1)))
+    return out, colsum
+
+
 def test_hot_and_unused_latents() -> None:
     g = torch.Generator().manual_seed(0)
     n, k, d, f = 130, 3, 100, 40
@@ -16,10 +25,7 @@ def test_hot_and_unused_latents() -> None:
     indices[indices == 11] = 12  # latent 11 never fires
     weights = torch.randn(n, k, generator=g)
     dense = torch.randn(n, d, generator=g)
-    out, colsum = sparse_transpose_matmul(indices, weights, dense, f, with_colsum=True)
-    expected = reference.sparse_transpose_matmul(indices, weights, dense, f)
-    torch.testing.assert_close(out, expected, **SUMS[torch.float32]())
-    torch.testing.assert_close(colsum, torch.zeros(f).index_add_(0, indices.reshape(-1), weights.reshape(-1)))
+    out, colsum = _matches_reference(indices, weights, dense, f)
     assert out[11].abs().sum() == 0 and colsum[11] == 0
     again, _ = sparse_transpose_matmul(indices, weights, dense, f, csr=latent_csr(indices, f))
     assert torch.equal(out, again)  # fixed summation order: bitwise reproducible
@@ -40,10 +46,7 @@ def test_small_and_empty_batches(n: int, k: int) -> None:
     indices = torch.randint(0, f, (n, k), generator=g)
     weights = torch.randn(n, k, generator=g)
     dense = torch.randn(n, d, generator=g)
-    out, colsum = sparse_transpose_matmul(indices, weights, dense, f, with_colsum=True)
-    expected = reference.sparse_transpose_matmul(indices, weights, dense, f)
-    torch.testing.assert_close(out, expected, **SUMS[torch.float32]())
-    torch.testing.assert_close(colsum, torch.zeros(f).index_add_(0, indices.reshape(-1), weights.reshape(-1)))
+    _matches_reference(indices, weights, dense, f)
 
 
 def test_rejects_out_of_range_indices() -> None:
