@@ -675,11 +675,6 @@ def choose_backend(backend: str, device: torch.device, index_given: bool,
                      "with sampled recall@1")
 
 
-def pick_backend(backend: str, device: torch.device, index_given: bool, flop: float | None = None) -> str:
-    """The backend of :func:`choose_backend` without the reason."""
-    return choose_backend(backend, device, index_given, flop)[0]
-
-
 def _dims(x: ArrayLike) -> tuple[int, int] | None:
     """(F, d) of a 2-D array/tensor, else None (the checks come later)."""
     shape = getattr(x, "shape", None)

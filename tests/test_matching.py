@@ -181,7 +181,7 @@ def test_auto_picks_ivf_above_the_size_threshold(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(matching, "AUTO_FAISS_MIN_FLOP", 1.0)
     m = match(a, b, device="cpu")
     assert m.info["picked"] == "exact" and "not installed" in m.info["picked_reason"]
-    assert matching.pick_backend("auto", torch.device("cuda"), False, 1e20) == "exact"
+    assert matching.choose_backend("auto", torch.device("cuda"), False, 1e20)[0] == "exact"
 
 
 def test_package_function_survives_module_import() -> None:

@@ -11,3 +11,18 @@ def print_summary(summary: dict[str, Any], as_json: bool, width: int = 12) -> No
         return
     for key, val in summary.items():
         print(f"{key:>{width}}: {val}")
+
+
+def set_threads(threads: int) -> None:
+    """``threads`` > 0: that many torch and (if installed) faiss CPU threads; else leave the defaults."""
+    if threads <= 0:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except ImportError:
+        pass

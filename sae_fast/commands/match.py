@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import print_summary
+from . import print_summary, set_threads
 
 NAME = "match"
 HELP = "Match the features of two dictionaries (SAE folders, .safetensors with W_dec, or .npy of shape (F, d))."
@@ -50,14 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..matching import match, recall_at_1
     from ..stability import load_decoder
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-        try:
-            import faiss
-
-            faiss.omp_set_num_threads(args.threads)
-        except ImportError:
-            pass
+    set_threads(args.threads)
     a, b = load_decoder(args.a, args.key), load_decoder(args.b, args.key)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import print_summary
+from . import print_summary, set_threads
 
 NAME = "stability"
 HELP = "Stability scores p_hat of every feature across the seeds saved under DIR (one SAE folder per seed)."
@@ -63,14 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..stability import stability_scores
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-        try:
-            import faiss
-
-            faiss.omp_set_num_threads(args.threads)
-        except ImportError:
-            pass
+    set_threads(args.threads)
     out = None if args.no_save else (args.out or str(Path(args.dir) / "stability"))
     kwargs = {}
     if args.dtype:
