@@ -234,8 +234,10 @@ def encode(
         topk = reference.topk_lowest_index if _backend == "reference" else _topk_without_sort
         out = EncodeOutput(*reference.encode_topk(x, W_enc, b_enc, k, dead_mask, k_aux, topk=topk))
     if check_finite:
-        selected = out.values if out.aux_values is None else torch.cat([out.values, out.aux_values], 1)
-        if selected.numel() and not bool(torch.isfinite(selected).all()):
+        finite = torch.isfinite(out.values).all()
+        if out.aux_values is not None:  # one host sync for both, without copying them together
+            finite = finite & torch.isfinite(out.aux_values).all()
+        if not bool(finite):
             _check_finite("W_enc", W_enc)
             raise ValueError("the encoder's pre-activations overflowed to inf (inputs finite, values too large)")
     return out

@@ -297,9 +297,7 @@ def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = 
     for key, label in (("effective_rank", "ER"), ("effective_rank_pr", "participation ratio")):
         block = results.get(key, {})
         for name in [*block.get("sets", {}), "random"]:
-            path = f"{key}.sets.{name}" if name != "random" else f"{key}.random"
-            if _get(results, path) is None:
-                continue
+            path = f"{key}.sets.{name}" if name != "random" else f"{key}.random"  # missing paths: _table drops them
             what = name if name != "random" else "random latents, same n"
             er_rows += [(f"{label}/d {what}", f"{path}.er_over_d_mean"),
                         (f"{label}/min(n, d) {what} (mean)", f"{path}.er_over_min_nd_mean"),

@@ -426,9 +426,10 @@ def synthetic_section(num_seeds: int = 4, steps: int = 800, seed: int = 0, progr
     labels = [split_labels(p) for p in anchor_scores(decoders).p_hat]
     nonstable = [lab != STABLE for lab in labels]
     batch = model.sample(8192, seed=seed + 2)
-    fires = [_fires(s, batch.x, 4096) for s in saes]
+    codes = [_dense_codes(s, batch.x, 4096) for s in saes]  # encoded once: firing is where a code is positive
+    fires = [(c > 0).numpy() for c in codes]
     # per-latent activations against the isolated features' codes (Hungarian-matched mean correlation)
-    mcc = [activation_mcc(batch.isolated_codes, _dense_codes(s, batch.x, 4096))["mcc"] for s in saes]
+    mcc = [activation_mcc(batch.isolated_codes, c)["mcc"] for c in codes]
     res["isolated_mcc"] = float(np.mean(mcc))
     res["isolated_mcc_per_seed"] = mcc
     # no ground-truth assignment: the top span of each seed's live non-stable latents against the group subspaces
@@ -544,12 +545,11 @@ def study(
             step("model")
             src, why_no_lm = open_study_model(model, saes[0].d_in)
             results["source"].update({"model": src.model_name, "hook": src.hook.name, "max_length": src.max_length})
-            model_held = _heldout_from_source(src, cfg.max_eval_tokens)
             if held is None:
-                held = model_held
+                held = _heldout_from_source(src, cfg.max_eval_tokens)
             elif held.tokens is None:  # snippets from the model's own activations of the same hook point
-                snip_held = model_held
-                results["source"]["snippet_tokens"] = int(model_held.x.shape[0])
+                snip_held = _heldout_from_source(src, cfg.max_eval_tokens)
+                results["source"]["snippet_tokens"] = int(snip_held.x.shape[0])
             done("model")
     held = _as_heldout(held, cfg.max_eval_tokens)
     x = mask_mod.check_activations(held.x, "activations").float()
@@ -637,20 +637,22 @@ def study(
     if src is not None and cfg.splice_texts > 0:
         from .analysis.splice import lm_loss_study, splice_study
 
+        assert model is not None  # src is the given model's
         texts = src.texts[: cfg.splice_texts]
         if src.hook.module is None and not src.hook.layer:  # layer 0: the embeddings are no block's output
             why_no_lm = ("the hook point is the embeddings (layer 0), which cannot be spliced: pass --layer >= 1 "
                          "or --module")
-        elif why_no_lm is not None and model is not None and model.path == "embedded" and not src.hook.layer:
-            why_no_lm = ("all-MiniLM-L6-v2 has no LM head, and the embedding distortion is computed for a --layer "
-                         "hook point only, not for --module")
-        if why_no_lm is None:
+        elif model.path == "embedded":  # no LM head (why_no_lm says so): the embedding distortion instead
+            if src.hook.layer:
+                results["splice"] = splice_study(src.model, src.tokenizer, texts, src.hook.layer, saes[a0],
+                                                 labels[a0], ratio=cfg.ratio, seed=cfg.seed)
+            else:
+                why_no_lm = ("all-MiniLM-L6-v2 has no LM head, and the embedding distortion is computed for a "
+                             "--layer hook point only, not for --module")
+        elif why_no_lm is None:
             results["lm_loss"] = {"model": src.model_name, **lm_loss_study(
                 src.model, src.tokenizer, texts, saes[a0], labels[a0], layer=src.hook.layer, module=src.hook.module,
                 ratio=cfg.ratio, seed=cfg.seed, max_length=src.max_length, progress=progress)}
-        elif model is not None and model.path == "embedded" and src.hook.layer:
-            results["splice"] = splice_study(src.model, src.tokenizer, texts, src.hook.layer, saes[a0], labels[a0],
-                                             ratio=cfg.ratio, seed=cfg.seed)
     if "lm_loss" not in results:
         results["lm_loss"] = {"skipped": why_no_lm if cfg.splice_texts > 0 else "splice_texts = 0"}
     done("masking")

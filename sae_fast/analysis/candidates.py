@@ -113,17 +113,23 @@ def candidate_basis(rows: np.ndarray, *, energy: float = 0.95, max_rank: int = 3
     return vt[:r].T.copy()
 
 
-def _random_subset(rng: np.random.Generator, F: int, members: np.ndarray, freq: ArrayLike | None,
-                   bins: int = 20) -> np.ndarray:
-    """``len(members)`` distinct random latents of a seed with F latents; with ``freq``, each drawn from the
-    frequency-quantile bin of a member (so the subset fires like the candidate)."""
-    m = len(members)
-    if freq is None:
-        return rng.choice(F, m, replace=False)
+def _frequency_bins(freq: ArrayLike, bins: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(latents sorted by frequency, each latent's rank in that order, bin edges over the ranks) of one seed."""
     order = np.argsort(np.asarray(freq, dtype=np.float64).reshape(-1), kind="stable")
-    pos = np.empty(F, dtype=np.int64)
-    pos[order] = np.arange(F)
-    edges = np.linspace(0, F, bins + 1).astype(np.int64)
+    pos = np.empty(len(order), dtype=np.int64)
+    pos[order] = np.arange(len(order))
+    return order, pos, np.linspace(0, len(order), bins + 1).astype(np.int64)
+
+
+def _random_subset(rng: np.random.Generator, F: int, members: np.ndarray,
+                   freq_bins: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """``len(members)`` distinct random latents of a seed with F latents; with ``freq_bins`` (the seed's
+    `_frequency_bins`), each drawn from the frequency-quantile bin of a member (so the subset fires like the
+    candidate)."""
+    m = len(members)
+    if freq_bins is None:
+        return rng.choice(F, m, replace=False)
+    order, pos, edges = freq_bins
     member_bin = np.searchsorted(edges, pos[members], side="right") - 1
     picked: list[int] = []
     for b, count in zip(*np.unique(member_bin, return_counts=True)):
@@ -256,8 +262,9 @@ def candidate_subspaces(
         haar_q = [np.linalg.qr(rng.standard_normal((d, b.shape[1])))[0] for b in bases for _ in range(n_null)]
         null_owner = np.repeat(owner_arr, n_null)
         sizes = np.array([len(m) for m in members])
+        freq_bins = [None if freqs is None else _frequency_bins(freqs[s]) for s in range(S)]  # once per seed
         sub_q = [candidate_basis(decs[owner[c]][_random_subset(rng, len(decs[owner[c]]), members[c],
-                                                               None if freqs is None else freqs[owner[c]])],
+                                                               freq_bins[owner[c]])],
                                  energy=energy, max_rank=max_rank)
                  for c in range(len(bases)) for _ in range(n_null)]
         sub_sizes = np.repeat(sizes, n_null)
