@@ -24,6 +24,7 @@ from sae_fast.analysis import candidates as cand
 from sae_fast.analysis import subspaces as sub
 from sae_fast.analysis._common import STABLE, UNSTABLE
 from sae_fast.checkpoint import load_sae
+from sae_fast.seed_study import _fires
 
 
 def _sets(labels: np.ndarray, alive: list[np.ndarray], kind: str) -> list[np.ndarray]:
@@ -32,10 +33,7 @@ def _sets(labels: np.ndarray, alive: list[np.ndarray], kind: str) -> list[np.nda
     return [keep(labels[s]) & alive[s] for s in range(len(labels))]
 
 
-def matched(run: str, draws: int) -> None:
-    arrays = np.load(f"{run}/arrays.npz")
-    labels, freq = arrays["labels"], arrays["freq"]
-    decoders = [load_sae(f"{run}/seeds/seed{s}").W_dec.detach().numpy() for s in range(len(labels))]
+def matched(run: str, labels: np.ndarray, freq: np.ndarray, decoders: list[np.ndarray], draws: int) -> None:
     alive = [f > 0 for f in freq]
     n_stable = int(min(m.sum() for m in _sets(labels, alive, "stable")))
     rows = [("unstable", None), ("nonstable", None), ("stable", None), ("unstable", n_stable)]
@@ -51,22 +49,15 @@ def matched(run: str, draws: int) -> None:
                   f"Haar {e['haar_mean_cos2']:.3f}")
 
 
-def candidates(run: str, tokens: int = 20_000) -> None:
-    arrays = np.load(f"{run}/arrays.npz")
-    labels, freq = arrays["labels"], arrays["freq"]
-    saes = [load_sae(f"{run}/seeds/seed{s}") for s in range(len(labels))]
+def candidates(run: str, labels: np.ndarray, freq: np.ndarray, saes: list, decoders: list[np.ndarray],
+               tokens: int = 20_000) -> None:
     source = CachedSource(f"{run}/activations")
     x = source.read(max(0, source.num_tokens - tokens), source.num_tokens)
-    fires = []
     with torch.no_grad():
-        for sae in saes:
-            values, indices = sae.encode(x)
-            fired = torch.zeros(x.shape[0], sae.num_latents, dtype=torch.bool)
-            fires.append(fired.scatter_(1, indices, values > 0).numpy())
+        fires = [_fires(sae, x, 4096) for sae in saes]
     start = time.time()
-    out = cand.candidate_subspaces([s.W_dec.detach().numpy() for s in saes],
-                                   _sets(labels, [f > 0 for f in freq], "nonstable"), fires=fires, freqs=list(freq),
-                                   seed=0)
+    out = cand.candidate_subspaces(decoders, _sets(labels, [f > 0 for f in freq], "nonstable"), fires=fires,
+                                   freqs=list(freq), seed=0)
     c = out["candidates"]
     sim = np.nanmean([q["mean_best_similarity"] for q in c])
     p_small = np.nanmean([q["p_value"] <= 0.05 for q in c])
@@ -83,10 +74,14 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=10, help="subsampling draws per set")
     parser.add_argument("--candidates", action="store_true", help="also score candidate subspaces")
     args = parser.parse_args()
-    for run in args.runs:
-        matched(run, args.draws)
+    for run in args.runs:  # each run's seeds and labels are read once, for both analyses
+        arrays = np.load(f"{run}/arrays.npz")
+        labels, freq = arrays["labels"], arrays["freq"]
+        saes = [load_sae(f"{run}/seeds/seed{s}") for s in range(len(labels))]
+        decoders = [sae.W_dec.detach().numpy() for sae in saes]
+        matched(run, labels, freq, decoders, args.draws)
         if args.candidates:
-            candidates(run)
+            candidates(run, labels, freq, saes, decoders)
 
 
 if __name__ == "__main__":
