@@ -53,7 +53,7 @@ def to_sparse(code: Any, num_latents: int) -> Tensor:
         n, k = values.shape
         rows = torch.arange(n, device=values.device).repeat_interleave(k)
         idx = torch.stack([rows, indices.reshape(-1).to(torch.int64)])
-        return torch.sparse_coo_tensor(idx, values.reshape(-1), (n, num_latents)).coalesce()
+        return torch.sparse_coo_tensor(idx, values.reshape(-1), (n, num_latents), check_invariants=True).coalesce()
     if not isinstance(code, Tensor):
         raise TypeError(f"code must be (values, indices) or a tensor, got {type(code).__name__}")
     return (code if code.is_sparse else code.to_sparse()).coalesce()
