@@ -72,7 +72,7 @@ def saelens() -> types.SimpleNamespace:
     for module in ("requests", "typing_extensions", "einops"):
         if importlib.util.find_spec(module) is None:
             _missing(f"{module} (imported by sae-lens)")
-    _bare_package("sae_lens", list(spec.submodule_search_locations)[0])
+    _bare_package("sae_lens", next(iter(spec.submodule_search_locations)))
     sys.modules["sae_lens"].__version__ = SAELENS_VERSION
     sys.modules["sae_lens"].logger = logging.getLogger("sae_lens")
     stand_ins = {} if importlib.util.find_spec("transformer_lens") else _transformer_lens_stand_ins()
@@ -113,7 +113,7 @@ def dictionary_learning() -> types.SimpleNamespace:
     spec = importlib.util.find_spec("dictionary_learning")
     if spec is None or spec.submodule_search_locations is None:
         _missing("dictionary-learning 0.1.0")
-    base = list(spec.submodule_search_locations)[0]
+    base = next(iter(spec.submodule_search_locations))
     _bare_package("dictionary_learning", base)
     _bare_package("dictionary_learning.trainers", os.path.join(base, "trainers"))
     return types.SimpleNamespace(

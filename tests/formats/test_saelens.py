@@ -118,7 +118,7 @@ def test_expected_average_only_in_is_folded_from_the_scaler_or_refused(saelens: 
     theirs = _inference(saelens, "topk", k=K, normalize_activations="expected_average_only_in")
     _randomise(theirs, seed=7)
     theirs.save_model(tmp_path / "sae")
-    with pytest.raises(CheckpointError, match="normalize_activations.*activation_scaler.json"):
+    with pytest.raises(CheckpointError, match=r"normalize_activations.*activation_scaler.json"):
         load_sae(tmp_path / "sae")
     (tmp_path / "sae" / "activation_scaler.json").write_text(json.dumps({"scaling_factor": 2.5}))
     ours = load_sae(tmp_path / "sae")
