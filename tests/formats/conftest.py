@@ -69,9 +69,6 @@ def saelens() -> types.SimpleNamespace:
     spec = importlib.util.find_spec("sae_lens")
     if spec is None or spec.submodule_search_locations is None:
         _missing(f"sae-lens {SAELENS_VERSION}")
-    for module in ("requests", "typing_extensions", "einops"):
-        if importlib.util.find_spec(module) is None:
-            _missing(f"{module} (imported by sae-lens)")
     _bare_package("sae_lens", next(iter(spec.submodule_search_locations)))
     sys.modules["sae_lens"].__version__ = SAELENS_VERSION
     sys.modules["sae_lens"].logger = logging.getLogger("sae_lens")
@@ -82,6 +79,8 @@ def saelens() -> types.SimpleNamespace:
         ns = types.SimpleNamespace(sae=importlib.import_module("sae_lens.saes.sae"),
                                    registry=importlib.import_module("sae_lens.registry"),
                                    **{m: importlib.import_module(f"sae_lens.saes.{m}") for m in _SAE_MODULES})
+    except ImportError as exc:
+        _missing(f"{exc.name} (imported by sae-lens)")
     finally:
         for name in added:  # the SAELens modules keep their references; nothing else sees the stand-ins
             sys.modules.pop(name, None)
