@@ -1,16 +1,12 @@
-"""Saving and loading TopK SAEs: EleutherAI sparsify's layout (ours) and SAELens' (read and write).
+"""Saving and loading SAEs: atomic writes, checksummed safetensors, and :func:`load_sae` / :func:`save_sae`.
 
-sparsify layout (what :func:`save_sae` writes): a folder with
-
-* ``sae.safetensors``: ``encoder.weight`` (F, d), ``encoder.bias`` (F,), ``W_dec`` (F, d), ``b_dec`` (d,);
-* ``cfg.json``: sparsify's ``SparseCoderConfig`` fields (``activation``, ``expansion_factor``,
-  ``normalize_decoder``, ``num_latents``, ``k``, ``multi_topk``, ``skip_connection``, ``transcode``) plus
-  ``d_in``; our own facts (seed, tokens seen, ...) go under the extra key ``sae_fast``, which sparsify's
-  loader ignores.
-
-SAELens layout: ``sae_weights.safetensors`` with ``W_enc`` (d, F) (transposed), ``b_enc``, ``W_dec`` (F, d),
-``b_dec``, and a ``cfg.json`` with ``d_in``, ``d_sae``, ``architecture`` and ``k`` (or, in older versions,
-``activation_fn_kwargs.k``). :func:`load_sae` detects which layout a folder holds.
+:func:`load_sae` detects the folder's format and hands it to :mod:`sae_fast.formats`: EleutherAI sparsify
+(``sae.safetensors`` + ``cfg.json``, the layout sae_fast trains into), SAELens (``sae_weights.safetensors`` +
+``cfg.json``) or dictionary_learning (``ae.pt`` + ``config.json``), every architecture those save (TopK loads
+as a ``TopKSAE``; ReLU, JumpReLU, gated, BatchTopK and Matryoshka as the modules of
+:mod:`sae_fast.formats.architectures`). :func:`save_sae` writes a TopK SAE in any of the three; our own
+facts (seed, tokens seen, ...) go under the config's extra key ``sae_fast``, which the other tools ignore.
+Each format's fields and tensors are described in its module of :mod:`sae_fast.formats`.
 
 Every file is written atomically (temp file in the same folder, fsync, rename, fsync of the folder), so a
 crash leaves the old file or the new one, never half of one. Our safetensors files carry a SHA-256 of
