@@ -10,7 +10,7 @@ folder's files; :func:`check_consistent` refuses seeds whose architecture, F or 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,7 +27,7 @@ FORMATS: dict[str, ModuleType] = {"sparsify": sparsify, "saelens": saelens,
                                   "dictionary_learning": dictionary_learning}
 
 __all__ = ["FORMATS", "SparseCoder", "architecture_of", "as_args", "check_consistent", "describe", "detect",
-           "load", "read_decoder", "reconstruct", "to_sparse"]
+           "load", "read_decoder", "reconstruct", "register_with", "to_sparse"]
 
 
 def detect(folder: str | os.PathLike[str]) -> str | None:
@@ -36,6 +36,13 @@ def detect(folder: str | os.PathLike[str]) -> str | None:
         if module.detect(folder):
             return name
     return None
+
+
+def register_with(register: Callable[[str, Callable[..., Any], Callable[..., Any]], Any]) -> None:
+    """Call ``register(name, detect, read_decoder)`` for each format, in FORMATS' order (e.g. with a
+    registry of seed-folder readers such as ``register_format``)."""
+    for name, module in FORMATS.items():
+        register(name, module.detect, module.read_decoder)
 
 
 def _module(folder: str | os.PathLike[str]) -> ModuleType:
