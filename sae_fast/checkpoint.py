@@ -200,21 +200,25 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 def save_sae(sae: torch.nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None,
              format: str = "sparsify") -> Path:
-    """Save a :class:`~sae_fast.sae.TopKSAE` to the folder ``path`` (created) and return the folder.
+    """Save an SAE to the folder ``path`` (created) and return the folder.
 
     ``format='sparsify'`` (default) writes ``sae.safetensors`` + ``cfg.json`` that EleutherAI sparsify's
     ``SparseCoder.load_from_disk`` reads; ``'saelens'`` writes SAELens' ``topk`` layout
     (``SAE.load_from_disk``); ``'dictionary_learning'`` writes ``ae.pt`` + ``config.json`` as its
-    ``AutoEncoderTopK``. ``metadata`` (JSON-able) is stored under the config's ``sae_fast`` key. Weights are
+    ``AutoEncoderTopK``. The other architectures (ThresholdSAE, GatedSAE) are written as SAELens' ``standard``,
+    ``jumprelu`` or ``gated``. ``metadata`` (JSON-able) is stored under the config's ``sae_fast`` key. Weights are
     written first, then the config, each atomically.
     """
     from . import formats  # imported here: the format readers import this module
 
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "k"):
-        if not hasattr(sae, name):
-            raise TypeError(f"sae must be a TopKSAE (with W_enc, b_enc, W_dec, b_dec, k); it lacks {name}")
     if format not in formats.FORMATS:
         raise ValueError(f"format must be one of {sorted(formats.FORMATS)}, got {format!r}")
+    other = isinstance(sae, (formats.ThresholdSAE, formats.GatedSAE))
+    if other and format != "saelens":
+        raise ValueError(f"a {sae.architecture!r} SAE is written in format='saelens' only, not {format!r}")
+    for name in ("W_enc", "W_dec", "b_dec") if other else ("W_enc", "b_enc", "W_dec", "b_dec", "k"):
+        if not hasattr(sae, name):
+            raise TypeError(f"sae must be a TopKSAE (with W_enc, b_enc, W_dec, b_dec, k); it lacks {name}")
     extra = json.loads(json.dumps(dict(metadata or {})))  # fails early if not JSON-able
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

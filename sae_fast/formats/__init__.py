@@ -20,14 +20,15 @@ from torch import Tensor
 
 from ..checkpoint import CheckpointError
 from . import dictionary_learning, saelens, sparsify
+from .architectures import GatedSAE, ThresholdSAE
 from .protocol import SparseCoder, architecture_of, as_args, reconstruct, to_sparse
 
 # Tried in this order: a folder holding sparsify's and SAELens' weights both is read as sparsify.
 FORMATS: dict[str, ModuleType] = {"sparsify": sparsify, "saelens": saelens,
                                   "dictionary_learning": dictionary_learning}
 
-__all__ = ["FORMATS", "SparseCoder", "architecture_of", "as_args", "check_consistent", "describe", "detect",
-           "load", "read_decoder", "reconstruct", "register_with", "to_sparse"]
+__all__ = ["FORMATS", "GatedSAE", "SparseCoder", "ThresholdSAE", "architecture_of", "as_args", "check_consistent",
+           "describe", "detect", "load", "read_decoder", "reconstruct", "register_with", "to_sparse"]
 
 
 def detect(folder: str | os.PathLike[str]) -> str | None:

@@ -180,13 +180,38 @@ def load(folder: str | Path, *, device: torch.device | str | None = None, dtype:
     return sae
 
 
-def write(sae: Any, folder: Path, extra: Mapping[str, Any]) -> None:
-    """Write a TopKSAE as SAELens' ``topk`` architecture (``SAE.load_from_disk`` reads it back exactly)."""
-    num_latents, d_in = (int(s) for s in sae.W_dec.shape)
+def _inference_tensors(sae: Any) -> tuple[str, dict[str, Tensor]]:
+    """SAELens' architecture name and tensors for a ThresholdSAE or GatedSAE."""
+    if isinstance(sae, GatedSAE):
+        return "gated", {"W_enc": sae.W_enc.detach().t(), "b_gate": sae.b_gate, "b_mag": sae.b_mag,
+                         "r_mag": sae.r_mag, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     tensors = {"W_enc": sae.W_enc.detach().t(), "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    if sae.architecture == "relu":
+        return "standard", tensors
+    return "jumprelu", {**tensors, "threshold": sae.threshold}
+
+
+def _applies_b_dec(sae: Any) -> bool:
+    if torch.equal(sae.b_pre, sae.b_dec):
+        return True
+    if not bool(sae.b_pre.any()):
+        return False
+    raise ValueError("SAELens subtracts either b_dec or nothing from the input; this SAE's b_pre is neither")
+
+
+def write(sae: Any, folder: Path, extra: Mapping[str, Any]) -> None:
+    """Write an SAE as SAELens does for inference (``SAE.load_from_disk`` reads it back with the same
+    outputs): a TopKSAE as ``topk``; a ThresholdSAE as ``standard`` (relu) or ``jumprelu`` (the others,
+    BatchTopK-style thresholds included); a GatedSAE as ``gated``."""
+    num_latents, d_in = (int(s) for s in sae.W_dec.shape)
+    cfg: dict[str, Any] = {"d_in": d_in, "d_sae": num_latents}
+    if isinstance(sae, (ThresholdSAE, GatedSAE)):
+        cfg["architecture"], tensors = _inference_tensors(sae)
+        cfg["apply_b_dec_to_input"] = _applies_b_dec(sae)
+    else:
+        tensors = {"W_enc": sae.W_enc.detach().t(), "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+        cfg.update(architecture="topk", k=int(sae.k), rescale_acts_by_decoder_norm=False, apply_b_dec_to_input=True)
     atomic_save_safetensors(tensors, folder / WEIGHTS, {"format": "pt"})
     atomic_write_json(folder / CFG, {
-        "architecture": "topk", "d_in": d_in, "d_sae": num_latents, "k": int(sae.k),
-        "rescale_acts_by_decoder_norm": False, "dtype": str(sae.W_dec.dtype).removeprefix("torch."),
-        "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
-        "reshape_activations": "none", "metadata": {}, "sae_fast": dict(extra)})
+        **cfg, "dtype": str(sae.W_dec.dtype).removeprefix("torch."), "device": "cpu",
+        "normalize_activations": "none", "reshape_activations": "none", "metadata": {}, "sae_fast": dict(extra)})
