@@ -12,6 +12,9 @@ keep ``W_dec`` (F, d) and ``W_enc`` (d, F). What each class computes at inferenc
 * ``JumpReluAutoEncoder``: relu(pre · [pre > threshold]), no b_dec on the input -> ThresholdSAE ``'jumprelu'``;
 * ``GatedAutoEncoder`` -> GatedSAE.
 
+The weights are read as saved: ``AutoEncoder.from_pretrained`` by default also rescales the decoder to unit
+norm (and the encoder by the inverse), which leaves reconstructions unchanged but scales each latent's values
+by its decoder norm; ``from_pretrained(..., normalize_decoder=False)`` matches sae_fast's codes exactly.
 The activations' ``norm_factor`` of a run trained with ``normalize_activations`` is already folded into the
 saved weights by dictionary_learning, so nothing is rescaled here.
 """
