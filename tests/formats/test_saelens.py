@@ -57,7 +57,9 @@ def _inference(sl: SimpleNamespace, arch: str, **cfg: Any) -> Any:
 
 
 CASES = [("topk", {"k": K}, "topk"), ("topk", {"k": K, "rescale_acts_by_decoder_norm": True}, "topk"),
-         ("topk", {"k": K, "apply_b_dec_to_input": False}, "topk"), ("standard", {}, "relu"),
+         ("topk", {"k": K, "apply_b_dec_to_input": False}, "topk"),
+         ("topk", {"k": K, "rescale_acts_by_decoder_norm": True, "apply_b_dec_to_input": False}, "topk"),
+         ("standard", {}, "relu"),
          ("standard", {"apply_b_dec_to_input": False}, "relu"), ("jumprelu", {}, "jumprelu"),
          ("jumprelu", {"apply_b_dec_to_input": False}, "jumprelu"), ("gated", {}, "gated")]
 
@@ -163,3 +165,15 @@ def test_saelens_reads_the_other_architectures_sae_fast_writes(saelens: SimpleNa
     _assert_same_outputs(ours, theirs, _x())
     with pytest.raises(ValueError, match="format='saelens' only"):
         save_sae(ours, tmp_path / "dl", format="dictionary_learning")
+
+
+def test_a_batchtopk_training_checkpoint_is_refused_but_its_decoder_is_read(saelens: SimpleNamespace,
+                                                                           tmp_path: Path) -> None:
+    cfg = saelens.batchtopk_sae.BatchTopKTrainingSAEConfig(d_in=D, d_sae=F, k=K)
+    trained = saelens.batchtopk_sae.BatchTopKTrainingSAE(cfg)
+    _randomise(trained, seed=17)
+    trained.save_model(tmp_path / "sae")  # the training layout: architecture 'batchtopk', topk_threshold
+    with pytest.raises(CheckpointError, match="'batchtopk' is a SAELens training checkpoint; save it with "
+                                              "save_inference_model"):
+        load_sae(tmp_path / "sae")
+    torch.testing.assert_close(read_decoder(tmp_path / "sae"), trained.W_dec.detach())
