@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": ".train",
     "load_sae": ".checkpoint",
     "save_sae": ".checkpoint",
+    "SparseCoder": ".formats",
     "study": ".seed_study",
 }
 

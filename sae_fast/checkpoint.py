@@ -1,16 +1,12 @@
-"""Saving and loading TopK SAEs: EleutherAI sparsify's layout (ours) and SAELens' (read and write).
+"""Saving and loading SAEs: atomic writes, checksummed safetensors, and :func:`load_sae` / :func:`save_sae`.
 
-sparsify layout (what :func:`save_sae` writes): a folder with
-
-* ``sae.safetensors``: ``encoder.weight`` (F, d), ``encoder.bias`` (F,), ``W_dec`` (F, d), ``b_dec`` (d,);
-* ``cfg.json``: sparsify's ``SparseCoderConfig`` fields (``activation``, ``expansion_factor``,
-  ``normalize_decoder``, ``num_latents``, ``k``, ``multi_topk``, ``skip_connection``, ``transcode``) plus
-  ``d_in``; our own facts (seed, tokens seen, ...) go under the extra key ``sae_fast``, which sparsify's
-  loader ignores.
-
-SAELens layout: ``sae_weights.safetensors`` with ``W_enc`` (d, F) (transposed), ``b_enc``, ``W_dec`` (F, d),
-``b_dec``, and a ``cfg.json`` with ``d_in``, ``d_sae``, ``architecture`` and ``k`` (or, in older versions,
-``activation_fn_kwargs.k``). :func:`load_sae` detects which layout a folder holds.
+:func:`load_sae` detects the folder's format and hands it to :mod:`sae_fast.formats`: EleutherAI sparsify
+(``sae.safetensors`` + ``cfg.json``, the layout sae_fast trains into), SAELens (``sae_weights.safetensors`` +
+``cfg.json``) or dictionary_learning (``ae.pt`` + ``config.json``), every architecture those save (TopK loads
+as a ``TopKSAE``; ReLU, JumpReLU, gated, BatchTopK and Matryoshka as the modules of
+:mod:`sae_fast.formats.architectures`). :func:`save_sae` writes a TopK SAE in any of the three; our own
+facts (seed, tokens seen, ...) go under the config's extra key ``sae_fast``, which the other tools ignore.
+Each format's fields and tensors are described in its module of :mod:`sae_fast.formats`.
 
 Every file is written atomically (temp file in the same folder, fsync, rename, fsync of the folder), so a
 crash leaves the old file or the new one, never half of one. Our safetensors files carry a SHA-256 of
@@ -31,6 +27,8 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+
+from .errors import DataError
 
 SPARSIFY_WEIGHTS = "sae.safetensors"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -53,8 +51,8 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, corrupt or inconsistent with its cfg.json."""
+class CheckpointError(DataError):
+    """A checkpoint is missing, truncated, corrupt or inconsistent with its config (a DataError, so a ValueError)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -187,164 +185,62 @@ def read_cfg(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """'sparsify' (sae.safetensors) or 'saelens' (sae_weights.safetensors) for a checkpoint folder."""
+    """'sparsify', 'saelens' or 'dictionary_learning': the format of the SAE in a checkpoint folder."""
+    from . import formats  # imported here: the format readers import this module
+
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"SAE checkpoint folder {path} does not exist")
-    if (path / SPARSIFY_WEIGHTS).is_file():
-        return "sparsify"
-    if (path / SAELENS_WEIGHTS).is_file():
-        return "saelens"
-    raise CheckpointError(f"{path} holds neither {SPARSIFY_WEIGHTS} (sparsify) nor {SAELENS_WEIGHTS} (SAELens)")
-
-
-def _sparsify_cfg(d_in: int, num_latents: int, k: int, extra: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "activation": "topk",
-        "expansion_factor": max(1, num_latents // d_in),
-        "normalize_decoder": True,
-        "num_latents": num_latents,
-        "k": k,
-        "multi_topk": False,
-        "skip_connection": False,
-        "transcode": False,
-        "d_in": d_in,
-        "sae_fast": dict(extra),
-    }
-
-
-def _saelens_cfg(d_in: int, num_latents: int, k: int, dtype: torch.dtype, extra: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "architecture": "topk",
-        "d_in": d_in,
-        "d_sae": num_latents,
-        "k": k,
-        "dtype": str(dtype).removeprefix("torch."),
-        "device": "cpu",
-        "apply_b_dec_to_input": True,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": {},
-        "sae_fast": dict(extra),
-    }
+    name = formats.detect(path)
+    if name is None:
+        raise CheckpointError(f"{path} holds neither {SPARSIFY_WEIGHTS} (sparsify), {SAELENS_WEIGHTS} (SAELens) "
+                              "nor ae.pt (dictionary_learning)")
+    return name
 
 
 def save_sae(sae: torch.nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None,
              format: str = "sparsify") -> Path:
-    """Save a :class:`~sae_fast.sae.TopKSAE` to the folder ``path`` (created) and return the folder.
+    """Save an SAE to the folder ``path`` (created) and return the folder.
 
     ``format='sparsify'`` (default) writes ``sae.safetensors`` + ``cfg.json`` that EleutherAI sparsify's
-    ``SparseCoder.load_from_disk`` reads; ``format='saelens'`` writes SAELens' layout. ``metadata`` (JSON-able)
-    is stored under ``cfg.json["sae_fast"]``. Weights are written first, then cfg.json, each atomically.
+    ``SparseCoder.load_from_disk`` reads; ``'saelens'`` writes SAELens' ``topk`` layout
+    (``SAE.load_from_disk``); ``'dictionary_learning'`` writes ``ae.pt`` + ``config.json`` as its
+    ``AutoEncoderTopK``. The other architectures (ThresholdSAE, GatedSAE) are written as SAELens' ``standard``,
+    ``jumprelu`` or ``gated``. ``metadata`` (JSON-able) is stored under the config's ``sae_fast`` key. Weights are
+    written first, then the config, each atomically.
     """
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "k"):
+    from . import formats  # imported here: the format readers import this module
+
+    if format not in formats.FORMATS:
+        raise ValueError(f"format must be one of {sorted(formats.FORMATS)}, got {format!r}")
+    other = isinstance(sae, (formats.ThresholdSAE, formats.GatedSAE))
+    if other and format != "saelens":
+        raise ValueError(f"a {sae.architecture!r} SAE is written in format='saelens' only, not {format!r}")
+    for name in ("W_enc", "W_dec", "b_dec") if other else ("W_enc", "b_enc", "W_dec", "b_dec", "k"):
         if not hasattr(sae, name):
             raise TypeError(f"sae must be a TopKSAE (with W_enc, b_enc, W_dec, b_dec, k); it lacks {name}")
-    num_latents, d_in = (int(s) for s in sae.W_dec.shape)
     extra = json.loads(json.dumps(dict(metadata or {})))  # fails early if not JSON-able
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    if format == "sparsify":
-        tensors = {"encoder.weight": sae.W_enc, "encoder.bias": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
-        atomic_save_safetensors(tensors, path / SPARSIFY_WEIGHTS, {"format": "pt"})
-        atomic_write_json(path / CFG, _sparsify_cfg(d_in, num_latents, int(sae.k), extra))
-    elif format == "saelens":
-        tensors = {"W_enc": sae.W_enc.detach().t(), "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
-        atomic_save_safetensors(tensors, path / SAELENS_WEIGHTS, {"format": "pt"})
-        atomic_write_json(path / CFG, _saelens_cfg(d_in, num_latents, int(sae.k), sae.W_dec.dtype, extra))
-    else:
-        raise ValueError(f"format must be 'sparsify' or 'saelens', got {format!r}")
+    formats.FORMATS[format].write(sae, path, extra)
     return path
-
-
-def _expect(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]], file: Path) -> None:
-    missing = [k for k in shapes if k not in tensors]
-    if missing:
-        raise CheckpointError(f"{file} lacks tensors {missing} (has {sorted(tensors)})")
-    for key, shape in shapes.items():
-        if tuple(tensors[key].shape) != shape:
-            raise CheckpointError(f"{file}: {key} has shape {tuple(tensors[key].shape)}, cfg.json implies {shape}")
-    for key in shapes:
-        if not bool(torch.isfinite(tensors[key]).all()):
-            raise CheckpointError(f"{file}: {key} holds NaN or inf values")
-
-
-def _cfg_int(cfg: Mapping[str, Any], key: str, file: Path) -> int:
-    value = cfg.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise CheckpointError(f"{file}: {key} must be a positive int, got {value!r}")
-    return value
-
-
-def _saelens_k(cfg: Mapping[str, Any], k: int | None, file: Path) -> int:
-    found = cfg.get("k")
-    if found is None:
-        found = (cfg.get("activation_fn_kwargs") or {}).get("k")
-    if found is None:
-        if k is None:
-            raise CheckpointError(f"{file} is not a TopK SAE (architecture {cfg.get('architecture')!r}, no k); "
-                                  "pass k= to load it as one")
-        return k
-    return int(found)
 
 
 def load_sae(path: str | os.PathLike[str], *, device: str | torch.device | None = None,
              dtype: torch.dtype | None = None, k: int | None = None) -> Any:
-    """Load a TopK SAE saved by sae_fast, EleutherAI sparsify or SAELens (detected) as a ``TopKSAE``.
+    """Load the SAE in a folder saved by sae_fast, sparsify, SAELens or dictionary_learning (detected).
 
-    ``dtype`` defaults to the stored one. ``k`` is needed only for SAELens SAEs whose cfg has no k.
-    SAELens SAEs saved with ``apply_b_dec_to_input=False`` are converted exactly (b_enc absorbs W_enc b_dec).
-    Raises :class:`CheckpointError` for anything missing, truncated, corrupt or inconsistent.
+    TopK SAEs load as a ``TopKSAE`` (sae_fast's kernels); other architectures (ReLU, JumpReLU, gated,
+    BatchTopK and Matryoshka at inference) as modules of :mod:`sae_fast.formats.architectures`; all satisfy
+    :class:`sae_fast.formats.SparseCoder`. ``dtype`` defaults to the stored one. ``k`` is needed only for
+    SAELens TopK SAEs whose cfg has no k (for sparsify it overrides the stored k, with a warning).
+    Raises :class:`CheckpointError` (a DataError) naming the file, field and expectation for anything
+    missing, truncated, corrupt, unknown, or a config that contradicts its weights.
     """
-    from .sae import TopKSAE
+    from . import formats  # imported here: the format readers import this module
 
-    path = Path(path)
-    kind = detect_format(path)
-    cfg = read_cfg(path)
-    cfg_file = path / CFG
-    if kind == "sparsify":
-        file = path / SPARSIFY_WEIGHTS
-        d_in = _cfg_int(cfg, "d_in", cfg_file)
-        tensors = load_safetensors(file)
-        if "encoder.weight" not in tensors:
-            raise CheckpointError(f"{file} lacks encoder.weight (has {sorted(tensors)})")
-        num_latents = int(cfg.get("num_latents") or 0) or d_in * int(cfg.get("expansion_factor", 32))
-        if cfg.get("activation", "topk") != "topk":
-            raise CheckpointError(f"{cfg_file}: activation {cfg.get('activation')!r} is not supported (only topk)")
-        if cfg.get("skip_connection") or cfg.get("transcode") or "W_skip" in tensors:
-            raise CheckpointError(f"{cfg_file}: skip connections and transcoders are not supported")
-        k_stored = _cfg_int(cfg, "k", cfg_file)
-        _expect(tensors, {"encoder.weight": (num_latents, d_in), "encoder.bias": (num_latents,),
-                          "W_dec": (num_latents, d_in), "b_dec": (d_in,)}, file)
-        w_enc, b_enc = tensors["encoder.weight"], tensors["encoder.bias"]
-        w_dec, b_dec = tensors["W_dec"], tensors["b_dec"]
-    else:
-        file = path / SAELENS_WEIGHTS
-        d_in = _cfg_int(cfg, "d_in", cfg_file)
-        num_latents = _cfg_int(cfg, "d_sae", cfg_file)
-        k_stored = _saelens_k(cfg, k, cfg_file)
-        if cfg.get("normalize_activations", "none") not in ("none", None):
-            raise CheckpointError(f"{cfg_file}: normalize_activations={cfg['normalize_activations']!r} is not "
-                                  "supported (fold the scaling into the weights first)")
-        tensors = load_safetensors(file)
-        _expect(tensors, {"W_enc": (d_in, num_latents), "b_enc": (num_latents,), "W_dec": (num_latents, d_in),
-                          "b_dec": (d_in,)}, file)
-        w_enc, b_enc = tensors["W_enc"].t().contiguous(), tensors["b_enc"]
-        w_dec, b_dec = tensors["W_dec"], tensors["b_dec"]
-        if cfg.get("apply_b_dec_to_input", True) is False:  # encoder sees x, not x - b_dec
-            b_enc = (b_enc.double() + w_enc.double() @ b_dec.double()).to(b_enc.dtype)
-    if k is not None and k != k_stored and kind == "sparsify":
-        warnings.warn(f"{path}: using k={k} instead of the stored k={k_stored}", stacklevel=2)
-        k_stored = k
-    if not 0 < k_stored <= num_latents:
-        raise CheckpointError(f"{cfg_file}: k={k_stored} must be in 1..{num_latents}")
-    dtype = dtype or w_dec.dtype
-    sae = TopKSAE(d_in, num_latents, k_stored, dtype=dtype, device=device, seed=0)
-    with torch.no_grad():
-        for name, value in (("W_enc", w_enc), ("b_enc", b_enc), ("W_dec", w_dec), ("b_dec", b_dec)):
-            getattr(sae, name).copy_(value.to(dtype))
-    sae.checkpoint_cfg = cfg  # type: ignore[attr-defined]  # the raw cfg.json, for callers who want seed etc.
-    return sae
+    detect_format(path)
+    return formats.load(path, device=device, dtype=dtype, k=k)
 
 
 def load_decoder(path: str | os.PathLike[str]) -> torch.Tensor:

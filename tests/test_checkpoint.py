@@ -139,9 +139,10 @@ def test_loads_saelens_folders_v6_and_older(tmp_path: Path) -> None:
     assert load_sae(tmp_path / "old").k == 3
     relu = {"architecture": "standard", "d_in": 8, "d_sae": 24}
     _write_saelens(tmp_path / "relu", sae, relu)
-    with pytest.raises(CheckpointError, match="not a TopK SAE"):
-        load_sae(tmp_path / "relu")
-    assert load_sae(tmp_path / "relu", k=5).k == 5
+    loaded = load_sae(tmp_path / "relu")  # a standard SAE is a ReLU SAE, never reread as TopK
+    assert (loaded.architecture, loaded.k) == ("relu", None)
+    with pytest.raises(CheckpointError, match="not TopK"):
+        load_sae(tmp_path / "relu", k=5)
 
 
 def test_saelens_without_b_dec_on_input_is_converted_exactly(tmp_path: Path) -> None:
