@@ -1,0 +1,92 @@
+"""Building a :class:`LatentTable` from what is on disk: a stability run, the seeds' SAEs, held-out activations.
+
+Memory: the stability arrays (A·S·F), one SAE, and one batch of activations at a time (the activation file is
+memory-mapped and streamed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_sae
+from ..errors import DataError
+from ..stability import Stability, find_saved_saes
+from .table import LatentTable, activation_stats, latent_table
+
+STABILITY_META = "stability.json"
+
+
+def find_stability(path: str | os.PathLike[str]) -> Path:
+    """The stability folder of a run, a study, or the folder itself."""
+    p = Path(path)
+    for cand in (p, p / "stability"):
+        if (cand / STABILITY_META).is_file():
+            return cand
+    raise DataError(f"{p} holds no stability run ({STABILITY_META} in it or in {p / 'stability'}); run "
+                    f"`sae-fast stability RUN` or `sae-fast study RUN` first")
+
+
+class ActivationBatches:
+    """Re-iterable batches (float32 tensors of `batch_size` rows) of a (N, d) `.npy` or `.safetensors` file.
+
+    The `.npy` file is memory-mapped; a `.safetensors` file must hold exactly one 2-D tensor.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], d: int, batch_size: int = 4096, max_rows: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"--activations {self.path} does not exist")
+        if self.path.suffix == ".npy":
+            self.array = np.load(self.path, mmap_mode="r")
+        elif self.path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), "pt") as f:
+                keys = list(f.keys())
+                if len(keys) != 1:
+                    raise DataError(f"--activations {self.path} holds {len(keys)} tensors {keys}; expected one")
+                self.array = f.get_tensor(keys[0]).float().numpy()
+        else:
+            raise DataError(f"--activations {self.path}: expected a .npy or .safetensors file")
+        if self.array.ndim != 2 or self.array.shape[1] != d:
+            raise DataError(f"--activations {self.path} has shape {tuple(self.array.shape)}; expected (N, {d}), the "
+                            "SAEs' input width")
+        self.rows = self.array.shape[0] if max_rows is None else min(max_rows, self.array.shape[0])
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for lo in range(0, self.rows, self.batch_size):
+            xb = torch.from_numpy(np.array(self.array[lo:lo + self.batch_size], dtype=np.float32))
+            if not torch.isfinite(xb).all():
+                bad = lo + int(torch.nonzero(~torch.isfinite(xb).all(1))[0])
+                raise DataError(f"--activations {self.path}: row {bad} is not finite")
+            yield xb
+
+
+def sae_of_seed(run: str | os.PathLike[str], seed: str):
+    """Load the SAE of the seed named `seed` under the run folder `run`."""
+    found = dict(find_saved_saes(run))
+    if seed not in found:
+        raise DataError(f"{run} holds no SAE for seed {seed!r} (found {sorted(found)})")
+    return load_sae(found[seed].parent)
+
+
+def build_table(path: str | os.PathLike[str], *, seed: str | int | None = None, run: str | os.PathLike[str] |
+                None = None, activations: str | os.PathLike[str] | None = None, batch_size: int = 4096,
+                max_rows: int | None = None, bins: int = 20, top: int = 5) -> LatentTable:
+    """The table of one anchor seed of the stability run under `path`; with `activations`, the seed's SAE (from
+    `run`, default `path`) is run over them for frequency, histograms and top activations."""
+    stab = Stability.load(find_stability(path))
+    table = latent_table(stab, seed)
+    if activations is not None:
+        sae = sae_of_seed(path if run is None else run, table.seed)
+        stats = activation_stats(sae, ActivationBatches(activations, sae.d_in, batch_size, max_rows),
+                                 table.num_latents, bins=bins, top=top)
+        for name, value in stats.items():
+            setattr(table, name, value)
+    return table
