@@ -9,7 +9,16 @@ Three sources share one interface, :class:`ActivationSource`:
   (GPT-2) pads with its EOS token.
 * :class:`CachedSource` reads an on-disk cache written once by :func:`cache_activations` (``.npy`` shards
   read memory-mapped, plus ``manifest.json`` naming the model, hook point, dtype and token count).
-* :class:`TensorSource` wraps a tensor already in memory.
+* :class:`TensorSource` wraps a tensor already in memory; :class:`ArraySource` an array (N, d) memory-mapped
+  from a ``.npy`` or ``.safetensors`` file (:func:`open_activations_file`).
+
+Identity of a cache: every shard is checked for NaN/inf as it is written (a bad value is reported by its
+position in the cache: shard, row in the shard and global row), and the manifest records each shard's size in
+bytes and the SHA-256 of its bytes, computed as they are written. Opening a cache checks each shard's size and
+shape; :meth:`CachedSource.verify` re-reads the shards (streamed) and refuses a shard whose content no longer
+matches its recorded hash; :meth:`CachedSource.fingerprint` carries the shard hashes, so a resumed training run
+sees another cache of the same shape as other data. Manifests written before hashes were recorded stay
+readable: for them only the shards' shapes are checked, and ``verify`` scans them for NaN/inf.
 
 ``iter_batches(batch_size, seed=..., start=...)`` yields an endless stream of batches whose order is a
 pure function of ``seed``: epoch ``e`` of a finite source is the seeded permutation
@@ -39,6 +48,8 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write, atomic_write_json
+from .errors import DataError
+from .provenance import HASH_CHUNK, sha256_file
 
 MANIFEST = "manifest.json"
 _SPEC = "cache_spec.json"
@@ -48,7 +59,7 @@ _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.fl
 _NUMPY_STORAGE: dict[str, Any] = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
 
-class NonFiniteActivationsError(ValueError):
+class NonFiniteActivationsError(DataError):
     """Activations contain NaN or inf."""
 
 
@@ -192,34 +203,83 @@ class CachedSource(_FiniteSource):
         self.manifest: dict[str, Any] = manifest
         self.dtype_name = dtype_name(manifest["dtype"])
         self.d_in = int(manifest["d_in"])
-        self._shards: list[np.ndarray] = []
-        offsets = [0]
-        for shard in manifest["shards"]:
-            file = self.path / shard["file"]
-            try:
-                array = np.load(file, mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"activation cache shard {file} is missing or corrupt: {exc}") from exc
-            expected = (int(shard["rows"]), self.d_in)
-            if array.shape != expected or array.dtype != np.dtype(_NUMPY_STORAGE[self.dtype_name]):
-                raise ValueError(
-                    f"activation cache shard {file} has shape {array.shape} and dtype {array.dtype}, "
-                    f"the manifest says {expected} {self.dtype_name}"
-                )
-            self._shards.append(array)
-            offsets.append(offsets[-1] + expected[0])
-        self._offsets = np.asarray(offsets, dtype=np.int64)
+        self._shards = [self._open_shard(shard) for shard in manifest["shards"]]
+        self._offsets = np.cumsum([0] + [a.shape[0] for a in self._shards], dtype=np.int64)
         if int(self._offsets[-1]) != int(manifest["num_tokens"]):
-            raise ValueError(f"{manifest_path}: shards hold {int(self._offsets[-1])} rows, manifest says "
-                             f"{manifest['num_tokens']}")
+            raise DataError(f"{manifest_path}: shards hold {int(self._offsets[-1])} rows, manifest says "
+                            f"{manifest['num_tokens']}")
+
+    def _open_shard(self, shard: dict[str, Any]) -> np.ndarray:
+        """Memory-map one shard after checking its size (when recorded), shape and dtype against the manifest."""
+        file = self.path / shard["file"]
+        size = file.stat().st_size if file.is_file() else None
+        if size is not None and "bytes" in shard and size != int(shard["bytes"]):
+            raise DataError(f"activation cache shard {file} is missing or corrupt: it has {size} bytes, the manifest "
+                            f"records {shard['bytes']} (changed or truncated after caching)")
+        try:
+            array = np.load(file, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"activation cache shard {file} is missing or corrupt: {exc}") from exc
+        expected = (int(shard["rows"]), self.d_in)
+        if array.shape != expected or array.dtype != np.dtype(_NUMPY_STORAGE[self.dtype_name]):
+            raise DataError(f"activation cache shard {file} has shape {array.shape} and dtype {array.dtype}, "
+                            f"the manifest says {expected} {self.dtype_name}")
+        return array
+
+    @property
+    def hashed(self) -> bool:
+        """Whether the manifest records every shard's SHA-256 (caches written before that do not)."""
+        return all("sha256" in shard for shard in self.manifest["shards"])
+
+    def verify(self, progress: bool = False) -> dict[str, Any]:
+        """Re-read every shard (streamed, memory O(4 MiB)) and check it is the data that was cached.
+
+        A shard with a recorded SHA-256 must still have it (DataError naming the shard otherwise). A cache
+        whose manifest predates the hashes cannot be checked for identity: its shards are scanned for NaN/inf
+        instead (NonFiniteActivationsError naming shard, row and row of the cache). Returns what was checked.
+        Time: one read of the cache.
+        """
+        from tqdm.auto import tqdm
+
+        checked = {"shards": len(self._shards), "sha256_checked": 0, "finite_scanned": 0}
+        total = sum(os.path.getsize(self.path / shard["file"]) for shard in self.manifest["shards"])
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"verifying {self.path.name}",
+                  disable=not progress) as bar:
+            for i, shard in enumerate(self.manifest["shards"]):
+                file = self.path / shard["file"]
+                if "sha256" in shard:
+                    if sha256_file(file) != shard["sha256"]:
+                        raise DataError(f"activation cache shard {file} was changed after caching: its SHA-256 "
+                                        "differs from the one recorded in the manifest when it was written; "
+                                        "re-create the cache")
+                    checked["sha256_checked"] += 1
+                if "sha256" not in shard or not self.manifest.get("finite"):
+                    _scan_rows(self._shards[i], self.dtype_name, f"cache shard {file}", int(self._offsets[i]))
+                    checked["finite_scanned"] += 1
+                bar.update(file.stat().st_size)
+        return checked
+
+    def check_same_data(self, saved: dict[str, Any], where: str) -> None:
+        """DataError naming the first shard whose content differs from the fingerprint ``saved`` (recorded by
+        ``where``, e.g. a training checkpoint). Fingerprints without shard hashes (older caches) are not compared
+        here: their manifest hash is the whole identity."""
+        old, now = saved.get("shard_sha256"), self.fingerprint().get("shard_sha256")
+        if old is None or now is None:
+            return
+        files = [shard["file"] for shard in self.manifest["shards"]]
+        if len(old) != len(now):
+            raise DataError(f"{where} was made on a cache of {len(old)} shards; {self.path} has {len(now)}")
+        for file, a, b in zip(files, old, now):
+            if a != b:
+                raise DataError(f"{where} was made on other data: shard {self.path / file} differs from the shard "
+                                f"{file} it was trained on (SHA-256 {b} now, {a} then)")
 
     @property
     def num_tokens(self) -> int:
         return int(self._offsets[-1])
 
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        return tensor.view(torch.bfloat16) if self.dtype_name == "bfloat16" else tensor
+        return _to_torch(array, self.dtype_name)
 
     def _gather(self, rows: np.ndarray) -> torch.Tensor:
         order = np.argsort(rows, kind="stable")
@@ -248,16 +308,80 @@ class CachedSource(_FiniteSource):
         return {**super().describe(), "path": str(self.path), **{k: self.manifest.get(k) for k in keys}}
 
     def fingerprint(self) -> dict[str, Any]:
-        """The description (without the path) plus a SHA-256 of the manifest."""
+        """The description (without the path) plus a SHA-256 of the manifest and, when the manifest records
+        them, the first 16 hex digits of each shard's SHA-256 (so another cache of the same shape differs)."""
         manifest = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:16]
-        return {**super().fingerprint(), "manifest_sha256": manifest}
+        out = {**super().fingerprint(), "manifest_sha256": manifest}
+        if self.hashed:
+            out["shard_sha256"] = [shard["sha256"][:16] for shard in self.manifest["shards"]]
+        return out
 
 
-def _write_shard(path: Path, rows: torch.Tensor, dtype: str) -> None:
-    """Write one shard atomically: a complete .npy file appears under its name, or nothing does."""
+class _HashingWriter:
+    """A write-only file wrapper that hashes (SHA-256) and counts the bytes passing through it."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.sha.update(view)
+        self.bytes += view.nbytes
+        return self.f.write(data)
+
+
+def _check_rows_finite(tensor: torch.Tensor, what: str, first_row: int) -> None:
+    """NonFiniteActivationsError naming the first bad row of ``tensor`` (rows ``first_row`` on of the cache)."""
+    finite = torch.isfinite(tensor).all(dim=1)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero().flatten()
+    row = int(bad[0])
+    raise NonFiniteActivationsError(
+        f"non-finite activations in {what}: row {row} (row {first_row + row} of the cache) holds NaN or inf; "
+        f"{bad.numel()} bad rows in this part (first: {bad[:5].tolist()})")
+
+
+def _write_shard(path: Path, rows: torch.Tensor, dtype: str, first_row: int = 0) -> dict[str, Any]:
+    """Write one shard atomically (a complete .npy file appears under its name, or nothing does) after checking
+    its values are finite in the stored dtype; returns its manifest entry with size and SHA-256 of its bytes,
+    hashed as they are written. Memory: the shard, once as ``dtype`` and once as a bool mask."""
     tensor = rows.detach().to("cpu", _DTYPES[dtype]).contiguous()
+    _check_rows_finite(tensor, f"cache shard {path}", first_row)
     array = tensor.view(torch.uint16).numpy() if dtype == "bfloat16" else tensor.numpy()
-    atomic_write(path, lambda f: np.save(f, array))
+    sink: dict[str, _HashingWriter] = {}
+
+    def write(f: Any) -> None:
+        sink["w"] = _HashingWriter(f)
+        np.save(sink["w"], array)
+
+    atomic_write(path, write)
+    return {"file": path.name, "rows": int(array.shape[0]), "bytes": sink["w"].bytes,
+            "sha256": sink["w"].sha.hexdigest()}
+
+
+def _to_torch(array: np.ndarray, dtype: str) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+def _scan_rows(array: np.ndarray, dtype: str, what: str, first_row: int, sha: Any = None) -> None:
+    """Check every row of ``array`` (memory-mapped) is finite, reading ~4 MiB at a time (memory O(chunk));
+    ``sha``: also feed the rows' bytes, in order, to this hash."""
+    step = max(1, HASH_CHUNK // max(1, array.shape[1] * array.dtype.itemsize))
+    for begin in range(0, array.shape[0], step):
+        chunk = np.array(array[begin:begin + step])  # a writable copy of ~4 MiB
+        if sha is not None:
+            sha.update(memoryview(chunk).cast("B"))
+        _check_rows_finite(_to_torch(chunk, dtype), what, first_row + begin)
+
+
+def _shard_entry(path: Path, dtype: str, first_row: int) -> dict[str, Any]:
+    """The manifest entry of a shard already on disk (written by an interrupted run): checked finite, hashed."""
+    array = np.load(path, mmap_mode="r")
+    _scan_rows(array, dtype, f"cache shard {path}", first_row)
+    return {"file": path.name, "rows": int(array.shape[0]), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
 
 
 def _remove_stale_temp_files(path: Path) -> None:
@@ -273,8 +397,12 @@ def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
 
 def save_tensor_cache(activations: torch.Tensor, path: str | os.PathLike[str], *, dtype: str | torch.dtype = "float32",
                       shard_tokens: int = 1 << 20, model: str = "tensor", hook: str = "") -> CachedSource:
-    """Write an in-memory tensor (N, d) as an activation cache at ``path`` and open it."""
-    source = TensorSource(activations)
+    """Write an in-memory tensor (N, d) as an activation cache at ``path`` and open it.
+
+    Each shard is checked finite in the stored ``dtype`` (NonFiniteActivationsError naming shard and row) and
+    hashed as it is written. Memory: one shard at a time, on top of the tensor.
+    """
+    source = TensorSource(activations, check=False)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     name = dtype_name(dtype)
@@ -283,11 +411,9 @@ def save_tensor_cache(activations: torch.Tensor, path: str | os.PathLike[str], *
     shards = []
     for i, begin in enumerate(range(0, source.num_tokens, shard_tokens)):
         rows = activations[begin:begin + shard_tokens]
-        file = f"shard_{i:05d}.npy"
-        _write_shard(out / file, rows, name)
-        shards.append({"file": file, "rows": int(rows.shape[0])})
+        shards.append(_write_shard(out / f"shard_{i:05d}.npy", rows, name, first_row=begin))
     _write_manifest(out, {"format": _FORMAT, "model": model, "hook": hook, "dtype": name, "d_in": source.d_in,
-                          "num_tokens": source.num_tokens, "shards": shards, "complete": True})
+                          "num_tokens": source.num_tokens, "shards": shards, "complete": True, "finite": True})
     return CachedSource(out)
 
 
@@ -536,9 +662,10 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
     Shards of ``texts_per_shard`` texts are written atomically (temp file, fsync, rename), so an
     interrupted run resumes where it stopped when called again with the same arguments (temp files a
     killed run left behind are removed); different arguments on an existing cache raise ValueError.
-    ``max_tokens`` caps the number of vectors (the last shard is cut). The manifest is written last and
-    records model, hook, dtype and token count. The progress bar counts tokens, or texts when
-    ``max_tokens`` is None.
+    ``max_tokens`` caps the number of vectors (the last shard is cut). Every shard is checked for NaN/inf as it
+    is written (NonFiniteActivationsError naming shard, row and row of the cache). The manifest is written last
+    and records model, hook, dtype, token count and each shard's size and SHA-256. The progress bar counts
+    tokens, or texts when ``max_tokens`` is None.
     """
     if not isinstance(source, ModelSource):
         raise TypeError(f"source must be a ModelSource, got {type(source).__name__} "
@@ -574,9 +701,9 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
                 break
             file = f"shard_{i:05d}.npy"
             order = range(i * texts_per_shard, min((i + 1) * texts_per_shard, len(source.texts)))
-            if (out / file).is_file():  # written by an earlier, interrupted run
-                rows = int(np.load(out / file, mmap_mode="r").shape[0])
-                bar.update(len(order) if by_texts else rows)
+            if (out / file).is_file():  # written by an earlier, interrupted run: checked and hashed again
+                entry = _shard_entry(out / file, name, total)
+                bar.update(len(order) if by_texts else entry["rows"])
             else:
                 parts: list[torch.Tensor] = []
                 got = 0
@@ -588,15 +715,14 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
                     bar.update(n_texts if by_texts else acts.shape[0])
                     if max_tokens is not None and total + got >= max_tokens:
                         break
-                rows = got
-                _write_shard(out / file, torch.cat(parts), name)
-            shards.append({"file": file, "rows": rows})
-            total += rows
+                entry = _write_shard(out / file, torch.cat(parts), name, first_row=total)
+            shards.append(entry)
+            total += entry["rows"]
     finally:
         bar.close()
     if total == 0:
         raise ValueError(f"no real tokens in the {len(source.texts)} texts: nothing to cache")
-    _write_manifest(out, {**spec, "num_tokens": total, "shards": shards, "complete": True})
+    _write_manifest(out, {**spec, "num_tokens": total, "shards": shards, "complete": True, "finite": True})
     return CachedSource(out)
 
 

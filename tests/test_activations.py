@@ -208,11 +208,11 @@ def test_cache_activations_resumes_after_an_interruption(tiny_bert, tmp_path: Pa
     real_write = act._write_shard
     calls = {"n": 0}
 
-    def crash_on_third(path, rows, dtype):
+    def crash_on_third(path, rows, dtype, first_row=0):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        real_write(path, rows, dtype)
+        return real_write(path, rows, dtype, first_row)
 
     monkeypatch.setattr(act, "_write_shard", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
