@@ -181,6 +181,111 @@ class TensorSource(_FiniteSource):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# A single .npy / .safetensors file
+# ----------------------------------------------------------------------------------------------------------
+
+_SAFETENSORS_DTYPES: dict[str, tuple[str, Any]] = {"F32": ("float32", np.float32), "F16": ("float16", np.float16),
+                                                   "BF16": ("bfloat16", np.uint16)}
+
+
+def _map_npy(path: Path) -> tuple[np.ndarray, str]:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"activations file {path} is not a readable .npy file: {exc}") from exc
+    names = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
+    if array.dtype not in names:
+        raise DataError(f"activations file {path} holds {array.dtype}; expected float32 or float16")
+    return array, names[array.dtype]
+
+
+def _map_safetensors(path: Path, key: str | None) -> tuple[np.ndarray, str]:
+    """Memory-map one tensor of a .safetensors file (the format: 8-byte header length, JSON header, raw data).
+    The safetensors library reads whole tensors or contiguous slices; training needs random rows, hence a map."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                raise ValueError("the header is cut off")
+            header = json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"activations file {path} is not a readable .safetensors file: {exc}") from exc
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if key is None:
+        key = "activations" if "activations" in tensors or len(tensors) != 1 else next(iter(tensors), None)
+    if key not in tensors:
+        raise DataError(f"activations file {path} has no tensor {key!r} (tensors: {sorted(tensors)}); "
+                        "name it 'activations' or keep one tensor in the file")
+    info = tensors[key]
+    if info.get("dtype") not in _SAFETENSORS_DTYPES:
+        raise DataError(f"activations file {path}: tensor {key!r} is {info.get('dtype')}; expected F32, F16 or BF16")
+    name, storage = _SAFETENSORS_DTYPES[info["dtype"]]
+    shape, (begin, end) = tuple(int(x) for x in info["shape"]), info["data_offsets"]
+    if end - begin != int(np.prod(shape)) * np.dtype(storage).itemsize or 8 + n + end > size:
+        raise DataError(f"activations file {path} is truncated or corrupt: tensor {key!r} of shape {shape} needs "
+                        f"bytes {8 + n + begin}..{8 + n + end}, the file has {size}")
+    if len(shape) != 2:
+        raise DataError(f"activations file {path}: tensor {key!r} has shape {shape}; expected (N, d)")
+    return np.memmap(path, dtype=storage, mode="r", offset=8 + n + begin, shape=shape), name
+
+
+class ArraySource(_FiniteSource):
+    """Activations (N, d) in one ``.npy`` or ``.safetensors`` file, read memory-mapped (memory O(batch)).
+
+    Opening reads the file once (streamed, memory O(4 MiB)): every row is checked finite (a bad one is named by
+    its row) and the data is hashed, so a resumed training run sees a changed file as other data. A
+    ``.safetensors`` file holds one tensor, or names it ``activations`` (or pass ``key``); float32, float16 and
+    bfloat16 are read as stored.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, key: str | None = None, progress: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"activations file {self.path} does not exist" if not self.path.exists()
+                            else f"activations file {self.path} is not a file")
+        if self.path.suffix == ".npy":
+            self.array, self.dtype_name = _map_npy(self.path)
+        elif self.path.suffix == ".safetensors":
+            self.array, self.dtype_name = _map_safetensors(self.path, key)
+        else:
+            raise DataError(f"activations file {self.path} must be a .npy or .safetensors file")
+        if self.array.ndim != 2 or 0 in self.array.shape:
+            raise DataError(f"activations file {self.path} holds shape {self.array.shape}; expected (N, d), N, d > 0")
+        self.d_in = int(self.array.shape[1])
+        from tqdm.auto import tqdm
+
+        sha = hashlib.sha256()
+        with tqdm(total=self.array.nbytes, unit="B", unit_scale=True, desc=f"checking {self.path.name}",
+                  disable=not progress, delay=1.0) as bar:
+            _scan_rows(self.array, self.dtype_name, f"activations file {self.path}", None, sha, bar)
+        self.sha256 = sha.hexdigest()
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.array.shape[0])
+
+    def _gather(self, rows: np.ndarray) -> torch.Tensor:
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), self.d_in), dtype=self.array.dtype)
+        out[order] = self.array[rows[order]]  # sorted reads from the memory map
+        return _to_torch(out, self.dtype_name)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "path": str(self.path), "dtype": self.dtype_name}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The description (without the path) plus the SHA-256 of the data."""
+        return {**super().fingerprint(), "data_sha256": self.sha256[:16]}
+
+
+def open_activations_file(path: str | os.PathLike[str], *, key: str | None = None,
+                          progress: bool = False) -> ArraySource:
+    """Training activations from a ``.npy`` or ``.safetensors`` file of shape (N, d): see :class:`ArraySource`."""
+    return ArraySource(path, key=key, progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # On-disk cache
 # ----------------------------------------------------------------------------------------------------------
 
@@ -244,7 +349,7 @@ class CachedSource(_FiniteSource):
         checked = {"shards": len(self._shards), "sha256_checked": 0, "finite_scanned": 0}
         total = sum(os.path.getsize(self.path / shard["file"]) for shard in self.manifest["shards"])
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"verifying {self.path.name}",
-                  disable=not progress) as bar:
+                  disable=not progress, delay=1.0) as bar:
             for i, shard in enumerate(self.manifest["shards"]):
                 file = self.path / shard["file"]
                 if "sha256" in shard:
@@ -330,16 +435,19 @@ class _HashingWriter:
         return self.f.write(data)
 
 
-def _check_rows_finite(tensor: torch.Tensor, what: str, first_row: int) -> None:
-    """NonFiniteActivationsError naming the first bad row of ``tensor`` (rows ``first_row`` on of the cache)."""
+def _check_rows_finite(tensor: torch.Tensor, what: str, start: int = 0, cache_start: int | None = None) -> None:
+    """NonFiniteActivationsError naming the first bad row of ``tensor``, which holds rows ``start`` on of
+    ``what`` (a shard or file) and, for a shard, rows ``cache_start`` on of the whole cache."""
     finite = torch.isfinite(tensor).all(dim=1)
     if bool(finite.all()):
         return
     bad = (~finite).nonzero().flatten()
     row = int(bad[0])
+    where = f" (row {cache_start + row} of the cache)" if cache_start is not None else ""
     raise NonFiniteActivationsError(
-        f"non-finite activations in {what}: row {row} (row {first_row + row} of the cache) holds NaN or inf; "
-        f"{bad.numel()} bad rows in this part (first: {bad[:5].tolist()})")
+        f"non-finite activations in {what}: row {start + row}{where} holds NaN or inf "
+        f"({bad.numel()} bad rows among rows {start}..{start + tensor.shape[0] - 1}; first: "
+        f"{[start + int(r) for r in bad[:5]]})")
 
 
 def _write_shard(path: Path, rows: torch.Tensor, dtype: str, first_row: int = 0) -> dict[str, Any]:
@@ -347,7 +455,7 @@ def _write_shard(path: Path, rows: torch.Tensor, dtype: str, first_row: int = 0)
     its values are finite in the stored dtype; returns its manifest entry with size and SHA-256 of its bytes,
     hashed as they are written. Memory: the shard, once as ``dtype`` and once as a bool mask."""
     tensor = rows.detach().to("cpu", _DTYPES[dtype]).contiguous()
-    _check_rows_finite(tensor, f"cache shard {path}", first_row)
+    _check_rows_finite(tensor, f"cache shard {path}", 0, first_row)
     array = tensor.view(torch.uint16).numpy() if dtype == "bfloat16" else tensor.numpy()
     sink: dict[str, _HashingWriter] = {}
 
@@ -365,15 +473,19 @@ def _to_torch(array: np.ndarray, dtype: str) -> torch.Tensor:
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
 
 
-def _scan_rows(array: np.ndarray, dtype: str, what: str, first_row: int, sha: Any = None) -> None:
+def _scan_rows(array: np.ndarray, dtype: str, what: str, cache_start: int | None, sha: Any = None,
+               bar: Any = None) -> None:
     """Check every row of ``array`` (memory-mapped) is finite, reading ~4 MiB at a time (memory O(chunk));
-    ``sha``: also feed the rows' bytes, in order, to this hash."""
+    ``cache_start``: the cache row of its first row (a shard), None for a file; ``sha``: also feed the rows'
+    bytes, in order, to this hash; ``bar``: a tqdm bar counting bytes."""
     step = max(1, HASH_CHUNK // max(1, array.shape[1] * array.dtype.itemsize))
     for begin in range(0, array.shape[0], step):
         chunk = np.array(array[begin:begin + step])  # a writable copy of ~4 MiB
         if sha is not None:
             sha.update(memoryview(chunk).cast("B"))
-        _check_rows_finite(_to_torch(chunk, dtype), what, first_row + begin)
+        _check_rows_finite(_to_torch(chunk, dtype), what, begin, None if cache_start is None else cache_start + begin)
+        if bar is not None:
+            bar.update(chunk.nbytes)
 
 
 def _shard_entry(path: Path, dtype: str, first_row: int) -> dict[str, Any]:

@@ -24,14 +24,19 @@ THETA_RANGE = "[-1, 1]"
 EPS_RANGE = "[0, 0.5)"
 
 
+def _fail(name: str, text: str) -> UsageError:
+    """The error '<name> <text>' (argparse types pass no name: argparse puts the option's name first)."""
+    return UsageError(f"{name} {text}".strip())
+
+
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise UsageError(f"{name} must be a number, got {value!r}") from None
+            raise _fail(name, f"must be a number, got {value!r}") from None
     if not math.isfinite(value):
-        raise UsageError(f"{name} must be a finite number, got {value!r}")
+        raise _fail(name, f"must be a finite number, got {value!r}")
     return float(value)
 
 
@@ -39,7 +44,7 @@ def theta(value: Any, name: str = "theta") -> float:
     """A cosine threshold: a number in [-1, 1]."""
     x = _number(value, name)
     if not -1.0 <= x <= 1.0:
-        raise UsageError(f"{name} must be a cosine threshold in {THETA_RANGE}, got {value!r}")
+        raise _fail(name, f"must be a cosine threshold in {THETA_RANGE}, got {value!r}")
     return x
 
 
@@ -47,7 +52,7 @@ def eps(value: Any, name: str = "eps") -> float:
     """The endpoint split's margin: a number in [0, 0.5) (stable p >= 1 - eps, unstable p <= eps)."""
     x = _number(value, name)
     if not 0.0 <= x < 0.5:
-        raise UsageError(f"{name} must be in {EPS_RANGE} (stable: p >= 1 - eps, unstable: p <= eps), got {value!r}")
+        raise _fail(name, f"must be in {EPS_RANGE} (stable: p >= 1 - eps, unstable: p <= eps), got {value!r}")
     return x
 
 
@@ -57,10 +62,10 @@ def positive_int(value: Any, name: str) -> int:
         try:
             as_int = int(str(value), 10)
         except ValueError:
-            raise UsageError(f"{name} must be a positive integer, got {value!r}") from None
+            raise _fail(name, f"must be a positive integer, got {value!r}") from None
         value = as_int
     if value <= 0:
-        raise UsageError(f"{name} must be a positive integer, got {value}")
+        raise _fail(name, f"must be a positive integer, got {value}")
     return value
 
 
@@ -70,10 +75,10 @@ def non_negative_int(value: Any, name: str) -> int:
         try:
             as_int = int(str(value), 10)
         except ValueError:
-            raise UsageError(f"{name} must be a non-negative integer, got {value!r}") from None
+            raise _fail(name, f"must be a non-negative integer, got {value!r}") from None
         value = as_int
     if value < 0:
-        raise UsageError(f"{name} must be a non-negative integer, got {value}")
+        raise _fail(name, f"must be a non-negative integer, got {value}")
     return value
 
 
@@ -81,7 +86,7 @@ def positive_float(value: Any, name: str) -> float:
     """A duration, rate or scale: a finite number > 0."""
     x = _number(value, name)
     if x <= 0:
-        raise UsageError(f"{name} must be a positive number, got {value!r}")
+        raise _fail(name, f"must be a positive number, got {value!r}")
     return x
 
 
@@ -112,6 +117,6 @@ def _arg(check: Callable[[Any, str], Any], label: str) -> Callable[[str], Any]:
 
 theta_arg = _arg(theta, "theta")
 eps_arg = _arg(eps, "eps")
-positive_int_arg = _arg(positive_int, "the value")
-non_negative_int_arg = _arg(non_negative_int, "the value")
-positive_float_arg = _arg(positive_float, "the value")
+positive_int_arg = _arg(positive_int, "")
+non_negative_int_arg = _arg(non_negative_int, "")
+positive_float_arg = _arg(positive_float, "")

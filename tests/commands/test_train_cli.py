@@ -18,11 +18,14 @@ def _cache(tmp_path: Path, n: int = 500) -> str:
     return str(tmp_path / "cache")
 
 
-def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+def _error(argv: list[str], capsys: pytest.CaptureFixture[str], code: int = 2) -> str:
+    """The one-line error of `sae-fast ARGV`, which must exit with ``code`` (2: usage, 1: data)."""
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert err.startswith("sae-fast") and err.count("\n") == 1, err
+    return err
 
 
 @pytest.mark.parametrize(("option", "value"), [("--optimizer", "sgd"), ("--dtype", "int8"),
@@ -40,7 +43,7 @@ def test_invalid_config_and_too_large_batch_are_usage_errors(tmp_path: Path,
     assert "batch_size=1000 is larger than the source (500 tokens)" in err
     assert not Path(out).exists()  # refused before config.json was written
     assert "not allowed with" in _error(["train", "--num-seeds", "2", "--seeds", "0", "1"], capsys)
-    assert "--num-seeds must be positive" in _error(["train", "--cache", cache, "--num-seeds", "0"], capsys)
+    assert "argument --num-seeds: must be a positive integer, got 0" in _error(["train", "--cache", cache, "--num-seeds", "0"], capsys)
 
 
 def test_no_progress_prints_metrics_per_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,5 +58,5 @@ def test_no_progress_prints_metrics_per_seed(tmp_path: Path, capsys: pytest.Capt
 def test_train_on_a_given_cache_checks_only_the_options_given(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     cache = _cache(tmp_path)  # a tensor cache: no model, no texts
-    err = _error(["train", "--cache", cache, "--layer", "5", "--output-dir", str(tmp_path / "run")], capsys)
+    err = _error(["train", "--cache", cache, "--layer", "5", "--output-dir", str(tmp_path / "run")], capsys, code=1)
     assert "other settings" in err and "hook" in err
