@@ -30,14 +30,12 @@ def _fail(name: str, text: str) -> UsageError:
 
 
 def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise _fail(name, f"must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise _fail(name, f"must be a finite number, got {value!r}")
-    return float(value)
+    if isinstance(value, bool):
+        raise _fail(name, f"must be a number, got {value!r}")
+    try:
+        return float(value)  # NaN and inf fail every range check below
+    except (TypeError, ValueError):
+        raise _fail(name, f"must be a number, got {value!r}") from None
 
 
 def theta(value: Any, name: str = "theta") -> float:
@@ -85,7 +83,7 @@ def non_negative_int(value: Any, name: str) -> int:
 def positive_float(value: Any, name: str) -> float:
     """A duration, rate or scale: a finite number > 0."""
     x = _number(value, name)
-    if x <= 0:
+    if not 0 < x < math.inf:
         raise _fail(name, f"must be a positive number, got {value!r}")
     return x
 
