@@ -52,7 +52,7 @@ from .errors import DataError
 from .provenance import HASH_CHUNK, sha256_file
 
 MANIFEST = "manifest.json"
-_SPEC = "cache_spec.json"
+CACHE_SPEC = "cache_spec.json"  # written first: a folder with it but no manifest holds an interrupted cache
 _FORMAT = "sae_fast.activations/1"
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # numpy has no bfloat16: such shards hold the raw bits as uint16.
@@ -297,7 +297,7 @@ class CachedSource(_FiniteSource):
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
-            hint = " (caching was interrupted: run it again to resume)" if (self.path / _SPEC).is_file() else ""
+            hint = " (caching was interrupted: run it again to resume)" if (self.path / CACHE_SPEC).is_file() else ""
             raise FileNotFoundError(f"no activation cache at {self.path}: {MANIFEST} is missing{hint}")
         try:
             manifest = json.loads(manifest_path.read_text())
@@ -754,9 +754,9 @@ def open_matching_cache(path: str | os.PathLike[str], spec: dict[str, Any]) -> C
             raise ValueError(f"{out} already holds a cache made with different settings: {_diff(old, spec)}; "
                              "use another folder or delete it")
         return cached
-    if (out / _SPEC).is_file():
+    if (out / CACHE_SPEC).is_file():
         try:
-            saved = json.loads((out / _SPEC).read_text())
+            saved = json.loads((out / CACHE_SPEC).read_text())
         except json.JSONDecodeError:
             saved = {}
         old = {k: saved.get(k) for k in spec}
@@ -796,8 +796,8 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
         return cached
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_files(out)
-    if not (out / _SPEC).is_file():
-        atomic_write_json(out / _SPEC, spec)
+    if not (out / CACHE_SPEC).is_file():
+        atomic_write_json(out / CACHE_SPEC, spec)
 
     from tqdm.auto import tqdm
 

@@ -489,3 +489,17 @@ def test_activations_file_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text("1 2 3")
     with pytest.raises(DataError, match=r"must be a \.npy or \.safetensors file"):
         open_activations_file(tmp_path / "t.txt")
+
+
+def test_verify_and_file_scans_read_bounded_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory O(chunk), not O(shard): every piece checked is at most HASH_CHUNK bytes."""
+    save_tensor_cache(_x(1000), tmp_path / "c", shard_tokens=500)
+    _strip_hashes(tmp_path / "c")
+    np.save(tmp_path / "a.npy", _x(1000).numpy())
+    seen: list[int] = []
+    real = act._check_rows_finite
+    monkeypatch.setattr(act, "HASH_CHUNK", 1200)  # 50 rows of 6 float32
+    monkeypatch.setattr(act, "_check_rows_finite", lambda t, *a: seen.append(t.shape[0]) or real(t, *a))
+    CachedSource(tmp_path / "c").verify()
+    open_activations_file(tmp_path / "a.npy")
+    assert len(seen) == 40 and max(seen) == 50

@@ -121,7 +121,7 @@ def _open_source(args: argparse.Namespace, cfg: Any, model_given: bool) -> tuple
     verified (shard hashes, or NaN/inf for caches older than the hashes) before training.
     """
     from .. import distributed
-    from ..activations import MANIFEST, open_activations_file
+    from ..activations import CACHE_SPEC, MANIFEST, open_activations_file
 
     rank0 = distributed.get_rank() == 0
     if args.activations:
@@ -129,7 +129,9 @@ def _open_source(args: argparse.Namespace, cfg: Any, model_given: bool) -> tuple
     cache_dir = Path(args.cache) if args.cache else default_cache_dir(args)
     existed = (cache_dir / MANIFEST).is_file()
     if args.cache and not existed and not model_given:
-        raise DataError(f"--cache {cache_dir}: no activation cache there ({MANIFEST} is missing); make one with "
+        state = ("caching into it was interrupted: run the same `sae-fast cache --out DIR ...` again to resume"
+                 if (cache_dir / CACHE_SPEC).is_file() else f"{MANIFEST} is missing")
+        raise DataError(f"--cache {cache_dir}: no activation cache there ({state}); make one with "
                         f"`sae-fast cache --out {cache_dir}`, or add --model to cache a model's activations into it")
     if rank0:
         if not existed:
