@@ -128,6 +128,9 @@ def _open_source(args: argparse.Namespace, cfg: Any, model_given: bool) -> tuple
         return open_activations_file(args.activations, progress=cfg.progress and rank0), args.activations
     cache_dir = Path(args.cache) if args.cache else default_cache_dir(args)
     existed = (cache_dir / MANIFEST).is_file()
+    if args.cache and cache_dir.is_file():
+        raise UsageError(f"--cache {cache_dir} is a file, not a cache folder; to train on a .npy or .safetensors "
+                         f"file of activations use --activations {cache_dir}")
     if args.cache and not existed and not model_given:
         state = ("caching into it was interrupted: run the same `sae-fast cache --out DIR ...` again to resume"
                  if (cache_dir / CACHE_SPEC).is_file() else f"{MANIFEST} is missing")

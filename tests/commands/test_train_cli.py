@@ -159,6 +159,8 @@ def test_train_on_an_activations_file(tmp_path: Path, suffix: str, capsys: pytes
     assert f"activations file {tmp_path / 'bad.npy'}: row 123 holds NaN or inf" in err
     err = _error(["train", "--activations", str(file), "--cache", str(tmp_path)], capsys)
     assert "not allowed with" in err
+    err = _error(["train", "--cache", str(file), "--output-dir", str(tmp_path / "run3")], capsys)
+    assert f"--cache {file} is a file, not a cache folder" in err and f"use --activations {file}" in err
 
 
 def test_a_nan_row_in_an_older_cache_is_named_by_its_place_in_the_cache(
