@@ -78,8 +78,11 @@ def test_one_line_for_a_missing_or_bad_file_and_traceback_with_debug(tmp_path: P
         assert "Traceback (most recent call last)" in err and "DataError" in err
 
 
-def test_stability_and_match_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_stability_match_and_study_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "does not exist" in _fails(["stability", str(tmp_path / "nope"), "--no-progress"], capsys, 1)
+    err = _fails(["study", str(tmp_path / "nope"), "--activations", str(tmp_path / "x.npy"), "--out",
+                  str(tmp_path / "s"), "--no-synthetic", "--no-progress"], capsys, 1)
+    assert str(tmp_path / "nope") in err or str(tmp_path / "x.npy") in err
     assert not (tmp_path / "nope").exists()  # a missing DIR is not created by the writability check
     _sae_dirs(tmp_path / "mixed", 1)
     save_file({"W_dec": torch.randn(32, 12)}, tmp_path / "odd.safetensors")
