@@ -93,13 +93,14 @@ def test_stability_match_and_study_errors_are_one_line(tmp_path: Path, capsys: p
 
 def test_unwritable_out_is_refused_before_any_computation(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import sae_fast.matching as matching
     import sae_fast.stability as stability
 
     runs = _sae_dirs(tmp_path / "runs")
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     monkeypatch.setattr(stability, "stability_scores", _raise(AssertionError("computed before checking --out")))
-    monkeypatch.setattr(stability, "load_decoder", _raise(AssertionError("loaded before checking --out")))
+    monkeypatch.setattr(matching, "match", _raise(AssertionError("computed before checking --out")))
     err = _fails(["stability", str(runs), "--out", str(blocker / "stab"), "--no-progress"], capsys, 1)
     assert f"--out {blocker / 'stab'} is not writable" in err
     err = _fails(["match", str(runs / "seed0"), str(runs / "seed1"), "--out", str(blocker / "m.safetensors")],
