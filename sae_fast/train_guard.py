@@ -13,12 +13,14 @@ Memory and time: O(number of entries in the folder).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import OutputDirError, UsageError
-from .outdir import claim
+from .outdir import LOCK_FILE, claim
 
 FINISHED = ("seed[0-9]*/sae.safetensors", "checkpoints/step_*", "log.jsonl")
 """Files whose presence means the folder holds (part of) a training run (a log alone: a run killed before its
@@ -35,16 +37,29 @@ def earlier_run(output_dir: str | os.PathLike[str]) -> list[str]:
     return sorted(str(p.relative_to(folder)) for pattern in FINISHED for p in folder.glob(pattern))
 
 
+def _claimed_here(output_dir: str | os.PathLike[str]) -> bool:
+    """Whether this very process holds the folder's lock."""
+    try:
+        info = json.loads((Path(output_dir) / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname()
+
+
 @contextlib.contextmanager
 def claim_output_dir(output_dir: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False,
                      what: str = "--output-dir") -> Iterator[Path]:
     """Check, lock and (with ``overwrite``) clear a training output folder for the ``with`` block.
 
-    Raises UsageError for ``resume`` with ``overwrite``, and OutputDirError for a folder that is not writable,
+    A claim nested inside another by the same process (the command, then the trainer) is a no-op. Raises
+    UsageError for ``resume`` with ``overwrite``, and OutputDirError for a folder that is not writable,
     in use by another run, or holding an earlier run when neither ``resume`` nor ``overwrite`` is given.
     """
     if resume and overwrite:
         raise UsageError("--resume continues the run in the output folder and --overwrite deletes it: give one")
+    if _claimed_here(output_dir):  # nested (the command claimed it, then the trainer): already checked
+        yield Path(output_dir)
+        return
     found = earlier_run(output_dir)
     if found and not (resume or overwrite):
         shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")

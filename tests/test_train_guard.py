@@ -30,6 +30,9 @@ def test_an_earlier_run_is_refused_kept_resumed_or_removed(tmp_path: Path) -> No
     assert (run / "seed0" / "sae.safetensors").is_file()
     with claim_output_dir(run, resume=True):
         assert (run / "seed0" / "sae.safetensors").is_file() and (run / ".sae_fast.lock").is_file()
+        with claim_output_dir(run, resume=True):  # nested in this process (the command, then the trainer)
+            pass
+        assert (run / ".sae_fast.lock").is_file()
     with pytest.raises(UsageError), claim_output_dir(run, resume=True, overwrite=True):
         pass
     with claim_output_dir(run, overwrite=True) as folder:
