@@ -128,10 +128,10 @@ def test_a_second_run_on_one_folder_is_refused_naming_the_first(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    (run / ".sae_fast.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+    (run / ".sae_fast.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
                                                     "command": "sae-fast train --output-dir run"}))
     err = _error(["train", *_SMALL, "--output-dir", str(run), "--cache", _cache(tmp_path)], capsys, code=1)
-    assert f"in use by another run (process {os.getpid()}" in err and "sae-fast train --output-dir run" in err
+    assert f"in use by another run (process {os.getppid()}" in err and "sae-fast train --output-dir run" in err
     assert not (run / "log.jsonl").exists()
 
 
