@@ -395,9 +395,22 @@ class CachedSource(_FiniteSource):
             local = sorted_rows[shard_of == shard] - self._offsets[shard]
             parts.append(self._shards[shard][local])  # sorted reads from the memory map
         gathered = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if not self.manifest.get("finite"):  # a cache older than the check at write: named by its cache row
+            self._check_gathered(self._to_tensor(gathered), sorted_rows, shard_of)
         out = np.empty_like(gathered)
         out[order] = gathered  # back to the permutation's order
         return self._to_tensor(out)
+
+    def _check_gathered(self, rows: torch.Tensor, cache_rows: np.ndarray, shard_of: np.ndarray) -> None:
+        """NonFiniteActivationsError naming shard, row and cache row of the first bad row read (O(batch))."""
+        finite = torch.isfinite(rows).all(dim=1)
+        if bool(finite.all()):
+            return
+        i = int((~finite).nonzero()[0])
+        shard, row = int(shard_of[i]), int(cache_rows[i])
+        file = self.path / self.manifest["shards"][shard]["file"]
+        raise NonFiniteActivationsError(f"non-finite activations in cache shard {file}: row "
+                                        f"{row - int(self._offsets[shard])} (row {row} of the cache) holds NaN or inf")
 
     def read(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows [start, stop) in cache order, as one tensor; like a slice, ``stop`` past the end reads to the end."""

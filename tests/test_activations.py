@@ -417,6 +417,8 @@ def test_an_older_cache_is_readable_and_scanned_for_nan(tmp_path: Path) -> None:
     assert torch.equal(cached.read(0, 80), x[:80])  # readable as before
     with pytest.raises(NonFiniteActivationsError, match=r"shard_00002\.npy: row 13 \(row 93 of the cache\)"):
         cached.verify()
+    with pytest.raises(NonFiniteActivationsError, match=r"shard_00002\.npy: row 13 \(row 93 of the cache\)"):
+        _take(cached, 10, batch_size=20, seed=1)  # unverified, in training: still named by its place in the cache
 
 
 def test_resumed_caching_hashes_and_checks_the_shards_already_written(tiny_bert, tmp_path: Path,
