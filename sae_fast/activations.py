@@ -9,7 +9,16 @@ Three sources share one interface, :class:`ActivationSource`:
   (GPT-2) pads with its EOS token.
 * :class:`CachedSource` reads an on-disk cache written once by :func:`cache_activations` (``.npy`` shards
   read memory-mapped, plus ``manifest.json`` naming the model, hook point, dtype and token count).
-* :class:`TensorSource` wraps a tensor already in memory.
+* :class:`TensorSource` wraps a tensor already in memory; :class:`ArraySource` an array (N, d) memory-mapped
+  from a ``.npy`` or ``.safetensors`` file (:func:`open_activations_file`).
+
+Identity of a cache: every shard is checked for NaN/inf as it is written (a bad value is reported by its
+position in the cache: shard, row in the shard and global row), and the manifest records each shard's size in
+bytes and the SHA-256 of its bytes, computed as they are written. Opening a cache checks each shard's size and
+shape; :meth:`CachedSource.verify` re-reads the shards (streamed) and refuses a shard whose content no longer
+matches its recorded hash; :meth:`CachedSource.fingerprint` carries the shard hashes, so a resumed training run
+sees another cache of the same shape as other data. Manifests written before hashes were recorded stay
+readable: for them only the shards' shapes are checked, and ``verify`` scans them for NaN/inf.
 
 ``iter_batches(batch_size, seed=..., start=...)`` yields an endless stream of batches whose order is a
 pure function of ``seed``: epoch ``e`` of a finite source is the seeded permutation
@@ -39,16 +48,18 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write, atomic_write_json
+from .errors import DataError
+from .provenance import HASH_CHUNK, sha256_file
 
 MANIFEST = "manifest.json"
-_SPEC = "cache_spec.json"
+CACHE_SPEC = "cache_spec.json"  # written first: a folder with it but no manifest holds an interrupted cache
 _FORMAT = "sae_fast.activations/1"
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # numpy has no bfloat16: such shards hold the raw bits as uint16.
 _NUMPY_STORAGE: dict[str, Any] = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
 
-class NonFiniteActivationsError(ValueError):
+class NonFiniteActivationsError(DataError):
     """Activations contain NaN or inf."""
 
 
@@ -170,6 +181,111 @@ class TensorSource(_FiniteSource):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# A single .npy / .safetensors file
+# ----------------------------------------------------------------------------------------------------------
+
+_SAFETENSORS_DTYPES: dict[str, tuple[str, Any]] = {"F32": ("float32", np.float32), "F16": ("float16", np.float16),
+                                                   "BF16": ("bfloat16", np.uint16)}
+
+
+def _map_npy(path: Path) -> tuple[np.ndarray, str]:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"activations file {path} is not a readable .npy file: {exc}") from exc
+    names = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
+    if array.dtype not in names:
+        raise DataError(f"activations file {path} holds {array.dtype}; expected float32 or float16")
+    return array, names[array.dtype]
+
+
+def _map_safetensors(path: Path, key: str | None) -> tuple[np.ndarray, str]:
+    """Memory-map one tensor of a .safetensors file (the format: 8-byte header length, JSON header, raw data).
+    The safetensors library reads whole tensors or contiguous slices; training needs random rows, hence a map."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                raise ValueError("the header is cut off")
+            header = json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"activations file {path} is not a readable .safetensors file: {exc}") from exc
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if key is None:
+        key = "activations" if "activations" in tensors or len(tensors) != 1 else next(iter(tensors), None)
+    if key not in tensors:
+        raise DataError(f"activations file {path} has no tensor {key!r} (tensors: {sorted(tensors)}); "
+                        "name it 'activations' or keep one tensor in the file")
+    info = tensors[key]
+    if info.get("dtype") not in _SAFETENSORS_DTYPES:
+        raise DataError(f"activations file {path}: tensor {key!r} is {info.get('dtype')}; expected F32, F16 or BF16")
+    name, storage = _SAFETENSORS_DTYPES[info["dtype"]]
+    shape, (begin, end) = tuple(int(x) for x in info["shape"]), info["data_offsets"]
+    if end - begin != int(np.prod(shape)) * np.dtype(storage).itemsize or 8 + n + end > size:
+        raise DataError(f"activations file {path} is truncated or corrupt: tensor {key!r} of shape {shape} needs "
+                        f"bytes {8 + n + begin}..{8 + n + end}, the file has {size}")
+    if len(shape) != 2:
+        raise DataError(f"activations file {path}: tensor {key!r} has shape {shape}; expected (N, d)")
+    return np.memmap(path, dtype=storage, mode="r", offset=8 + n + begin, shape=shape), name
+
+
+class ArraySource(_FiniteSource):
+    """Activations (N, d) in one ``.npy`` or ``.safetensors`` file, read memory-mapped (memory O(batch)).
+
+    Opening reads the file once (streamed, memory O(4 MiB)): every row is checked finite (a bad one is named by
+    its row) and the data is hashed, so a resumed training run sees a changed file as other data. A
+    ``.safetensors`` file holds one tensor, or names it ``activations`` (or pass ``key``); float32, float16 and
+    bfloat16 are read as stored.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, key: str | None = None, progress: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"activations file {self.path} does not exist" if not self.path.exists()
+                            else f"activations file {self.path} is not a file")
+        if self.path.suffix == ".npy":
+            self.array, self.dtype_name = _map_npy(self.path)
+        elif self.path.suffix == ".safetensors":
+            self.array, self.dtype_name = _map_safetensors(self.path, key)
+        else:
+            raise DataError(f"activations file {self.path} must be a .npy or .safetensors file")
+        if self.array.ndim != 2 or 0 in self.array.shape:
+            raise DataError(f"activations file {self.path} holds shape {self.array.shape}; expected (N, d), N, d > 0")
+        self.d_in = int(self.array.shape[1])
+        from tqdm.auto import tqdm
+
+        sha = hashlib.sha256()
+        with tqdm(total=self.array.nbytes, unit="B", unit_scale=True, desc=f"checking {self.path.name}",
+                  disable=not progress, delay=1.0) as bar:
+            _scan_rows(self.array, self.dtype_name, f"activations file {self.path}", None, sha, bar)
+        self.sha256 = sha.hexdigest()
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.array.shape[0])
+
+    def _gather(self, rows: np.ndarray) -> torch.Tensor:
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), self.d_in), dtype=self.array.dtype)
+        out[order] = self.array[rows[order]]  # sorted reads from the memory map
+        return _to_torch(out, self.dtype_name)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "path": str(self.path), "dtype": self.dtype_name}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The description (without the path) plus the SHA-256 of the data."""
+        return {**super().fingerprint(), "data_sha256": self.sha256[:16]}
+
+
+def open_activations_file(path: str | os.PathLike[str], *, key: str | None = None,
+                          progress: bool = False) -> ArraySource:
+    """Training activations from a ``.npy`` or ``.safetensors`` file of shape (N, d): see :class:`ArraySource`."""
+    return ArraySource(path, key=key, progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # On-disk cache
 # ----------------------------------------------------------------------------------------------------------
 
@@ -181,7 +297,7 @@ class CachedSource(_FiniteSource):
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
-            hint = " (caching was interrupted: run it again to resume)" if (self.path / _SPEC).is_file() else ""
+            hint = " (caching was interrupted: run it again to resume)" if (self.path / CACHE_SPEC).is_file() else ""
             raise FileNotFoundError(f"no activation cache at {self.path}: {MANIFEST} is missing{hint}")
         try:
             manifest = json.loads(manifest_path.read_text())
@@ -192,34 +308,83 @@ class CachedSource(_FiniteSource):
         self.manifest: dict[str, Any] = manifest
         self.dtype_name = dtype_name(manifest["dtype"])
         self.d_in = int(manifest["d_in"])
-        self._shards: list[np.ndarray] = []
-        offsets = [0]
-        for shard in manifest["shards"]:
-            file = self.path / shard["file"]
-            try:
-                array = np.load(file, mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"activation cache shard {file} is missing or corrupt: {exc}") from exc
-            expected = (int(shard["rows"]), self.d_in)
-            if array.shape != expected or array.dtype != np.dtype(_NUMPY_STORAGE[self.dtype_name]):
-                raise ValueError(
-                    f"activation cache shard {file} has shape {array.shape} and dtype {array.dtype}, "
-                    f"the manifest says {expected} {self.dtype_name}"
-                )
-            self._shards.append(array)
-            offsets.append(offsets[-1] + expected[0])
-        self._offsets = np.asarray(offsets, dtype=np.int64)
+        self._shards = [self._open_shard(shard) for shard in manifest["shards"]]
+        self._offsets = np.cumsum([0] + [a.shape[0] for a in self._shards], dtype=np.int64)
         if int(self._offsets[-1]) != int(manifest["num_tokens"]):
-            raise ValueError(f"{manifest_path}: shards hold {int(self._offsets[-1])} rows, manifest says "
-                             f"{manifest['num_tokens']}")
+            raise DataError(f"{manifest_path}: shards hold {int(self._offsets[-1])} rows, manifest says "
+                            f"{manifest['num_tokens']}")
+
+    def _open_shard(self, shard: dict[str, Any]) -> np.ndarray:
+        """Memory-map one shard after checking its size (when recorded), shape and dtype against the manifest."""
+        file = self.path / shard["file"]
+        size = file.stat().st_size if file.is_file() else None
+        if size is not None and "bytes" in shard and size != int(shard["bytes"]):
+            raise DataError(f"activation cache shard {file} is missing or corrupt: it has {size} bytes, the manifest "
+                            f"records {shard['bytes']} (changed or truncated after caching)")
+        try:
+            array = np.load(file, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"activation cache shard {file} is missing or corrupt: {exc}") from exc
+        expected = (int(shard["rows"]), self.d_in)
+        if array.shape != expected or array.dtype != np.dtype(_NUMPY_STORAGE[self.dtype_name]):
+            raise DataError(f"activation cache shard {file} has shape {array.shape} and dtype {array.dtype}, "
+                            f"the manifest says {expected} {self.dtype_name}")
+        return array
+
+    @property
+    def hashed(self) -> bool:
+        """Whether the manifest records every shard's SHA-256 (caches written before that do not)."""
+        return all("sha256" in shard for shard in self.manifest["shards"])
+
+    def verify(self, progress: bool = False) -> dict[str, Any]:
+        """Re-read every shard (streamed, memory O(4 MiB)) and check it is the data that was cached.
+
+        A shard with a recorded SHA-256 must still have it (DataError naming the shard otherwise). A cache
+        whose manifest predates the hashes cannot be checked for identity: its shards are scanned for NaN/inf
+        instead (NonFiniteActivationsError naming shard, row and row of the cache). Returns what was checked.
+        Time: one read of the cache.
+        """
+        from tqdm.auto import tqdm
+
+        checked = {"shards": len(self._shards), "sha256_checked": 0, "finite_scanned": 0}
+        total = sum(os.path.getsize(self.path / shard["file"]) for shard in self.manifest["shards"])
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"verifying {self.path.name}",
+                  disable=not progress, delay=1.0) as bar:
+            for i, shard in enumerate(self.manifest["shards"]):
+                file = self.path / shard["file"]
+                if "sha256" in shard:
+                    if sha256_file(file) != shard["sha256"]:
+                        raise DataError(f"activation cache shard {file} was changed after caching: its SHA-256 "
+                                        "differs from the one recorded in the manifest when it was written; "
+                                        "re-create the cache")
+                    checked["sha256_checked"] += 1
+                if "sha256" not in shard or not self.manifest.get("finite"):
+                    _scan_rows(self._shards[i], self.dtype_name, f"cache shard {file}", int(self._offsets[i]))
+                    checked["finite_scanned"] += 1
+                bar.update(file.stat().st_size)
+        return checked
+
+    def check_same_data(self, saved: dict[str, Any], where: str) -> None:
+        """DataError naming the first shard whose content differs from the fingerprint ``saved`` (recorded by
+        ``where``, e.g. a training checkpoint). Fingerprints without shard hashes (older caches) are not compared
+        here: their manifest hash is the whole identity."""
+        old, now = saved.get("shard_sha256"), self.fingerprint().get("shard_sha256")
+        if old is None or now is None:
+            return
+        files = [shard["file"] for shard in self.manifest["shards"]]
+        if len(old) != len(now):
+            raise DataError(f"{where} was made on a cache of {len(old)} shards; {self.path} has {len(now)}")
+        for file, a, b in zip(files, old, now):
+            if a != b:
+                raise DataError(f"{where} was made on other data: shard {self.path / file} differs from the shard "
+                                f"{file} it was trained on (SHA-256 {b} now, {a} then)")
 
     @property
     def num_tokens(self) -> int:
         return int(self._offsets[-1])
 
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        return tensor.view(torch.bfloat16) if self.dtype_name == "bfloat16" else tensor
+        return _to_torch(array, self.dtype_name)
 
     def _gather(self, rows: np.ndarray) -> torch.Tensor:
         order = np.argsort(rows, kind="stable")
@@ -230,9 +395,22 @@ class CachedSource(_FiniteSource):
             local = sorted_rows[shard_of == shard] - self._offsets[shard]
             parts.append(self._shards[shard][local])  # sorted reads from the memory map
         gathered = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if not self.manifest.get("finite"):  # a cache older than the check at write: named by its cache row
+            self._check_gathered(self._to_tensor(gathered), sorted_rows, shard_of)
         out = np.empty_like(gathered)
         out[order] = gathered  # back to the permutation's order
         return self._to_tensor(out)
+
+    def _check_gathered(self, rows: torch.Tensor, cache_rows: np.ndarray, shard_of: np.ndarray) -> None:
+        """NonFiniteActivationsError naming shard, row and cache row of the first bad row read (O(batch))."""
+        finite = torch.isfinite(rows).all(dim=1)
+        if bool(finite.all()):
+            return
+        i = int((~finite).nonzero()[0])
+        shard, row = int(shard_of[i]), int(cache_rows[i])
+        file = self.path / self.manifest["shards"][shard]["file"]
+        raise NonFiniteActivationsError(f"non-finite activations in cache shard {file}: row "
+                                        f"{row - int(self._offsets[shard])} (row {row} of the cache) holds NaN or inf")
 
     def read(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows [start, stop) in cache order, as one tensor; like a slice, ``stop`` past the end reads to the end."""
@@ -248,16 +426,87 @@ class CachedSource(_FiniteSource):
         return {**super().describe(), "path": str(self.path), **{k: self.manifest.get(k) for k in keys}}
 
     def fingerprint(self) -> dict[str, Any]:
-        """The description (without the path) plus a SHA-256 of the manifest."""
+        """The description (without the path) plus a SHA-256 of the manifest and, when the manifest records
+        them, the first 16 hex digits of each shard's SHA-256 (so another cache of the same shape differs)."""
         manifest = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:16]
-        return {**super().fingerprint(), "manifest_sha256": manifest}
+        out = {**super().fingerprint(), "manifest_sha256": manifest}
+        if self.hashed:
+            out["shard_sha256"] = [shard["sha256"][:16] for shard in self.manifest["shards"]]
+        return out
 
 
-def _write_shard(path: Path, rows: torch.Tensor, dtype: str) -> None:
-    """Write one shard atomically: a complete .npy file appears under its name, or nothing does."""
+class _HashingWriter:
+    """A write-only file wrapper that hashes (SHA-256) and counts the bytes passing through it."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.sha.update(view)
+        self.bytes += view.nbytes
+        return self.f.write(data)
+
+
+def _check_rows_finite(tensor: torch.Tensor, what: str, start: int = 0, cache_start: int | None = None) -> None:
+    """NonFiniteActivationsError naming the first bad row of ``tensor``, which holds rows ``start`` on of
+    ``what`` (a shard or file) and, for a shard, rows ``cache_start`` on of the whole cache."""
+    finite = torch.isfinite(tensor).all(dim=1)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero().flatten()
+    row = int(bad[0])
+    where = f" (row {cache_start + row} of the cache)" if cache_start is not None else ""
+    raise NonFiniteActivationsError(
+        f"non-finite activations in {what}: row {start + row}{where} holds NaN or inf "
+        f"({bad.numel()} bad rows among rows {start}..{start + tensor.shape[0] - 1}; first: "
+        f"{[start + int(r) for r in bad[:5]]})")
+
+
+def _write_shard(path: Path, rows: torch.Tensor, dtype: str, first_row: int = 0) -> dict[str, Any]:
+    """Write one shard atomically (a complete .npy file appears under its name, or nothing does) after checking
+    its values are finite in the stored dtype; returns its manifest entry with size and SHA-256 of its bytes,
+    hashed as they are written. Memory: the shard, once as ``dtype`` and once as a bool mask."""
     tensor = rows.detach().to("cpu", _DTYPES[dtype]).contiguous()
+    _check_rows_finite(tensor, f"cache shard {path}", 0, first_row)
     array = tensor.view(torch.uint16).numpy() if dtype == "bfloat16" else tensor.numpy()
-    atomic_write(path, lambda f: np.save(f, array))
+    sink: dict[str, _HashingWriter] = {}
+
+    def write(f: Any) -> None:
+        sink["w"] = _HashingWriter(f)
+        np.save(sink["w"], array)
+
+    atomic_write(path, write)
+    return {"file": path.name, "rows": int(array.shape[0]), "bytes": sink["w"].bytes,
+            "sha256": sink["w"].sha.hexdigest()}
+
+
+def _to_torch(array: np.ndarray, dtype: str) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+def _scan_rows(array: np.ndarray, dtype: str, what: str, cache_start: int | None, sha: Any = None,
+               bar: Any = None) -> None:
+    """Check every row of ``array`` (memory-mapped) is finite, reading ~4 MiB at a time (memory O(chunk));
+    ``cache_start``: the cache row of its first row (a shard), None for a file; ``sha``: also feed the rows'
+    bytes, in order, to this hash; ``bar``: a tqdm bar counting bytes."""
+    step = max(1, HASH_CHUNK // max(1, array.shape[1] * array.dtype.itemsize))
+    for begin in range(0, array.shape[0], step):
+        chunk = np.array(array[begin:begin + step])  # a writable copy of ~4 MiB
+        if sha is not None:
+            sha.update(memoryview(chunk).cast("B"))
+        _check_rows_finite(_to_torch(chunk, dtype), what, begin, None if cache_start is None else cache_start + begin)
+        if bar is not None:
+            bar.update(chunk.nbytes)
+
+
+def _shard_entry(path: Path, dtype: str, first_row: int) -> dict[str, Any]:
+    """The manifest entry of a shard already on disk (written by an interrupted run): checked finite, hashed."""
+    array = np.load(path, mmap_mode="r")
+    _scan_rows(array, dtype, f"cache shard {path}", first_row)
+    return {"file": path.name, "rows": int(array.shape[0]), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
 
 
 def _remove_stale_temp_files(path: Path) -> None:
@@ -273,8 +522,12 @@ def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
 
 def save_tensor_cache(activations: torch.Tensor, path: str | os.PathLike[str], *, dtype: str | torch.dtype = "float32",
                       shard_tokens: int = 1 << 20, model: str = "tensor", hook: str = "") -> CachedSource:
-    """Write an in-memory tensor (N, d) as an activation cache at ``path`` and open it."""
-    source = TensorSource(activations)
+    """Write an in-memory tensor (N, d) as an activation cache at ``path`` and open it.
+
+    Each shard is checked finite in the stored ``dtype`` (NonFiniteActivationsError naming shard and row) and
+    hashed as it is written. Memory: one shard at a time, on top of the tensor.
+    """
+    source = TensorSource(activations, check=False)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     name = dtype_name(dtype)
@@ -283,11 +536,9 @@ def save_tensor_cache(activations: torch.Tensor, path: str | os.PathLike[str], *
     shards = []
     for i, begin in enumerate(range(0, source.num_tokens, shard_tokens)):
         rows = activations[begin:begin + shard_tokens]
-        file = f"shard_{i:05d}.npy"
-        _write_shard(out / file, rows, name)
-        shards.append({"file": file, "rows": int(rows.shape[0])})
+        shards.append(_write_shard(out / f"shard_{i:05d}.npy", rows, name, first_row=begin))
     _write_manifest(out, {"format": _FORMAT, "model": model, "hook": hook, "dtype": name, "d_in": source.d_in,
-                          "num_tokens": source.num_tokens, "shards": shards, "complete": True})
+                          "num_tokens": source.num_tokens, "shards": shards, "complete": True, "finite": True})
     return CachedSource(out)
 
 
@@ -516,9 +767,9 @@ def open_matching_cache(path: str | os.PathLike[str], spec: dict[str, Any]) -> C
             raise ValueError(f"{out} already holds a cache made with different settings: {_diff(old, spec)}; "
                              "use another folder or delete it")
         return cached
-    if (out / _SPEC).is_file():
+    if (out / CACHE_SPEC).is_file():
         try:
-            saved = json.loads((out / _SPEC).read_text())
+            saved = json.loads((out / CACHE_SPEC).read_text())
         except json.JSONDecodeError:
             saved = {}
         old = {k: saved.get(k) for k in spec}
@@ -536,9 +787,10 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
     Shards of ``texts_per_shard`` texts are written atomically (temp file, fsync, rename), so an
     interrupted run resumes where it stopped when called again with the same arguments (temp files a
     killed run left behind are removed); different arguments on an existing cache raise ValueError.
-    ``max_tokens`` caps the number of vectors (the last shard is cut). The manifest is written last and
-    records model, hook, dtype and token count. The progress bar counts tokens, or texts when
-    ``max_tokens`` is None.
+    ``max_tokens`` caps the number of vectors (the last shard is cut). Every shard is checked for NaN/inf as it
+    is written (NonFiniteActivationsError naming shard, row and row of the cache). The manifest is written last
+    and records model, hook, dtype, token count and each shard's size and SHA-256. The progress bar counts
+    tokens, or texts when ``max_tokens`` is None.
     """
     if not isinstance(source, ModelSource):
         raise TypeError(f"source must be a ModelSource, got {type(source).__name__} "
@@ -557,8 +809,8 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
         return cached
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_files(out)
-    if not (out / _SPEC).is_file():
-        atomic_write_json(out / _SPEC, spec)
+    if not (out / CACHE_SPEC).is_file():
+        atomic_write_json(out / CACHE_SPEC, spec)
 
     from tqdm.auto import tqdm
 
@@ -574,9 +826,9 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
                 break
             file = f"shard_{i:05d}.npy"
             order = range(i * texts_per_shard, min((i + 1) * texts_per_shard, len(source.texts)))
-            if (out / file).is_file():  # written by an earlier, interrupted run
-                rows = int(np.load(out / file, mmap_mode="r").shape[0])
-                bar.update(len(order) if by_texts else rows)
+            if (out / file).is_file():  # written by an earlier, interrupted run: checked and hashed again
+                entry = _shard_entry(out / file, name, total)
+                bar.update(len(order) if by_texts else entry["rows"])
             else:
                 parts: list[torch.Tensor] = []
                 got = 0
@@ -588,15 +840,14 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
                     bar.update(n_texts if by_texts else acts.shape[0])
                     if max_tokens is not None and total + got >= max_tokens:
                         break
-                rows = got
-                _write_shard(out / file, torch.cat(parts), name)
-            shards.append({"file": file, "rows": rows})
-            total += rows
+                entry = _write_shard(out / file, torch.cat(parts), name, first_row=total)
+            shards.append(entry)
+            total += entry["rows"]
     finally:
         bar.close()
     if total == 0:
         raise ValueError(f"no real tokens in the {len(source.texts)} texts: nothing to cache")
-    _write_manifest(out, {**spec, "num_tokens": total, "shards": shards, "complete": True})
+    _write_manifest(out, {**spec, "num_tokens": total, "shards": shards, "complete": True, "finite": True})
     return CachedSource(out)
 
 

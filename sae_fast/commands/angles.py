@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
+
+from ..errors import DataError, UsageError
+from ..validate import non_negative_int_arg
 
 NAME = "angles"
 HELP = "Principal angles between two subspaces (.npy bases of shape (d, r)), or --demo."
@@ -15,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a", nargs="?", help="first basis, a .npy file of shape (d, p)")
     parser.add_argument("b", nargs="?", help="second basis, a .npy file of shape (d, q)")
     parser.add_argument("--demo", action="store_true", help="run on built-in examples instead of files")
-    parser.add_argument("--threads", type=int, default=0, help="C++ threads (0: all)")
+    parser.add_argument("--threads", type=non_negative_int_arg, default=0, help="C++ threads (0: all)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,12 +28,34 @@ def run(args: argparse.Namespace) -> int:
     if args.demo:
         return _demo(args.threads)
     if not (args.a and args.b):
-        raise SystemExit("sae-fast angles: give two .npy files A and B, or --demo")
-    theta = principal_angles(np.load(args.a), np.load(args.b), num_threads=args.threads)
+        raise UsageError("give two .npy files A and B, or --demo")
+    a, b = load_basis(args.a, "A"), load_basis(args.b, "B")
+    if a.shape[0] != b.shape[0]:
+        raise DataError(f"A {args.a} has shape {a.shape} and B {args.b} has shape {b.shape}: both bases must have "
+                        "the same number of rows d (shapes (d, p) and (d, q))")
+    theta = principal_angles(a, b, num_threads=args.threads)
     sim = subspace_similarity(theta)
     print("angles (rad):", np.array2string(theta, precision=6))
     print(f"mean cos^2 {sim.mean_cos2:.6f}  chordal {sim.chordal_distance:.6f}  largest {sim.largest_angle:.6f}")
     return 0
+
+
+def load_basis(path: str, name: str) -> np.ndarray:
+    """A basis (d, r) of finite floats from a .npy file; DataError naming the file otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{name} {p} does not exist" if not p.exists() else f"{name} {p} is not a file")
+    try:
+        array = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{name} {p} is not a readable .npy file: {exc}") from exc
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or 0 in array.shape:
+        raise DataError(f"{name} {p} must hold a 2-D array (d, r) with d, r > 0, got shape {np.shape(array)}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DataError(f"{name} {p} must hold floats, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise DataError(f"{name} {p} holds NaN or inf")
+    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
 
 
 def _demo(threads: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..validate import non_negative_int_arg, output_file, positive_int_arg
 from . import print_summary, set_threads
 
 NAME = "match"
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="matching backend; 'auto' is exact on a GPU and below ~1e13 flop per pair on a CPU, above "
                              "that (with faiss installed) an approximate IVF index whose sampled recall@1 is printed: "
                              "pass 'exact' to be sure")
-    parser.add_argument("--k", type=int, default=1, help="matches kept per row")
+    parser.add_argument("--k", type=positive_int_arg, default=1, help="matches kept per row")
     parser.add_argument("--both", action="store_true", help="also match B -> A (and count mutual nearest neighbours)")
     parser.add_argument("--abs", dest="absolute", action="store_true", help="rank by |cos| instead of signed cos")
     parser.add_argument("--theta", type=float, default=0.7, help="cosine threshold for the summary")
@@ -32,14 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exact backend: tiled torch GEMM, or the fused Triton GEMM + max kernel (CUDA, k = 1)")
     parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw", "cagra"], default=None,
                         help="faiss index (default flat; ivf when auto picks faiss; cagra: GPU faiss with cuVS only)")
-    parser.add_argument("--nlist", type=int, default=None, help="faiss IVF lists (default ~4 sqrt(F))")
-    parser.add_argument("--nprobe", type=int, default=None, help="faiss IVF lists searched per query")
-    parser.add_argument("--recall-sample", type=int, default=None,
+    parser.add_argument("--nlist", type=positive_int_arg, default=None, help="faiss IVF lists (default ~4 sqrt(F))")
+    parser.add_argument("--nprobe", type=positive_int_arg, default=None, help="faiss IVF lists searched per query")
+    parser.add_argument("--recall-sample", type=non_negative_int_arg, default=None,
                         help="approximate faiss index: recall@1 vs exact on this many sampled rows (default "
                              "min(1000, F); 0: off)")
     parser.add_argument("--recall", action="store_true",
                         help="with faiss: also run exact on every row, print the full recall@1")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and faiss (0: default)")
+    parser.add_argument("--threads", type=non_negative_int_arg, default=0,
+                        help="CPU threads for torch and faiss (0: default)")
     parser.add_argument("--out", default=None, help="write indices and cosines to this .safetensors file")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -50,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from ..matching import match, recall_at_1
     from ..stability import load_decoder
 
+    if args.out:
+        output_file(args.out, "--out")
     set_threads(args.threads)
     a, b = load_decoder(args.a, args.key), load_decoder(args.b, args.key)
     dtype = getattr(torch, args.dtype) if args.dtype else None

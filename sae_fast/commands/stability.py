@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..outdir import check_writable
+from ..validate import non_negative_int_arg, positive_float_arg, positive_int_arg
 from . import print_summary, set_threads
 
 NAME = "stability"
@@ -37,24 +39,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score-tile dtype of the exact backend (default float32 on CPU, float16 on GPU)")
     parser.add_argument("--kernel", choices=["torch", "triton"], default="torch",
                         help="exact backend: tiled torch GEMM, or the fused Triton GEMM + max kernel (CUDA, k = 1)")
-    parser.add_argument("--stack", type=int, default=None,
+    parser.add_argument("--stack", type=positive_int_arg, default=None,
                         help="exact backend: seeds stacked into one GEMM sweep against an anchor (default: as many "
                              "as fit in 2^18 stacked rows and a quarter of the decoder cache)")
     parser.add_argument("--index", choices=["flat", "ivf", "ivf_sq", "hnsw", "cagra"], default=None,
                         help="faiss index (default flat; ivf when auto picks faiss; cagra: GPU faiss with cuVS only)")
-    parser.add_argument("--nlist", type=int, default=None, help="faiss IVF lists (default ~4 sqrt(F))")
-    parser.add_argument("--nprobe", type=int, default=None, help="faiss IVF lists searched per query")
-    parser.add_argument("--hnsw-m", type=int, default=None, help="faiss HNSW neighbours per node (default 32)")
-    parser.add_argument("--ef-search", type=int, default=None, help="faiss HNSW search depth (default 64)")
-    parser.add_argument("--recall-sample", type=int, default=None,
+    parser.add_argument("--nlist", type=positive_int_arg, default=None, help="faiss IVF lists (default ~4 sqrt(F))")
+    parser.add_argument("--nprobe", type=positive_int_arg, default=None, help="faiss IVF lists searched per query")
+    parser.add_argument("--hnsw-m", type=positive_int_arg, default=None,
+                        help="faiss HNSW neighbours per node (default 32)")
+    parser.add_argument("--ef-search", type=positive_int_arg, default=None, help="faiss HNSW search depth (default 64)")
+    parser.add_argument("--recall-sample", type=non_negative_int_arg, default=None,
                         help="approximate faiss index: measure recall@1 vs exact on this many rows per pair "
                              "(default min(1000, F); 0: off)")
     parser.add_argument("--out", default=None, help="where results and checkpoints go (default DIR/stability); "
                                                     "a partial run found there is resumed")
     parser.add_argument("--no-save", action="store_true", help="do not write results or checkpoints")
-    parser.add_argument("--save-every", type=float, default=60.0, help="checkpoint interval in seconds")
+    parser.add_argument("--save-every", type=positive_float_arg, default=60.0, help="checkpoint interval in seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and faiss (0: default)")
+    parser.add_argument("--threads", type=non_negative_int_arg, default=0,
+                        help="CPU threads for torch and faiss (0: default)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -63,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..stability import stability_scores
 
-    set_threads(args.threads)
     out = None if args.no_save else (args.out or str(Path(args.dir) / "stability"))
+    if out and (args.out or Path(args.dir).is_dir()):  # a missing DIR is reported by the loader, not created
+        check_writable(out, "--out")
+    set_threads(args.threads)
     kwargs = {}
     if args.dtype:
         kwargs["dtype"] = getattr(torch, args.dtype)

@@ -55,3 +55,19 @@ def test_a_cache_under_the_old_unhashed_name_is_reused_only_if_it_matches(tmp_pa
     monkeypatch.setattr(activations, "open_matching_cache", lambda path, spec: seen.append(spec) or object())
     assert default_cache_dir(args) == legacy  # the same cache under the old name
     assert len(seen) == 1 and seen[0] == requested_spec(args)
+
+
+def test_cache_errors_are_one_line_before_any_model_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import sae_fast.commands.cache as cache
+
+    monkeypatch.setattr(cache, "build_model_source", lambda args: pytest.fail("the model ran"))
+    (tmp_path / "a_file").write_text("")
+    for argv, expected in ((["--out", str(tmp_path / "a_file" / "c")], "is not writable"),
+                           (["--out", str(tmp_path / "c"), "--texts", str(tmp_path / "none.txt")],
+                            f"--texts {tmp_path / 'none.txt'} does not exist")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["cache", *argv, "--no-progress"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and err.startswith("sae-fast cache: error: ") and err.count("\n") == 1
+        assert expected in err

@@ -46,9 +46,11 @@ def test_match_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "IndexIVFFlat(nlist=2)" in text and "recall_at_1: 1.0" in text
 
 
-def test_match_cli_bad_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+def test_match_cli_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
         main(["match", str(tmp_path / "nope.npy"), str(tmp_path / "nope.npy")])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"sae-fast match: error: decoder file {tmp_path / 'nope.npy'} does not exist\n"
 
 
 def test_stability_cli_writes_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,8 +128,9 @@ def test_stability_cli_prints_recall_and_checks_arguments(tmp_path: Path, capsys
         main(["stability", str(tmp_path / "ok"), "--anchor", "first"])
     assert "expected 'all' or a non-negative seed index" in capsys.readouterr().err
     _write(tmp_path / "mixed", [torch.randn(32, 8), torch.randn(32, 12)])
-    with pytest.raises(ValueError, match="same d"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["stability", str(tmp_path / "mixed"), "--no-progress"])
+    assert exit_info.value.code in (1, 2) and "same d" in capsys.readouterr().err
 
 
 def test_match_cli_prints_sampled_recall(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
