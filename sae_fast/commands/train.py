@@ -22,7 +22,7 @@ HELP = ("Train one TopK SAE per seed on the same activations (one pass over the 
         "minutes). An output folder holding a run is refused without --resume or --overwrite. Under torchrun, "
         "seeds are sharded across ranks (one seed: data-parallel).")
 
-_NO_FLAG = {"progress", "resume"}  # booleans with their own flags below
+_NO_FLAG = {"progress", "resume", "overwrite"}  # booleans with their own flags below
 
 
 def _field_type(annotation: str) -> type | None:
@@ -82,7 +82,7 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig
     if args.num_seeds is not None:
         values["seeds"] = list(range(args.num_seeds))
     values["adam_betas"] = tuple(values["adam_betas"])
-    return TrainConfig(**values, resume=args.resume, progress=not args.no_progress)
+    return TrainConfig(**values, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
 
 
 def run(args: argparse.Namespace) -> int:

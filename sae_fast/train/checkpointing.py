@@ -221,6 +221,8 @@ def check_compatible(trainer: Trainer, folder: Path, state: dict[str, Any]) -> N
     require_same(saved, now, what="the training checkpoint", where=folder, hint=hint)
     source = state.get("source")
     if source is not None:
+        if hasattr(trainer.source, "check_same_data"):  # a cache: name the first shard that differs
+            trainer.source.check_same_data(source, f"resume: the checkpoint {folder}")
         require_same(source, to_jsonable(trainer.source.fingerprint()), what="the training checkpoint's data source",
                      where=folder, hint="resume on the data source the run was started on")
 

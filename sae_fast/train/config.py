@@ -104,6 +104,9 @@ class TrainConfig:
     resume: bool = False
     """Continue from the newest complete checkpoint in output_dir (same data order, same result)."""
 
+    overwrite: bool = False
+    """Delete an earlier run in output_dir (SAEs, checkpoints, log) first; without it (or resume) one is refused."""
+
     progress: bool = True
     """Show a tqdm progress bar (rank 0 only)."""
 

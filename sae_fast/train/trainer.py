@@ -31,6 +31,7 @@ takes a slice of every batch, gradients are summed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -47,6 +48,7 @@ from .. import distributed as dist_utils
 from ..activations import ActivationSource, check_finite
 from ..checkpoint import atomic_write, atomic_write_json
 from ..sae import TopKSAE
+from ..train_guard import claim_output_dir
 from . import checkpointing
 from .config import DTYPE_OF, TrainConfig
 from .logging import LOG_FILE, RunLog
@@ -355,4 +357,10 @@ def train(source: ActivationSource, cfg: TrainConfig | None = None, **overrides:
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise TypeError(f"unknown TrainConfig fields: {unknown}")
-    return Trainer(source, TrainConfig(**{**base, **overrides})).fit()
+    cfg = TrainConfig(**{**base, **overrides})
+    guard = (claim_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, what="output_dir")
+             if dist_utils.get_rank() == 0 else contextlib.nullcontext())
+    with guard:  # a no-op inside `sae-fast train`, which claimed the folder already
+        if cfg.resume and hasattr(source, "verify"):  # a cache: every shard re-hashed before continuing on it
+            source.verify(progress=cfg.progress and dist_utils.get_rank() == 0)
+        return Trainer(source, cfg).fit()

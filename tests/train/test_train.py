@@ -17,6 +17,7 @@ import torch
 
 from sae_fast.activations import NonFiniteActivationsError, TensorSource, save_tensor_cache
 from sae_fast.checkpoint import load_sae, read_cfg
+from sae_fast.errors import OutputDirError
 from sae_fast.sae import TopKSAE, geometric_median
 from sae_fast.train import TrainConfig, Trainer, field_docs, train
 
@@ -201,8 +202,12 @@ def test_checkpoints_are_per_seed_and_final_saes_load(tmp_path: Path) -> None:
         assert _same(loaded, saes[seed])
         meta = read_cfg(out / f"seed{seed}")["sae_fast"]
         assert meta["seed"] == seed and meta["tokens"] == 128 * 30
-    with pytest.raises(FileExistsError, match="resume"):
+    with pytest.raises(OutputDirError, match="--resume to continue"):  # a finished run is never overwritten
         train(TensorSource(_data()), cfg)
+    with pytest.raises(FileExistsError, match="resume"):  # the trainer's own check, below the folder guard
+        Trainer(TensorSource(_data()), cfg).fit()
+    train(TensorSource(_data()), dataclasses.replace(cfg, overwrite=True))  # asked for: the old run goes first
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000000020", "step_000000030"]
 
 
 class Interrupt(Exception):
