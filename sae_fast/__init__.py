@@ -29,6 +29,9 @@ _EXPORTS: dict[str, str] = {
     "Trainer": ".train",
     "TrainConfig": ".train",
     "load_sae": ".checkpoint",
+    "load_decoder": ".runs",
+    "find_saved_saes": ".runs",
+    "register_format": ".runs",
     "save_sae": ".checkpoint",
     "study": ".seed_study",
 }

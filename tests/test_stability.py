@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import sae_fast.stability as stab
+import sae_fast.stability.sweeps as stab_run
 from sae_fast import Stability, stability_scores
 from sae_fast.stability import (
     STABLE,
@@ -119,7 +119,7 @@ def test_faiss_backend_agrees(seeds, reference: Stability) -> None:
 def test_resume_after_interruption_is_identical(seeds, reference: Stability, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real_match = stab.match_many
+    real_match = stab_run.match_many
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -127,7 +127,7 @@ def test_resume_after_interruption_is_identical(seeds, reference: Stability, tmp
             raise KeyboardInterrupt
         return real_match(*args, **kwargs)
 
-    monkeypatch.setattr(stab, "match_many", flaky)
+    monkeypatch.setattr(stab_run, "match_many", flaky)
     with pytest.raises(KeyboardInterrupt):
         stability_scores(seeds[0], out=tmp_path, progress=False, save_every=1e9, stack=1)
     partial = Stability.load(tmp_path)
@@ -135,7 +135,7 @@ def test_resume_after_interruption_is_identical(seeds, reference: Stability, tmp
     with pytest.raises(RuntimeError, match="incomplete"):
         partial.p_hat()
     calls.clear()
-    monkeypatch.setattr(stab, "match_many", lambda *a, **k: (calls.append(1), real_match(*a, **k))[1])
+    monkeypatch.setattr(stab_run, "match_many", lambda *a, **k: (calls.append(1), real_match(*a, **k))[1])
     resumed = stability_scores(seeds[0], out=tmp_path, progress=False, stack=1)
     assert len(calls) == S * (S - 1) // 2 - 3  # one sweep per unordered pair: only the unfinished ones
     assert torch.equal(resumed.best_j, reference.best_j)
@@ -292,7 +292,7 @@ def test_gpu_run_equals_cpu_run(seeds, reference: Stability, kernel: str) -> Non
 @pytest.mark.parametrize("anchors", [[0, 1, 2, 3, 4, 5, 6], [3]])
 @pytest.mark.parametrize("stack", [1, 2, 3, 6, 7])
 def test_stacked_sweeps_cover_every_pair_once(anchors: list[int], stack: int) -> None:
-    from sae_fast.stability import _jobs
+    from sae_fast.stability import plan_jobs as _jobs
 
     jobs = _jobs(7, anchors, "exact", stack=stack)
     pairs = [p for j in jobs for p in j.pairs]
@@ -309,7 +309,7 @@ def test_stacked_sweeps_bound_decoder_loads() -> None:
     decoders the snake order reads each seed ~3 times in all."""
     from collections import OrderedDict
 
-    from sae_fast.stability import _jobs
+    from sae_fast.stability import plan_jobs as _jobs
 
     def loads(jobs, capacity: int) -> int:
         cache: OrderedDict[int, None] = OrderedDict()
@@ -348,17 +348,18 @@ def test_stacking_does_not_change_the_result(seeds, reference: Stability, stack:
 
 _SIGTERM_SCRIPT = r"""
 import sys, time, torch
-import sae_fast.stability as stab
-real = stab.match_many
+import sae_fast.stability.sweeps as stab_run
+real = stab_run.match_many
 def slow(*args, **kwargs):
     out = real(*args, **kwargs)
     print("sweep", flush=True)
     time.sleep(0.5)
     return out
-stab.match_many = slow
+stab_run.match_many = slow
 g = torch.Generator().manual_seed(0)
-stab.stability_scores([torch.randn(64, 16, generator=g) for _ in range(4)], out=sys.argv[1], progress=False,
-                      stack=1, save_every=1e9)
+from sae_fast import stability_scores
+stability_scores([torch.randn(64, 16, generator=g) for _ in range(4)], out=sys.argv[1], progress=False, stack=1,
+                 save_every=1e9)
 """
 
 
@@ -397,13 +398,13 @@ def _small(num: int = 3, f: int = 64, d: int = 16) -> list[torch.Tensor]:
 def test_resume_refuses_other_backend_index_or_decoders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     decs = _small()
     stability_scores(decs, out=tmp_path / "exact", progress=False, backend="exact")
-    with pytest.raises(ValueError, match="backend: saved 'exact', now 'faiss'"):
+    with pytest.raises(ValueError, match="backend: saved 'exact', requested 'faiss'"):
         stability_scores(decs, out=tmp_path / "exact", progress=False, backend="faiss")
     changed = [decs[0], decs[1] + 0.5, decs[2]]
     with pytest.raises(ValueError, match=r"decoders of seeds \['1'\] changed"):
         stability_scores(changed, out=tmp_path / "exact", progress=False)
     pytest.importorskip("faiss")
-    real = stab.match
+    real = stab_run.match
 
     def fail_second(*args, **kwargs):  # interrupt a faiss run after its first pair
         if fail_second.calls == 1:
@@ -412,14 +413,14 @@ def test_resume_refuses_other_backend_index_or_decoders(tmp_path: Path, monkeypa
         return real(*args, **kwargs)
 
     fail_second.calls = 0
-    monkeypatch.setattr(stab, "match", fail_second)
+    monkeypatch.setattr(stab_run, "match", fail_second)
     with pytest.raises(KeyboardInterrupt):
         stability_scores(decs, out=tmp_path / "ivf", progress=False, backend="faiss", index="ivf", nlist=2,
                          save_every=1e9)
-    monkeypatch.setattr(stab, "match", real)
-    with pytest.raises(ValueError, match="nlist: saved 2, now 4"):
+    monkeypatch.setattr(stab_run, "match", real)
+    with pytest.raises(ValueError, match="nlist: saved 2, requested 4"):
         stability_scores(decs, out=tmp_path / "ivf", progress=False, backend="faiss", index="ivf", nlist=4)
-    with pytest.raises(ValueError, match="index: saved 'ivf', now 'flat'"):
+    with pytest.raises(ValueError, match="index: saved 'ivf', requested 'flat'"):
         stability_scores(decs, out=tmp_path / "ivf", progress=False, backend="faiss")
     st = stability_scores(decs, out=tmp_path / "ivf", progress=False)  # auto keeps the saved settings
     assert st.complete and st.info["settings"] == {"backend": "faiss", "d": 16, "index": "ivf", "nlist": 2}
@@ -429,12 +430,12 @@ def test_faiss_options_are_forwarded_and_unknown_ones_rejected(monkeypatch: pyte
     pytest.importorskip("faiss")
     built: list[tuple[str, dict]] = []
 
-    class Counting(stab.FaissIndex):
+    class Counting(stab_run.FaissIndex):
         def __init__(self, x, kind="flat", **kwargs):
             built.append((kind, kwargs))
             super().__init__(x, kind, **kwargs)
 
-    monkeypatch.setattr(stab, "FaissIndex", Counting)
+    monkeypatch.setattr(stab_run, "FaissIndex", Counting)
     st = stability_scores(_small(4), backend="faiss", index="hnsw", hnsw_m=8, ef_construction=20, ef_search=16,
                           progress=False)
     assert len(built) == 4  # anchor="all": one index per seed, reused by the 3 other anchors

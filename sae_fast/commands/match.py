@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..matching import match, recall_at_1
-    from ..stability import load_decoder
+    from ..runs import load_decoder
 
     set_threads(args.threads)
     a, b = load_decoder(args.a, args.key), load_decoder(args.b, args.key)
