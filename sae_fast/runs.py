@@ -87,6 +87,13 @@ def register_format(name: str, detect: Callable[[Path], bool],
     _FORMATS.insert(0, SaeFormat(name, detect, read_decoder))
 
 
+def unregister_format(name: str) -> None:
+    """Remove a registered format (the built-in 'sparsify' and 'saelens' stay)."""
+    if name in ("sparsify", "saelens"):
+        raise ValueError(f"the built-in format {name!r} cannot be removed")
+    _FORMATS[:] = [f for f in _FORMATS if f.name != name]
+
+
 def formats() -> list[SaeFormat]:
     """The known formats in the order they are tried."""
     return list(_FORMATS)
