@@ -38,7 +38,6 @@ def test_an_edited_file_without_digest_is_refused(tmp_path: Path) -> None:
         save_file({"W_dec": w}, str(run / f"seed{s}" / "sae.safetensors"))  # no embedded SHA-256
     stability_scores(run, out=tmp_path / "st", progress=False)
     file = run / "seed2" / "sae.safetensors"
-
     changed = load_file(str(file))["W_dec"]
     changed[45] *= -1.0
     save_file({"W_dec": changed}, str(file))
