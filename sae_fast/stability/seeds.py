@@ -48,20 +48,21 @@ def array_identity(x: ArrayLike) -> str:
     return f"array:{h.hexdigest()}"
 
 
-def check_shapes(names: list[str], shapes: list[tuple[int, ...]]) -> tuple[int, int]:
-    """(F, d) shared by every seed; DataError naming the seeds and both shapes where they differ."""
+def check_shapes(labels: list[str], shapes: list[tuple[int, ...]]) -> tuple[int, int]:
+    """(F, d) shared by every seed; DataError naming the two seeds (``labels``: folders or argument positions)
+    and both shapes where they differ."""
     if len(shapes) < 2:
         raise UsageError(f"stability needs at least 2 seeds, got {len(shapes)}")
-    for name, shp in zip(names, shapes):
+    for label, shp in zip(labels, shapes):
         if len(shp) != 2:
-            raise DataError(f"decoder of seed {name} must have shape (F, d), got {shp}")
-    for name, shp in zip(names[1:], shapes[1:]):
+            raise DataError(f"the decoder of {label} must have shape (F, d), got {shp}")
+    for label, shp in zip(labels[1:], shapes[1:]):
         if shp[1] != shapes[0][1]:
-            raise DataError(f"all decoders must have the same d (model width): seed {names[0]} has shape "
-                            f"{shapes[0]}, seed {name} has {shp}")
+            raise DataError(f"all decoders must have the same d (model width): {labels[0]} has shape "
+                            f"{shapes[0]}, {label} has {shp}")
         if shp[0] != shapes[0][0]:
-            raise DataError(f"all decoders must have the same number of features F: seed {names[0]} has shape "
-                            f"{shapes[0]}, seed {name} has {shp}")
+            raise DataError(f"all decoders must have the same number of features F: {labels[0]} has shape "
+                            f"{shapes[0]}, {label} has {shp}")
     return shapes[0][0], shapes[0][1]
 
 
@@ -86,7 +87,8 @@ class SeedDecoders:
             items = find_saved_saes(decoders, hookpoint)
             self.names = [n for n, _ in items]
             self._files = [f for _, f in items]
-            self.num_features, self.d = check_shapes(self.names, [decoder_shape(f) for f in self._files])
+            self.num_features, self.d = check_shapes([str(f.parent) for f in self._files],
+                                                     [decoder_shape(f) for f in self._files])
             self._ids = [self._verify(f) for f in tqdm(self._files, desc="verifying seeds", unit="seed",
                                                         disable=not progress)]
         elif isinstance(decoders, Sequence) and not isinstance(decoders, (bytes, str)):
@@ -95,7 +97,8 @@ class SeedDecoders:
             for i, x in enumerate(decoders):
                 if not isinstance(x, (torch.Tensor, np.ndarray)):
                     raise TypeError(f"decoders[{i}] must be a tensor or array of shape (F, d), got {type(x).__name__}")
-            self.num_features, self.d = check_shapes(self.names, [tuple(x.shape) for x in decoders])
+            self.num_features, self.d = check_shapes([f"decoders[{i}]" for i in range(len(decoders))],
+                                                     [tuple(x.shape) for x in decoders])
         else:
             raise TypeError("decoders must be a directory of saved SAEs or a sequence of (F, d) arrays/tensors, "
                             f"got {type(decoders).__name__}")

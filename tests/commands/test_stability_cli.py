@@ -55,7 +55,7 @@ def test_a_truncated_seed_file_is_named(tmp_path: Path) -> None:
 def test_seeds_of_different_shapes_are_refused_naming_both(tmp_path: Path) -> None:
     run = _run_folder(tmp_path / "run", num=2)
     save_sae(TopKSAE(16, 64, 4, seed=9), run / "seed2")
-    with pytest.raises(DataError, match=r"seed seed0 has shape \(48, 16\), seed seed2 has \(64, 16\)"):
+    with pytest.raises(DataError, match=rf"{run / 'seed0'} has shape \(48, 16\), {run / 'seed2'} has \(64, 16\)"):
         main(["stability", str(run), "--no-save", "--no-progress"])
 
 
