@@ -130,8 +130,8 @@ def natural_key(text: str) -> list[Any]:
 
 
 def _walk(base: Path) -> list[tuple[Path, Path]]:
-    """(folder relative to base, weights file) for every non-hidden folder holding a saved SAE; symbolic links
-    to folders are followed, each real folder visited once (a link cycle ends there)."""
+    """(folder relative to base, weights file) for every non-hidden folder holding a saved SAE, not looking
+    below one; symbolic links to folders are followed, each real folder visited once (a link cycle ends there)."""
     seen: set[tuple[int, int]] = set()
     found = []
     for top, dirs, files in os.walk(base, followlinks=True):
@@ -148,6 +148,7 @@ def _walk(base: Path) -> list[tuple[Path, Path]]:
             hit = next((Path(top) / f for f in sorted(files) if fmt.detect(Path(top) / f)), None)
             if hit is not None:
                 found.append((rel, hit))
+                dirs[:] = []  # anything below (a trainer's checkpoints/) is deeper, so never counted
                 break
     return found
 

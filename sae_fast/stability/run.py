@@ -85,7 +85,8 @@ def stability_scores(
     dev = resolve_device(device)
     use_dist = distributed and dist_utils.get_world_size() > 1
     rank, world = (dist_utils.get_rank(), dist_utils.get_world_size()) if use_dist else (0, 1)
-    seeds = SeedDecoders(decoders, dev, cache_bytes=cache_bytes, hookpoint=hookpoint, progress=progress and rank == 0)
+    seeds = SeedDecoders(decoders, dev, cache_bytes=cache_bytes, hookpoint=hookpoint, progress=progress and rank == 0,
+                         shard=use_dist)
     anchors = resolve_anchors(anchor, len(seeds))
     out_dir = Path(out) if out is not None else None
     ckpt_dir = checkpoint_dir(out_dir, rank, world)

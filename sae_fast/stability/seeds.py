@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed as dist_utils
 from ..errors import DataError, UsageError
 from ..matching import ArrayLike, as_unit_rows
 from ..runs import decoder_identity, decoder_shape, find_saved_saes, load_decoder, read_decoder
@@ -66,17 +67,48 @@ def check_shapes(labels: list[str], shapes: list[tuple[int, ...]]) -> tuple[int,
     return shapes[0][0], shapes[0][1]
 
 
+def verify_file(file: Path) -> str:
+    """The file's identity, after checking its embedded SHA-256 (if any) and that its decoder is finite."""
+    identity = decoder_identity(file)
+    load_decoder(file, verify=False)  # shape, dtype and finiteness, in row blocks
+    return identity
+
+
+def verify_files(files: list[Path], progress: bool, shard: bool) -> list[str]:
+    """:func:`verify_file` of every file; with ``shard`` each rank reads its share and the identities (or the
+    first error, raised on every rank alike) are exchanged, so no rank is left waiting for another."""
+    mine = dist_utils.shard(list(range(len(files)))) if shard else list(range(len(files)))
+    ids: dict[int, str] = {}
+    error: str | None = None
+    try:
+        for i in tqdm(mine, desc="verifying seeds", unit="seed", disable=not progress):
+            ids[i] = verify_file(files[i])
+    except DataError as err:
+        if not shard:
+            raise
+        error = str(err)
+    if shard:
+        parts = dist_utils.all_gather_objects((ids, error))
+        errors = [e for _, e in parts if e is not None]
+        if errors:
+            raise DataError(errors[0])
+        ids = {i: x for part, _ in parts for i, x in part.items()}
+    return [ids[i] for i in range(len(files))]
+
+
 class SeedDecoders:
     """S decoder matrices (F, d), served one at a time as unit-normalised float32 rows on ``device``.
 
     ``decoders``: a sequence of arrays/tensors, or a directory of saved SAEs (see
     :func:`sae_fast.runs.find_saved_saes`), each verified once here and read memory-mapped only when needed.
     A small LRU cache holds at most ``cache_bytes`` of normalised decoders, so never all seeds are in (GPU)
-    memory at once unless they fit. ``progress``: a bar while the saved files are verified.
+    memory at once unless they fit. ``progress``: a bar while the saved files are verified; ``shard``: the
+    ranks of the process group share that verification (every rank must then construct the seeds).
     """
 
     def __init__(self, decoders: str | os.PathLike | Sequence[ArrayLike], device: torch.device,
-                 cache_bytes: int | None = None, hookpoint: str | None = None, progress: bool = False) -> None:
+                 cache_bytes: int | None = None, hookpoint: str | None = None, progress: bool = False,
+                 shard: bool = False) -> None:
         self.device = device
         self.cache_bytes = default_cache_bytes(device) if cache_bytes is None else int(cache_bytes)
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
@@ -89,8 +121,7 @@ class SeedDecoders:
             self._files = [f for _, f in items]
             self.num_features, self.d = check_shapes([str(f.parent) for f in self._files],
                                                      [decoder_shape(f) for f in self._files])
-            self._ids = [self._verify(f) for f in tqdm(self._files, desc="verifying seeds", unit="seed",
-                                                        disable=not progress)]
+            self._ids = verify_files(self._files, progress, shard)
         elif isinstance(decoders, Sequence) and not isinstance(decoders, (bytes, str)):
             self._arrays = decoders
             self.names = [str(i) for i in range(len(decoders))]
@@ -102,13 +133,6 @@ class SeedDecoders:
         else:
             raise TypeError("decoders must be a directory of saved SAEs or a sequence of (F, d) arrays/tensors, "
                             f"got {type(decoders).__name__}")
-
-    @staticmethod
-    def _verify(file: Path) -> str:
-        """The file's identity, after checking its embedded SHA-256 (if any) and that its decoder is finite."""
-        identity = decoder_identity(file)
-        load_decoder(file, verify=False)  # shape, dtype and finiteness, in row blocks
-        return identity
 
     def __len__(self) -> int:
         return len(self.names)

@@ -118,3 +118,24 @@ def test_torchrun_ranks_split_the_pairs(tmp_path: Path) -> None:
     assert result.complete and torch.equal(result.best_j, single.best_j)
     torch.testing.assert_close(result.best_cos, single.best_cos, equal_nan=True, atol=1e-6, rtol=0)
     assert not (out / LOCK_FILE).exists()
+
+
+def _failing_worker(rank: int, world: int, port: int, run: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
+    torch.set_num_threads(1)
+    try:
+        main(["stability", run, "--out", out, "--no-progress"])
+    except DataError as err:
+        Path(out, f"error{rank}.txt").write_text(str(err))
+
+
+def test_torchrun_ranks_share_verification_and_all_stop_on_a_changed_file(tmp_path: Path) -> None:
+    run = _run_folder(tmp_path / "run", num=4)
+    file = run / "seed1" / "sae.safetensors"  # verified by rank 1 only: rank 0 must stop too, not wait
+    change_one_weight(file)
+    out = tmp_path / "out"
+    mp.spawn(_failing_worker, args=(2, _free_port(), str(run), str(out)), nprocs=2, join=True)
+    for rank in range(2):
+        assert str(file) in (out / f"error{rank}.txt").read_text()
+    assert not (out / "stability.json").exists()
