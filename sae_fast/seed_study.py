@@ -315,7 +315,7 @@ def find_seeds(run_dir: str | os.PathLike, hookpoint: str | None = None,
     """(name, folder) of every saved SAE under ``run_dir`` (``<seed>/`` or ``<seed>/<hookpoint>/``; sae_fast,
     sparsify or SAELens files) via :func:`sae_fast.stability.find_saved_saes`, in natural order. ``names``:
     keep only these seed names (``<seed>`` or ``<seed>/<hookpoint>``), in that order; all must exist."""
-    from .runs import find_saved_saes
+    from .stability import find_saved_saes
 
     try:
         found = [(name, f.parent) for name, f in find_saved_saes(run_dir, hookpoint)]

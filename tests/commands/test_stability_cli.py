@@ -79,6 +79,16 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     assert main(["stability", str(run), "--out", str(out), "--no-progress", "--json", "--theta", "0.9"]) == 0
 
 
+def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sae_fast.stability as stability
+
+    run = _run_folder(tmp_path / "run", num=2)
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(stability, "stability_scores", lambda *a, **k: pytest.fail("computed before the check"))
+    with pytest.raises(OutputDirError, match="not writable"):
+        main(["stability", str(run), "--out", str(tmp_path / "a_file" / "st"), "--no-progress"])
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_an_unwritable_out_fails_before_any_work(tmp_path: Path) -> None:
     run = _run_folder(tmp_path / "run", num=2)
