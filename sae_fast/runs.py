@@ -82,7 +82,9 @@ _FORMATS: list[SaeFormat] = []
 def register_format(name: str, detect: Callable[[Path], bool],
                     read_decoder: Callable[[Path], torch.Tensor]) -> None:
     """Add (or replace) a saved-SAE format; registered formats are tried before the built-in ones, newest
-    first. ``detect`` gets a file path and must be cheap (a name or header check)."""
+    first. ``detect`` gets a file path and must be cheap (a name or header check); ``read_decoder`` gets the
+    file ``detect`` accepted and returns its decoder (F, d) — reading the file itself (e.g. with
+    :func:`memmap_safetensors`), not through :func:`load_decoder`, which dispatches to it."""
     _FORMATS[:] = [f for f in _FORMATS if f.name != name]
     _FORMATS.insert(0, SaeFormat(name, detect, read_decoder))
 
@@ -274,8 +276,10 @@ def decoder_identity(path: str | os.PathLike[str]) -> str:
     return f"file:{sha256_file(file)}"
 
 
-def _memmap_tensor(file: Path, key: str) -> torch.Tensor:
-    """Tensor ``key`` of a safetensors file, memory-mapped read-only (shape and dtype checked)."""
+def memmap_safetensors(file: Path, key: str) -> torch.Tensor:
+    """Tensor ``key`` (a 2-D floating-point matrix) of a safetensors file, memory-mapped read-only, shape and
+    dtype checked, not verified. What a registered format's ``read_decoder`` can use for safetensors files
+    (it must not call :func:`load_decoder`, which dispatches back to it)."""
     header, start = read_safetensors_header(file)
     entry = header.get(key)
     if entry is None or key == "__metadata__":
@@ -328,7 +332,7 @@ def read_decoder(file: Path, key: str = DECODER_KEY) -> torch.Tensor:
     if file.suffix == ".npy":
         return _memmap_npy(file)
     if file.suffix == ".safetensors" and (key != DECODER_KEY or format_of(file) is None):
-        return _memmap_tensor(file, key)
+        return memmap_safetensors(file, key)
     fmt = format_of(file)
     if fmt is None:
         raise CheckpointError(f"{file}: expected an SAE folder, a .safetensors file (tensor {key!r}) or a .npy file")
@@ -370,7 +374,7 @@ def _is_saelens(file: Path) -> bool:
 
 
 def _read_key(file: Path) -> torch.Tensor:
-    return _memmap_tensor(file, DECODER_KEY)
+    return memmap_safetensors(file, DECODER_KEY)
 
 
 # built-in formats, in order of preference where a folder holds both
