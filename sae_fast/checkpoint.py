@@ -19,25 +19,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 
-from .errors import DataError
-
-SPARSIFY_WEIGHTS = "sae.safetensors"
-SAELENS_WEIGHTS = "sae_weights.safetensors"
-CFG = "cfg.json"
-_DIGEST_KEY = "sae_fast.sha256"
-_SAFETENSORS_DTYPES: dict[str, tuple[Any, torch.dtype | None]] = {
-    "F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.uint16, torch.bfloat16),
-    "F64": (np.float64, None),
-}
+from .runs import (
+    CFG,
+    DIGEST_KEY,
+    SAELENS_WEIGHTS,
+    SPARSIFY_WEIGHTS,
+    CheckpointError,
+    load_decoder,
+    verify_safetensors,
+)
 
 __all__ = [
     "CheckpointError",
@@ -49,10 +46,6 @@ __all__ = [
     "read_cfg",
     "save_sae",
 ]
-
-
-class CheckpointError(DataError):
-    """A checkpoint is missing, truncated, corrupt or inconsistent with its config (a DataError, so a ValueError)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -114,7 +107,7 @@ def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.
     from safetensors.torch import save
 
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = {**(metadata or {}), _DIGEST_KEY: tensors_digest(cpu)}
+    meta = {**(metadata or {}), DIGEST_KEY: tensors_digest(cpu)}
     data = save(cpu, metadata=meta)
     return atomic_write(path, lambda f: f.write(data))
 
@@ -126,43 +119,13 @@ def load_safetensors(path: str | os.PathLike[str], device: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing")
-    _check_safetensors_size(path)
+    verify_safetensors(path)  # header, size and the SHA-256 of its tensors where stored, streamed (O(4 MiB))
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint file {path} is corrupt or truncated: {exc}") from exc
-    expected = metadata.get(_DIGEST_KEY)
-    if expected is not None and tensors_digest(tensors) != expected:
-        raise CheckpointError(f"checkpoint file {path} is corrupt: its tensors do not match the SHA-256 in its header")
     return {k: v.to(device) for k, v in tensors.items()}
-
-
-def _read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header of a safetensors file and the byte offset where its data begins."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"checkpoint file {path} is truncated ({size} bytes, no safetensors header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            raise CheckpointError(f"checkpoint file {path} is truncated: header says {n} bytes, file has {size}")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"checkpoint file {path} has a corrupt safetensors header: {exc}") from exc
-    return header, 8 + n
-
-
-def _check_safetensors_size(path: Path) -> None:
-    header, start = _read_safetensors_header(path)
-    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    needed = start + max(ends, default=0)
-    size = path.stat().st_size
-    if size < needed:
-        raise CheckpointError(f"checkpoint file {path} is truncated: {size} bytes, its header needs {needed}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -241,33 +204,3 @@ def load_sae(path: str | os.PathLike[str], *, device: str | torch.device | None 
 
     detect_format(path)
     return formats.load(path, device=device, dtype=dtype, k=k)
-
-
-def load_decoder(path: str | os.PathLike[str]) -> torch.Tensor:
-    """The decoder W_dec (F, d) of a checkpoint folder (either layout), memory-mapped and read-only.
-
-    Nothing is read into memory until used, so dozens of large decoders can be opened at once for matching.
-    The returned tensor shares memory with the file: do not write to it.
-    """
-    path = Path(path)
-    kind = detect_format(path)
-    file = path / (SPARSIFY_WEIGHTS if kind == "sparsify" else SAELENS_WEIGHTS)
-    header, start = _read_safetensors_header(file)
-    _check_safetensors_size(file)
-    entry = header.get("W_dec")
-    if entry is None:
-        raise CheckpointError(f"{file} has no W_dec tensor")
-    np_dtype, torch_view = _SAFETENSORS_DTYPES.get(entry["dtype"], (None, None))
-    if np_dtype is None:
-        raise CheckpointError(f"{file}: W_dec has unsupported dtype {entry['dtype']}")
-    shape = tuple(int(s) for s in entry["shape"])
-    if len(shape) != 2:
-        raise CheckpointError(f"{file}: W_dec must be 2-D (F, d), got shape {shape}")
-    begin, end = (int(o) for o in entry["data_offsets"])
-    if end - begin != int(np.prod(shape)) * np.dtype(np_dtype).itemsize:
-        raise CheckpointError(f"{file}: W_dec's byte range does not match its shape {shape}")
-    array = np.memmap(file, dtype=np_dtype, mode="r", offset=start + begin, shape=shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch warns that the array is not writable
-        tensor = torch.from_numpy(array)
-    return tensor.view(torch_view) if torch_view is not None else tensor

@@ -7,11 +7,17 @@ on CPU use the gloo backend.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import OutputDirError
+from .outdir import claim
 
 T = TypeVar("T")
 
@@ -86,3 +92,43 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def init_from_environment() -> bool:
+    """Joins the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1): nccl when
+    CUDA is available (on the device ``LOCAL_RANK``), else gloo. Returns True when it initialised the group
+    here (the caller then destroys it with :func:`destroy`), False in one process or when already joined."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def destroy() -> None:
+    """Leaves the process group (no-op without one)."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def claim_on_main(path: str | os.PathLike[str], **claim_kwargs: Any) -> Iterator[Path]:
+    """:func:`sae_fast.outdir.claim` of a folder all ranks write to, taken by rank 0 only (the others would
+    find its lock): rank 0's error, if any, is raised on every rank, so no rank starts work alone."""
+    if get_world_size() == 1:
+        with claim(path, **claim_kwargs) as folder:
+            yield folder
+        return
+    with contextlib.ExitStack() as stack:
+        error = None
+        if is_main_process():
+            try:
+                stack.enter_context(claim(path, **claim_kwargs))
+            except OutputDirError as err:
+                error = str(err)
+        error = broadcast_object(error)
+        if error is not None:
+            raise OutputDirError(error)
+        yield Path(path)

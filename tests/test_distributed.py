@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import sae_fast.stability as stab
+import sae_fast.stability.sweeps as stab_run
 from sae_fast import Stability, stability_scores
 from sae_fast import distributed as du
 
@@ -98,7 +98,7 @@ def _resume_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method="env://")
     try:
         torch.set_num_threads(1)
-        real = stab.match_many
+        real = stab_run.match_many
         for name, again in (("saved", None), ("other", 3)):
             out = Path(out_dir) / name
             calls: list[int] = []
@@ -109,13 +109,13 @@ def _resume_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                     raise KeyboardInterrupt
                 return real(*args, **kwargs)
 
-            stab.match_many = flaky
+            stab_run.match_many = flaky
             try:
                 stability_scores(_seeds(6), out=out, progress=False, stack=1, save_every=1e9)
             except KeyboardInterrupt:
                 pass
             finally:
-                stab.match_many = real
+                stab_run.match_many = real
             du.barrier()
             st = stability_scores(_seeds(6), out=out, progress=False, stack=again)
             st.save(Path(out_dir) / f"{name}-rank{rank}")

@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+# the labels of the endpoint split: one set, defined with the split in sae_fast.stability.result
+from ..stability.result import NEITHER, STABLE, UNSTABLE  # noqa: F401  (used by the analyses through here)
+
 ArrayLike = Any  # numpy array or torch tensor
 
 
@@ -58,9 +61,6 @@ def index_array(idx: ArrayLike, size: int, name: str) -> np.ndarray:
     if arr.size and (arr.min() < 0 or arr.max() >= size):
         raise ValueError(f"{name} holds indices outside [0, {size})")
     return arr
-
-# Labels of the endpoint split, the same values as sae_fast.stability (STABLE, UNSTABLE, NEITHER).
-STABLE, UNSTABLE, NEITHER = 1, -1, 0
 
 
 def right_singular(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 """Stability summaries (method.md §1): p̂ per feature, the stable / unstable / neither split, histograms.
 
-The scores themselves come from :func:`sae_fast.stability_scores`; :func:`anchor_scores` is a small exact
-fallback (one GEMM per pair) used by the study when it is handed plain decoder matrices, and by tests.
+The scores themselves come from :func:`sae_fast.stability_scores`; :func:`anchor_scores` lays them out per
+anchor (p̂ as float64, best cosines over the other seeds only) for the study when it is handed plain decoder
+matrices.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import NEITHER, STABLE, UNSTABLE, ArrayLike, as_numpy, check_decoders
+from ..stability.result import NEITHER, STABLE, UNSTABLE, split_labels
+from ..stability.run import stability_scores
+from ._common import ArrayLike, as_numpy, check_decoders
 
 
 @dataclass
@@ -35,12 +38,14 @@ def anchor_scores(
     signed: bool = True,
     block: int = 4096,
 ) -> AnchorScores:
-    """Exact p̂ (many-to-one argmax rule) of every feature of every anchor against all other seeds.
+    """Exact p̂ (many-to-one argmax rule) of every feature of every anchor against all other seeds, computed by
+    :func:`sae_fast.stability_scores` (exact backend, on the CPU, in one process) and laid out per anchor.
 
     ``decoders``: S matrices (F, d) (rows need not be unit). ``anchors``: seed indices (default all).
-    ``signed=False`` uses |cos|. Rows are processed in blocks of ``block`` so no F x F matrix is held.
+    ``signed=False`` uses |cos|. ``block``: rows per score tile, so no F x F matrix is held.
+    Memory: the S decoders as float32 plus best_cos (A, S - 1, F).
     """
-    decs = check_decoders(decoders)
+    decs = [d.astype(np.float32) for d in check_decoders(decoders)]
     S = len(decs)
     if S < 2:
         raise ValueError(f"decoders must hold at least 2 seeds, got {S}")
@@ -51,32 +56,22 @@ def anchor_scores(
         if not 0 <= a < S:
             raise ValueError(f"anchor {a} outside [0, {S})")
     F = decs[anchors[0]].shape[0]
-    if any(decs[a].shape[0] != F for a in anchors):
-        raise ValueError("all anchor decoders must have the same number of latents")
-    best = np.zeros((len(anchors), S - 1, F), dtype=np.float32)
-    for ai, a in enumerate(anchors):
-        others = [b for b in range(S) if b != a]
-        for k, b in enumerate(others):
-            for start in range(0, F, block):
-                cos = decs[a][start : start + block] @ decs[b].T
-                if not signed:
-                    cos = np.abs(cos)
-                best[ai, k, start : start + block] = cos.max(axis=1)
-    p_hat = (best >= theta).mean(axis=1)
+    if any(dec.shape[0] != F for dec in decs):
+        raise ValueError("all decoders must have the same number of latents")
+    kw = {"theta": theta, "absolute": not signed, "backend": "exact", "device": "cpu", "progress": False,
+          "distributed": False, "block_rows": block}
+    runs = ([stability_scores(decs, anchor="all", **kw)] if anchors == list(range(S))
+            else [stability_scores(decs, anchor=a, **kw) for a in anchors])
+    best = np.concatenate([r.best_cos.numpy() for r in runs])  # (A, S, F), NaN at each anchor's own seed
+    p_hat = np.concatenate([r.matched(theta).sum(dim=-2).double().numpy() for r in runs]) / (S - 1)
+    best = np.stack([np.delete(best[i], a, axis=0) for i, a in enumerate(anchors)])
     return AnchorScores(p_hat=p_hat, best_cos=best, anchors=np.asarray(anchors), theta=float(theta))
 
 
 def split(p_hat: ArrayLike, eps: float = 0.05) -> np.ndarray:
-    """Endpoint split per feature: STABLE 1 (p̂ >= 1 - eps), UNSTABLE -1 (p̂ <= eps), NEITHER 0 (dropped)."""
-    if not 0.0 <= eps < 0.5:
-        raise ValueError(f"eps must be in [0, 0.5), got {eps}")
-    p = as_numpy(p_hat, "p_hat")
-    if ((p < 0) | (p > 1)).any():
-        raise ValueError("p_hat must lie in [0, 1]")
-    labels = np.full(p.shape, NEITHER, dtype=np.int8)
-    labels[p >= 1.0 - eps - 1e-9] = STABLE
-    labels[p <= eps + 1e-9] = UNSTABLE
-    return labels
+    """Endpoint split per feature: STABLE 1 (p̂ >= 1 - eps), UNSTABLE -1 (p̂ <= eps), NEITHER 0 (dropped);
+    :func:`sae_fast.stability.split_labels` on a numpy copy."""
+    return split_labels(as_numpy(p_hat, "p_hat"), eps)
 
 
 def summarize(p_hat: ArrayLike, best_cos: ArrayLike | None = None, *, eps: float = 0.05, bins: int = 20) -> dict:

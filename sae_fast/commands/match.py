@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..matching import match, recall_at_1
-    from ..stability import load_decoder
+    from ..runs import load_decoder
 
     if args.out:
         output_file(args.out, "--out")

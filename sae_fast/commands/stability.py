@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ..outdir import check_writable
 from ..validate import non_negative_int_arg, positive_float_arg, positive_int_arg
 from . import print_summary, set_threads
+
+if TYPE_CHECKING:
+    from ..stability import Stability
 
 NAME = "stability"
 HELP = "Stability scores p_hat of every feature across the seeds saved under DIR (one SAE folder per seed)."
@@ -63,14 +67,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    """Under torchrun (WORLD_SIZE > 1) the ranks join one process group and split the pairs; rank 0 claims
+    the output folder (writable, locked against a second run) before any work, and prints the summary."""
+    from .. import distributed as dist_utils  # imports torch (see _compute)
+
+    set_threads(args.threads)
+    out = None if args.no_save else Path(args.out or Path(args.dir) / "stability")
+    joined = dist_utils.init_from_environment()
+    try:
+        with contextlib.ExitStack() as stack:
+            if out is not None:  # a folder holding an unfinished or finished compatible run is resumed
+                stack.enter_context(dist_utils.claim_on_main(out, kind="a stability run"))
+            result = _compute(args, out)
+        if dist_utils.is_main_process():
+            print_summary(_summary(result, out), args.json, width=12)
+    finally:
+        if joined:
+            dist_utils.destroy()
+    return 0
+
+
+def _compute(args: argparse.Namespace, out: Path | None) -> Stability:
+    import torch  # torch and the stability package load here: the CLI imports every command to build its parser
 
     from ..stability import stability_scores
 
-    out = None if args.no_save else (args.out or str(Path(args.dir) / "stability"))
-    if out and (args.out or Path(args.dir).is_dir()):  # a missing DIR is reported by the loader, not created
-        check_writable(out, "--out")
-    set_threads(args.threads)
     kwargs = {}
     if args.dtype:
         kwargs["dtype"] = getattr(torch, args.dtype)
@@ -80,18 +101,21 @@ def run(args: argparse.Namespace) -> int:
         options = {"index": args.index, "nlist": args.nlist, "nprobe": args.nprobe, "hnsw_m": args.hnsw_m,
                    "ef_search": args.ef_search}
         kwargs.update({k: v for k, v in options.items() if v is not None})
-    result = stability_scores(args.dir, theta=args.theta, eps=args.eps, anchor=args.anchor, backend=args.backend,
-                              absolute=args.absolute, device=args.device, out=out, save_every=args.save_every,
-                              progress=not args.no_progress, hookpoint=args.hookpoint,
-                              recall_sample=args.recall_sample, stack=args.stack, **kwargs)
+    return stability_scores(args.dir, theta=args.theta, eps=args.eps, anchor=args.anchor, backend=args.backend,
+                            absolute=args.absolute, device=args.device, out=out, save_every=args.save_every,
+                            progress=not args.no_progress, hookpoint=args.hookpoint,
+                            recall_sample=args.recall_sample, stack=args.stack, **kwargs)
+
+
+def _summary(result: Stability, out: Path | None) -> dict[str, Any]:
     summary = result.summary()
     summary["seconds"] = round(result.info.get("seconds", 0.0), 3)
-    if "stack" in result.info:
-        summary["stack"] = result.info["stack"]
+    for key in ("stack", "pairs_per_rank"):
+        if key in result.info:
+            summary[key] = result.info[key]
     if "recall_at_1" in result.info:
         summary["recall_at_1"] = round(result.info["recall_at_1"], 4)
         summary["recall_rows_per_pair"] = result.info.get("recall_rows_per_pair")
     if out:
-        summary["out"] = out
-    print_summary(summary, args.json, width=12)
-    return 0
+        summary["out"] = str(out)
+    return summary

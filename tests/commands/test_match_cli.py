@@ -85,10 +85,11 @@ def _write(root: Path, dicts: list[torch.Tensor]) -> None:
 
 def test_stability_cli_resumes_after_an_interruption(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import sae_fast.stability as stab
+    import sae_fast.stability.sweeps as stab_run
+    from sae_fast import stability_scores
 
     _write(tmp_path, _dicts(4))
-    real, calls = stab.match_many, []
+    real, calls = stab_run.match_many, []
 
     def fail_after_first(*args, **kwargs):
         calls.append(1)
@@ -96,18 +97,18 @@ def test_stability_cli_resumes_after_an_interruption(tmp_path: Path, capsys: pyt
             raise RuntimeError("node lost")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stab, "match_many", fail_after_first)
+    monkeypatch.setattr(stab_run, "match_many", fail_after_first)
     with pytest.raises(RuntimeError, match="node lost"):
         main(["stability", str(tmp_path), "--no-progress", "--stack", "1", "--save-every", "1e9"])
     partial = Stability.load(tmp_path / "stability")
     assert int(partial.done.sum()) == 2 and not partial.complete  # the first pair, both directions
     calls.clear()
-    monkeypatch.setattr(stab, "match_many", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(stab_run, "match_many", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     capsys.readouterr()
     assert main(["stability", str(tmp_path), "--no-progress", "--json"]) == 0
     assert len(calls) == 5 and json.loads(capsys.readouterr().out)["stack"] == 1  # 6 pairs, 1 done; stack kept
     resumed = Stability.load(tmp_path / "stability")
-    full = stab.stability_scores(str(tmp_path), progress=False, stack=1)
+    full = stability_scores(str(tmp_path), progress=False, stack=1)
     assert resumed.complete and torch.equal(resumed.best_j, full.best_j)
     torch.testing.assert_close(resumed.best_cos, full.best_cos, equal_nan=True, atol=0, rtol=0)
 

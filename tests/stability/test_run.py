@@ -6,22 +6,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-import sae_fast.stability as stab
+import sae_fast.stability.sweeps as stab_run
 from sae_fast import Stability, stability_scores
 from sae_fast.stability import (
     STABLE,
     UNSTABLE,
-    encoder_decoder_match,
     find_saved_saes,
-    hungarian_argmax_iou,
-    hungarian_match,
-    mutual_nearest_neighbours,
-    pw_mcc,
 )
 
 F, D, S = 240, 48, 6
@@ -119,7 +113,7 @@ def test_faiss_backend_agrees(seeds, reference: Stability) -> None:
 def test_resume_after_interruption_is_identical(seeds, reference: Stability, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real_match = stab.match_many
+    real_match = stab_run.match_many
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -127,7 +121,7 @@ def test_resume_after_interruption_is_identical(seeds, reference: Stability, tmp
             raise KeyboardInterrupt
         return real_match(*args, **kwargs)
 
-    monkeypatch.setattr(stab, "match_many", flaky)
+    monkeypatch.setattr(stab_run, "match_many", flaky)
     with pytest.raises(KeyboardInterrupt):
         stability_scores(seeds[0], out=tmp_path, progress=False, save_every=1e9, stack=1)
     partial = Stability.load(tmp_path)
@@ -135,7 +129,7 @@ def test_resume_after_interruption_is_identical(seeds, reference: Stability, tmp
     with pytest.raises(RuntimeError, match="incomplete"):
         partial.p_hat()
     calls.clear()
-    monkeypatch.setattr(stab, "match_many", lambda *a, **k: (calls.append(1), real_match(*a, **k))[1])
+    monkeypatch.setattr(stab_run, "match_many", lambda *a, **k: (calls.append(1), real_match(*a, **k))[1])
     resumed = stability_scores(seeds[0], out=tmp_path, progress=False, stack=1)
     assert len(calls) == S * (S - 1) // 2 - 3  # one sweep per unordered pair: only the unfinished ones
     assert torch.equal(resumed.best_j, reference.best_j)
@@ -237,99 +231,12 @@ def test_absolute_option() -> None:
     assert torch.allclose(signed.p_hat()[0], torch.full((50,), 0.5))
 
 
-def planted_pair(f: int = 300, d: int = 64, frac: float = 0.7, seed: int = 0):
-    """B = a permuted copy of A in which the first frac*f features are noisy partners (cos 0.9) and the rest
-    are random. Returns A, B, inv (partner in B of each matched row of A)."""
-    g = torch.Generator().manual_seed(seed)
-    a = unit(torch.randn(f, d, generator=g))
-    n = int(frac * f)
-    b = unit(torch.randn(f, d, generator=g))
-    noise = unit(torch.randn(n, d, generator=g))
-    noise = unit(noise - (noise * a[:n]).sum(1, keepdim=True) * a[:n])
-    b[:n] = 0.9 * a[:n] + math.sqrt(1 - 0.81) * noise
-    perm = torch.randperm(f, generator=g)
-    return a, b[perm], torch.argsort(perm), n
-
-
-def test_hungarian_recovers_planted_partners_and_agrees_with_argmax() -> None:
-    a, b, inv, n = planted_pair()
-    _rows, cols, cos = hungarian_match(a, b)
-    assert np.array_equal(cols[:n], inv[:n].numpy()) and np.allclose(cos[:n], 0.9, atol=1e-5)
-    iou = hungarian_argmax_iou(a, b, theta=0.7)
-    assert iou == pytest.approx(1.0)
-    # lower theta: random rows start to match by argmax but not all by Hungarian -> IoU < 1 but high
-    iou_low = hungarian_argmax_iou(a, b, theta=0.3)
-    assert 0.7 < iou_low <= 1.0
-    with pytest.raises(ValueError, match="max_features"):
-        hungarian_match(a, b, max_features=100)
-
-
-def test_mutual_nn_encoder_decoder_rule_and_pw_mcc() -> None:
-    a, b, inv, n = planted_pair(seed=1)
-    rows, cols, _cos = mutual_nearest_neighbours(a, b, theta=0.7)
-    assert np.array_equal(rows, np.arange(n)) and np.array_equal(cols, inv[:n].numpy())
-    # encoders agree with decoders on the first half of the planted features only
-    enc_b = b.clone()
-    half = n // 2
-    enc_b[inv[half:n]] = unit(torch.randn(n - half, a.shape[1], generator=torch.Generator().manual_seed(9)))
-    shared, partner, ce, cd = encoder_decoder_match(a, a, enc_b, b, theta=0.7)
-    assert np.array_equal(shared, np.arange(half)) and np.array_equal(partner, inv[:half].numpy())
-    assert (ce >= 0.7).all() and (cd >= 0.7).all()
-    perm = torch.randperm(a.shape[0], generator=torch.Generator().manual_seed(2))
-    assert pw_mcc(a, a[perm] * 3) == pytest.approx(1.0, abs=1e-6)
-    mcc = pw_mcc(a, b)
-    assert 0.9 * n / a.shape[0] < mcc < 0.9
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernel", ["torch", "triton"])
 def test_gpu_run_equals_cpu_run(seeds, reference: Stability, kernel: str) -> None:
     st = stability_scores(seeds[0], device="cuda", kernel=kernel, progress=False)
     assert torch.equal(st.best_j, reference.best_j)
     torch.testing.assert_close(st.best_cos, reference.best_cos, equal_nan=True, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("anchors", [[0, 1, 2, 3, 4, 5, 6], [3]])
-@pytest.mark.parametrize("stack", [1, 2, 3, 6, 7])
-def test_stacked_sweeps_cover_every_pair_once(anchors: list[int], stack: int) -> None:
-    from sae_fast.stability import _jobs
-
-    jobs = _jobs(7, anchors, "exact", stack=stack)
-    pairs = [p for j in jobs for p in j.pairs]
-    want = {(q, s) for q in anchors for s in range(7) if s != q}
-    assert len(pairs) == len(set(pairs)) and set(pairs) == want
-    for j in jobs:
-        assert 1 <= len(j.others) <= stack and j.query not in j.others
-        first = j.block.index(j.others[0])
-        assert j.block[first:first + len(j.others)] == j.others  # a contiguous run of the stacked block
-
-
-def test_stacked_sweeps_bound_decoder_loads() -> None:
-    """48 seeds, 8 per sweep: ~S^2 / (2 stack) sweeps instead of S^2 / 2 pairs, and with an LRU cache of 16
-    decoders the snake order reads each seed ~3 times in all."""
-    from collections import OrderedDict
-
-    from sae_fast.stability import _jobs
-
-    def loads(jobs, capacity: int) -> int:
-        cache: OrderedDict[int, None] = OrderedDict()
-        count, block = 0, None
-        for j in jobs:  # as stability_scores: the block's seeds once when its stacked matrix is built
-            for seed in ((*j.block, j.query) if j.block != block else (j.query,)):
-                if seed in cache:
-                    cache.move_to_end(seed)
-                    continue
-                count += 1
-                cache[seed] = None
-                if len(cache) > capacity:
-                    cache.popitem(last=False)
-            block = j.block
-        return count
-
-    jobs = _jobs(48, list(range(48)), "exact", stack=8)
-    assert len(jobs) == sum(range(7, 48, 8))  # block J ending at j1 is swept by the j1 - 1 seeds below its end
-    assert loads(jobs, 48) == 48  # all fit: each seed read once
-    assert loads(jobs, 16) <= 160  # 144 with the snake order; 1128 pairs would be 2256 reads without a cache
 
 
 @pytest.mark.parametrize("stack", [1, 2, 5])
@@ -348,17 +255,18 @@ def test_stacking_does_not_change_the_result(seeds, reference: Stability, stack:
 
 _SIGTERM_SCRIPT = r"""
 import sys, time, torch
-import sae_fast.stability as stab
-real = stab.match_many
+import sae_fast.stability.sweeps as stab_run
+real = stab_run.match_many
 def slow(*args, **kwargs):
     out = real(*args, **kwargs)
     print("sweep", flush=True)
     time.sleep(0.5)
     return out
-stab.match_many = slow
+stab_run.match_many = slow
 g = torch.Generator().manual_seed(0)
-stab.stability_scores([torch.randn(64, 16, generator=g) for _ in range(4)], out=sys.argv[1], progress=False,
-                      stack=1, save_every=1e9)
+from sae_fast import stability_scores
+stability_scores([torch.randn(64, 16, generator=g) for _ in range(4)], out=sys.argv[1], progress=False, stack=1,
+                 save_every=1e9)
 """
 
 
@@ -397,13 +305,13 @@ def _small(num: int = 3, f: int = 64, d: int = 16) -> list[torch.Tensor]:
 def test_resume_refuses_other_backend_index_or_decoders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     decs = _small()
     stability_scores(decs, out=tmp_path / "exact", progress=False, backend="exact")
-    with pytest.raises(ValueError, match="backend: saved 'exact', now 'faiss'"):
+    with pytest.raises(ValueError, match="backend: saved 'exact', requested 'faiss'"):
         stability_scores(decs, out=tmp_path / "exact", progress=False, backend="faiss")
     changed = [decs[0], decs[1] + 0.5, decs[2]]
     with pytest.raises(ValueError, match=r"decoders of seeds \['1'\] changed"):
         stability_scores(changed, out=tmp_path / "exact", progress=False)
     pytest.importorskip("faiss")
-    real = stab.match
+    real = stab_run.match
 
     def fail_second(*args, **kwargs):  # interrupt a faiss run after its first pair
         if fail_second.calls == 1:
@@ -412,14 +320,14 @@ def test_resume_refuses_other_backend_index_or_decoders(tmp_path: Path, monkeypa
         return real(*args, **kwargs)
 
     fail_second.calls = 0
-    monkeypatch.setattr(stab, "match", fail_second)
+    monkeypatch.setattr(stab_run, "match", fail_second)
     with pytest.raises(KeyboardInterrupt):
         stability_scores(decs, out=tmp_path / "ivf", progress=False, backend="faiss", index="ivf", nlist=2,
                          save_every=1e9)
-    monkeypatch.setattr(stab, "match", real)
-    with pytest.raises(ValueError, match="nlist: saved 2, now 4"):
+    monkeypatch.setattr(stab_run, "match", real)
+    with pytest.raises(ValueError, match="nlist: saved 2, requested 4"):
         stability_scores(decs, out=tmp_path / "ivf", progress=False, backend="faiss", index="ivf", nlist=4)
-    with pytest.raises(ValueError, match="index: saved 'ivf', now 'flat'"):
+    with pytest.raises(ValueError, match="index: saved 'ivf', requested 'flat'"):
         stability_scores(decs, out=tmp_path / "ivf", progress=False, backend="faiss")
     st = stability_scores(decs, out=tmp_path / "ivf", progress=False)  # auto keeps the saved settings
     assert st.complete and st.info["settings"] == {"backend": "faiss", "d": 16, "index": "ivf", "nlist": 2}
@@ -429,12 +337,12 @@ def test_faiss_options_are_forwarded_and_unknown_ones_rejected(monkeypatch: pyte
     pytest.importorskip("faiss")
     built: list[tuple[str, dict]] = []
 
-    class Counting(stab.FaissIndex):
+    class Counting(stab_run.FaissIndex):
         def __init__(self, x, kind="flat", **kwargs):
             built.append((kind, kwargs))
             super().__init__(x, kind, **kwargs)
 
-    monkeypatch.setattr(stab, "FaissIndex", Counting)
+    monkeypatch.setattr(stab_run, "FaissIndex", Counting)
     st = stability_scores(_small(4), backend="faiss", index="hnsw", hnsw_m=8, ef_construction=20, ef_search=16,
                           progress=False)
     assert len(built) == 4  # anchor="all": one index per seed, reused by the 3 other anchors
@@ -469,11 +377,3 @@ def test_faiss_run_checkpoints_between_pairs(tmp_path: Path, monkeypatch: pytest
     assert len(saves) == 3 * 2 + 1  # after each of the 6 directed pairs (not only per index), then the result
 
 
-def test_encoder_decoder_match_checks_shapes() -> None:
-    a, b, _inv, _n = planted_pair(seed=1)
-    with pytest.raises(ValueError, match=r"pass W_enc\.T"):
-        encoder_decoder_match(a.T.contiguous(), a, b, b)
-    with pytest.raises(ValueError, match="enc_B and dec_B must both have shape"):
-        encoder_decoder_match(a, a, b[:10], b)
-    with pytest.raises(ValueError, match="same d"):
-        encoder_decoder_match(a, a, b[:, :8], b[:, :8])
