@@ -33,3 +33,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cli_fails(capsys):
+    """``cli_fails(argv, pattern, status=1)``: `sae-fast ARGV` exits with ``status`` after printing one line
+    ``sae-fast <command>: error: ...`` on stderr that matches the regex ``pattern``; returns that line."""
+    import re
+
+    from sae_fast.cli import main
+
+    def run(argv: list[str], pattern: str, status: int = 1) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == status, err
+        assert err and err[-1].startswith(f"sae-fast {argv[0]}: error: "), err
+        assert re.search(pattern, err[-1]), (pattern, err[-1])
+        return err[-1]
+
+    return run

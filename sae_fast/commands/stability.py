@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     """Under torchrun (WORLD_SIZE > 1) the ranks join one process group and split the pairs; rank 0 claims
     the output folder (writable, locked against a second run) before any work, and prints the summary."""
     from .. import distributed as dist_utils  # imports torch (see _compute)
+    from ..runs import find_saved_saes
 
+    find_saved_saes(args.dir, args.hookpoint)  # a missing or empty DIR is named before any folder is made in it
     set_threads(args.threads)
     out = None if args.no_save else Path(args.out or Path(args.dir) / "stability")
     joined = dist_utils.init_from_environment()

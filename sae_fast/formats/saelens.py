@@ -27,9 +27,9 @@ from ..checkpoint import (
     CheckpointError,
     atomic_save_safetensors,
     atomic_write_json,
-    load_decoder,
     load_safetensors,
 )
+from ..runs import DECODER_KEY, memmap_safetensors
 from .architectures import GatedSAE, ThresholdSAE
 from .build import fold_decoder_norms, topk_sae
 from .files import check_tensors, positive_int, read_json
@@ -75,7 +75,7 @@ def read_decoder(folder: str | Path) -> Tensor:
     """W_dec (F, d), memory-mapped and read-only, checked against cfg.json's d_sae and d_in. Memory: O(1)."""
     folder = Path(folder)
     _, f, d = describe(folder)
-    w_dec = load_decoder(folder)
+    w_dec = memmap_safetensors(folder / WEIGHTS, DECODER_KEY)  # unverified: runs.load_decoder verifies
     if tuple(w_dec.shape) != (f, d):
         raise CheckpointError(f"{folder / WEIGHTS}: W_dec has shape {tuple(w_dec.shape)}, {folder / CFG} "
                               f"(d_sae={f}, d_in={d}) implies {(f, d)}")

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..checkpoint import CheckpointError, atomic_save_safetensors, atomic_write_json, load_decoder, load_safetensors
+from ..checkpoint import CheckpointError, atomic_save_safetensors, atomic_write_json, load_safetensors
+from ..runs import DECODER_KEY, SPARSIFY_WEIGHTS, memmap_safetensors
 from .build import topk_sae
 from .files import check_tensors, positive_int, read_json
 
-WEIGHTS = "sae.safetensors"
+WEIGHTS = SPARSIFY_WEIGHTS
 CFG = "cfg.json"
 NAME = "sparsify"
 
@@ -64,7 +65,7 @@ def read_decoder(folder: str | Path) -> Tensor:
     """W_dec (F, d), memory-mapped and read-only, checked against cfg.json. Memory: O(1)."""
     folder = Path(folder)
     _, f, d = describe(folder)
-    w_dec = load_decoder(folder)
+    w_dec = memmap_safetensors(folder / WEIGHTS, DECODER_KEY)  # unverified: runs.load_decoder verifies
     if tuple(w_dec.shape) != (f, d):
         raise CheckpointError(f"{folder / WEIGHTS}: W_dec has shape {tuple(w_dec.shape)}, {folder / CFG} "
                               f"implies {(f, d)}")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .. import validate
 from ..checkpoint import atomic_write_json, fsync_dir, load_safetensors
 from ..errors import DataError, UsageError
 from ..runs import MissingInputError
@@ -32,16 +33,12 @@ SPLIT_SLACK = 1e-6
 
 def check_eps(eps: float) -> float:
     """``eps`` as a float in [0, 0.5) (the stable and unstable ends must not overlap), else UsageError."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0.0 <= float(eps) < 0.5:
-        raise UsageError(f"eps must be in [0, 0.5), got {eps!r}")
-    return float(eps)
+    return validate.eps(eps)
 
 
 def check_theta(theta: float) -> float:
     """``theta`` as a float cosine in [-1, 1], else UsageError."""
-    if isinstance(theta, bool) or not isinstance(theta, (int, float, np.floating)) or not -1.0 <= theta <= 1.0:
-        raise UsageError(f"theta must be a cosine in [-1, 1], got {theta!r}")
-    return float(theta)
+    return validate.theta(theta)
 
 
 def split_labels(p_hat: Any, eps: float = 0.05) -> Any:

@@ -135,7 +135,7 @@ def _saved_run(root: Path) -> None:
         save_sae(sae, root / f"seed{s}")
 
 
-def test_browse_and_export_commands_end_to_end(tmp_path, capsys):
+def test_browse_and_export_commands_end_to_end(tmp_path, capsys, cli_fails):
     run = tmp_path / "run"
     _saved_run(run)
     assert main(["stability", str(run), "--no-progress"]) == 0
@@ -144,8 +144,7 @@ def test_browse_and_export_commands_end_to_end(tmp_path, capsys):
     assert main(["browse", str(run), "--out", str(tmp_path / "b"), "--activations", str(acts), "--seed", "1"]) == 0
     meta = (tmp_path / "b" / "data" / "meta.js").read_text()
     assert '"seed":"seed1"' in meta and '"num_latents":32' in meta
-    with pytest.raises(ValueError, match="--overwrite"):
-        main(["browse", str(run), "--out", str(tmp_path / "b")])
+    cli_fails(["browse", str(run), "--out", str(tmp_path / "b")], "--overwrite")
     assert main(["export", str(run), "--out", str(tmp_path / "e"), "--activations", str(acts)]) == 0
     side = load_file(str(tmp_path / "e" / "latents.safetensors"))
     assert side["hist_counts"].shape == (32, 20)
@@ -153,5 +152,5 @@ def test_browse_and_export_commands_end_to_end(tmp_path, capsys):
     assert np.isclose(side["hist_counts"].sum().item() / 500, side["frequency"].sum().item(), rtol=1e-5)
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((5, 7), dtype=np.float32))
-    with pytest.raises(ValueError, match=r"shape \(5, 7\); expected \(N, 16\)"):
-        main(["export", str(run), "--out", str(tmp_path / "e2"), "--activations", str(bad)])
+    cli_fails(["export", str(run), "--out", str(tmp_path / "e2"), "--activations", str(bad)],
+              r"shape \(5, 7\); expected \(N, 16\)")

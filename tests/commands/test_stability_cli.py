@@ -3,6 +3,8 @@ and under torchrun split the pairs across ranks."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
@@ -17,7 +19,6 @@ import torch.multiprocessing as mp
 from sae_fast import Stability, TopKSAE, stability_scores
 from sae_fast.checkpoint import save_sae
 from sae_fast.cli import main
-from sae_fast.errors import DataError, OutputDirError
 from sae_fast.outdir import LOCK_FILE
 from tests.test_runs import change_one_weight
 
@@ -28,38 +29,33 @@ def _run_folder(root: Path, num: int = 4, f: int = 48, d: int = 16) -> Path:
     return root
 
 
-def test_a_changed_weight_fails_stability_and_match_naming_the_file(tmp_path: Path) -> None:
+def test_a_changed_weight_fails_stability_and_match_naming_the_file(tmp_path: Path, cli_fails) -> None:
     run = _run_folder(tmp_path / "run")
     assert main(["stability", str(run), "--no-save", "--no-progress", "--json"]) == 0
     file = run / "seed2" / "sae.safetensors"
     change_one_weight(file, row=11)
-    with pytest.raises(DataError, match=f"{file}.*SHA-256"):
-        main(["stability", str(run), "--no-progress"])
+    cli_fails(["stability", str(run), "--no-progress"], f"{file}.*SHA-256")
     assert not (run / "stability" / "stability.json").exists()  # refused before any pair was computed
-    with pytest.raises(DataError, match=f"{file}.*SHA-256"):
-        main(["match", str(run / "seed0"), str(run / "seed2")])
-    with pytest.raises(DataError, match=f"{file}.*SHA-256"):
-        main(["match", str(file), str(run / "seed0")])
+    cli_fails(["match", str(run / "seed0"), str(run / "seed2")], f"{file}.*SHA-256")
+    cli_fails(["match", str(file), str(run / "seed0")], f"{file}.*SHA-256")
 
 
-def test_a_truncated_seed_file_is_named(tmp_path: Path) -> None:
+def test_a_truncated_seed_file_is_named(tmp_path: Path, cli_fails) -> None:
     run = _run_folder(tmp_path / "run", num=3)
     file = run / "seed1" / "sae.safetensors"
     file.write_bytes(file.read_bytes()[:100])
-    with pytest.raises(DataError, match=f"{file}.*truncated"):
-        main(["stability", str(run), "--no-save", "--no-progress"])
-    with pytest.raises(DataError, match=f"{file}.*truncated"):
-        main(["match", str(run / "seed0"), str(run / "seed1")])
+    cli_fails(["stability", str(run), "--no-save", "--no-progress"], f"{file}.*truncated")
+    cli_fails(["match", str(run / "seed0"), str(run / "seed1")], f"{file}.*truncated")
 
 
-def test_seeds_of_different_shapes_are_refused_naming_both(tmp_path: Path) -> None:
+def test_seeds_of_different_shapes_are_refused_naming_both(tmp_path: Path, cli_fails) -> None:
     run = _run_folder(tmp_path / "run", num=2)
     save_sae(TopKSAE(16, 64, 4, seed=9), run / "seed2")
-    with pytest.raises(DataError, match=rf"{run / 'seed0'} has shape \(48, 16\), {run / 'seed2'} has \(64, 16\)"):
-        main(["stability", str(run), "--no-save", "--no-progress"])
+    cli_fails(["stability", str(run), "--no-save", "--no-progress"],
+              rf"{run / 'seed0'} has shape \(48, 16\), {run / 'seed2'} has \(64, 16\)")
 
 
-def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path, cli_fails) -> None:
     run = _run_folder(tmp_path / "run", num=3)
     out = tmp_path / "out"
     out.mkdir()
@@ -67,8 +63,8 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     try:
         (out / LOCK_FILE).write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(),
                                                  "command": "sae-fast stability run"}))
-        with pytest.raises(OutputDirError, match=f"in use by another run \\(process {other.pid}"):
-            main(["stability", str(run), "--out", str(out), "--abs", "--no-progress"])
+        cli_fails(["stability", str(run), "--out", str(out), "--abs", "--no-progress"],
+                  f"in use by another run \\(process {other.pid}")
         assert not (out / "stability.json").exists()
     finally:
         other.kill()
@@ -79,25 +75,23 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     assert main(["stability", str(run), "--out", str(out), "--no-progress", "--json", "--theta", "0.9"]) == 0
 
 
-def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_out_below_a_file_fails_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_fails) -> None:
     import sae_fast.stability as stability
 
     run = _run_folder(tmp_path / "run", num=2)
     (tmp_path / "a_file").write_text("")
     monkeypatch.setattr(stability, "stability_scores", lambda *a, **k: pytest.fail("computed before the check"))
-    with pytest.raises(OutputDirError, match="not writable"):
-        main(["stability", str(run), "--out", str(tmp_path / "a_file" / "st"), "--no-progress"])
+    cli_fails(["stability", str(run), "--out", str(tmp_path / "a_file" / "st"), "--no-progress"], "not writable")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_an_unwritable_out_fails_before_any_work(tmp_path: Path) -> None:
+def test_an_unwritable_out_fails_before_any_work(tmp_path: Path, cli_fails) -> None:
     run = _run_folder(tmp_path / "run", num=2)
     locked = tmp_path / "ro"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        with pytest.raises(OutputDirError, match="not writable"):
-            main(["stability", str(run), "--out", str(locked / "st"), "--no-progress"])
+        cli_fails(["stability", str(run), "--out", str(locked / "st"), "--no-progress"], "not writable")
     finally:
         locked.chmod(0o700)
 
@@ -134,10 +128,12 @@ def _failing_worker(rank: int, world: int, port: int, run: str, out: str) -> Non
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
     torch.set_num_threads(1)
+    err = io.StringIO()
     try:
-        main(["stability", run, "--out", out, "--no-progress"])
-    except DataError as err:
-        Path(out, f"error{rank}.txt").write_text(str(err))
+        with contextlib.redirect_stderr(err):
+            main(["stability", run, "--out", out, "--no-progress"])
+    except SystemExit as exit_info:  # the one-line error of a DataError: exit 1
+        Path(out, f"error{rank}.txt").write_text(f"exit {exit_info.code}: {err.getvalue()}")
 
 
 def test_torchrun_ranks_share_verification_and_all_stop_on_a_changed_file(tmp_path: Path) -> None:
@@ -147,5 +143,6 @@ def test_torchrun_ranks_share_verification_and_all_stop_on_a_changed_file(tmp_pa
     out = tmp_path / "out"
     mp.spawn(_failing_worker, args=(2, _free_port(), str(run), str(out)), nprocs=2, join=True)
     for rank in range(2):
-        assert str(file) in (out / f"error{rank}.txt").read_text()
+        text = (out / f"error{rank}.txt").read_text()
+        assert text.startswith("exit 1: sae-fast stability: error: ") and str(file) in text
     assert not (out / "stability.json").exists()
