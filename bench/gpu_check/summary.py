@@ -9,6 +9,7 @@ STAGES.tsv has one line per stage run: name, budget (s), seconds taken, exit sta
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import sys
 import time
@@ -60,7 +61,8 @@ def findings(log: str) -> list[str]:
         elif (m := PYTEST_SUMMARY.match(line)) is not None:
             keep.append(f"pytest: {m.group(1)}")
         elif "slowest" in line and "durations" in line:
-            keep += ["", "slowest:", *[f"    {row}" for row in lines[i + 1:i + 11] if row.strip()]]
+            block = list(itertools.takewhile(str.strip, lines[i + 1:]))[:10]  # up to the blank line
+            keep += ["", "slowest:", *[f"    {row}" for row in block]]
         elif line.startswith("checks failed"):
             keep += lines[i:]
             break
