@@ -7,14 +7,20 @@
 #   bash bench/gpu_check.sh --fetch-wheels                      fills .whl/ (a machine with PyPI access)
 #
 # Stages, in order, each with its own time limit (seconds), so that a slow one cannot starve the rest:
-#   setup       install .whl/*.whl with pip --no-index into /tmp/site, GPU faiss from .whl/faiss-gpu, and start
-#               building sae_fast._C in the background (it is needed by the tests only, which run last)
+#   setup       check that CUDA is there, install .whl/*.whl with pip --no-index into /tmp/site, GPU faiss from
+#               .whl/faiss-gpu, and start building sae_fast._C in the background (needed by the tests only, which
+#               run last; its outcome is reported as stage `build`, time "since setup")
 #   step        training step side by side with sparsify (and a dense torch SAE, beside the GEMM floor) at
 #               (768, 2^14), (2048, 2^17), (4096, 2^20), bf16 + SignSGD and bf16 + low-memory Adam
 #   match       exact matching, both directions, at (2^17, 2048): torch (fp32/bf16/fp16, fused Triton kernel)
 #               and faiss (knn_gpu bf16, IndexFlatIP)
 #   tests       pytest -m gpu, all but the (4096, 2^20) sizes
 #   tests-2m20  pytest -m gpu, the (4096, 2^20) sizes (the slowest)
+# GPU-only extra stages, run only when named in --only (after setup, e.g. --only setup,stability), each a call
+# of its own: step-fp32 (the anchors' fp32 + Adam setting at F <= 2^17), kernels (each kernel alone), sweep
+# (encoder variants and tile configs), match-sweep (fused matching launch configs), train (32 seeds in one run vs
+# separate runs), stability (96 seeds of (2^14, 768), all anchors), stability-2m20 (32 seeds of (2^20, 4096)),
+# study (MiniLM study on the GPU; carry .gpu_study, made by `python bench/pack_minilm.py .gpu_study`).
 # Every stage checks what it measures (step: finite losses, first loss = the dense baseline's; match: exact
 # methods equal the float32 result everywhere). Results: DIR/results.md (one markdown table per stage plus the
 # stage table) and DIR/<stage>.log, DIR/build.log; at most 8 files, as the device tool brings back. Exit status 0
@@ -24,8 +30,11 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 TOTAL=525            # seconds for all stages together: nine minutes with room for the summary
 RESERVE=8            # kept back for the summary
-declare -A BUDGET=([setup]=30 [step]=150 [match]=90 [tests]=165 [tests-2m20]=75)
+BUILD_LIMIT=240      # the background build of sae_fast._C (reported as stage `build`)
+declare -A BUDGET=([setup]=30 [step]=150 [match]=80 [tests]=190 [tests-2m20]=75 [step-fp32]=220 [kernels]=200
+                  [sweep]=200 [match-sweep]=150 [train]=300 [stability]=300 [stability-2m20]=510 [study]=510)
 STAGES=(setup step match tests tests-2m20)
+EXTRAS=" step-fp32 kernels sweep match-sweep train stability stability-2m20 study "
 dry=0 fetch=0 out="${OUT:-}" only=""
 
 usage() { sed -n '2,8p' "$0" >&2; exit 2; }
@@ -53,6 +62,9 @@ if [ -n "$only" ]; then
   IFS=, read -r -a STAGES <<< "$only"
   for s in "${STAGES[@]}"; do
     [ -n "${BUDGET[$s]+x}" ] || { echo "gpu_check.sh: --only: unknown stage '$s'" >&2; exit 2; }
+    if [ $dry = 1 ] && [[ $EXTRAS == *" $s "* ]]; then
+      echo "gpu_check.sh: --only: stage '$s' runs on a GPU only (no --dry-run)" >&2; exit 2
+    fi
   done
 fi
 mkdir -p "$out" || { echo "gpu_check.sh: --out: cannot create '$out'" >&2; exit 2; }
@@ -65,7 +77,7 @@ fi
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
 PY=${PYTHON:-python3}
 records=$(mktemp)
-build_pid=""
+build_pid="" build_t0=0
 if [ $dry = 1 ]; then
   export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""   # the CPU paths and the Triton interpreter, even on a GPU host
 fi
@@ -110,6 +122,7 @@ install_wheels() {  # install_wheels TARGET: the wheels of .whl/ without an inde
 }
 
 setup_gpu() {
+  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device: use --dry-run on a CPU'" || return 1
   install_wheels /tmp/site || return 1
   export PYTHONPATH="$ROOT:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
   ln -sfn ../kernels sae_fast/kernels      # the package layout pip's install would give (no index there)
@@ -121,7 +134,8 @@ setup_gpu() {
     echo "no .whl/faiss-gpu: faiss rows are left out"
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
-  (timeout 240 nice -n 19 bash -c "cmake -S . -B /tmp/build -DCMAKE_BUILD_TYPE=Release \
+  build_t0=$SECONDS
+  (timeout "$BUILD_LIMIT" nice -n 19 bash -c "cmake -S . -B /tmp/build -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_LIBRARY_OUTPUT_DIRECTORY='$ROOT/sae_fast' -DPython_EXECUTABLE='$(command -v "$PY")' \
     -Dpybind11_DIR=\"\$('$PY' -m pybind11 --cmakedir)\" -DCMAKE_PREFIX_PATH=/tmp/site/cmeel.prefix \
     && cmake --build /tmp/build -j 8") > "$out/build.log" 2>&1 &
@@ -140,7 +154,33 @@ setup_dry() {
 
 wait_build() {  # the tests need sae_fast._C
   [ -n "$build_pid" ] || return 0
-  wait "$build_pid"; echo "=== build rc=$? (build.log)"; build_pid=""
+  local rc
+  wait "$build_pid"
+  rc=$?
+  build_pid=""
+  echo "=== build rc=$rc (build.log)"
+  printf 'build\t%s\t%s\t%s\n' "$BUILD_LIMIT" "$((SECONDS - build_t0))" "$rc" >> "$records"
+}
+
+run_extra() {  # the GPU-only stages named in --only
+  local name=$1
+  case $name in
+    step-fp32) stage "$name" "$PY" bench/test_sae_step.py --shapes 768x16384,768x131072,2048x131072 \
+      --modes fp32-adam ;;
+    kernels) stage "$name" "$PY" bench/test_sae_step.py --kernels --no-table \
+      --shapes 768x16384,2048x131072,4096x262144,4096x1048576 ;;
+    sweep) stage "$name" "$PY" bench/encoder_sweep.py ;;
+    match-sweep) stage "$name" "$PY" bench/match_sweep.py ;;
+    train) stage "$name" "$PY" bench/test_train.py --gpu ;;
+    stability) stage "$name" "$PY" bench/test_match.py --device cuda --stability-only \
+      --stability-settings 96x16384x768xall ;;
+    stability-2m20) stage "$name" "$PY" bench/test_match.py --device cuda --stability-only \
+      --stability-settings 32x1048576x4096x0 --stability-variants "default stack, triton" ;;
+    study) stage "$name" env PYTHONPATH="$ROOT/.gpu_study/site:${PYTHONPATH:-}" "$PY" -m sae_fast study \
+      --out /tmp/gpu_study --model-path .gpu_study/model --device cuda --splice-texts 0 --no-progress \
+      --num-seeds 16 --expansion-factor 21 --k 32 --train-texts 60000 --eval-texts 2000 --total-tokens 2000000 \
+      --train-batch-size 4096 --refit-steps 200 --finetune-steps 200 ;;
+  esac
 }
 
 run_stage() {
@@ -165,6 +205,7 @@ run_stage() {
         stage "$name" "$PY" -m pytest -m gpu "${select[@]}" -q -rA --durations=0 --timeout=150 \
           -p no:cacheprovider tests
       fi ;;
+    *) run_extra "$name" ;;
   esac
 }
 
