@@ -39,7 +39,7 @@ from sae_fast.optim import LowMemoryAdam, SignSGD
 N_TOKENS = 8192
 K = 64
 REPS = 5  # timed steps per measurement (median), after 2 warm-up steps (--reps)
-LOSS_RTOL = 0.05  # sae_fast vs dense first loss: same math, bf16 rounding in different places
+LOSS_RTOL = 0.01  # sae_fast vs dense first loss: same math, bf16 rounding in other places (2e-4 seen on CPU)
 SHAPES = [(768, 2**14), (768, 2**17), (2048, 2**17), (768, 2**20), (2048, 2**20), (4096, 2**20)]
 MODES = ["fp32-adam", "bf16-signsgd", "bf16-lmadam"]
 # bytes read + written per parameter by one optimizer step (parameter, gradient, states)
