@@ -2,7 +2,8 @@
 # The GPU check: one command, under nine minutes on a bare GPU machine (an H100/H200 with Python 3.12, torch and
 # Triton preinstalled, no network), from the source tree plus the wheels folder `.whl/` (about 50 MiB).
 #
-#   bash bench/gpu_check.sh [--out DIR] [--only STAGE,...]      on the GPU machine; DIR defaults to $OUT
+#   bash bench/gpu_check.sh [--out DIR] [--only STAGE,...]      on the GPU machine; DIR defaults to $OUT;
+#                                                               --only: these stages after setup (always run)
 #   bash bench/gpu_check.sh --dry-run --out DIR [--only ...]    every stage at tiny shapes on a CPU (< 2 min)
 #   bash bench/gpu_check.sh --fetch-wheels                      fills .whl/ (a machine with PyPI access)
 #
@@ -16,7 +17,7 @@
 #               and faiss (knn_gpu bf16, IndexFlatIP)
 #   tests       pytest -m gpu, all but the (4096, 2^20) sizes
 #   tests-2m20  pytest -m gpu, the (4096, 2^20) sizes (the slowest)
-# GPU-only extra stages, run only when named in --only (after setup, e.g. --only setup,stability), each a call
+# GPU-only extra stages, run only when named in --only (e.g. --only stability, after setup), each best a call
 # of its own: step-fp32 (the anchors' fp32 + Adam setting at F <= 2^17), kernels (each kernel alone), sweep
 # (encoder variants and tile configs), match-sweep (fused matching launch configs), train (32 seeds in one run vs
 # separate runs), stability (96 seeds of (2^14, 768), all anchors), stability-2m20 (32 seeds of (2^20, 4096)),
@@ -37,7 +38,7 @@ STAGES=(setup step match tests tests-2m20)
 EXTRAS=" step-fp32 kernels sweep match-sweep train stability stability-2m20 study "
 dry=0 fetch=0 out="${OUT:-}" only=""
 
-usage() { sed -n '2,8p' "$0" >&2; exit 2; }
+usage() { sed -n '2,9p' "$0" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) dry=1 ;;
@@ -56,11 +57,14 @@ fi
 for kv in ${GPU_CHECK_BUDGETS:-}; do
   name=${kv%%=*}
   [ -n "${BUDGET[$name]+x}" ] || { echo "gpu_check.sh: GPU_CHECK_BUDGETS: unknown stage '$name'" >&2; exit 2; }
+  [[ ${kv#*=} =~ ^[0-9]+$ ]] || { echo "gpu_check.sh: GPU_CHECK_BUDGETS: '$kv' is not NAME=SECONDS" >&2; exit 2; }
   BUDGET[$name]=${kv#*=}
 done
-if [ -n "$only" ]; then
-  IFS=, read -r -a STAGES <<< "$only"
-  for s in "${STAGES[@]}"; do
+if [ -n "$only" ]; then  # setup always runs first: the other stages need what it installs
+  IFS=, read -r -a picked <<< "$only"
+  STAGES=(setup)
+  for s in "${picked[@]}"; do
+    [ "$s" = setup ] || STAGES+=("$s")
     [ -n "${BUDGET[$s]+x}" ] || { echo "gpu_check.sh: --only: unknown stage '$s'" >&2; exit 2; }
     if [ $dry = 1 ] && [[ $EXTRAS == *" $s "* ]]; then
       echo "gpu_check.sh: --only: stage '$s' runs on a GPU only (no --dry-run)" >&2; exit 2
@@ -98,7 +102,7 @@ stage() {  # stage NAME COMMAND...: run under min(budget, time left), log to $ou
     rc=$?
   fi
   echo "=== $name rc=$rc in $((SECONDS - t0)) s"
-  printf '%s\t%s\t%s\t%s\n' "$name" "${BUDGET[$name]}" "$((SECONDS - t0))" "$rc" >> "$records"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$limit" "$((SECONDS - t0))" "$rc" >> "$records"
 }
 
 setup() {  # runs in this shell: it exports the paths that later stages use

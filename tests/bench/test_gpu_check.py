@@ -69,6 +69,8 @@ def test_a_stage_over_its_limit_does_not_stop_the_next(tmp_path: Path) -> None:
     (["--dry-run"], {"OUT": ""}, "no results folder"),
     (["--dry-run", "--out", "{tmp}", "--only", "step,warp"], {}, "--only: unknown stage 'warp'"),
     (["--dry-run", "--out", "{tmp}"], {"GPU_CHECK_BUDGETS": "stepp=3"}, "GPU_CHECK_BUDGETS: unknown stage 'stepp'"),
+    (["--dry-run", "--out", "{tmp}"], {"GPU_CHECK_BUDGETS": "step=soon"}, "'step=soon' is not NAME=SECONDS"),
+    (["--dry-run", "--out", "{tmp}", "--only", "stability"], {}, "stage 'stability' runs on a GPU only"),
     (["--dry-run", "--out", "{tmp}/done"], {}, "already holds results.md"),
     (["--dry-run", "--frobnicate"], {}, "unknown argument '--frobnicate'"),
 ])
