@@ -206,7 +206,9 @@ run_stage() {
       if [ $dry = 1 ]; then
         stage "$name" "$PY" bench/gpu_check/dry_tests.py --part "$part"
       else
-        stage "$name" "$PY" -m pytest -m gpu "${select[@]}" -q -rA --durations=0 --timeout=150 \
+        local per_test=()  # one test's limit, where pytest-timeout is installed (the GPU image has it)
+        "$PY" -c "import pytest_timeout" 2> /dev/null && per_test=(--timeout=150)
+        stage "$name" "$PY" -m pytest -m gpu "${select[@]}" "${per_test[@]}" -q -rA --durations=0 \
           -p no:cacheprovider tests
       fi ;;
     *) run_extra "$name" ;;

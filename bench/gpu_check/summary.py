@@ -61,8 +61,10 @@ def findings(log: str) -> list[str]:
         elif (m := PYTEST_SUMMARY.match(line)) is not None:
             keep.append(f"pytest: {m.group(1)}")
         elif "slowest" in line and "durations" in line:
-            block = list(itertools.takewhile(str.strip, lines[i + 1:]))[:10]  # up to the blank line
-            keep += ["", "slowest:", *[f"    {row}" for row in block]]
+            rest = itertools.dropwhile(lambda row: not row.strip(), lines[i + 1:])
+            block = list(itertools.takewhile(lambda row: row.strip() and not row.startswith(("=", "(")), rest))
+            if block:
+                keep += ["", "slowest:", *[f"    {row}" for row in block[:10]], ""]
         elif line.startswith("checks failed"):
             keep += lines[i:]
             break

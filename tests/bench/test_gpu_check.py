@@ -107,6 +107,12 @@ def test_findings_take_pytest_summary_failures_and_slowest_tests() -> None:
     assert not any("PASSED" in line for line in found)
 
 
+def test_findings_leave_out_an_empty_durations_list() -> None:
+    log = ("=== slowest durations ===\n\n(54 durations < 0.005s hidden.  Use -vv to show these durations.)\n"
+           "27 skipped, 433 deselected in 6.34s\n")
+    assert _summary().findings(log) == ["pytest: 27 skipped, 433 deselected in 6.34s"]
+
+
 def test_findings_keep_tables_and_the_checks_that_failed() -> None:
     log = "noise\ndevice: X\n| a | b |\n|---|---|\n| 1 | 2 |\nmore noise\nchecks failed:\n(64, 512) bad loss\n"
     assert _summary().findings(log) == ["device: X", "", "| a | b |", "|---|---|", "| 1 | 2 |", "checks failed:",
