@@ -22,10 +22,11 @@
 # (encoder variants and tile configs), match-sweep (fused matching launch configs), train (32 seeds in one run vs
 # separate runs), stability (96 seeds of (2^14, 768), all anchors), stability-2m20 (32 seeds of (2^20, 4096)),
 # study (MiniLM study on the GPU; carry .gpu_study, made by `python bench/pack_minilm.py .gpu_study`).
-# Every stage checks what it measures (step: finite losses, first loss = the dense baseline's; match: exact
-# methods equal the float32 result everywhere). Results: DIR/results.md (one markdown table per stage plus the
-# stage table) and DIR/<stage>.log, DIR/build.log; at most 8 files, as the device tool brings back. Exit status 0
-# only when every stage passed. GPU_CHECK_BUDGETS="step=100 match=60" overrides limits (tests, rehearsals).
+# Every default stage checks what it measures (step: finite losses, first loss = the dense baseline's; match:
+# exact methods equal the float32 result everywhere). Results: DIR/results.md (the stage table, then each stage's
+# tables) and DIR/<stage>.log, DIR/build.log; past 8 files (the most the device tool brings back) the logs are
+# packed into DIR/logs.tar.gz. Exit status 0 only when every stage passed.
+# GPU_CHECK_BUDGETS="step=100 match=60" overrides limits (tests, rehearsals); PYTHON picks the interpreter.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -221,4 +222,7 @@ wait_build
   $([ $dry = 1 ] && echo --dry-run)
 status=$?
 rm -f "$records"
+if [ "$(find "$out" -maxdepth 1 -type f | wc -l)" -gt 8 ]; then  # more than the device tool brings back
+  (cd "$out" && tar -czf logs.tar.gz ./*.log && rm -f ./*.log && echo "logs packed into $out/logs.tar.gz")
+fi
 exit $status
