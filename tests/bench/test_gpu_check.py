@@ -56,13 +56,13 @@ def test_dry_run_runs_every_stage_and_writes_the_tables(tmp_path: Path) -> None:
 
 
 def test_a_stage_over_its_limit_does_not_stop_the_next(tmp_path: Path) -> None:
-    out = _run("--dry-run", "--out", str(tmp_path), "--only", "step,setup",
-               env={"GPU_CHECK_BUDGETS": "step=1"})
+    out = _run("--dry-run", "--out", str(tmp_path), "--only", "step,match", env={"GPU_CHECK_BUDGETS": "step=1"})
     assert out.returncode == 1
     results = (tmp_path / "results.md").read_text()
-    assert re.search(r"^\| step \| 1 \| \d+ \| STOPPED at its limit \(rc 124\) \|$", results, re.M), results
     assert re.search(r"^\| setup \| 30 \| \d+ \| ok \|$", results, re.M), results
-    assert "last 15 lines of step.log" in results
+    assert re.search(r"^\| step \| 1 \| \d+ \| STOPPED at its limit \(rc 124\) \|$", results, re.M), results
+    assert re.search(r"^\| match \| 80 \| \d+ \| ok \|$", results, re.M), results
+    assert "last 15 lines of step.log" in results and "## match: ok" in results
 
 
 @pytest.mark.parametrize(("args", "env", "message"), [
