@@ -8,7 +8,7 @@
 #   bash bench/gpu_check.sh --fetch-wheels                      fills .whl/ (a machine with PyPI access)
 #
 # Stages, in order, each with its own time limit (seconds), so that a slow one cannot starve the rest:
-#   setup       check that CUDA is there, install .whl/*.whl with pip --no-index into /tmp/site, GPU faiss from
+#   setup       check that CUDA is there, install .whl/*.whl with pip --no-index into a fresh temp folder, GPU faiss from
 #               .whl/faiss-gpu, and start building sae_fast._C in the background (needed by the tests only, which
 #               run last; its outcome is reported as stage `build`, time "since setup")
 #   step        training step side by side with sparsify (and a dense torch SAE, beside the GEMM floor) at
@@ -82,7 +82,8 @@ fi
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
 PY=${PYTHON:-python3}
 records=$(mktemp)
-build_pid="" build_t0=0
+build_pid="" build_t0=0 work=""
+trap 'rm -f "$records"; [ -z "$work" ] || rm -rf "$work"' EXIT
 if [ $dry = 1 ]; then
   export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""   # the CPU paths and the Triton interpreter, even on a GPU host
 fi
@@ -128,8 +129,9 @@ install_wheels() {  # install_wheels TARGET: the wheels of .whl/ without an inde
 
 setup_gpu() {
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device: use --dry-run on a CPU'" || return 1
-  install_wheels /tmp/site || return 1
-  export PYTHONPATH="$ROOT:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  work=$(mktemp -d)           # installed wheels, the extension's build folder, the study's output
+  install_wheels "$work/site" || return 1
+  export PYTHONPATH="$ROOT:$work/site${PYTHONPATH:+:$PYTHONPATH}"
   ln -sfn ../kernels sae_fast/kernels      # the package layout pip's install would give (no index there)
   if [ -f .whl/faiss-gpu/activate.sh ]; then
     # shellcheck disable=SC1091
@@ -140,10 +142,10 @@ setup_gpu() {
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
   build_t0=$SECONDS
-  (timeout "$BUILD_LIMIT" nice -n 19 bash -c "cmake -S . -B /tmp/build -DCMAKE_BUILD_TYPE=Release \
+  (timeout "$BUILD_LIMIT" nice -n 19 bash -c "cmake -S . -B '$work/build' -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_LIBRARY_OUTPUT_DIRECTORY='$ROOT/sae_fast' -DPython_EXECUTABLE='$(command -v "$PY")' \
-    -Dpybind11_DIR=\"\$('$PY' -m pybind11 --cmakedir)\" -DCMAKE_PREFIX_PATH=/tmp/site/cmeel.prefix \
-    && cmake --build /tmp/build -j 8") > "$out/build.log" 2>&1 &
+    -Dpybind11_DIR=\"\$('$PY' -m pybind11 --cmakedir)\" -DCMAKE_PREFIX_PATH='$work/site/cmeel.prefix' \
+    && cmake --build '$work/build' -j 8") > "$out/build.log" 2>&1 &
   build_pid=$!
   echo "building sae_fast._C in the background (pid $build_pid, log build.log)"
 }
@@ -182,7 +184,7 @@ run_extra() {  # the GPU-only stages named in --only
     stability-2m20) stage "$name" "$PY" bench/test_match.py --device cuda --stability-only \
       --stability-settings 32x1048576x4096x0 --stability-variants "default stack, triton" ;;
     study) stage "$name" env PYTHONPATH="$ROOT/.gpu_study/site:${PYTHONPATH:-}" "$PY" -m sae_fast study \
-      --out /tmp/gpu_study --model-path .gpu_study/model --device cuda --splice-texts 0 --no-progress \
+      --out "$work/study" --model-path .gpu_study/model --device cuda --splice-texts 0 --no-progress \
       --num-seeds 16 --expansion-factor 21 --k 32 --train-texts 60000 --eval-texts 2000 --total-tokens 2000000 \
       --train-batch-size 4096 --refit-steps 200 --finetune-steps 200 ;;
   esac
@@ -221,7 +223,6 @@ wait_build
 "$PY" bench/gpu_check/summary.py --out "$out" --records "$records" --total "$((SECONDS - start))" \
   $([ $dry = 1 ] && echo --dry-run)
 status=$?
-rm -f "$records"
 if [ "$(find "$out" -maxdepth 1 -type f | wc -l)" -gt 8 ]; then  # more than the device tool brings back
   (cd "$out" && tar -czf logs.tar.gz ./*.log && rm -f ./*.log && echo "logs packed into $out/logs.tar.gz")
 fi
