@@ -11,8 +11,10 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def _checks_something(func: ast.FunctionDef) -> bool:
-    """An `assert`, a call of an `assert...` function (torch.testing.assert_close, ...) or `pytest.raises`."""
+def _checks_something(func: ast.FunctionDef, helpers: dict[str, ast.FunctionDef], seen: set[str]) -> bool:
+    """An `assert`, a call of an `assert...` function (torch.testing.assert_close, ...), `pytest.raises`, or a call
+    of a function of the same module that checks something itself."""
+    seen.add(func.name)
     for node in ast.walk(func):
         if isinstance(node, ast.Assert):
             return True
@@ -20,17 +22,17 @@ def _checks_something(func: ast.FunctionDef) -> bool:
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             if name.startswith("assert") or name == "raises":
                 return True
+            if name in helpers and name not in seen and _checks_something(helpers[name], helpers, seen):
+                return True
     return False
 
 
 def unchecked_tests(source: str) -> list[str]:
     """Names of the module-level `test_*` functions in `source` that check nothing."""
-    tree = ast.parse(source)
-    return [
-        node.name for node in tree.body
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_")
-        and not _checks_something(node)
-    ]
+    functions = {node.name: node for node in ast.parse(source).body
+                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    return [name for name, node in functions.items()
+            if name.startswith("test_") and not _checks_something(node, functions, set())]
 
 
 def test_the_check_tells_asserting_from_empty_tests() -> None:
@@ -50,8 +52,20 @@ def test_raises():
 
 def helper_without_assert():
     pass
+
+def check_result(x):
+    assert x == 1
+
+def test_through_a_checking_helper():
+    check_result(1)
+
+def test_through_a_helper_that_checks_nothing():
+    helper_without_assert()
+
+def test_recursive(n=1):
+    return test_recursive(n - 1) if n else None
 '''
-    assert unchecked_tests(source) == ["test_times_only"]
+    assert unchecked_tests(source) == ["test_times_only", "test_through_a_helper_that_checks_nothing", "test_recursive"]
 
 
 @pytest.mark.parametrize("path", sorted(BENCH.glob("test_*.py")), ids=lambda p: p.name)
