@@ -11,7 +11,10 @@ and a naive full-matrix torch baseline; plus stability runs with one seed pair p
 Rates are GEMM-equivalent: 2 F^2 d / t, whether one direction or both (both come from one sweep for `exact`;
 faiss needs one search per direction, so its both-direction time is twice the one-direction time shown).
 Cases: `random` (independent unit Gaussian rows: near ties, worst case for IVF) and `planted` (B is a permuted
-noisy copy of A with cos 0.8 to the partner: real-data-like). recall@1 is against the float32 exact top-1.
+noisy copy of A with cos 0.8 to the partner: real-data-like). recall@1 is against the float32 exact top-1 (both
+directions pooled for methods that give both). Checked, not only timed: every `exact` method must equal the
+float32 exact result on every row and column, and every exhaustive method must find the planted partners; the
+script exits 1 listing what does not.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,7 +54,7 @@ class Row:
         unit, scale = ("TFLOP/s", 1e12) if self.device == "cuda" else ("GFLOP/s", 1e9)
         rec = "" if self.recall is None else f"{self.recall:.4f}"
         return (f"| {self.case} | 2^{int(math.log2(self.f))} | {self.d} | {self.method} | {self.seconds:.4g} | "
-                f"{rate / scale:.1f} {unit} | {rec} | {self.note} |")
+                f"{rate / scale:.3g} {unit} | {rec} | {self.note} |")
 
 
 def make_pair(f: int, d: int, case: str, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,67 +93,112 @@ def naive(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return s.max(dim=1).indices, s.max(dim=0).indices
 
 
-def run_case(f: int, d: int, case: str, device: str, nprobes: Sequence[int] = (4, 32)) -> list[Row]:
+def run_case(f: int, d: int, case: str, device: str, nprobes: Sequence[int] = (4, 32),
+             faiss_kinds: Sequence[str] = ("flat", "ivf", "ivf_sq"), low_precision: bool | None = None) -> list[Row]:
+    """Every method on one (F, d, case); each row's recall@1 is against the float32 exact result. The bf16/fp16
+    and fused-kernel methods run on a GPU, or on a CPU too with ``low_precision=True`` (a rehearsal: the Triton
+    interpreter, tiny sizes)."""
     a, b = make_pair(f, d, case, device)
     rows: list[Row] = []
-    low = torch.bfloat16 if device == "cuda" else torch.float32
     if device == "cuda":
-        match(a[:1024], b[:4096], both=True, dtype=low)  # warm-up (cuBLAS handles, allocator)
+        match(a[:1024], b[:4096], both=True, dtype=torch.bfloat16)  # warm-up (cuBLAS handles, allocator)
     t, ref = timed(lambda: match(a, b, both=True, dtype=torch.float32, device=device), device)
     rows.append(Row(device, case, f, d, "exact float32, both directions", t))
-    if device == "cuda":
-        for dt in (torch.bfloat16, torch.float16):
-            t, m = timed(lambda dt=dt: match(a, b, both=True, dtype=dt), device)
-            same = float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean())
-            rows.append(Row(device, case, f, d, f"exact {str(dt)[6:]} + fp32 re-score, both", t, same,
-                            f"re-scored rows {m.info['rescored_rows']}, cols {m.info['rescored_cols']}"))
-        for dt in (torch.bfloat16, torch.float16):
-            match(a[:1024], b[:4096], both=True, dtype=dt, kernel="triton")  # compile
-            t, m = timed(lambda dt=dt: match(a, b, both=True, dtype=dt, kernel="triton"), device)
-            same = float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean())
-            rows.append(Row(device, case, f, d, f"exact fused Triton kernel {str(dt)[6:]} + fp32 certify, both", t,
-                            same, f"re-scored rows {m.info['rescored_rows']}, cols {m.info['rescored_cols']}"))
-        t, m = timed(lambda: match(a, b, dtype=torch.bfloat16), device)
-        rows.append(Row(device, case, f, d, "exact bfloat16 + fp32 re-score, A->B only", t))
-        al, bl = a.bfloat16(), b.bfloat16()
-        t, plain = timed(lambda: torch.cat([(al[i:i + 8192] @ bl.T).argmax(1) for i in range(0, f, 8192)]), device)
-        rows.append(Row(device, case, f, d, "plain bf16 chunked GEMM + arg-max (no re-score), A->B", t,
-                        float((plain.cpu() == ref.index_ab[:, 0]).float().mean())))
+    if device == "cuda" if low_precision is None else low_precision:
+        rows += _low_precision_rows(a, b, ref, case, device)
     else:
-        t, _ = timed(lambda: match(a, b, dtype=torch.float32), device)
-        rows.append(Row(device, case, f, d, "exact float32, A->B only", t))
+        t, m = timed(lambda: match(a, b, dtype=torch.float32), device)
+        rows.append(Row(device, case, f, d, "exact float32, A->B only", t, _recall(m.index_ab, ref.index_ab)))
     if f * f * (2 if device == "cuda" else 4) <= NAIVE_BYTES[device]:
-        if device == "cuda":
-            al, bl = a.bfloat16(), b.bfloat16()
-            t, _ = timed(lambda: naive(al, bl), device)
-            rows.append(Row(device, case, f, d, "naive torch bf16 full matrix, both", t))
-        else:
-            t, _ = timed(lambda: naive(a, b), device)
-            rows.append(Row(device, case, f, d, "naive torch float32 full matrix, both", t))
+        al, bl = (a.bfloat16(), b.bfloat16()) if device == "cuda" else (a, b)
+        t, (ab, ba) = timed(lambda: naive(al, bl), device)
+        rows.append(Row(device, case, f, d, f"naive torch {str(al.dtype)[6:]} full matrix, both", t,
+                        _recall_both(ab, ba, ref)))
     if device == "cuda" and faiss_has_gpu():
         row = faiss_knn_gpu_bf16(a, b, ref.index_ab[:, 0], case)
         if row is not None:
             rows.append(row)
     if faiss_available() and (device == "cpu" or faiss_has_gpu()):
-        where = "gpu" if device == "cuda" else "cpu"
+        rows += _faiss_rows(a, b, ref.index_ab, case, device, nprobes, faiss_kinds)
+    if device == "cuda" and faiss_has_cagra():
+        t_build, index = timed(lambda: FaissIndex(b.cpu(), "cagra"), "cpu")
+        t, m = timed(lambda: match(a.cpu(), None, index_b=index), "cpu")
+        rows.append(Row(device, case, f, d, "faiss GpuIndexCagra, A->B", t, _recall(m.index_ab, ref.index_ab),
+                        f"build {t_build:.3g} s"))
+    return rows
+
+
+def _low_precision_rows(a: torch.Tensor, b: torch.Tensor, ref, case: str, device: str) -> list[Row]:
+    """Exact matching from bf16/fp16 GEMM tiles (torch, then the fused Triton kernel) with the fp32 re-score, and
+    a plain bf16 GEMM + arg-max without it."""
+    f, d = a.shape
+    rows = []
+    for kernel in ("torch", "triton"):
+        for dt in (torch.bfloat16, torch.float16):
+            if kernel == "triton":
+                match(a[:1024], b[:4096], both=True, dtype=dt, kernel="triton")  # compile
+            t, m = timed(lambda dt=dt, kernel=kernel: match(a, b, both=True, dtype=dt, kernel=kernel), device)
+            name = (f"exact {str(dt)[6:]} + fp32 re-score, both" if kernel == "torch"
+                    else f"exact fused Triton kernel {str(dt)[6:]} + fp32 certify, both")
+            rows.append(Row(device, case, f, d, name, t, _recall_both(m.index_ab, m.index_ba, ref),
+                            f"re-scored rows {m.info['rescored_rows']}, cols {m.info['rescored_cols']}"))
+    t, m = timed(lambda: match(a, b, dtype=torch.bfloat16), device)
+    rows.append(Row(device, case, f, d, "exact bfloat16 + fp32 re-score, A->B only", t,
+                    _recall(m.index_ab, ref.index_ab)))
+    al, bl = a.bfloat16(), b.bfloat16()
+    t, plain = timed(lambda: torch.cat([(al[i:i + 8192] @ bl.T).argmax(1) for i in range(0, f, 8192)]), device)
+    rows.append(Row(device, case, f, d, "plain bf16 chunked GEMM + arg-max (no re-score), A->B", t,
+                    _recall(plain, ref.index_ab)))
+    return rows
+
+
+def _recall(index_ab: torch.Tensor, ref_ab: torch.Tensor) -> float:
+    """Share of rows whose top-1 equals the reference's."""
+    return float((index_ab.reshape(-1, ref_ab.shape[1])[:, 0].cpu() == ref_ab[:, 0].cpu()).float().mean())
+
+
+def _recall_both(ab: torch.Tensor, ba: torch.Tensor, ref) -> float:
+    """Share of rows and columns whose top-1 equals the reference's, both directions pooled."""
+    n_ab, n_ba = ref.index_ab.shape[0], ref.index_ba.shape[0]
+    return (_recall(ab, ref.index_ab) * n_ab + _recall(ba, ref.index_ba) * n_ba) / (n_ab + n_ba)
+
+
+def _faiss_rows(a: torch.Tensor, b: torch.Tensor, ref_ab: torch.Tensor, case: str, device: str,
+                nprobes: Sequence[int], kinds: Sequence[str]) -> list[Row]:
+    """faiss indexes of `kinds` (flat, ivf, ivf_sq) over B, A->B, on the GPU where faiss has one."""
+    f, d = a.shape
+    rows = []
+    where = "gpu" if device == "cuda" else "cpu"
+    if "flat" in kinds:
         t_build, index = timed(lambda: FaissIndex(b.cpu(), "flat"), "cpu")
         t, m = timed(lambda: match(a.cpu(), None, index_b=index), "cpu")
         rows.append(Row(device, case, f, d, f"faiss IndexFlatIP ({where}), A->B", t,
-                        float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean()), f"build {t_build:.3g} s"))
-        for kind in ("ivf", "ivf_sq"):
+                        _recall(m.index_ab, ref_ab), f"build {t_build:.3g} s"))
+    for kind in (k for k in ("ivf", "ivf_sq") if k in kinds):
             t_build, index = timed(lambda kind=kind: FaissIndex(b.cpu(), kind), "cpu")
             for nprobe in nprobes:
                 index.set_nprobe(nprobe)
                 t, m = timed(lambda index=index: match(a.cpu(), None, index_b=index), "cpu")
-                same = float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean())
                 rows.append(Row(device, case, f, d, f"faiss {index.description.split()[1]} nprobe={nprobe}, A->B",
-                                t, same, f"build {t_build:.3g} s"))
-    if device == "cuda" and faiss_has_cagra():
-        t_build, index = timed(lambda: FaissIndex(b.cpu(), "cagra"), "cpu")
-        t, m = timed(lambda: match(a.cpu(), None, index_b=index), "cpu")
-        same = float((m.index_ab[:, 0] == ref.index_ab[:, 0]).float().mean())
-        rows.append(Row(device, case, f, d, "faiss GpuIndexCagra, A->B", t, same, f"build {t_build:.3g} s"))
+                                t, _recall(m.index_ab, ref_ab), f"build {t_build:.3g} s"))
     return rows
+
+
+APPROXIMATE = ("nprobe", "Cagra")  # methods allowed to miss: approximate indexes
+
+
+def check_rows(rows: Sequence[Row]) -> list[str]:
+    """What is wrong: an `exact ...` method whose top-1 differs from the float32 exact result anywhere, or, on
+    planted pairs (the partner's cosine 0.8 stands far above every other), any exhaustive method below 0.999."""
+    problems = []
+    for r in rows:
+        if r.recall is None or any(word in r.method for word in APPROXIMATE):
+            continue
+        need = 1.0 if r.method.startswith("exact") else 0.999 if r.case == "planted" else None
+        if need is not None and r.recall < need:
+            problems.append(f"{r.case} 2^{int(math.log2(r.f))} x {r.d}: {r.method}: top-1 = float32 exact for "
+                            f"{r.recall:.4f} of rows, needs {need}")
+    return problems
 
 
 def faiss_knn_gpu_bf16(a: torch.Tensor, b: torch.Tensor, ref_top1: torch.Tensor, case: str) -> Row | None:
@@ -255,6 +304,9 @@ def main() -> None:
     parser.add_argument("--stability-variants", default=None,
                         help="only the variants whose label contains one of these comma-separated words")
     parser.add_argument("--repeat", type=int, default=1, help="report the best of this many runs")
+    parser.add_argument("--low-precision", action="store_true",
+                        help="on a CPU too: the bf16/fp16 and fused Triton kernel methods (interpreter: tiny sizes)")
+    parser.add_argument("--faiss-kinds", default="flat,ivf,ivf_sq", help="faiss indexes to time (comma-separated)")
     args = parser.parse_args()
     global REPEAT
     REPEAT = args.repeat
@@ -265,10 +317,16 @@ def main() -> None:
     if not args.stability_only:
         print("| case | F | d | method | seconds | rate (2 F^2 d / t) | top-1 = float32 exact | note |")
         print("|---|---|---|---|---|---|---|---|")
+        problems = []
         for f, d in sizes:
             for case in args.cases.split(","):
-                for row in run_case(f, d, case, args.device):
+                rows = run_case(f, d, case, args.device, faiss_kinds=args.faiss_kinds.split(","),
+                                low_precision=True if args.low_precision else None)
+                for row in rows:
                     print(row.markdown(), flush=True)
+                problems += check_rows(rows)
+        if problems:
+            sys.exit("checks failed:\n" + "\n".join(problems))
     if args.stability or args.stability_only:
         settings = None
         if args.stability_settings:
@@ -302,7 +360,8 @@ def test_exact_cpu(benchmark, size: tuple[int, int]) -> None:
 def test_faiss_flat_cpu(benchmark, size: tuple[int, int]) -> None:
     a, b = make_pair(*size, "planted", "cpu")
     index = FaissIndex(b, "flat")
-    benchmark.pedantic(lambda: match(a, None, index_b=index), rounds=1, iterations=1)
+    m = benchmark.pedantic(lambda: match(a, None, index_b=index), rounds=1, iterations=1)
+    assert torch.equal(m.index_ab, match(a, b).index_ab)  # planted partners: the exact sweep's top-1
 
 
 @needs_cuda

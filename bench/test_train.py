@@ -133,6 +133,7 @@ def test_32_seeds_768_16384_64_gpu(benchmark, tmp_path: Path) -> None:
     benchmark.extra_info.update(row)
     print("\n" + _markdown({"GPU: 32 seeds of (768, 16384, 64), batch 8192, fp32 + Adam": row}))
     print(f"tokens/s (each token trains all 32 SAEs): {row['tokens_per_s']:,.0f}")
+    assert row["speedup"] > 1.0
 
 
 if __name__ == "__main__":
