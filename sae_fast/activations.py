@@ -644,14 +644,14 @@ class ModelSource(ActivationSource):
         self.d_in = self._probe_width()
 
     def _probe_width(self) -> int:
-        return int(self._activations_of(self.texts[:1]).shape[1])
+        return int(self.activations_of(self.texts[:1]).shape[1])
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "model": self.model_name, "hook": self.hook.name, "num_texts": len(self.texts),
                 "max_length": self.max_length}
 
     @torch.inference_mode()
-    def _activations_of(self, texts: Sequence[str]) -> torch.Tensor:
+    def activations_of(self, texts: Sequence[str]) -> torch.Tensor:
         """Activations (real tokens, d) of a batch of texts, in text then position order."""
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt", return_special_tokens_mask=True)
@@ -682,6 +682,8 @@ class ModelSource(ActivationSource):
         acts = hidden[keep.to(hidden.device)].float()
         return acts
 
+    _activations_of = activations_of  # the former name, still called by sae_fast/seed_study.py
+
     def _text_batches(self, order: Sequence[int]) -> Iterator[list[str]]:
         """Texts in the given order, in batches, sorted by length inside groups of 16 batches."""
         group = 16 * self.text_batch_size
@@ -692,14 +694,14 @@ class ModelSource(ActivationSource):
 
     def iter_activations(self, order: Sequence[int] | None = None) -> Iterator[torch.Tensor]:
         """Activations text batch by text batch (one pass), each checked for NaN/inf."""
-        for _, acts in self._iter_text_batches(order):
+        for _, acts in self.iter_text_batches(order):
             yield acts
 
-    def _iter_text_batches(self, order: Sequence[int] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    def iter_text_batches(self, order: Sequence[int] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """(number of texts, activations) per text batch, as :meth:`iter_activations`."""
         order = range(len(self.texts)) if order is None else order
         for i, texts in enumerate(self._text_batches(list(order))):
-            acts = self._activations_of(texts)
+            acts = self.activations_of(texts)
             check_finite(acts, f"{self.model_name} {self.hook.name}, text batch {i} (first text {texts[0][:60]!r})")
             yield len(texts), acts
 
@@ -832,7 +834,7 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
             else:
                 parts: list[torch.Tensor] = []
                 got = 0
-                for n_texts, acts in source._iter_text_batches(order):
+                for n_texts, acts in source.iter_text_batches(order):
                     if max_tokens is not None:
                         acts = acts[:max_tokens - total - got]
                     parts.append(acts)

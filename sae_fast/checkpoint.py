@@ -134,16 +134,12 @@ def load_safetensors(path: str | os.PathLike[str], device: str | torch.device = 
 
 def read_cfg(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``cfg.json`` of a checkpoint folder, as a dict (CheckpointError if missing or not JSON)."""
+    from .formats.files import read_json  # imported here: the format readers import this module
+
     file = Path(path) / CFG
     if not file.is_file():
         raise CheckpointError(f"{Path(path)} is not an SAE checkpoint: {CFG} is missing")
-    try:
-        cfg = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{file} is corrupt (not JSON): {exc}") from exc
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{file} must hold a JSON object, got {type(cfg).__name__}")
-    return cfg
+    return read_json(file)
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show the traceback of an error")
         _add_range_checks(cmd)
-        cmd.set_defaults(_run=module.run)
+        cmd.set_defaults(run_command=module.run)
     return parser
 
 
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
-        return int(args._run(args) or 0)
+        return int(args.run_command(args) or 0)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -7,6 +7,7 @@ to do about it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,8 +40,6 @@ def to_jsonable(obj: Any) -> Any:
 
     Non-finite floats become None (JSON has no NaN). Dataclasses are converted field by field.
     """
-    import dataclasses
-
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Mapping):

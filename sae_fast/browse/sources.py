@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from ..checkpoint import load_sae
 from ..errors import DataError
@@ -44,8 +45,6 @@ class ActivationBatches:
         if self.path.suffix == ".npy":
             self.array = np.load(self.path, mmap_mode="r")
         elif self.path.suffix == ".safetensors":
-            from safetensors import safe_open
-
             with safe_open(str(self.path), "pt") as f:
                 keys = list(f.keys())
                 if len(keys) != 1:
