@@ -156,12 +156,16 @@ def test_model_source_excludes_padding_and_special_tokens(tiny_bert) -> None:
     keep = enc["attention_mask"].bool() & ~enc.pop("special_tokens_mask").bool()
     with torch.no_grad():
         hidden = model(**enc, output_hidden_states=True).hidden_states
-    mine = src._activations_of(TEXTS)
+    mine = src.activations_of(TEXTS)
     torch.testing.assert_close(mine, hidden[2][keep], rtol=1e-5, atol=1e-5)
     sorted_by_batch = torch.cat(list(src.iter_activations()))
     assert sorted(sorted_by_batch[:, 0].tolist()) == pytest.approx(sorted(hidden[2][keep][:, 0].tolist()), abs=1e-5)
-    layer0 = ModelSource(model, tokenizer, TEXTS, layer=0)._activations_of(TEXTS)
+    layer0 = ModelSource(model, tokenizer, TEXTS, layer=0).activations_of(TEXTS)
     torch.testing.assert_close(layer0, hidden[0][keep])
+    tokens = src.tokens_of(TEXTS)  # one token string per row of activations_of, in the same order
+    assert [len(t) for t in tokens] == keep.sum(dim=1).tolist()
+    assert tokens[0] == tokenizer.convert_ids_to_tokens(enc["input_ids"][0][keep[0]].tolist())
+    assert not {"[CLS]", "[SEP]", "[PAD]"} & {tok for row in tokens for tok in row}
 
 
 def test_model_source_module_hook_and_errors(tiny_bert) -> None:

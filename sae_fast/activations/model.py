@@ -118,7 +118,8 @@ class ModelSource(ActivationSource):
 
     @torch.inference_mode()
     def activations_of(self, texts: Sequence[str]) -> torch.Tensor:
-        """Activations (real tokens, d) of a batch of texts, in text then position order."""
+        """Activations (real tokens, d) of a batch of texts, in text then position order: the rows that
+        ``tokens_of`` names. Memory: the model's hidden states of the batch."""
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt", return_special_tokens_mask=True)
         keep = enc["attention_mask"].bool() & ~enc.pop("special_tokens_mask").bool()
@@ -149,6 +150,16 @@ class ModelSource(ActivationSource):
         return acts
 
     _activations_of = activations_of  # the former name, still called by sae_fast/seed_study.py
+
+    def tokens_of(self, texts: Sequence[str]) -> list[list[str]]:
+        """The token strings of each text that ``activations_of`` gives a row for (real, non-special tokens)."""
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_special_tokens_mask=True)
+        out = []
+        for ids, att, special in zip(enc["input_ids"], enc["attention_mask"], enc["special_tokens_mask"]):
+            keep = [ids[i] for i, (a, s) in enumerate(zip(att, special)) if a and not s]
+            out.append(self.tokenizer.convert_ids_to_tokens(keep))
+        return out
 
     def _text_batches(self, order: Sequence[int]) -> Iterator[list[str]]:
         """Texts in the given order, in batches, sorted by length inside groups of 16 batches."""
