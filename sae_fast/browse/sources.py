@@ -78,8 +78,23 @@ def sae_of_seed(run: str | os.PathLike[str], seed: str):
 def build_table(path: str | os.PathLike[str], *, seed: str | int | None = None, run: str | os.PathLike[str] |
                 None = None, activations: str | os.PathLike[str] | None = None, batch_size: int = 4096,
                 max_rows: int | None = None, bins: int = 20, top: int = 5) -> LatentTable:
-    """The table of one anchor seed of the stability run under `path`; with `activations`, the seed's SAE (from
-    `run`, default `path`) is run over them for frequency, histograms and top activations."""
+    """The latent table of one anchor seed of the stability run under ``path``.
+
+    Parameters
+    ----------
+    path : a stability run folder (or a folder holding one).
+    seed : the anchor seed (name or index); default the run's first anchor.
+    run : the folder of trained seeds whose SAE is run over ``activations`` (default ``path``).
+    activations : a ``.npy``/``.safetensors`` file of (N, d) activations; with it, frequency, histograms and top
+        activations of every latent are added.
+    batch_size, max_rows : rows per encoder batch, and a cap on the rows read.
+    bins, top : histogram bins and top activations kept per latent.
+
+    Returns
+    -------
+    A :class:`~sae_fast.browse.table.LatentTable`. Memory: O(F (S + bins + top)) for the table plus one batch's
+    codes; the activations are read memory-mapped, never whole.
+    """
     stab = Stability.load(find_stability(path))
     table = latent_table(stab, seed)
     if activations is not None:

@@ -117,9 +117,22 @@ def stability_scores(
 def start_or_resume(out_dir: Path | None, ckpt_dir: Path | None, world: int, seeds: SeedDecoders, anchors: list[int],
                     backend: str, dev: torch.device, theta: float, eps: float, absolute: bool,
                     match_kwargs: dict[str, Any]) -> tuple[Stability, str, dict[str, Any]]:
-    """(state, chosen backend, settings): the run saved in ``out_dir``/``ckpt_dir`` after checking it was made
-    on the same seeds, anchors, settings and whole decoders (SettingsMismatch otherwise), else an empty run.
-    A complete saved run is returned as it is (with ``theta``/``eps`` set)."""
+    """The state a stability run starts from.
+
+    Parameters
+    ----------
+    out_dir, ckpt_dir, world : the run's folder, this rank's checkpoint folder, the number of ranks.
+    seeds, anchors : the seed decoders and the anchor seeds.
+    backend, dev, match_kwargs : the backend asked for, the device, and the backend options.
+    theta, eps, absolute : as for :func:`stability_scores`.
+
+    Returns
+    -------
+    (state, chosen backend, settings): the run saved in ``out_dir``/``ckpt_dir`` after checking it was made on the
+    same seeds, anchors, settings and whole decoders (SettingsMismatch otherwise), else an empty run (best_cos
+    (A, S, F) float32 and best_j int32: 8 bytes per entry). A complete saved run comes back as it is, with
+    ``theta``/``eps`` set.
+    """
     prior = load_prior(out_dir, ckpt_dir, world, seeds.names, anchors, seeds.num_features, absolute)
     chosen, reason, settings = pick_backend(backend, dev, seeds, prior, match_kwargs)
     ids = [seeds.identity(s) for s in range(len(seeds))] if out_dir is not None else None  # only saved runs resume
