@@ -36,7 +36,7 @@ file), ``cache`` (reading a cache), ``writing`` (writing one: from a tensor, or 
 
 from __future__ import annotations
 
-from .arrays import ArraySource, TensorSource, open_activations_file
+from .arrays import ArraySource, TensorSource, map_activations_file, open_activations_file
 from .base import (
     CACHE_FORMAT,
     CACHE_SPEC,
@@ -47,6 +47,7 @@ from .base import (
     check_finite,
     dtype_name,
     epoch_permutation,
+    to_torch,
 )
 from .cache import CachedSource, open_source
 from .embedded import (
@@ -61,9 +62,34 @@ from .model import HookPoint, ModelSource, hook_module, with_pad_token
 from .writing import cache_activations, cache_spec, open_matching_cache, save_tensor_cache
 
 __all__ = [
-    "CACHE_FORMAT", "CACHE_SPEC", "EMBEDDED_MODEL_ENV", "EMBEDDED_MODEL_NAME", "MANIFEST", "ActivationSource",
-    "ArraySource", "CachedSource", "FiniteSource", "HookPoint", "ModelSource", "NonFiniteActivationsError",
-    "TensorSource", "cache_activations", "cache_spec", "check_finite", "dtype_name", "embedded_default",
-    "epoch_permutation", "hook_module", "load_embedded_model", "open_activations_file", "open_matching_cache",
-    "open_source", "quiet_transformers", "save_tensor_cache", "shakespeare_sentences", "with_pad_token",
+    "CACHE_FORMAT",
+    "CACHE_SPEC",
+    "EMBEDDED_MODEL_ENV",
+    "EMBEDDED_MODEL_NAME",
+    "MANIFEST",
+    "ActivationSource",
+    "ArraySource",
+    "CachedSource",
+    "FiniteSource",
+    "HookPoint",
+    "ModelSource",
+    "NonFiniteActivationsError",
+    "TensorSource",
+    "cache_activations",
+    "cache_spec",
+    "check_finite",
+    "dtype_name",
+    "embedded_default",
+    "epoch_permutation",
+    "hook_module",
+    "load_embedded_model",
+    "map_activations_file",
+    "open_activations_file",
+    "open_matching_cache",
+    "open_source",
+    "quiet_transformers",
+    "save_tensor_cache",
+    "shakespeare_sentences",
+    "to_torch",
+    "with_pad_token",
 ]

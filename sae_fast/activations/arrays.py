@@ -97,6 +97,21 @@ def _map_safetensors(path: Path, key: str | None) -> tuple[np.ndarray, str]:
     return np.memmap(path, dtype=storage, mode="r", offset=8 + n + begin, shape=shape), name
 
 
+def map_activations_file(path: Path, key: str | None = None) -> tuple[np.ndarray, str]:
+    """(array (N, d) memory-mapped read-only, its dtype name) of a ``.npy`` or ``.safetensors`` file of
+    activations (float32, float16, or bfloat16 held as uint16 bits: read rows with :func:`to_torch`).
+    DataError naming the file for another suffix, dtype or shape, or a truncated file. Memory: O(1)."""
+    if path.suffix == ".npy":
+        array, name = _map_npy(path)
+    elif path.suffix == ".safetensors":
+        array, name = _map_safetensors(path, key)
+    else:
+        raise DataError(f"activations file {path} must be a .npy or .safetensors file")
+    if array.ndim != 2 or 0 in array.shape:
+        raise DataError(f"activations file {path} holds shape {array.shape}; expected (N, d), N, d > 0")
+    return array, name
+
+
 class ArraySource(FiniteSource):
     """Activations (N, d) in one ``.npy`` or ``.safetensors`` file, read memory-mapped (memory O(batch)).
 
@@ -111,14 +126,7 @@ class ArraySource(FiniteSource):
         if not self.path.is_file():
             raise DataError(f"activations file {self.path} does not exist" if not self.path.exists()
                             else f"activations file {self.path} is not a file")
-        if self.path.suffix == ".npy":
-            self.array, self.dtype_name = _map_npy(self.path)
-        elif self.path.suffix == ".safetensors":
-            self.array, self.dtype_name = _map_safetensors(self.path, key)
-        else:
-            raise DataError(f"activations file {self.path} must be a .npy or .safetensors file")
-        if self.array.ndim != 2 or 0 in self.array.shape:
-            raise DataError(f"activations file {self.path} holds shape {self.array.shape}; expected (N, d), N, d > 0")
+        self.array, self.dtype_name = map_activations_file(self.path, key)
         self.d_in = int(self.array.shape[1])
         sha = hashlib.sha256()
         with tqdm(total=self.array.nbytes, unit="B", unit_scale=True, desc=f"checking {self.path.name}",

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
+from ..activations import map_activations_file, to_torch
 from ..checkpoint import load_sae
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..stability import Stability, find_saved_saes
 from .table import LatentTable, activation_stats, latent_table
 
@@ -35,24 +35,22 @@ def find_stability(path: str | os.PathLike[str]) -> Path:
 class ActivationBatches:
     """Re-iterable batches (float32 tensors of `batch_size` rows) of a (N, d) `.npy` or `.safetensors` file.
 
-    The `.npy` file is memory-mapped; a `.safetensors` file must hold exactly one 2-D tensor.
+    The file is memory-mapped (:func:`sae_fast.activations.map_activations_file`: float32, float16 or bfloat16;
+    a `.safetensors` file holds one tensor or names it ``activations``), so memory is one batch whatever N; each
+    batch is checked finite (the first bad row is named).
     """
 
     def __init__(self, path: str | os.PathLike[str], d: int, batch_size: int = 4096, max_rows: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
-            raise DataError(f"--activations {self.path} does not exist")
-        if self.path.suffix == ".npy":
-            self.array = np.load(self.path, mmap_mode="r")
-        elif self.path.suffix == ".safetensors":
-            with safe_open(str(self.path), "pt") as f:
-                keys = list(f.keys())
-                if len(keys) != 1:
-                    raise DataError(f"--activations {self.path} holds {len(keys)} tensors {keys}; expected one")
-                self.array = f.get_tensor(keys[0]).float().numpy()
-        else:
-            raise DataError(f"--activations {self.path}: expected a .npy or .safetensors file")
-        if self.array.ndim != 2 or self.array.shape[1] != d:
+            raise DataError(f"--activations {self.path} does not exist" if not self.path.exists()
+                            else f"--activations {self.path} is not a file")
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
+        if max_rows is not None and (not isinstance(max_rows, int) or max_rows <= 0):
+            raise UsageError(f"--max-rows must be a positive integer, got {max_rows!r}")
+        self.array, self.dtype_name = map_activations_file(self.path)
+        if self.array.shape[1] != d:
             raise DataError(f"--activations {self.path} has shape {tuple(self.array.shape)}; expected (N, {d}), the "
                             "SAEs' input width")
         self.rows = self.array.shape[0] if max_rows is None else min(max_rows, self.array.shape[0])
@@ -60,7 +58,7 @@ class ActivationBatches:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for lo in range(0, self.rows, self.batch_size):
-            xb = torch.from_numpy(np.array(self.array[lo:lo + self.batch_size], dtype=np.float32))
+            xb = to_torch(np.array(self.array[lo:min(lo + self.batch_size, self.rows)]), self.dtype_name).float()
             if not torch.isfinite(xb).all():
                 bad = lo + int(torch.nonzero(~torch.isfinite(xb).all(1))[0])
                 raise DataError(f"--activations {self.path}: row {bad} is not finite")
