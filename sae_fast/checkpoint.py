@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from .runs import (
     CFG,
@@ -103,18 +105,14 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
 def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str],
                             metadata: Mapping[str, str] | None = None) -> Path:
     """Save ``tensors`` as safetensors at ``path`` atomically, with a SHA-256 of the tensors in the metadata."""
-    from safetensors.torch import save
-
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {**(metadata or {}), DIGEST_KEY: tensors_digest(cpu)}
-    data = save(cpu, metadata=meta)
+    data = safetensors_bytes(cpu, metadata=meta)
     return atomic_write(path, lambda f: f.write(data))
 
 
 def load_safetensors(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors file, turning truncation, corruption and checksum mismatch into CheckpointError."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ import torch
 from ..activations import map_activations_file, to_torch
 from ..checkpoint import load_sae
 from ..errors import DataError, UsageError
+from ..runs import decoder_identity
 from ..stability import Stability, find_saved_saes
 from .table import LatentTable, activation_stats, latent_table
 
@@ -65,12 +67,24 @@ class ActivationBatches:
             yield xb
 
 
-def sae_of_seed(run: str | os.PathLike[str], seed: str):
-    """Load the SAE of the seed named `seed` under the run folder `run`."""
+def sae_of_seed(run: str | os.PathLike[str], seed: str, stability: Stability | None = None) -> Any:
+    """Load the SAE of the seed named ``seed`` under the run folder ``run``. With ``stability``, it must be the
+    SAE that run was computed on: the same decoder identity where the run records one (streamed hash), and the
+    same number of latents; DataError naming the folder otherwise (its statistics would be another SAE's)."""
     found = dict(find_saved_saes(run))
     if seed not in found:
         raise DataError(f"{run} holds no SAE for seed {seed!r} (found {sorted(found)})")
-    return load_sae(found[seed].parent)
+    folder = found[seed].parent
+    hint = "pass --run the folder of the seeds the stability run was made from"
+    ids = stability.info.get("decoder_ids") if stability is not None else None
+    if ids and seed in stability.seeds and decoder_identity(found[seed]) != ids[stability.seeds.index(seed)]:
+        raise DataError(f"{folder} is not the SAE the stability run computed seed {seed!r} on (its weights "
+                        f"differ); {hint}")
+    sae = load_sae(folder)
+    if stability is not None and sae.W_dec.shape[0] != stability.num_features:
+        raise DataError(f"{folder} holds an SAE of {sae.W_dec.shape[0]} latents; the stability run has "
+                        f"{stability.num_features}; {hint}")
+    return sae
 
 
 def build_table(path: str | os.PathLike[str], *, seed: str | int | None = None, run: str | os.PathLike[str] |
@@ -96,7 +110,7 @@ def build_table(path: str | os.PathLike[str], *, seed: str | int | None = None, 
     stab = Stability.load(find_stability(path))
     table = latent_table(stab, seed)
     if activations is not None:
-        sae = sae_of_seed(path if run is None else run, table.seed)
+        sae = sae_of_seed(path if run is None else run, table.seed, stab)
         stats = activation_stats(sae, ActivationBatches(activations, sae.d_in, batch_size, max_rows),
                                  table.num_latents, bins=bins, top=top)
         for name, value in stats.items():

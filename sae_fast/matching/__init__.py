@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from .. import validate
 from .exact import LOW_PRECISION, default_blocks, exact_topk, rounding_tolerance, strict_cuda_matmul, topk_sweep
 from .faiss_index import (
     APPROXIMATE_KINDS,
@@ -79,10 +80,10 @@ AUTO_FAISS_MIN_FLOP = 1e13
 
 
 def resolve_device(device: torch.device | str | None, *xs: ArrayLike) -> torch.device:
-    """The device to compute on: ``device`` if given, else that of a CUDA tensor input, else CUDA when
-    available, else CPU."""
+    """The device to compute on: ``device`` if given (UsageError when it does not exist here), else that of a
+    CUDA tensor input, else CUDA when available, else CPU."""
     if device is not None:
-        return torch.device(device)
+        return validate.device(device)
     for x in xs:
         if isinstance(x, torch.Tensor) and x.is_cuda:
             return x.device

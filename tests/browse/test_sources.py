@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -44,3 +46,29 @@ def test_bad_files_and_options_are_named(tmp_path) -> None:
         ActivationBatches(tmp_path / "a.npy", 16, max_rows=-3)
     with pytest.raises(DataError, match="is not a file"):
         ActivationBatches(tmp_path, 16)
+
+
+def test_statistics_come_from_the_saes_the_stability_run_was_made_on(tmp_path) -> None:
+    """--run pointing at other seeds gave another SAE's statistics (same F) or an index traceback (other F)."""
+    from sae_fast.browse.sources import build_table
+    from sae_fast.checkpoint import save_sae
+    from sae_fast.sae import TopKSAE
+    from sae_fast.stability import stability_scores
+
+    for s in range(2):
+        save_sae(TopKSAE(16, 32, 4, seed=s), tmp_path / "run" / f"seed{s}")
+        save_sae(TopKSAE(16, 32, 4, seed=10 + s), tmp_path / "other" / f"seed{s}")  # same shape, other weights
+        save_sae(TopKSAE(16, 64, 4, seed=s), tmp_path / "wide" / f"seed{s}")
+    stability_scores(tmp_path / "run", out=tmp_path / "run" / "stability", progress=False)
+    np.save(tmp_path / "a.npy", _rows())
+    table = build_table(tmp_path / "run", activations=tmp_path / "a.npy")
+    assert table.frequency.shape == (32,)
+    for other in ("other", "wide"):
+        with pytest.raises(DataError, match=rf"{other}/seed0 is not the SAE the stability run computed seed"):
+            build_table(tmp_path / "run", run=tmp_path / other, activations=tmp_path / "a.npy")
+    meta_file = tmp_path / "run" / "stability" / "stability.json"  # a run saved before decoder identities
+    meta = json.loads(meta_file.read_text())
+    del meta["info"]["decoder_ids"]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"wide/seed0 holds an SAE of 64 latents; the stability run has 32"):
+        build_table(tmp_path / "run", run=tmp_path / "wide", activations=tmp_path / "a.npy")
