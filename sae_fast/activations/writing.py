@@ -149,6 +149,22 @@ def open_matching_cache(path: str | os.PathLike[str], spec: dict[str, Any]) -> C
     return None
 
 
+def _shard_rows(source: ModelSource, order: range, limit: int | None, bar: Any) -> torch.Tensor:
+    """The activations of the texts ``order`` (at most ``limit`` rows; None: all), counted on ``bar`` in texts
+    (no limit) or rows. Memory: the shard's rows."""
+    parts: list[torch.Tensor] = []
+    got = 0
+    for n_texts, acts in source.iter_text_batches(order):
+        if limit is not None:
+            acts = acts[:limit - got]
+        parts.append(acts)
+        got += acts.shape[0]
+        bar.update(n_texts if limit is None else acts.shape[0])
+        if limit is not None and got >= limit:
+            break
+    return torch.cat(parts)
+
+
 def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_tokens: int | None = None,
                       dtype: str | torch.dtype = "float32", texts_per_shard: int = 2048,
                       progress: bool = True) -> CachedSource:
@@ -212,17 +228,8 @@ def cache_activations(source: ModelSource, path: str | os.PathLike[str], *, max_
                 entry = _shard_entry(out / file, name, total)
                 bar.update(len(order) if by_texts else entry["rows"])
             else:
-                parts: list[torch.Tensor] = []
-                got = 0
-                for n_texts, acts in source.iter_text_batches(order):
-                    if max_tokens is not None:
-                        acts = acts[:max_tokens - total - got]
-                    parts.append(acts)
-                    got += acts.shape[0]
-                    bar.update(n_texts if by_texts else acts.shape[0])
-                    if max_tokens is not None and total + got >= max_tokens:
-                        break
-                entry = _write_shard(out / file, torch.cat(parts), name, first_row=total)
+                rows = _shard_rows(source, order, None if by_texts else max_tokens - total, bar)
+                entry = _write_shard(out / file, rows, name, first_row=total)
             shards.append(entry)
             total += entry["rows"]
     finally:
