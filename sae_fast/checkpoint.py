@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from .runs import (
     CFG,
@@ -103,18 +105,14 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
 def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str],
                             metadata: Mapping[str, str] | None = None) -> Path:
     """Save ``tensors`` as safetensors at ``path`` atomically, with a SHA-256 of the tensors in the metadata."""
-    from safetensors.torch import save
-
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {**(metadata or {}), DIGEST_KEY: tensors_digest(cpu)}
-    data = save(cpu, metadata=meta)
+    data = safetensors_bytes(cpu, metadata=meta)
     return atomic_write(path, lambda f: f.write(data))
 
 
 def load_safetensors(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors file, turning truncation, corruption and checksum mismatch into CheckpointError."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing")
@@ -134,16 +132,12 @@ def load_safetensors(path: str | os.PathLike[str], device: str | torch.device = 
 
 def read_cfg(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``cfg.json`` of a checkpoint folder, as a dict (CheckpointError if missing or not JSON)."""
+    from .formats.files import read_json  # imported here: the format readers import this module
+
     file = Path(path) / CFG
     if not file.is_file():
         raise CheckpointError(f"{Path(path)} is not an SAE checkpoint: {CFG} is missing")
-    try:
-        cfg = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{file} is corrupt (not JSON): {exc}") from exc
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{file} must hold a JSON object, got {type(cfg).__name__}")
-    return cfg
+    return read_json(file)
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:

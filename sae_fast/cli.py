@@ -4,7 +4,8 @@
 Errors a user can cause are printed as one line, ``sae-fast <command>: error: <message>``, and the command
 exits with 2 for a usage error and 1 for a data error (see :func:`user_error`); ``--debug`` (before or after the
 subcommand) shows the traceback instead. Anything else is a bug and keeps its traceback. Options named
-``--theta`` and ``--eps`` are range-checked at parse time in every subcommand (:mod:`sae_fast.validate`).
+``--theta`` and ``--eps`` are range-checked, and ``--device``/``--model-device`` checked to exist on this machine,
+at parse time in every subcommand (:mod:`sae_fast.validate`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 # OSErrors that come from the user's files and machine, not from the code: one line, exit 1.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EEXIST,
                        errno.EISDIR, errno.ENOTDIR, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTEMPTY, errno.EIO}
-_RANGE_CHECKS = {"theta": validate.theta_arg, "eps": validate.eps_arg}
+# option name -> (the type it is declared with, its check): theta/eps are floats, devices strings.
+_RANGE_CHECKS = {"theta": (float, validate.theta_arg), "eps": (float, validate.eps_arg),
+                 "device": (str, validate.device_arg), "model_device": (str, validate.device_arg)}
 
 
 def _command_modules() -> list:
@@ -35,10 +38,11 @@ def _command_modules() -> list:
 
 
 def _add_range_checks(parser: argparse.ArgumentParser) -> None:
-    """Give every float option named in _RANGE_CHECKS (``--theta``, ``--eps``) its range check."""
+    """Give every option named in _RANGE_CHECKS (``--theta``, ``--eps`` floats; ``--device``, ``--model-device``)
+    its check. (argparse has no public list of a parser's options: ``_actions`` is the documented-by-use one.)"""
     for action in parser._actions:
-        check = _RANGE_CHECKS.get(action.dest)
-        if check is not None and action.type is float:
+        declared, check = _RANGE_CHECKS.get(action.dest, (None, None))
+        if check is not None and (action.type or str) is declared:
             action.type = check
 
 
@@ -65,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show the traceback of an error")
         _add_range_checks(cmd)
-        cmd.set_defaults(_run=module.run)
+        cmd.set_defaults(run_command=module.run)
     return parser
 
 
@@ -116,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
-        return int(args._run(args) or 0)
+        return int(args.run_command(args) or 0)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -7,6 +7,7 @@ to do about it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,8 +40,6 @@ def to_jsonable(obj: Any) -> Any:
 
     Non-finite floats become None (JSON has no NaN). Dataclasses are converted field by field.
     """
-    import dataclasses
-
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Mapping):
@@ -76,7 +75,15 @@ def differences(saved: Mapping[str, Any], requested: Mapping[str, Any], ignore: 
 
 def require_same(saved: Mapping[str, Any], requested: Mapping[str, Any], *, what: str, where: str | os.PathLike,
                  hint: str, ignore: Iterable[str] = ()) -> None:
-    """Raise :class:`SettingsMismatch` unless `saved` and `requested` agree on every field not in `ignore`.
+    """Raise :class:`SettingsMismatch` unless ``saved`` and ``requested`` agree on every field not in ``ignore``.
+
+    Parameters
+    ----------
+    saved, requested : the settings recorded with a result and the ones asked for now (JSON-able values).
+    what : what was saved (e.g. "the stability run").
+    where : its file or folder.
+    hint : what the user can do about it.
+    ignore : fields not compared.
 
     The message reads: "<what> in <where> was made with other settings (<field: saved .., requested ..>; ...);
     <hint>".

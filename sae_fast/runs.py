@@ -181,6 +181,8 @@ def find_saved_saes(root: str | os.PathLike[str], hookpoint: str | None = None) 
     """
     base = Path(root)
     if not base.is_dir():
+        if base.exists():
+            raise DataError(f"decoders directory {base} is a file, not a folder of saved SAEs")
         raise MissingInputError(f"decoders directory {base} does not exist")
     found = _walk(base)
     if found:  # the shallowest level only

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .errors import OutputDirError, UsageError
 from .outdir import check_writable
 
@@ -54,30 +56,27 @@ def eps(value: Any, name: str = "eps") -> float:
     return x
 
 
-def positive_int(value: Any, name: str) -> int:
-    """A size or count: an int > 0."""
+def _int_at_least(value: Any, name: str, low: int, what: str) -> int:
+    """``value`` as an int >= ``low`` (an int, or its decimal text), else UsageError '<name> must be <what>'."""
     if isinstance(value, bool) or not isinstance(value, int):
         try:
             as_int = int(str(value), 10)
         except ValueError:
-            raise _fail(name, f"must be a positive integer, got {value!r}") from None
+            raise _fail(name, f"must be {what}, got {value!r}") from None
         value = as_int
-    if value <= 0:
-        raise _fail(name, f"must be a positive integer, got {value}")
+    if value < low:
+        raise _fail(name, f"must be {what}, got {value}")
     return value
+
+
+def positive_int(value: Any, name: str) -> int:
+    """A size or count: an int > 0."""
+    return _int_at_least(value, name, 1, "a positive integer")
 
 
 def non_negative_int(value: Any, name: str) -> int:
     """An index or a count that may be 0: an int >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            as_int = int(str(value), 10)
-        except ValueError:
-            raise _fail(name, f"must be a non-negative integer, got {value!r}") from None
-        value = as_int
-    if value < 0:
-        raise _fail(name, f"must be a non-negative integer, got {value}")
-    return value
+    return _int_at_least(value, name, 0, "a non-negative integer")
 
 
 def positive_float(value: Any, name: str) -> float:
@@ -86,6 +85,27 @@ def positive_float(value: Any, name: str) -> float:
     if not 0 < x < math.inf:
         raise _fail(name, f"must be a positive number, got {value!r}")
     return x
+
+
+def device(value: Any, name: str = "device") -> torch.device:
+    """A torch device that exists here: a device string or ``torch.device`` ('cpu', 'cuda', 'cuda:1', ...),
+    returned as ``torch.device``; 'cuda' needs CUDA to be available and an index below the visible count."""
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise _fail(name, f"must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {value!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise _fail(name, f"is {str(value)!r} but CUDA is not available on this machine; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise _fail(name, f"is {str(value)!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return dev
+
+
+def _device_text(value: Any, name: str) -> str:
+    """``device`` for argparse: the option's text, once checked."""
+    device(value, name)
+    return value
 
 
 def output_file(path: str | os.PathLike[str], what: str = "--out") -> Path:
@@ -109,7 +129,7 @@ def _arg(check: Callable[[Any, str], Any], label: str) -> Callable[[str], Any]:
         except UsageError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 
-    parse.__name__ = check.__name__  # what argparse names in "invalid <type> value"
+    parse.__name__ = check.__name__.lstrip("_")  # what argparse names in "invalid <type> value"
     return parse
 
 
@@ -118,3 +138,4 @@ eps_arg = _arg(eps, "eps")
 positive_int_arg = _arg(positive_int, "")
 non_negative_int_arg = _arg(non_negative_int, "")
 positive_float_arg = _arg(positive_float, "")
+device_arg = _arg(_device_text, "")

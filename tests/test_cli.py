@@ -51,6 +51,18 @@ def test_theta_and_eps_are_range_checked_at_parse_time_in_every_command(argv: li
     assert ("cosine threshold in [-1, 1]" in err) if "--theta" in argv else ("must be in [0, 0.5)" in err)
 
 
+@pytest.mark.parametrize("argv", [["stability", "DIR", "--device", "tpu"], ["match", "A", "B", "--device", "cuda:99"],
+                                  ["train", "--device", "gpu"], ["cache", "--model-device", "tpu"],
+                                  ["study", "--device", "tpu"]])
+def test_devices_are_checked_at_parse_time(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A device that does not exist here was a torch RuntimeError traceback after the inputs were loaded."""
+    err = _fails(argv, capsys, 2)
+    option = argv[-2]
+    assert f"argument {option}: " in err
+    assert "must be a torch device such as 'cpu'" in err or "CUDA device(s) are visible" in err or (
+        "CUDA is not available" in err)
+
+
 @pytest.mark.parametrize("argv", [["match", "A", "B", "--k", "0"], ["stability", "DIR", "--stack", "-2"],
                                   ["stability", "DIR", "--save-every", "0"], ["train", "--batch-size", "0"],
                                   ["train", "--total-tokens", "-5"], ["cache", "--cache-tokens", "0"],

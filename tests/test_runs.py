@@ -68,6 +68,9 @@ def test_layouts_are_found_in_natural_order(tmp_path: Path) -> None:
                                                ("run_b", "sae_weights.safetensors")]
     with pytest.raises(MissingInputError, match="does not exist"):
         find_saved_saes(tmp_path / "missing")
+    (tmp_path / "acts.npy").write_bytes(b"x")  # a file given where the folder of seeds goes
+    with pytest.raises(DataError, match=r"acts\.npy is a file, not a folder of saved SAEs"):
+        find_saved_saes(tmp_path / "acts.npy")
 
 
 def test_symbolic_links_to_seed_folders_are_followed(tmp_path: Path) -> None:

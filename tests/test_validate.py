@@ -9,6 +9,7 @@ import pytest
 
 from sae_fast.errors import OutputDirError, UsageError
 from sae_fast.validate import (
+    device,
     eps,
     eps_arg,
     non_negative_int,
@@ -60,3 +61,31 @@ def test_output_file(tmp_path) -> None:
     assert output_file(tmp_path / "new" / "m.safetensors") == tmp_path / "new" / "m.safetensors"
     with pytest.raises(OutputDirError, match="is a folder"):
         output_file(tmp_path)
+
+
+def test_device_exists_here() -> None:
+    import torch
+
+    assert device("cpu") == torch.device("cpu") and device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(UsageError, match="device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got 'tpu'"):
+        device("tpu")
+    with pytest.raises(UsageError, match="must be a torch device"):
+        device(3.5, "device")
+    with pytest.raises(UsageError, match=r"CUDA is not available|CUDA device"):
+        device("cuda:99")  # never this many GPUs, and none on a CPU machine
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="device is 'cuda' but CUDA is not available on this machine"):
+            device("cuda")
+
+
+def test_match_and_stability_name_a_bad_device() -> None:
+    import numpy as np
+
+    from sae_fast.matching import match
+    from sae_fast.stability import stability_scores
+
+    a = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    with pytest.raises(UsageError, match="device must be a torch device"):
+        match(a, a, device="tpu")
+    with pytest.raises(UsageError, match="device must be a torch device"):
+        stability_scores([a, a], device="tpu", progress=False)

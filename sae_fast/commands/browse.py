@@ -7,6 +7,7 @@ import argparse
 from ..browse import write_site
 from ..browse.sources import build_table
 from ..outdir import claim
+from ..validate import positive_int_arg
 
 NAME = "browse"
 HELP = ("Static HTML feature browser: an index that sorts and filters every latent of one seed by p_hat, label, "
@@ -22,15 +23,15 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activations", default=None,
                         help=".npy or .safetensors (N, d) held-out activations: adds firing frequency, activation "
                              "histograms and top activations (streamed, memory-mapped)")
-    parser.add_argument("--max-rows", type=int, default=None, help="use at most this many activation rows")
-    parser.add_argument("--batch-size", type=int, default=4096, help="activation rows encoded at a time")
+    parser.add_argument("--max-rows", type=positive_int_arg, default=None, help="use at most this many activation rows")
+    parser.add_argument("--batch-size", type=positive_int_arg, default=4096, help="activation rows encoded at a time")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_stats_arguments(parser)
     parser.add_argument("--out", required=True, help="folder to write the browser into")
     parser.add_argument("--overwrite", action="store_true", help="replace a browser already in --out")
-    parser.add_argument("--page-size", type=int, default=100, help="rows per page of the index")
+    parser.add_argument("--page-size", type=positive_int_arg, default=100, help="rows per page of the index")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     args.model = args.model or "embedded"
     if args.activations and (args.cache or model_given):
         raise UsageError("--activations trains on a file; it cannot be combined with --cache or --model")
-    initialized_here = _init_from_environment()
+    initialized_here = distributed.init_from_environment()
     try:
         guard = (claim_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=args.overwrite)
                  if distributed.get_rank() == 0 else contextlib.nullcontext())
@@ -108,9 +108,7 @@ def run(args: argparse.Namespace) -> int:
                 _print_result(trainer, cfg, where)
     finally:
         if initialized_here:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            distributed.destroy()
     return 0
 
 
@@ -172,22 +170,6 @@ def _print_result(trainer: Any, cfg: Any, where: Any) -> None:
         m = last.get(seed, {})
         print(f"  {out / f'seed{seed}'}: fvu {m.get('fvu', float('nan')):.4f}  "
               f"L0 {m.get('l0', float('nan')):.1f}  dead {100 * m.get('dead_fraction', float('nan')):.1f}%")
-
-
-def _init_from_environment() -> bool:
-    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPUs)."""
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
-    return True
 
 
 def _last_metrics(log: Path) -> dict[int, dict]:

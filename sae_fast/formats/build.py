@@ -16,8 +16,20 @@ __all__ = ["fold_decoder_norms", "topk_sae"]
 
 def topk_sae(w_enc: Tensor, b_enc: Tensor, w_dec: Tensor, b_dec: Tensor, k: int, *, cfg: Any, file: Path,
              dtype: torch.dtype | None, device: torch.device | str | None) -> TopKSAE:
-    """A TopKSAE with W_enc (F, d), b_enc (F,), W_dec (F, d), b_dec (d,) and ``k``; ``cfg`` is kept as
-    ``checkpoint_cfg`` and ``architecture`` is set to ``'topk'``. ``dtype`` defaults to W_dec's."""
+    """A TopKSAE holding the given weights.
+
+    Parameters
+    ----------
+    w_enc, b_enc, w_dec, b_dec : W_enc (F, d), b_enc (F,), W_dec (F, d), b_dec (d,).
+    k : active latents per input (1..F; CheckpointError naming ``file`` otherwise).
+    cfg : the raw config, kept as ``checkpoint_cfg``.
+    file : the file the weights came from (for messages).
+    dtype : default W_dec's; device: where the SAE is built.
+
+    Returns
+    -------
+    The TopKSAE, with ``architecture = 'topk'``. Memory: one copy of the weights, 2 F d entries.
+    """
     num_latents, d_in = (int(s) for s in w_dec.shape)
     if not 0 < k <= num_latents:
         raise CheckpointError(f"{file}: k={k} must be in 1..{num_latents}")

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from ..checkpoint import CheckpointError
+from ..runs import DECODER_KEY, memmap_safetensors
 
-__all__ = ["check_tensors", "positive_int", "read_json"]
+__all__ = ["check_tensors", "memmap_decoder", "positive_int", "read_json"]
 
 
 def read_json(file: Path) -> dict[str, Any]:
@@ -58,3 +59,14 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, tupl
                                   f"implies {shape}")
         if tensors[key].is_floating_point() and not bool(torch.isfinite(tensors[key]).all()):
             raise CheckpointError(f"{file}: tensor {key!r} holds NaN or inf values")
+
+
+def memmap_decoder(weights: Path, shape: tuple[int, int], cfg_file: Path, implied: str = "") -> torch.Tensor:
+    """``W_dec`` of the safetensors file ``weights``, memory-mapped and read-only (unverified:
+    :func:`sae_fast.runs.load_decoder` verifies), checked to have the (F, d) ``shape`` that ``cfg_file``
+    implies (``implied``: the fields it came from, for the message). Memory: O(1)."""
+    w_dec = memmap_safetensors(weights, DECODER_KEY)
+    if tuple(w_dec.shape) != tuple(shape):
+        raise CheckpointError(f"{weights}: W_dec has shape {tuple(w_dec.shape)}, {cfg_file} {implied}"
+                              f"implies {tuple(shape)}")
+    return w_dec

@@ -29,10 +29,9 @@ from ..checkpoint import (
     atomic_write_json,
     load_safetensors,
 )
-from ..runs import DECODER_KEY, memmap_safetensors
 from .architectures import GatedSAE, ThresholdSAE
 from .build import fold_decoder_norms, topk_sae
-from .files import check_tensors, positive_int, read_json
+from .files import check_tensors, memmap_decoder, positive_int, read_json
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"
@@ -75,11 +74,7 @@ def read_decoder(folder: str | Path) -> Tensor:
     """W_dec (F, d), memory-mapped and read-only, checked against cfg.json's d_sae and d_in. Memory: O(1)."""
     folder = Path(folder)
     _, f, d = describe(folder)
-    w_dec = memmap_safetensors(folder / WEIGHTS, DECODER_KEY)  # unverified: runs.load_decoder verifies
-    if tuple(w_dec.shape) != (f, d):
-        raise CheckpointError(f"{folder / WEIGHTS}: W_dec has shape {tuple(w_dec.shape)}, {folder / CFG} "
-                              f"(d_sae={f}, d_in={d}) implies {(f, d)}")
-    return w_dec
+    return memmap_decoder(folder / WEIGHTS, (f, d), folder / CFG, f"(d_sae={f}, d_in={d}) ")
 
 
 def _k(cfg: Mapping[str, Any], k: int | None, file: Path) -> int:

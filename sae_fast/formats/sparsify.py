@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import CheckpointError, atomic_save_safetensors, atomic_write_json, load_safetensors
-from ..runs import DECODER_KEY, SPARSIFY_WEIGHTS, memmap_safetensors
+from ..runs import SPARSIFY_WEIGHTS
 from .build import topk_sae
-from .files import check_tensors, positive_int, read_json
+from .files import check_tensors, memmap_decoder, positive_int, read_json
 
 WEIGHTS = SPARSIFY_WEIGHTS
 CFG = "cfg.json"
@@ -65,11 +65,7 @@ def read_decoder(folder: str | Path) -> Tensor:
     """W_dec (F, d), memory-mapped and read-only, checked against cfg.json. Memory: O(1)."""
     folder = Path(folder)
     _, f, d = describe(folder)
-    w_dec = memmap_safetensors(folder / WEIGHTS, DECODER_KEY)  # unverified: runs.load_decoder verifies
-    if tuple(w_dec.shape) != (f, d):
-        raise CheckpointError(f"{folder / WEIGHTS}: W_dec has shape {tuple(w_dec.shape)}, {folder / CFG} "
-                              f"implies {(f, d)}")
-    return w_dec
+    return memmap_decoder(folder / WEIGHTS, (f, d), folder / CFG)
 
 
 def load(folder: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from .. import validate
 from .exact import LOW_PRECISION, default_blocks, exact_topk, rounding_tolerance, strict_cuda_matmul, topk_sweep
 from .faiss_index import (
     APPROXIMATE_KINDS,
@@ -79,10 +80,10 @@ AUTO_FAISS_MIN_FLOP = 1e13
 
 
 def resolve_device(device: torch.device | str | None, *xs: ArrayLike) -> torch.device:
-    """The device to compute on: ``device`` if given, else that of a CUDA tensor input, else CUDA when
-    available, else CPU."""
+    """The device to compute on: ``device`` if given (UsageError when it does not exist here), else that of a
+    CUDA tensor input, else CUDA when available, else CPU."""
     if device is not None:
-        return torch.device(device)
+        return validate.device(device)
     for x in xs:
         if isinstance(x, torch.Tensor) and x.is_cuda:
             return x.device
@@ -353,23 +354,7 @@ def match_many(
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     t0 = time.perf_counter()
-    if isinstance(Bs, torch.Tensor) and Bs.ndim == 2:
-        if segment is None or segment <= 0 or Bs.shape[0] % segment:
-            raise ValueError(f"a stacked Bs of shape {tuple(Bs.shape)} needs segment = the rows of one "
-                             f"dictionary (dividing {Bs.shape[0]}), got {segment}")
-        dev = resolve_device(device, A, Bs)
-        stacked = as_unit_rows("Bs", Bs, dev) if normalize else Bs
-    else:
-        if not isinstance(Bs, Sequence) or not Bs:
-            raise ValueError("Bs must be a non-empty sequence of (F_B, d) dictionaries or a stacked tensor")
-        dev = resolve_device(device, A, *Bs)
-        parts = [as_unit_rows(f"Bs[{g}]", b, dev) for g, b in enumerate(Bs)]
-        shapes = sorted({tuple(b.shape) for b in parts})
-        if len(shapes) > 1:
-            raise ValueError(f"every dictionary in Bs must have one shape, got {shapes}")
-        segment = parts[0].shape[0]
-        stacked = torch.cat(parts) if len(parts) > 1 else parts[0]
-        del parts
+    stacked, segment, dev = _stack_dictionaries(A, Bs, segment, device, normalize)
     a32 = as_unit_rows("A", A, dev) if normalize else A
     if a32.shape[1] != stacked.shape[1]:
         raise ValueError(f"A and Bs must have the same d, got A {tuple(a32.shape)} and rows of d = {stacked.shape[1]} "
@@ -393,3 +378,22 @@ def match_many(
                          cv[rows] if both else None, desc, absolute, dict(info)))
     return out
 
+
+def _stack_dictionaries(A: ArrayLike, Bs: Sequence[ArrayLike] | torch.Tensor, segment: int | None,
+                        device: torch.device | str | None, normalize: bool) -> tuple[torch.Tensor, int, torch.device]:
+    """``match_many``'s Bs as one (G * F_B, d) tensor of unit rows on the device: (stacked, F_B, device).
+    Memory: the stacked float32 rows (a list of Bs is copied once, then concatenated)."""
+    if isinstance(Bs, torch.Tensor) and Bs.ndim == 2:
+        if segment is None or segment <= 0 or Bs.shape[0] % segment:
+            raise ValueError(f"a stacked Bs of shape {tuple(Bs.shape)} needs segment = the rows of one "
+                             f"dictionary (dividing {Bs.shape[0]}), got {segment}")
+        dev = resolve_device(device, A, Bs)
+        return (as_unit_rows("Bs", Bs, dev) if normalize else Bs), segment, dev
+    if not isinstance(Bs, Sequence) or not Bs:
+        raise ValueError("Bs must be a non-empty sequence of (F_B, d) dictionaries or a stacked tensor")
+    dev = resolve_device(device, A, *Bs)
+    parts = [as_unit_rows(f"Bs[{g}]", b, dev) for g, b in enumerate(Bs)]
+    shapes = sorted({tuple(b.shape) for b in parts})
+    if len(shapes) > 1:
+        raise ValueError(f"every dictionary in Bs must have one shape, got {shapes}")
+    return (torch.cat(parts) if len(parts) > 1 else parts[0]), parts[0].shape[0], dev

@@ -107,10 +107,22 @@ def topk_sweep(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One pass over the tiles of ``a_mat @ b_mat.T``: running top-m per row and (if ``both``) per column.
 
-    a_mat (F_A, d), b_mat (F_B, d) of one dtype on one device. Returns row values (F_A, min(m, F_B)) float32,
-    row indices int64, and the column analogues (F_B, min(m, F_A)) or None. ``segment``: b_mat is G = F_B /
-    segment dictionaries of ``segment`` rows stacked; the row results are then per dictionary, (F_A, G,
-    min(m, segment)) with indices local to it (the column results are unchanged).
+    Parameters
+    ----------
+    a_mat, b_mat : (F_A, d) and (F_B, d), of one dtype on one device.
+    m : how many best entries each row (and column) keeps.
+    both : also the running top-m of every column (B -> A).
+    absolute : rank by |score|.
+    block_rows, block_cols : the tile, block_rows x block_cols.
+    segment : b_mat is G = F_B / segment dictionaries of ``segment`` rows stacked; the row results are then per
+        dictionary, (F_A, G, min(m, segment)) with indices local to it (the column results are unchanged).
+
+    Returns
+    -------
+    Row values (F_A, min(m, F_B)) float32 and row indices int64, and the column analogues (F_B, min(m, F_A)) or
+    None.
+
+    Memory: one tile (block_rows x block_cols) plus the running lists, O((F_A + F_B) m); never F_A x F_B.
     """
     fa, fb = a_mat.shape[0], b_mat.shape[0]
     seg = fb if segment is None else segment
@@ -213,7 +225,24 @@ def exact_topk(
     blocks: tuple[int, int],
     segment: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
-    """Top-k by a tiled sweep (see ``topk_sweep``, also for ``segment``), low-precision tiles re-scored."""
+    """Top-k by a tiled sweep, low-precision tiles re-scored in float32.
+
+    Parameters
+    ----------
+    a32, b32 : checked unit rows (F_A, d), (F_B, d), float32 on the device.
+    k, both, absolute : as for :func:`sae_fast.matching.match`.
+    dtype : the tiles' dtype: float32, or bfloat16/float16 (then re-scored and certified).
+    candidates : low-precision candidates kept per row before re-scoring.
+    tol : the certification margin (default: the rounding bound of :func:`rounding_tolerance`).
+    blocks : the tile (rows, columns).
+    segment : as in :func:`topk_sweep`.
+
+    Returns
+    -------
+    (row values, row indices, column values, column indices, info), shaped as by :func:`topk_sweep` with m = k.
+
+    Memory: a low-precision copy of A and B, one tile, and O((F_A + F_B) max(k, candidates)) running lists.
+    """
     if dtype == torch.float32:
         rv, ri, cv, ci = topk_sweep(a32, b32, k, both, absolute, *blocks, segment=segment)
         return rv, ri, cv, ci, {"rescored_rows": 0}

@@ -40,7 +40,20 @@ def fused_top1(
     """Top-1 in both directions with the fused Triton kernel (sae_fast.kernels.match_max), which never writes the
     score tile and returns each row's best and second-best low-precision score. The best is re-scored in float32;
     a row is certified when that beats the second-best low-precision score by more than the rounding bound,
-    others go through the candidate path of ``exact_topk``. ``segment``: as in ``topk_sweep``; rows (F_A, G, 1)."""
+    others go through the candidate path of ``exact_topk``.
+
+    Parameters
+    ----------
+    a32, b32, both, candidates, tol, blocks : as for :func:`~sae_fast.matching.exact.exact_topk`.
+    dtype : bfloat16 or float16 (float32 would run as TF32 in ``tl.dot``).
+    segment : as in ``topk_sweep``; the row results are then (F_A, G, 1).
+
+    Returns
+    -------
+    (row values, row indices, column values, column indices, info), as :func:`exact_topk` with k = 1.
+
+    Memory: a low-precision copy of A and B and O(F_A + F_B) results; no score tile.
+    """
     if dtype not in LOW_PRECISION:
         raise ValueError(f"kernel='triton' needs dtype torch.bfloat16 or torch.float16 (tl.dot on float32 "
                          f"would use TF32), got {dtype}")

@@ -15,7 +15,22 @@ DEFAULT_RECALL_SAMPLE = 1000  # rows sampled for recall@1 of an approximate inde
 
 def sampled_recall(A: ArrayLike, index: FaissIndex, idx: torch.Tensor, cos: torch.Tensor, n: int,
                     absolute: bool) -> float:
-    """recall@1 of an approximate search on n random rows of A (fixed seed) against the exact float32 top-1."""
+    """recall@1 of an approximate search on n random rows of A (fixed seed) against the exact float32 top-1.
+
+    Parameters
+    ----------
+    A : the queries (F_A, d).
+    index : the approximate index that was searched (its float32 rows are the exact reference).
+    idx, cos : the search's top-k indices and cosines (F_A, k).
+    n : rows sampled.
+    absolute : rank by |cos|.
+
+    Returns
+    -------
+    The fraction of sampled rows whose top-1 is the exact one or ties it in cosine.
+
+    Memory: n unit rows plus one exact sweep against the index's rows (one tile at a time).
+    """
     a = A if isinstance(A, torch.Tensor) else torch.from_numpy(np.asarray(A))
     rows = torch.randperm(a.shape[0], generator=torch.Generator().manual_seed(0))[:n]
     q = as_unit_rows("A", a[rows.to(a.device)], "cpu")

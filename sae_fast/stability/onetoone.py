@@ -68,9 +68,22 @@ def encoder_decoder_match(enc_A: ArrayLike, dec_A: ArrayLike, enc_B: ArrayLike, 
                           max_features: int = 2**15) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The shared-feature rule of Paulo & Belrose (2025): Hungarian matching separately on encoder rows and on
     decoder rows; feature i of A is shared with feature j of B when both matchings pick j for i and both the
-    encoder and the decoder cosines are >= theta. Encoders are given as (F, d) rows (feature directions; transpose
-    SAELens's (d, F) ``W_enc``): each SAE's encoder and decoder must have one shape, and both SAEs one d.
-    Returns (rows of A, partners in B, encoder cosines, decoder cosines)."""
+    encoder and the decoder cosines are >= theta.
+
+    Parameters
+    ----------
+    enc_A, dec_A, enc_B, dec_B : encoder and decoder rows (F, d) of SAEs A and B (feature directions: transpose
+        SAELens's (d, F) ``W_enc``); each SAE's encoder and decoder have one shape, both SAEs one d.
+    theta : the cosine both matchings must reach.
+    absolute : match on |cos|.
+    max_features : the largest F accepted (the Hungarian step is dense).
+
+    Returns
+    -------
+    (rows of A, partners in B, encoder cosines, decoder cosines), one entry per shared feature.
+
+    Memory: the dense F_A x F_B cosine matrix (float64), once per matching, O(F^2); time up to O(F^3).
+    """
     shapes = {name: tuple(getattr(x, "shape", ())) for name, x in
               (("enc_A", enc_A), ("dec_A", dec_A), ("enc_B", enc_B), ("dec_B", dec_B))}
     for enc, dec in (("enc_A", "dec_A"), ("enc_B", "dec_B")):

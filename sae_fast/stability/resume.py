@@ -22,9 +22,18 @@ HINT = "pass the saved settings, use another out= directory, or delete it"
 
 def check_compatible(old: Stability, names: list[str], anchors: list[int], num_features: int, absolute: bool,
                      where: Path, settings: dict[str, Any] | None = None, ids: list[str] | None = None) -> None:
-    """SettingsMismatch when the run saved at ``where`` was made with other seeds, anchors, F, absolute,
-    backend or index settings, d, or decoders (runs saved before settings or decoder identities were recorded
-    skip those two checks)."""
+    """SettingsMismatch when the run saved at ``where`` was made otherwise.
+
+    Parameters
+    ----------
+    old : the saved run.
+    names, anchors, num_features, absolute : the requested seeds (names), anchors, F and |cos| flag.
+    where : the folder it was read from (named in the message).
+    settings : the requested backend and index settings and d; None (or a run saved before they were recorded)
+        skips that check.
+    ids : the requested decoders' identities (:meth:`SeedDecoders.identity`); None (or a run saved before they
+        were recorded, with a warning) skips that check.
+    """
     saved = {"seeds": old.seeds, "anchors": old.anchors, "features": old.num_features, "absolute": old.absolute}
     now = {"seeds": names, "anchors": anchors, "features": num_features, "absolute": absolute}
     saved_settings = old.info.get("settings")
@@ -53,8 +62,18 @@ def checkpoint_dir(out_dir: Path | None, rank: int, world: int) -> Path | None:
 
 def load_prior(out_dir: Path | None, ckpt_dir: Path | None, world: int, names: list[str], anchors: list[int],
                num_features: int, absolute: bool) -> Stability | None:
-    """The saved run to finish or return: the final result in ``out_dir`` (if complete, or in one process), else
-    this rank's checkpoint."""
+    """The saved run to finish or return, checked against the request (see :func:`check_compatible`).
+
+    Parameters
+    ----------
+    out_dir : the run's folder (None: nothing saved).
+    ckpt_dir, world : this rank's checkpoint folder and the number of ranks.
+    names, anchors, num_features, absolute : the requested seeds, anchors, F and |cos| flag.
+
+    Returns
+    -------
+    The final result in ``out_dir`` (if complete, or in one process), else this rank's checkpoint, else None.
+    """
     if out_dir is not None and (out_dir / META_FILE).is_file():
         old = Stability.load(out_dir)
         check_compatible(old, names, anchors, num_features, absolute, out_dir)

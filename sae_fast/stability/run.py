@@ -90,21 +90,10 @@ def stability_scores(
     anchors = resolve_anchors(anchor, len(seeds))
     out_dir = Path(out) if out is not None else None
     ckpt_dir = checkpoint_dir(out_dir, rank, world)
-    prior = load_prior(out_dir, ckpt_dir, world, seeds.names, anchors, seeds.num_features, absolute)
-    chosen, reason, settings = pick_backend(backend, dev, seeds, prior, match_kwargs)
-    ids = [seeds.identity(s) for s in range(len(seeds))] if out_dir is not None else None  # only saved runs resume
-    if prior is not None:
-        where = out_dir if ckpt_dir is None or prior.complete else ckpt_dir
-        check_compatible(prior, seeds.names, anchors, seeds.num_features, absolute, where, settings, ids)
-        prior.theta, prior.eps = theta, eps
-        if prior.complete:
-            return prior
-    ignored = ignored_options(chosen, match_kwargs)
-    if ignored:
-        log.warning("stability_scores: backend %s ignores %s", chosen, ignored)
-    state = prior if prior is not None else empty_state(anchors, seeds, theta, eps, absolute)
-    state.info.pop("fingerprints", None)  # the sampled-row identity of older runs, replaced by decoder_ids
-    state.info.update(settings=settings, decoder_ids=ids, picked_reason=reason)
+    state, chosen, settings = start_or_resume(out_dir, ckpt_dir, world, seeds, anchors, backend, dev, theta, eps,
+                                              absolute, match_kwargs)
+    if state.complete:
+        return state
     default = default_stack(len(seeds), seeds.num_features, seeds.d, seeds.cache_bytes)
     jobs, stack = plan_for_ranks(len(seeds), anchors, chosen,
                                  agree_stack(stack, state.info.get("stack"), default, use_dist), world)
@@ -123,6 +112,43 @@ def stability_scores(
     if out_dir is not None and rank == 0:
         state.save(out_dir)
     return state
+
+
+def start_or_resume(out_dir: Path | None, ckpt_dir: Path | None, world: int, seeds: SeedDecoders, anchors: list[int],
+                    backend: str, dev: torch.device, theta: float, eps: float, absolute: bool,
+                    match_kwargs: dict[str, Any]) -> tuple[Stability, str, dict[str, Any]]:
+    """The state a stability run starts from.
+
+    Parameters
+    ----------
+    out_dir, ckpt_dir, world : the run's folder, this rank's checkpoint folder, the number of ranks.
+    seeds, anchors : the seed decoders and the anchor seeds.
+    backend, dev, match_kwargs : the backend asked for, the device, and the backend options.
+    theta, eps, absolute : as for :func:`stability_scores`.
+
+    Returns
+    -------
+    (state, chosen backend, settings): the run saved in ``out_dir``/``ckpt_dir`` after checking it was made on the
+    same seeds, anchors, settings and whole decoders (SettingsMismatch otherwise), else an empty run (best_cos
+    (A, S, F) float32 and best_j int32: 8 bytes per entry). A complete saved run comes back as it is, with
+    ``theta``/``eps`` set.
+    """
+    prior = load_prior(out_dir, ckpt_dir, world, seeds.names, anchors, seeds.num_features, absolute)
+    chosen, reason, settings = pick_backend(backend, dev, seeds, prior, match_kwargs)
+    ids = [seeds.identity(s) for s in range(len(seeds))] if out_dir is not None else None  # only saved runs resume
+    if prior is not None:
+        where = out_dir if ckpt_dir is None or prior.complete else ckpt_dir
+        check_compatible(prior, seeds.names, anchors, seeds.num_features, absolute, where, settings, ids)
+        prior.theta, prior.eps = theta, eps
+        if prior.complete:
+            return prior, chosen, settings
+    ignored = ignored_options(chosen, match_kwargs)
+    if ignored:
+        log.warning("stability_scores: backend %s ignores %s", chosen, ignored)
+    state = prior if prior is not None else empty_state(anchors, seeds, theta, eps, absolute)
+    state.info.pop("fingerprints", None)  # the sampled-row identity of older runs, replaced by decoder_ids
+    state.info.update(settings=settings, decoder_ids=ids, picked_reason=reason)
+    return state, chosen, settings
 
 
 def pick_backend(backend: str, dev: torch.device, seeds: SeedDecoders, prior: Stability | None,

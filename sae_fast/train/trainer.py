@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from .. import distributed as dist_utils
+from .. import validate
 from ..activations import ActivationSource, check_finite
 from ..checkpoint import atomic_write, atomic_write_json
 from ..sae import TopKSAE
@@ -137,7 +138,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------
     def _pick_device(self, device: str | None) -> torch.device:
         if device is not None:
-            return torch.device(device)
+            return validate.device(device, "device")
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         return torch.device("cpu")

@@ -154,3 +154,8 @@ def test_browse_and_export_commands_end_to_end(tmp_path, capsys, cli_fails):
     np.save(bad, np.zeros((5, 7), dtype=np.float32))
     cli_fails(["export", str(run), "--out", str(tmp_path / "e2"), "--activations", str(bad)],
               r"shape \(5, 7\); expected \(N, 16\)")
+    for option in ("--batch-size", "--max-rows"):  # checked when parsed, not a traceback of range() later
+        cli_fails(["export", str(run), "--out", str(tmp_path / "e3"), "--activations", str(acts), option, "0"],
+                  f"argument {option}: must be a positive integer, got 0", status=2)
+    cli_fails(["browse", str(run), "--out", str(tmp_path / "b3"), "--page-size", "0"],
+              "argument --page-size: must be a positive integer", status=2)

@@ -17,7 +17,7 @@ import torch
 
 from sae_fast.activations import NonFiniteActivationsError, TensorSource, save_tensor_cache
 from sae_fast.checkpoint import load_sae, read_cfg
-from sae_fast.errors import OutputDirError
+from sae_fast.errors import OutputDirError, UsageError
 from sae_fast.sae import TopKSAE, geometric_median
 from sae_fast.train import TrainConfig, Trainer, field_docs, train
 
@@ -535,3 +535,9 @@ def test_a_diverged_seed_stops_training_before_any_checkpoint_of_it(tmp_path: Pa
     rows = [json.loads(line) for line in (tmp_path / "b" / "run" / "log.jsonl").read_text().splitlines()]
     last = {r["seed"]: r for r in rows if r["step"] == 4}
     assert last[0]["fvu"] == float("inf") and last[1]["fvu"] < 1
+
+
+def test_a_device_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    """It was torch's RuntimeError ("Expected one of cpu, cuda, ...") from inside the trainer."""
+    with pytest.raises(UsageError, match="device must be a torch device such as 'cpu'"):
+        Trainer(TensorSource(_data(400)), _cfg(tmp_path, device="tpu"))
