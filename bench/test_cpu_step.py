@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import statistics
@@ -43,12 +44,23 @@ LOSS_RTOL = 1e-4
 GRAD_RTOL = 1e-3  # relative to the gradient's largest entry
 
 
+def _no_accelerate(*args: object, **kwargs: object) -> None:
+    raise ModuleNotFoundError("accelerate is not installed (sparsify's model loading needs it; the bench does not)")
+
+
 def import_sparsify() -> tuple[type, type] | None:
     """(SparseCoderConfig, SparseCoder) without running sparsify/__init__ (its trainer imports `datasets`)."""
     if "sparsify" not in sys.modules:
         spec = importlib.util.find_spec("sparsify")
         if spec is None or not spec.submodule_search_locations:
             return None
+        if importlib.util.find_spec("accelerate") is None:  # sparsify.utils imports it for model loading only
+            importlib.import_module("transformers")  # before the stub: it probes for accelerate on import
+            stub = types.ModuleType("accelerate.utils")
+            stub.send_to_device = _no_accelerate  # type: ignore[attr-defined]
+            sys.modules["accelerate"] = types.ModuleType("accelerate")
+            sys.modules["accelerate"].__spec__ = importlib.machinery.ModuleSpec("accelerate", None)
+            sys.modules["accelerate.utils"] = stub
         bare = types.ModuleType("sparsify")
         bare.__path__ = list(spec.submodule_search_locations)
         sys.modules["sparsify"] = bare

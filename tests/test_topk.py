@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sae_fast import ops, reference
-from sae_fast.topk import select_topk_lowest_index
+from sae_fast.topk import select_relu_topk_lowest_index, select_topk_lowest_index
 
 
 @pytest.mark.parametrize("k", [1, 3, 7, 12])
@@ -56,3 +56,23 @@ def test_cpu_encode_equals_the_reference_with_gradients(dead_frac) -> None:
     for a, b_ in zip(fast_grads, ref_grads):
         torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-12)
     assert bool((fast.values[:, -1] == 0).any())  # some rows end in ReLU zeros
+
+
+@pytest.mark.parametrize("k", [1, 4, 9, 12])
+def test_relu_topk_equals_the_reference_on_relu_scores(k) -> None:
+    """select_relu_topk_lowest_index(s) = reference top-k of relu(s): rows with fewer than k positive values
+    (ReLU-zero ties go to the lowest indices, not to the largest negatives), positive ties across the k-th
+    place, ties inside the top k, untied rows, and k = M."""
+    g = torch.Generator().manual_seed(20 + k)
+    scores = torch.randn(10, 12, generator=g)
+    scores[0] = -torch.rand(12, generator=g)  # all negative: the answer is indices 0..k-1, all zero
+    scores[1, :3] = 2.0  # three positive values, the rest negative
+    scores[1, 3:] = -1.0
+    scores[2] = torch.randint(0, 3, (12,), generator=g).float()  # ties at 0, 1, 2
+    scores[3] = torch.randint(-2, 3, (12,), generator=g).float()  # ties, negatives among them
+    values, indices = select_relu_topk_lowest_index(scores, k)
+    ref_values, ref_indices = reference.topk_lowest_index(scores.relu(), k)
+    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)
+    assert bool((values >= 0).all())
+    empty_v, empty_i = select_relu_topk_lowest_index(scores[:0], k)
+    assert empty_v.shape == (0, k) and empty_i.dtype == torch.int64
