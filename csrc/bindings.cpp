@@ -131,6 +131,25 @@ void transpose(const Arr<T>& weights, const Idx& indices, const Arr<T>& dense, A
   sae_fast::sparse_transpose<T>(pw, pi, pd, n, k, d, f, po, ps, num_threads);
 }
 
+template <typename T>
+void relu_topk(const Arr<T>& pre, py::object bias, Arr<T>& values, Idx& indices, int num_threads) {
+  require(pre.ndim() == 2 && values.ndim() == 2 && indices.ndim() == 2, "2-D arrays");
+  const auto n = pre.shape(0), f = pre.shape(1), k = values.shape(1);
+  require(values.shape(0) == n && indices.shape(0) == n && indices.shape(1) == k && k <= f && k >= 1, "shapes");
+  const T* pb = nullptr;
+  Arr<T> bias_arr;
+  if (!bias.is_none()) {
+    bias_arr = bias.cast<Arr<T>>();
+    require(bias_arr.ndim() == 1 && bias_arr.shape(0) == f, "bias must be (F,)");
+    pb = bias_arr.data();
+  }
+  const T* pp = pre.data();
+  T* pv = values.mutable_data();
+  std::int64_t* pi = indices.mutable_data();
+  py::gil_scoped_release release;
+  sae_fast::relu_topk<T>(pp, pb, n, f, k, pv, pi, num_threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -150,5 +169,9 @@ PYBIND11_MODULE(_C, m) {
         "out[f] = sum over pairs with indices[n, j] = f of weights[n, j] dense[n]; sums[f] = their weights' sum.");
   m.def("sparse_transpose", &transpose<double>, py::arg("weights"), py::arg("indices"), py::arg("dense"),
         py::arg("out"), py::arg("sums") = py::none(), py::arg("num_threads") = 0);
+  m.def("relu_topk", &relu_topk<float>, py::arg("pre"), py::arg("bias"), py::arg("values"), py::arg("indices"),
+        py::arg("num_threads") = 0, "Row-wise top-k of relu(pre + bias), (value desc, latent asc), NaN first.");
+  m.def("relu_topk", &relu_topk<double>, py::arg("pre"), py::arg("bias"), py::arg("values"), py::arg("indices"),
+        py::arg("num_threads") = 0);
   m.def("max_threads", &max_threads, "Threads the extension uses by default (OpenMP).");
 }

@@ -1,6 +1,14 @@
 #include "sparse_rows.hpp"
 
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <limits>
 #include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -72,11 +80,136 @@ void sparse_transpose(const T* weights, const std::int64_t* indices, const T* de
   }
 }
 
+
+namespace {
+
+// The selection order: NaN first, then larger values, then lower latents.
+template <typename T>
+inline bool better(T a, std::int64_t ia, T b, std::int64_t ib) {
+  const bool na = std::isnan(a), nb = std::isnan(b);
+  if (na != nb) return na;
+  if (!na && a != b) return a > b;
+  return ia < ib;
+}
+
+// A k-slot heap whose root is the worst kept entry (under `better`).
+template <typename T>
+struct WorstHeap {
+  std::vector<T> v;
+  std::vector<std::int64_t> i;
+  std::int64_t size = 0;
+
+  explicit WorstHeap(std::int64_t k) : v(k), i(k) {}
+
+  bool worse(std::int64_t a, std::int64_t b) const { return better(v[b], i[b], v[a], i[a]); }
+
+  void sift_down(std::int64_t p) {
+    for (;;) {
+      std::int64_t c = 2 * p + 1;
+      if (c >= size) return;
+      if (c + 1 < size && worse(c + 1, c)) ++c;
+      if (!worse(c, p)) return;
+      std::swap(v[c], v[p]);
+      std::swap(i[c], i[p]);
+      p = c;
+    }
+  }
+
+  void push(T value, std::int64_t index) {
+    std::int64_t c = size++;
+    v[c] = value;
+    i[c] = index;
+    while (c > 0) {
+      const std::int64_t p = (c - 1) / 2;
+      if (!worse(c, p)) return;
+      std::swap(v[c], v[p]);
+      std::swap(i[c], i[p]);
+      c = p;
+    }
+  }
+
+  void replace_root(T value, std::int64_t index) {
+    v[0] = value;
+    i[0] = index;
+    sift_down(0);
+  }
+};
+
+// Offers latent j (value x) to the heap; returns the new entry threshold (values <= it cannot enter).
+template <typename T>
+inline T offer(WorstHeap<T>& heap, std::int64_t k, T x, std::int64_t j) {
+  if (heap.size < k) {
+    if (x > T(0) || std::isnan(x)) heap.push(x, j);
+  } else if (better(x, j, heap.v[0], heap.i[0])) {
+    heap.replace_root(x, j);
+  }
+  return heap.size < k ? T(0) : heap.v[0];
+}
+
+template <typename T>
+void relu_topk_row(const T* pre, const T* bias, std::int64_t f, std::int64_t k, WorstHeap<T>& heap, T* values,
+                   std::int64_t* indices) {
+  heap.size = 0;
+  T threshold = T(0);
+  std::int64_t j = 0;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; j + 8 <= f; j += 8) {
+      __m256 x = _mm256_loadu_ps(pre + j);
+      if (bias != nullptr) x = _mm256_add_ps(x, _mm256_loadu_ps(bias + j));
+      // not (x <= threshold): larger, or NaN on either side
+      const int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(threshold), _CMP_NLE_UQ));
+      if (mask == 0) continue;
+      alignas(32) float lane[8];
+      _mm256_store_ps(lane, x);
+      for (int t = 0; t < 8; ++t)
+        if (mask & (1 << t)) threshold = offer(heap, k, lane[t], j + t);
+    }
+  }
+#endif
+  for (; j < f; ++j) {
+    const T x = bias != nullptr ? pre[j] + bias[j] : pre[j];
+    if (!(x <= threshold)) threshold = offer(heap, k, x, j);
+  }
+  std::int64_t count = heap.size;
+  std::vector<std::int64_t> order(count);
+  for (std::int64_t q = 0; q < count; ++q) order[q] = q;
+  std::sort(order.begin(), order.end(),
+            [&](std::int64_t a, std::int64_t b) { return better(heap.v[a], heap.i[a], heap.v[b], heap.i[b]); });
+  for (std::int64_t q = 0; q < count; ++q) {
+    values[q] = heap.v[order[q]];
+    indices[q] = heap.i[order[q]];
+  }
+  // fewer than k positive (or NaN) values: ReLU zeros at the lowest latents whose value is not positive
+  for (std::int64_t c = 0; count < k && c < f; ++c) {
+    const T x = bias != nullptr ? pre[c] + bias[c] : pre[c];
+    if (x > T(0) || std::isnan(x)) continue;
+    values[count] = T(0);
+    indices[count++] = c;
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void relu_topk(const T* pre, const T* bias, std::int64_t n, std::int64_t num_latents, std::int64_t k, T* values,
+               std::int64_t* indices, int num_threads) {
+  const int threads = threads_or_default(num_threads);
+#pragma omp parallel num_threads(threads)
+  {
+    WorstHeap<T> heap(k);
+#pragma omp for schedule(static)
+    for (std::int64_t r = 0; r < n; ++r)
+      relu_topk_row(pre + r * num_latents, bias, num_latents, k, heap, values + r * k, indices + r * k);
+  }
+}
+
 #define SAE_FAST_INSTANTIATE(T)                                                                             \
   template void sparse_dot<T>(const T*, const std::int64_t*, const T*, std::int64_t, std::int64_t,          \
                               std::int64_t, T*, int);                                                       \
   template void sparse_transpose<T>(const T*, const std::int64_t*, const T*, std::int64_t, std::int64_t,    \
-                                    std::int64_t, std::int64_t, T*, T*, int);
+                                    std::int64_t, std::int64_t, T*, T*, int);                               \
+  template void relu_topk<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t, T*, std::int64_t*, int);
 SAE_FAST_INSTANTIATE(float)
 SAE_FAST_INSTANTIATE(double)
 #undef SAE_FAST_INSTANTIATE

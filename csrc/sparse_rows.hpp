@@ -21,3 +21,16 @@ void sparse_transpose(const T* weights, const std::int64_t* indices, const T* de
                       int num_threads);
 
 }  // namespace sae_fast
+
+namespace sae_fast {
+
+// Row-wise top-k of relu(pre[r] + bias) in (value desc, latent asc) order, NaN above every number (so a NaN
+// weight is seen by the caller's finiteness check): pre (N, F) the bias-free GEMM result, bias (F,) or null.
+// Rows with fewer than k positive values are completed with ReLU zeros at the lowest such latents. One row per
+// task, a k-slot heap per row; a value only enters if it beats the heap's worst, so most of the row costs one
+// comparison (AVX2: 8 at a time for float). values, indices: (N, k). Memory: O(k) per thread.
+template <typename T>
+void relu_topk(const T* pre, const T* bias, std::int64_t n, std::int64_t num_latents, std::int64_t k, T* values,
+               std::int64_t* indices, int num_threads);
+
+}  // namespace sae_fast

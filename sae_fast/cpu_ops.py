@@ -1,9 +1,10 @@
 """The CPU path of `sae_fast.ops`: the encoder's top-k and the decoder as autograd functions whose backward
 touches only the selected (row, latent) pairs, as the Triton kernels do.
 
-Encoder forward: the pre-activations relu(x W_encᵀ + b_enc) in fp32 (fp64 for fp64 inputs) by one dense GEMM
-per chunk of rows into one reused (rows, F) buffer, the top-k (and AuxK) selected from each chunk
-(`sae_fast.topk`, the reference's tie rule), then the buffer is dropped: memory O(chunk · F + N · (k + k_aux))
+Encoder forward: the pre-activations x W_encᵀ in fp32 (fp64 for fp64 inputs) by one dense GEMM per chunk of rows
+into one reused (rows, F) buffer, the top-k of relu(· + b_enc) (and the AuxK top-k) selected from each chunk
+(`sae_fast.topk`, the reference's tie rule, the bias added during the selection), then the buffer is dropped:
+memory O(chunk · F + N · (k + k_aux))
 instead of the reference's (N, F) matrices. Backward: dx as a weighted sum of the chosen encoder rows
 (`embedding_bag`), dW_enc and db_enc accumulated per latent from the chosen pairs (`sparse_rows`); no (N, F)
 gradient. Decoder: `embedding_bag` forward; backward one dot product per pair for the values and the same
@@ -43,11 +44,13 @@ def _select(
         aux_values, aux_indices = x.new_empty((n, k_aux)), torch.empty((n, k_aux), dtype=torch.int64)
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))
-        pre = torch.addmm(b, x[rows], W.T, out=buf[: rows.stop - start])  # the relu is taken by the selection
-        values[rows], indices[rows] = select_relu_topk_lowest_index(pre, k)
+        # the bias and the relu are taken by the selection: no bias copy into the buffer, no relu pass over it
+        pre = torch.mm(x[rows], W.T, out=buf[: rows.stop - start])
+        values[rows], indices[rows] = select_relu_topk_lowest_index(pre, k, b)
         if dead_idx is not None:
             assert aux_values is not None and aux_indices is not None
-            aux_values[rows], position = select_topk_lowest_index(pre.index_select(1, dead_idx).relu_(), k_aux)
+            dead_pre = pre.index_select(1, dead_idx).add_(b[dead_idx]).relu_()
+            aux_values[rows], position = select_topk_lowest_index(dead_pre, k_aux)
             aux_indices[rows] = dead_idx[position]
     return values, indices, aux_values, aux_indices
 

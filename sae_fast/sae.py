@@ -1,4 +1,4 @@
-"""TopKSAE: a TopK sparse autoencoder whose encode/decode run on sae_fast's kernels (reference on CPU)."""
+"""TopKSAE: a TopK sparse autoencoder whose encode/decode run on sae_fast's kernels (on CUDA) or its sparse CPU path."""
 
 from __future__ import annotations
 
