@@ -141,7 +141,7 @@ def make_step(name: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[]
         loss.backward()
         model.remove_gradient_parallel_to_decoder_directions()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -154,7 +154,7 @@ def check_agreement(models: dict[str, torch.nn.Module], x: torch.Tensor) -> None
         loss = _loss(name, model, x)
         loss.backward()
         w_dec = model.W_dec
-        grads[name] = (float(loss), _enc_weight(name, model).grad.clone(), w_dec.grad.clone())
+        grads[name] = (float(loss.detach()), _enc_weight(name, model).grad.clone(), w_dec.grad.clone())
         model.zero_grad(set_to_none=True)
     ref_loss, ref_enc, ref_dec = grads["sae_fast"]
     for name, (loss, enc, dec) in grads.items():
