@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     for seeds, f, k in args.runs:
         seconds = time_training(args.cache, seeds, f, k, args.tokens)
         steps = -(-args.tokens // BATCH)
-        rows.append(f"| {seeds} | {f} | {k} | {args.tokens:,} | {seconds:.1f} | {seconds / (seeds * steps) * 1e3:.0f} |")
+        per_step_ms = seconds / (seeds * steps) * 1e3
+        rows.append(f"| {seeds} | {f} | {k} | {args.tokens:,} | {seconds:.1f} | {per_step_ms:.0f} |")
         print(rows[-1], flush=True)
     print("\n| seeds | F | k | tokens per seed | training seconds | ms per seed-step |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
