@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "angles.hpp"
+#include "sparse_rows.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -86,15 +87,91 @@ int max_threads() {
 #endif
 }
 
+// The sparse training-step products (sparse_rows.hpp). sae_fast/sparse_rows.py passes C-contiguous torch
+// tensors' numpy views of one float dtype and int64 indices, and the output to write into.
+template <typename T>
+using Arr = py::array_t<T, py::array::c_style>;
+using Idx = py::array_t<std::int64_t, py::array::c_style>;
+
+void require(bool ok, const char* what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+template <typename T>
+void dot(const Arr<T>& dense, const Idx& indices, const Arr<T>& table, Arr<T>& out, int num_threads) {
+  require(dense.ndim() == 2 && indices.ndim() == 2 && table.ndim() == 2 && out.ndim() == 2, "2-D arrays");
+  const auto n = indices.shape(0), k = indices.shape(1), d = table.shape(1);
+  require(dense.shape(0) == n && dense.shape(1) == d && out.shape(0) == n && out.shape(1) == k, "shapes");
+  const T* pd = dense.data();
+  const std::int64_t* pi = indices.data();
+  const T* pt = table.data();
+  T* po = out.mutable_data();
+  py::gil_scoped_release release;
+  sae_fast::sparse_dot<T>(pd, pi, pt, n, k, d, po, num_threads);
+}
+
+template <typename T>
+void transpose(const Arr<T>& weights, const Idx& indices, const Arr<T>& dense, Arr<T>& out, py::object sums,
+               int num_threads) {
+  require(weights.ndim() == 2 && indices.ndim() == 2 && dense.ndim() == 2 && out.ndim() == 2, "2-D arrays");
+  const auto n = weights.shape(0), k = weights.shape(1), d = dense.shape(1), f = out.shape(0);
+  require(indices.shape(0) == n && indices.shape(1) == k && dense.shape(0) == n && out.shape(1) == d, "shapes");
+  T* ps = nullptr;
+  Arr<T> sums_arr;
+  if (!sums.is_none()) {
+    sums_arr = sums.cast<Arr<T>>();
+    require(sums_arr.ndim() == 1 && sums_arr.shape(0) == f, "sums must be (F,)");
+    ps = sums_arr.mutable_data();
+  }
+  const T* pw = weights.data();
+  const std::int64_t* pi = indices.data();
+  const T* pd = dense.data();
+  T* po = out.mutable_data();
+  py::gil_scoped_release release;
+  sae_fast::sparse_transpose<T>(pw, pi, pd, n, k, d, f, po, ps, num_threads);
+}
+
+template <typename T>
+void relu_topk(const Arr<T>& pre, py::object bias, Arr<T>& values, Idx& indices, int num_threads) {
+  require(pre.ndim() == 2 && values.ndim() == 2 && indices.ndim() == 2, "2-D arrays");
+  const auto n = pre.shape(0), f = pre.shape(1), k = values.shape(1);
+  require(values.shape(0) == n && indices.shape(0) == n && indices.shape(1) == k && k <= f && k >= 1, "shapes");
+  const T* pb = nullptr;
+  Arr<T> bias_arr;
+  if (!bias.is_none()) {
+    bias_arr = bias.cast<Arr<T>>();
+    require(bias_arr.ndim() == 1 && bias_arr.shape(0) == f, "bias must be (F,)");
+    pb = bias_arr.data();
+  }
+  const T* pp = pre.data();
+  T* pv = values.mutable_data();
+  std::int64_t* pi = indices.mutable_data();
+  py::gil_scoped_release release;
+  sae_fast::relu_topk<T>(pp, pb, n, f, k, pv, pi, num_threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "sae_fast C++ core: principal angles between subspaces (Eigen, OpenMP).";
+  m.doc() = "sae_fast C++ core: principal angles between subspaces (Eigen, OpenMP); sparse training-step products.";
   m.def("principal_angles_batch", &batch, py::arg("a"), py::arg("b"), py::arg("num_threads") = 0,
         "Angles (n, min(p, q)) between span(a[i]) and span(b[i]); a (n, d, p), b (n, d, q) float64.");
   m.def("principal_angles_pairs", &pairs, py::arg("bases"), py::arg("pairs"), py::arg("num_threads") = 0,
         "Angles (M, width) for every pair of bases; each basis orthonormalised once; NaN-padded rows.");
   m.def("orthonormal_basis", &orthonormal, py::arg("a"),
         "Orthonormal basis (d, rank) of span(a), a (d, p) float64; rank cut-off max(d, p) * eps * s_max.");
+  m.def("sparse_dot", &dot<float>, py::arg("dense"), py::arg("indices"), py::arg("table"), py::arg("out"),
+        py::arg("num_threads") = 0, "out[n, j] = <dense[n], table[indices[n, j]]>.");
+  m.def("sparse_dot", &dot<double>, py::arg("dense"), py::arg("indices"), py::arg("table"), py::arg("out"),
+        py::arg("num_threads") = 0);
+  m.def("sparse_transpose", &transpose<float>, py::arg("weights"), py::arg("indices"), py::arg("dense"),
+        py::arg("out"), py::arg("sums") = py::none(), py::arg("num_threads") = 0,
+        "out[f] = sum over pairs with indices[n, j] = f of weights[n, j] dense[n]; sums[f] = their weights' sum.");
+  m.def("sparse_transpose", &transpose<double>, py::arg("weights"), py::arg("indices"), py::arg("dense"),
+        py::arg("out"), py::arg("sums") = py::none(), py::arg("num_threads") = 0);
+  m.def("relu_topk", &relu_topk<float>, py::arg("pre"), py::arg("bias"), py::arg("values"), py::arg("indices"),
+        py::arg("num_threads") = 0, "Row-wise top-k of relu(pre + bias), (value desc, latent asc), NaN first.");
+  m.def("relu_topk", &relu_topk<double>, py::arg("pre"), py::arg("bias"), py::arg("values"), py::arg("indices"),
+        py::arg("num_threads") = 0);
   m.def("max_threads", &max_threads, "Threads the extension uses by default (OpenMP).");
 }

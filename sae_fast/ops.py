@@ -1,8 +1,9 @@
 """Differentiable SAE operations: input checks, then dispatch to the Triton kernels or the reference.
 
-Dispatch (`backend()`): "auto" (default) runs the Triton kernels on CUDA tensors and a torch path on CPU
-tensors — `sae_fast.reference`, except that the top-k is selected without a full sort (`sae_fast.topk`, the same
-selection) and the fp32/fp64 decode is `embedding_bag` (the same sums, another order); "triton" forces the
+Dispatch (`backend()`): "auto" (default) runs the Triton kernels on CUDA tensors and `sae_fast.cpu_ops` on CPU
+tensors — the reference's selection (fp32 pre-activations, `sae_fast.topk`'s tie rule) with a backward over the
+selected (row, latent) pairs only, and a sparse fp32/fp64 decode (the same sums as the reference in another
+order); fp64 CUDA tensors take the reference with `sae_fast.topk`'s selection; "triton" forces the
 kernels (on CPU this needs TRITON_INTERPRET=1, set before the kernels are imported — tests/conftest.py does it);
 "reference" forces the plain-PyTorch oracle everywhere.
 """
@@ -17,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import reference
+from . import cpu_ops, reference
 from .topk import select_topk_lowest_index
 
 __all__ = [
@@ -230,6 +231,8 @@ def encode(
     if _use_triton(x):
         values, indices, aux_values, aux_indices = _EncodeTopK.apply(x, W_enc, b_enc, k, dead_mask, k_aux)
         out = EncodeOutput(values, indices, *((None, None) if dead_mask is None else (aux_values, aux_indices)))
+    elif _backend != "reference" and x.device.type == "cpu":
+        out = EncodeOutput(*cpu_ops.encode_topk(x, W_enc, b_enc, k, dead_mask, k_aux))
     else:
         topk = reference.topk_lowest_index if _backend == "reference" else _topk_without_sort
         out = EncodeOutput(*reference.encode_topk(x, W_enc, b_enc, k, dead_mask, k_aux, topk=topk))
@@ -245,7 +248,7 @@ def encode(
 
 def _topk_without_sort(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """`reference.topk_lowest_index` without its full sort (`select_topk_lowest_index`: the same selection and
-    order, ~6x less time on a CPU at F = 768): the CPU path's top-k. Values are gathered from the scores, so
+    order): the fp64 CUDA path's top-k. Values are gathered from the scores, so
     autograd differentiates them as in the reference."""
     _, indices = select_topk_lowest_index(scores.detach(), k)
     return scores.gather(-1, indices), indices
@@ -284,14 +287,13 @@ def decode_many(
 
 
 def _decode_cpu(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
-    """The torch path of `decode`: `embedding_bag` (a per-sample-weighted sum of rows, forward and backward ~3.5x
-    faster than the reference's gather + bmm on a CPU at (N, k, d) = (1024, 16, 384)) where it applies — fp32 or
-    fp64 with values in W_dec's dtype, non-empty — else the reference (also under the "reference" backend)."""
-    usable = (W_dec.dtype in (torch.float32, torch.float64) and values.dtype == W_dec.dtype
-              and indices.shape[0] > 0 and indices.shape[1] > 0)
+    """The torch path of `decode`: `cpu_ops.decode` (sparse forward and backward) where it applies — CPU, fp32 or
+    fp64 with values in W_dec's dtype — else the reference (also under the "reference" backend)."""
+    usable = (W_dec.device.type == "cpu" and W_dec.dtype in (torch.float32, torch.float64)
+              and values.dtype == W_dec.dtype)
     if _backend == "reference" or not usable:
         return reference.decode(values, indices, W_dec)
-    return torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
+    return cpu_ops.decode(values, indices, W_dec)
 
 
 def decode_aux(
@@ -373,8 +375,12 @@ def normalize_rows_(W: Tensor) -> Tensor:
         if W.shape[1] <= MAX_D:
             return kernel(W, eps)
     for rows in _row_chunks(*W.shape):
-        w = W[rows].float()
-        W[rows] = (w / w.norm(dim=1, keepdim=True).clamp_min(eps)).to(W.dtype)
+        w = W[rows]
+        norm = torch.linalg.vector_norm(w, dim=1, keepdim=True, dtype=torch.float32).clamp_min_(eps)
+        if w.dtype == torch.float32:
+            w.div_(norm)  # in place: the same quotients without a copy
+        else:
+            W[rows] = (w.to(torch.float32) / norm).to(W.dtype)
     return W
 
 
@@ -394,9 +400,13 @@ def remove_parallel_component_(G: Tensor, W: Tensor) -> Tensor:
             return kernel(G, W, eps)
     for rows in _row_chunks(*W.shape):
         w = W[rows].float()
-        u = w / w.norm(dim=1, keepdim=True).clamp_min(eps)
-        g = G[rows].float()
-        G[rows] = (g - (g * u).sum(dim=1, keepdim=True) * u).to(G.dtype)
+        g = G[rows] if G.dtype == torch.float32 else G[rows].float()
+        # <g, u> u = (<g, w> / |w|²) w: no u = w / |w| pass; the update in place (addcmul_, no product copy)
+        inv = torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min_(eps).reciprocal_()
+        coef = (g * w).sum(dim=1, keepdim=True).mul_(inv).mul_(inv)
+        g.addcmul_(w, coef, value=-1.0)
+        if G.dtype != torch.float32:
+            G[rows] = g.to(G.dtype)
     return G
 
 

@@ -1,4 +1,4 @@
-"""TopKSAE: a TopK sparse autoencoder whose encode/decode run on sae_fast's kernels (reference on CPU)."""
+"""TopKSAE: a TopK sparse autoencoder whose encode/decode run on sae_fast's kernels (on CUDA) or its sparse CPU path."""
 
 from __future__ import annotations
 
@@ -187,18 +187,20 @@ class TopKSAE(nn.Module):
         if x.shape[0] == 0:
             zero = recon.to(acc).sum() * 0.0
             return ForwardOutput(recon, enc.values, enc.indices, zero, zero.clone())
-        residual = xa - recon.to(acc)
+        recon_acc = recon.to(acc)
         if total_variance is None:
             total_variance = (xa - xa.mean(0)).pow(2).sum()
         else:
             total_variance = total_variance.to(acc)
-        fvu = residual.pow(2).sum() / total_variance
+        # Σ‖x − x̂‖² as one fused op (forward and backward one pass each, no residual kept for autograd)
+        fvu = torch.nn.functional.mse_loss(recon_acc, xa, reduction="sum") / total_variance
         if aux_decoded is not None:
             assert dead_mask is not None
             num_dead = dead_mask.sum().to(acc)
             scale = (num_dead / k_aux).clamp(max=1.0)
             aux_recon = aux_decoded.to(acc)  # W_dec only: no b_dec in the AuxK reconstruction
-            auxk_loss = scale * (aux_recon - residual.detach()).pow(2).sum() / total_variance
+            residual = (xa - recon_acc).detach()
+            auxk_loss = scale * torch.nn.functional.mse_loss(aux_recon, residual, reduction="sum") / total_variance
         else:
             auxk_loss = torch.zeros((), dtype=acc, device=x.device)
         return ForwardOutput(recon, enc.values, enc.indices, fvu, auxk_loss)

@@ -4,8 +4,8 @@ CPU encode path built on it."""
 import pytest
 import torch
 
-from sae_fast import ops, reference
-from sae_fast.topk import select_topk_lowest_index
+from sae_fast import ops, reference, topk
+from sae_fast.topk import select_relu_topk_lowest_index, select_topk_lowest_index
 
 
 @pytest.mark.parametrize("k", [1, 3, 7, 12])
@@ -28,8 +28,9 @@ def test_select_topk_matches_full_sort_with_ties(k) -> None:
 
 @pytest.mark.parametrize("dead_frac", [None, 0.0, 0.3])
 def test_cpu_encode_equals_the_reference_with_gradients(dead_frac) -> None:
-    """ops.encode on CPU (sort-free) gives the reference's values, indices, AuxK and gradients, bit for bit;
-    b_enc makes exact ties, including at zero."""
+    """ops.encode on CPU (sort-free, sparse backward) gives the reference's values, indices and AuxK bit for bit,
+    and its gradients to fp64 rounding (the sparse backward sums the pairs in another order); b_enc makes exact
+    ties, including at zero."""
     g = torch.Generator().manual_seed(11)
     n, d, f, k = 37, 20, 130, 7
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -53,5 +54,38 @@ def test_cpu_encode_equals_the_reference_with_gradients(dead_frac) -> None:
     else:
         assert torch.equal(fast.aux_indices, ref.aux_indices) and torch.equal(fast.aux_values, ref.aux_values)
     for a, b_ in zip(fast_grads, ref_grads):
-        assert torch.equal(a, b_)
+        torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-12)
     assert bool((fast.values[:, -1] == 0).any())  # some rows end in ReLU zeros
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("k", [1, 4, 9, 12])
+def test_relu_topk_equals_the_reference_on_relu_scores(k, native, monkeypatch) -> None:
+    """select_relu_topk_lowest_index(s) = reference top-k of relu(s): rows with fewer than k positive values
+    (ReLU-zero ties go to the lowest indices, not to the largest negatives), positive ties across the k-th
+    place, ties inside the top k, untied rows, and k = M."""
+    g = torch.Generator().manual_seed(20 + k)
+    scores = torch.randn(10, 12, generator=g)
+    scores[0] = -torch.rand(12, generator=g)  # all negative: the answer is indices 0..k-1, all zero
+    scores[1, :3] = 2.0  # three positive values, the rest negative
+    scores[1, 3:] = -1.0
+    scores[2] = torch.randint(0, 3, (12,), generator=g).float()  # ties at 0, 1, 2
+    scores[3] = torch.randint(-2, 3, (12,), generator=g).float()  # ties, negatives among them
+    scores[4, 5] = scores[4, 9] = float("nan")  # NaN above every number (a NaN weight must be seen)
+    scores[5, 2] = float("inf")
+    monkeypatch.setattr(topk, "_USE_NATIVE", native)
+    for bias in (None, torch.linspace(-0.5, 0.5, 12)):
+        for dtype in (torch.float32, torch.float64):
+            b = None if bias is None else bias.to(dtype)
+            want = scores.to(dtype) if b is None else scores.to(dtype) + b
+            values, indices = select_relu_topk_lowest_index(scores.to(dtype), k, b)
+            ref_values, ref_indices = reference.topk_lowest_index(want.relu(), k)
+            # the NaN row only on the extension's path: the torch path's tie pass (`_select_resolving_ties`)
+            # compares with the k-th value and so may drop NaNs from a row with ties
+            rows = torch.arange(10) if native else torch.tensor([0, 1, 2, 3, 5, 6, 7, 8, 9])
+            values, ref_values = values[rows], ref_values[rows]
+            assert torch.equal(indices[rows], ref_indices[rows])
+            assert bool(((values == ref_values) | (values.isnan() & ref_values.isnan())).all())
+            assert bool((values[~values.isnan()] >= 0).all())
+    empty_v, empty_i = select_relu_topk_lowest_index(scores[:0], k)
+    assert empty_v.shape == (0, k) and empty_i.dtype == torch.int64
