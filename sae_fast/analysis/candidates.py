@@ -270,6 +270,7 @@ def candidate_subspaces(
     freqs: list[ArrayLike] | None = None,
     alpha: float = 0.05,
     null_neighbours: int = 50,
+    neighbours: int = 32,
     seed: int = 0,
 ) -> dict:
     """Candidate subspaces of ``sets[s]`` (e.g. each seed's unstable latents) and their reproducibility.
@@ -279,7 +280,8 @@ def candidate_subspaces(
     given, else "cosine"). ``freqs[s]``: (F_s,)
     firing frequencies for the frequency-matched subset null. ``n_null`` subset (and Haar) draws per candidate,
     more when needed for ``min_null_draws`` in all (p-values need them); each candidate's p-value uses the
-    ``null_neighbours`` subset draws nearest to its size.
+    ``null_neighbours`` subset draws nearest to its size. ``neighbours``: top-m cosine neighbours per latent
+    kept for the cosine affinities (see :func:`cluster_latents`).
     Returns ``{"candidates": [per-candidate dicts: seed, latents, rank, score, mean_best_similarity,
     null_similarity, p_value, reproducible], "null": {subset null: "score_mean", "reproduced_share", ...},
     "null_haar": {...}, "per_seed": [{"num_set", "num_in_reproducible", "share_in_reproducible",
@@ -302,7 +304,8 @@ def candidate_subspaces(
     for s in range(S):
         idx = idx_sets[s]
         f = None if fires is None else _columns(fires[s], idx)
-        for cl in cluster_latents(decs[s][idx], fires=f, method=method, threshold=threshold, min_size=min_size):
+        for cl in cluster_latents(decs[s][idx], fires=f, method=method, threshold=threshold, min_size=min_size,
+                                  neighbours=neighbours):
             bases.append(candidate_basis(decs[s][idx[cl]], energy=energy, max_rank=max_rank))
             owner.append(s)
             members.append(idx[cl])

@@ -14,7 +14,7 @@ HELP = ("Seed-dependence study: stability, masking EV, frequency, geometry, cand
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..seed_study import EmbeddedDefault, StudyConfig
+    from ..study import EmbeddedDefault, StudyConfig
 
     try:
         from ..train import field_docs
@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..seed_study import EmbeddedDefault, StudyConfig, StudyModel, study
+    from ..study import EmbeddedDefault, StudyConfig, StudyModel, study
 
     cfg = StudyConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(StudyConfig)})
     emb = EmbeddedDefault(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EmbeddedDefault)

@@ -274,3 +274,68 @@ class Inputs:
                                                               "layer": self.model_spec.layer,
                                                               "module": self.model_spec.module},
                 "embedded_layer": self.embedded_layer}
+
+
+def resolve_inputs(run_dir: Any, *, activations: Any, refit_activations: Any, out: Path, cfg: Any, embedded: Any,
+                   model: Any, hookpoint: str | None, progress: bool) -> Inputs:
+    """The study's inputs from what the caller gave: a run folder with held-out activations and/or its model, or
+    nothing (then the embedded default is trained into ``out``). Checked before any analysis (module docstring).
+
+    Parameters
+    ----------
+    run_dir : folder of trained seeds, or None for the embedded default.
+    activations, refit_activations : held-out and training rows (array, .npy, .safetensors, cache folder).
+    out : the study folder (the embedded default caches and trains there).
+    cfg, embedded, model : StudyConfig, EmbeddedDefault, StudyModel.
+    """
+    from .embedded import train_embedded_default
+
+    names = None
+    snippets = src = spec = None
+    emb_layer = emb_path = None
+    why = "no model given (sae-fast study RUN_DIR --model PATH: a causal LM gives the next-token loss)"
+    if run_dir is None:
+        from ..analysis.splice import MINILM_NO_LM_LOSS
+        from .config import EmbeddedDefault
+
+        if activations is not None or model is not None:
+            raise UsageError(f"{'activations are' if model is None else 'model is'} for a given run_dir; the "
+                             "embedded default computes its own held-out activations (pass run_dir=<out>/seeds to "
+                             "analyse its seeds on others)")
+        emb = embedded or EmbeddedDefault()
+        run_dir, held, info = train_embedded_default(out, emb, progress=progress)
+        names = [f"seed{s}" for s in range(emb.num_seeds)]
+        refit_activations = out / "activations" if refit_activations is None else refit_activations
+        emb_layer, emb_path, why = emb.layer, emb.model_path, MINILM_NO_LM_LOSS
+        source: dict[str, Any] = {"kind": "embedded default (MiniLM all-MiniLM-L6-v2 layer 3, Shakespeare)", **info}
+    else:
+        if activations is None and model is None:
+            raise UsageError("activations (held-out activations of the same hook point) or the model they come from "
+                             "are required with run_dir")
+        source = {"kind": "given run", "run_dir": str(run_dir)}
+        held = None if activations is None else open_heldout(activations, cfg.max_eval_tokens)
+    seeds = load_seeds(run_dir, hookpoint, names)
+    if model is not None:
+        spec = model
+        src, why = open_study_model(model, seeds.d)
+        source.update({"model": src.model_name, "hook": src.hook.name, "max_length": src.max_length})
+        if held is None or held.tokens is None:  # snippets from the model's own rows of the same hook point
+            snippets = activations_with_tokens(src, cfg.max_eval_tokens)
+            held = snippets if held is None else held
+            if held is not snippets:
+                source["snippet_tokens"] = snippets.num_rows
+    held = open_heldout(held, cfg.max_eval_tokens)
+    snippets = held if held.tokens is not None else snippets
+    digest = check_heldout(held, seeds.d)
+    refit = None
+    if refit_activations is not None:
+        refit = open_heldout(refit_activations, max(cfg.max_refit_tokens, cfg.max_eval_tokens), "refit_activations")
+        if refit.d != seeds.d:
+            raise DataError(f"{refit.name} have d={refit.d} per row but the SAEs have d_in={seeds.d}")
+    if not 0 <= cfg.anchor < len(seeds.names):
+        raise UsageError(f"anchor {cfg.anchor} outside the {len(seeds.names)} seeds")
+    sae = seeds.saes[0]
+    source.update({"seeds": seeds.names, "num_seeds": len(seeds.names), "d": seeds.d, "num_latents": sae.num_latents,
+                   "k": sae.k, "eval_tokens": held.num_rows})
+    return Inputs(seeds, held, digest, source, refit=refit, snippets=snippets, model_src=src, model_spec=spec,
+                  why_no_lm=why, embedded_layer=emb_layer, embedded_model_path=emb_path)

@@ -85,6 +85,10 @@ class Context:
     results: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     loaders: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    report_results: dict[str, Any] = field(default_factory=dict)
+    """results.json as the report reads it (set by the runner before rendering)"""
+    figures: dict[str, bytes] = field(default_factory=dict)
+    snippets: dict[str, Any] | None = None
 
     def dir(self, name: str) -> Path:
         """The artifact folder of step ``name`` (created)."""
