@@ -72,7 +72,7 @@ def test_only_and_redo(tmp_path, computed):
     computed.clear()
     _study(run, x, out, redo=["stability"])
     assert computed[0] == "stability" and "matching" not in computed and "masking" not in computed
-    with pytest.raises(UsageError, match="unknown study step.*'stabilty'"):
+    with pytest.raises(UsageError, match=r"unknown study step.*'stabilty'"):
         _study(run, x, out, only=["stabilty"])
 
 
@@ -82,7 +82,7 @@ def test_another_study_is_refused_and_overwrite_leaves_nothing_stale(tmp_path):
     _study(run, x, out)
     stale = out / "figures" / "old_figure.png"
     stale.write_bytes(b"")
-    with pytest.raises(OutputDirError, match="another study's results.*--overwrite"):
+    with pytest.raises(OutputDirError, match=r"another study's results.*--overwrite"):
         _study(run, x[:1000], out)  # other held-out rows: another study
     assert stale.exists()
     res = _study(run, x[:1000], out, overwrite=True)
