@@ -50,7 +50,7 @@ class PlantedStudy:
     n_unstable: int = 64
     grouped_share: float = 0.5
     n_groups: int = 2
-    group_rank: int = 4
+    group_rank: int = 6
     pool_factor: int = 20
     anisotropy: float = 0.5
     jitter: float = 0.05
@@ -89,7 +89,7 @@ def planted_study(cfg: PlantedStudy) -> Planted:
     draw = lambda m: _unit((rng.standard_normal((m, cfg.d)) * scale) @ frame.T)
     stable_dirs = draw(cfg.n_stable)
     groups = [np.linalg.qr(rng.standard_normal((cfg.d, cfg.group_rank)))[0] for _ in range(cfg.n_groups)]
-    n_grouped = int(round(cfg.grouped_share * cfg.n_unstable))
+    n_grouped = round(cfg.grouped_share * cfg.n_unstable)
     n_lottery = cfg.n_unstable - n_grouped
     pool = draw(max(1, cfg.pool_factor * n_lottery))
     F = cfg.n_stable + cfg.n_unstable
@@ -110,9 +110,9 @@ def planted_study(cfg: PlantedStudy) -> Planted:
 
 
 @dataclass(frozen=True)
-class TestSettings:
+class CalibrationSettings:
     """Settings of the tests run by :func:`run_tests`. Planted decoders have no firing data, so candidates are
-    clustered by decoder cosine; 0.3 separates latents of a rank-4 group (mean |cos| ~0.4) from anisotropic random
+    clustered by decoder cosine; 0.3 separates latents of a rank-6 group (mean |cos| ~0.33) from anisotropic random
     ones (the study's firing-correlation threshold of 0.1 does not carry over)."""
 
     theta: float = 0.7
@@ -127,7 +127,7 @@ class TestSettings:
     fdr: float = 0.05
 
 
-def run_tests(planted: Planted, settings: TestSettings = TestSettings(), seed: int = 0) -> dict:
+def run_tests(planted: Planted, settings: CalibrationSettings = CalibrationSettings(), seed: int = 0) -> dict:
     """The study's subspace and candidate tests on one planted study (module docstring).
 
     Returns ``{"subspace_p", "subspace_R", "subspace_excess", "candidate_discoveries", "candidate_min_q",
@@ -163,7 +163,7 @@ def calibrate(
     seed_counts: tuple[int, ...] = (4,),
     repeats: int = 5,
     base: PlantedStudy = PlantedStudy(),
-    settings: TestSettings = TestSettings(),
+    settings: CalibrationSettings = CalibrationSettings(),
     seed: int = 0,
     progress: bool = False,
 ) -> list[dict]:
@@ -218,6 +218,6 @@ def power_at(rows: list[dict], num_seeds: int, test: str = "subspace", grouped_s
     return float(cell[f"{test}_rejection"])
 
 
-def describe(base: PlantedStudy, settings: TestSettings) -> dict:
+def describe(base: PlantedStudy, settings: CalibrationSettings) -> dict:
     """The calibration's parameters as plain dicts (for saved artifacts)."""
     return {"planted": asdict(base), "tests": asdict(settings)}

@@ -45,7 +45,7 @@ def spectrum_matched_decoder(decoder: ArrayLike, rng: np.random.Generator) -> np
     """
     D = check_decoders([decoder], "decoder")[0]
     F, d = D.shape
-    if F < d:
+    if d > F:
         raise UsageError(f"decoder must have at least as many latents as dimensions, got shape {D.shape}")
     s, v = right_singular(D)
     null = haar_orthonormal(rng, F, d) @ (s[:, None] * v.T)
