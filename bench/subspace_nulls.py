@@ -23,8 +23,8 @@ from sae_fast.activations import CachedSource
 from sae_fast.analysis import candidates as cand
 from sae_fast.analysis import subspaces as sub
 from sae_fast.analysis._common import STABLE, UNSTABLE
+from sae_fast.analysis.firing import firing_indicator, sparse_codes
 from sae_fast.checkpoint import load_sae
-from sae_fast.seed_study import _fires
 
 
 def _sets(labels: np.ndarray, alive: list[np.ndarray], kind: str) -> list[np.ndarray]:
@@ -53,8 +53,8 @@ def candidates(run: str, labels: np.ndarray, freq: np.ndarray, saes: list, decod
                tokens: int = 20_000) -> None:
     source = CachedSource(f"{run}/activations")
     x = source.read(max(0, source.num_tokens - tokens), source.num_tokens)
-    with torch.no_grad():
-        fires = [_fires(sae, x, 4096) for sae in saes]
+    with torch.no_grad():  # top-k codes kept sparse (CSR), as the study's firing step does
+        fires = [firing_indicator(sparse_codes(sae, x.split(4096))) for sae in saes]
     start = time.time()
     out = cand.candidate_subspaces(decoders, _sets(labels, [f > 0 for f in freq], "nonstable"), fires=fires,
                                    freqs=list(freq), seed=0)

@@ -30,13 +30,16 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": ".train",
     "load_sae": ".checkpoint",
     "save_sae": ".checkpoint",
-    "study": ".seed_study",
 }
+# the study package is itself callable (sae_fast.study(...) runs the study), so the name maps to the package
+_MODULES: dict[str, str] = {"study": ".study"}
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, *_MODULES])
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name], __name__)
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'sae_fast' has no attribute {name!r}")

@@ -399,6 +399,21 @@ class ModelSource(ActivationSource):
         return {**super().describe(), "model": self.model_name, "hook": self.hook.name, "num_texts": len(self.texts),
                 "max_length": self.max_length}
 
+    def activations_of(self, texts: Sequence[str]) -> torch.Tensor:
+        """Activations (real tokens, d) of a batch of texts, in text then position order: the rows that
+        ``tokens_of`` names (the study reads them with their token strings)."""
+        return self._activations_of(texts)
+
+    def tokens_of(self, texts: Sequence[str]) -> list[list[str]]:
+        """The token strings of each text that ``activations_of`` gives a row for (real, non-special tokens)."""
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_special_tokens_mask=True)
+        out = []
+        for ids, att, special in zip(enc["input_ids"], enc["attention_mask"], enc["special_tokens_mask"]):
+            keep = [ids[i] for i, (a, s) in enumerate(zip(att, special)) if a and not s]
+            out.append(self.tokenizer.convert_ids_to_tokens(keep))
+        return out
+
     @torch.inference_mode()
     def _activations_of(self, texts: Sequence[str]) -> torch.Tensor:
         """Activations (real tokens, d) of a batch of texts, in text then position order."""

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sae_fast.report import _get, write_report
+from sae_fast.study.report import _get, write_report
 
 
 def _results() -> dict:

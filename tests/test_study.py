@@ -62,8 +62,8 @@ def test_study_on_saved_seeds_writes_traceable_report(tmp_path, monkeypatch):
     assert st["num_stable"] == SHARED and st["num_unstable"] + st["num_neither"] == F - SHARED
     assert res["masking"]["delta_ev"]["stable"] > 0
     assert res["pooling"]["num_pool_seeds"] == 2 and res["pooling"]["pooled"]["share_stable"] >= 0.4
-    for name in ("results.json", "arrays.npz", "report.html", "report.md", "snippets.json", "pooled/base/cfg.json",
-                 "pooled/rank/sae.safetensors",
+    for name in ("results.json", "arrays.npz", "report.html", "report.md", "snippets.json", "pooling/pooled/base/cfg.json",
+                 "pooling/pooled/rank/sae.safetensors",
                  "stability/stability.json", "figures/stability.png", "figures/masking.png"):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text()
@@ -93,7 +93,7 @@ def _check_traceable(out, res: dict) -> None:
     the value; wider ones: one JSON key per column, named in brackets in the header)."""
     import re
 
-    from sae_fast.report import _fmt, _get, _has
+    from sae_fast.study.report import _fmt, _get, _has
 
     md = (out / "report.md").read_text().splitlines()
     checked = 0
@@ -166,7 +166,7 @@ def test_cli_study(tmp_path, capsys):
 def test_embedded_default_reuses_only_matching_outputs(tmp_path):
     """A folder made with other settings (layer 3, 3 seeds) is refused for layer 5, 2 seeds, naming the fields."""
     from sae_fast import study
-    from sae_fast.seed_study import EmbeddedDefault, _load_saes, check_embedded_reuse, train_embedded_default
+    from sae_fast.seed_study import EmbeddedDefault, check_embedded_reuse, load_seeds, train_embedded_default
 
     out = tmp_path / "study"
     assert check_embedded_reuse(out, EmbeddedDefault(layer=3, num_seeds=3)) is False
@@ -180,10 +180,10 @@ def test_embedded_default_reuses_only_matching_outputs(tmp_path):
         check_embedded_reuse(legacy, EmbeddedDefault())
     # only the seeds asked for are loaded, not every seed* folder
     run, x = _run_dir(tmp_path, num_seeds=4)
-    names, saes = _load_saes(run, names=["seed0", "seed1"])
-    assert names == ["seed0", "seed1"] and len(saes) == 2
-    with pytest.raises(FileNotFoundError, match="seed7"):
-        _load_saes(run, names=["seed0", "seed7"])
+    seeds = load_seeds(run, names=["seed0", "seed1"])
+    assert seeds.names == ["seed0", "seed1"] and len(seeds.saes) == 2
+    with pytest.raises(ValueError, match="seed7"):
+        load_seeds(run, names=["seed0", "seed7"])
     with pytest.raises(ValueError, match="activations are for a given run_dir"):
         study(None, activations=x, out_dir=tmp_path / "o", synthetic=False, progress=False)
 

@@ -29,9 +29,11 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..angles import principal_angles_pairs
 from ._common import ArrayLike, check_decoders, index_array, right_singular
+from .clustering import average_linkage
 
 
 def coactivation_affinity(fires: ArrayLike) -> np.ndarray:
@@ -63,6 +65,57 @@ def correlation_affinity(fires: ArrayLike) -> np.ndarray:
     return corr
 
 
+def _sparse_fires(fires: ArrayLike, n: int) -> sp.csr_matrix:
+    f = sp.csr_matrix(np.asarray(fires) if not sp.issparse(fires) else fires)
+    if f.shape[1] != n:
+        raise ValueError(f"fires must have shape (N, {n}), got {f.shape}")
+    f = f.astype(np.float64)
+    f.eliminate_zeros()
+    f.data[:] = 1.0
+    return f
+
+
+def sparse_firing_affinity(fires: ArrayLike, kind: str = "correlation") -> sp.csr_matrix:
+    """(n, n) sparse firing affinity from a (N, n) 0/1 firing matrix (dense or sparse): ``"correlation"`` (phi
+    coefficient clipped at 0) or ``"coactivation"`` (both / min). Only pairs that fire together at least once
+    are stored; every other pair has affinity exactly 0 in both kinds. Memory O(nnz of fires^T fires)."""
+    f = _sparse_fires(fires, fires.shape[1])
+    N = f.shape[0]
+    both = (f.T @ f).tocoo()
+    count = np.asarray(f.sum(axis=0)).ravel()
+    i, j, c = both.row, both.col, both.data
+    if kind == "correlation":
+        p = count / N
+        sd = np.sqrt(np.clip(p * (1 - p), 0.0, None))
+        den = sd[i] * sd[j]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            val = np.where(den > 0, (c / N - p[i] * p[j]) / den, 0.0)
+    elif kind == "coactivation":
+        den = np.minimum(count[i], count[j])
+        val = np.where(den > 0, c / np.maximum(den, 1), 0.0)
+    else:
+        raise ValueError(f"kind must be 'correlation' or 'coactivation', got {kind!r}")
+    val = np.clip(val, 0.0, 1.0)
+    keep = (val > 0) & (i != j)
+    return sp.csr_matrix((val[keep], (i[keep], j[keep])), shape=both.shape)
+
+
+def cosine_neighbour_affinity(rows: np.ndarray, neighbours: int = 32) -> sp.csr_matrix:
+    """(n, n) sparse |cos| between unit rows, kept for each row's ``neighbours`` nearest others (symmetrised:
+    a pair is kept when either holds the other). Pairs outside every top-m list count as 0, which is exact for
+    a clustering threshold above the m-th neighbour's |cos|. Memory O(n·m)."""
+    from ..matching import match
+
+    n = rows.shape[0]
+    m = min(neighbours + 1, n)
+    res = match(rows, rows, k=m, backend="exact", absolute=True, device="cpu")
+    idx, cos = res.index_ab.numpy(), res.cos_ab.numpy().astype(np.float64)
+    i = np.repeat(np.arange(n), m)
+    keep = (idx.ravel() >= 0) & (idx.ravel() != i)
+    a = sp.csr_matrix((np.clip(cos.ravel()[keep], 0.0, 1.0), (i[keep], idx.ravel()[keep])), shape=(n, n))
+    return a.maximum(a.T).tocsr()
+
+
 def cluster_latents(
     rows: ArrayLike,
     *,
@@ -70,11 +123,14 @@ def cluster_latents(
     method: str = "correlation",
     threshold: float = 0.1,
     min_size: int = 2,
+    neighbours: int = 32,
 ) -> list[np.ndarray]:
-    """Clusters (arrays of positions into ``rows``) of at least ``min_size`` latents; see the module docstring."""
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from scipy.spatial.distance import squareform
+    """Clusters (arrays of positions into ``rows``) of at least ``min_size`` latents; see the module docstring.
 
+    ``fires``: (N, n) 0/1 firing matrix, dense or scipy-sparse (CSR from the top-k codes). The affinity is a
+    sparse graph (firing affinities: pairs that co-fire; cosine: each latent's ``neighbours`` nearest) and the
+    average-linkage cut runs on it (:func:`sae_fast.analysis.clustering.average_linkage`). Memory O(n·m + nnz of
+    the co-firing pairs); no (n, n) dense array."""
     D = check_decoders([rows], "rows")[0]
     n = D.shape[0]
     if n < max(2, min_size):
@@ -82,24 +138,17 @@ def cluster_latents(
     if method in ("correlation", "coactivation", "max"):
         if fires is None:
             raise ValueError(f"method={method!r} needs fires (N tokens, {n} latents)")
-        fires = np.asarray(fires)
         if fires.ndim != 2 or fires.shape[1] != n:
             raise ValueError(f"fires must have shape (N, {n}), got {fires.shape}")
-    if method == "correlation":
-        aff = correlation_affinity(fires)
-    elif method == "coactivation":
-        aff = coactivation_affinity(fires)
+    if method in ("correlation", "coactivation"):
+        aff = sparse_firing_affinity(fires, method)
     elif method == "cosine":
-        aff = np.abs(D @ D.T)
+        aff = cosine_neighbour_affinity(D, neighbours)
     elif method == "max":
-        aff = np.maximum(coactivation_affinity(fires), np.abs(D @ D.T))
+        aff = sparse_firing_affinity(fires, "coactivation").maximum(cosine_neighbour_affinity(D, neighbours))
     else:
         raise ValueError(f"method must be 'correlation', 'coactivation', 'cosine' or 'max', got {method!r}")
-    dist = np.clip(1.0 - aff, 0.0, None)
-    dist = (dist + dist.T) / 2
-    np.fill_diagonal(dist, 0.0)
-    tree = linkage(squareform(dist, checks=False), method="average")
-    labels = fcluster(tree, t=1.0 - threshold, criterion="distance")
+    labels = average_linkage(aff, threshold)
     clusters = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     return sorted((c for c in clusters if len(c) >= min_size), key=len, reverse=True)
 
@@ -196,6 +245,13 @@ def _best_similarity(bases: list[np.ndarray], owner: np.ndarray, queries: list[n
     return best
 
 
+def _columns(fires: ArrayLike, idx: np.ndarray) -> ArrayLike:
+    """Columns ``idx`` of a dense or sparse firing matrix (sparse stays sparse)."""
+    if sp.issparse(fires):
+        return sp.csr_matrix(fires)[:, idx]
+    return np.asarray(fires)[:, idx]
+
+
 def candidate_subspaces(
     decoders: list[ArrayLike],
     sets: list[ArrayLike],
@@ -214,15 +270,18 @@ def candidate_subspaces(
     freqs: list[ArrayLike] | None = None,
     alpha: float = 0.05,
     null_neighbours: int = 50,
+    neighbours: int = 32,
     seed: int = 0,
 ) -> dict:
     """Candidate subspaces of ``sets[s]`` (e.g. each seed's unstable latents) and their reproducibility.
 
-    ``fires[s]``: boolean (N, F_s) firing matrix of seed s on shared held-out activations (needed for the
-    firing affinities; ``method`` defaults to "correlation" when given, else "cosine"). ``freqs[s]``: (F_s,)
+    ``fires[s]``: boolean (N, F_s) firing matrix, dense or scipy-sparse (the top-k codes' CSR), of seed s on
+    shared held-out activations (needed for the firing affinities; ``method`` defaults to "correlation" when
+    given, else "cosine"). ``freqs[s]``: (F_s,)
     firing frequencies for the frequency-matched subset null. ``n_null`` subset (and Haar) draws per candidate,
     more when needed for ``min_null_draws`` in all (p-values need them); each candidate's p-value uses the
-    ``null_neighbours`` subset draws nearest to its size.
+    ``null_neighbours`` subset draws nearest to its size. ``neighbours``: top-m cosine neighbours per latent
+    kept for the cosine affinities (see :func:`cluster_latents`).
     Returns ``{"candidates": [per-candidate dicts: seed, latents, rank, score, mean_best_similarity,
     null_similarity, p_value, reproducible], "null": {subset null: "score_mean", "reproduced_share", ...},
     "null_haar": {...}, "per_seed": [{"num_set", "num_in_reproducible", "share_in_reproducible",
@@ -244,8 +303,9 @@ def candidate_subspaces(
     idx_sets = [index_array(sets[s], len(decs[s]), f"sets[{s}]") for s in range(S)]
     for s in range(S):
         idx = idx_sets[s]
-        f = None if fires is None else np.asarray(fires[s])[:, idx]
-        for cl in cluster_latents(decs[s][idx], fires=f, method=method, threshold=threshold, min_size=min_size):
+        f = None if fires is None else _columns(fires[s], idx)
+        for cl in cluster_latents(decs[s][idx], fires=f, method=method, threshold=threshold, min_size=min_size,
+                                  neighbours=neighbours):
             bases.append(candidate_basis(decs[s][idx[cl]], energy=energy, max_rank=max_rank))
             owner.append(s)
             members.append(idx[cl])

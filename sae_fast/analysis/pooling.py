@@ -54,9 +54,14 @@ def pool_features(
     absolute: bool = False,
 ) -> Pool:
     """Unique features across seeds: components of the cross-seed cosine graph (module docstring, step 1-2).
-    ``absolute``: link on |cos| (a feature and its negation are one feature)."""
+    ``absolute``: link on |cos| (a feature and its negation are one feature).
+
+    Memory: O(S·F·d) for the unit decoders plus O(S·F) for the links (each pair's top-1 matches are found in
+    tiles, never as an (F, F) matrix); a component's medoid uses its members' (c, c) cosines."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
+
+    from ..matching import match
 
     if link not in ("mutual", "argmax"):
         raise ValueError(f"link must be 'mutual' or 'argmax', got {link!r}")
@@ -67,21 +72,17 @@ def pool_features(
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in decs])])
     rows_i, rows_j = [], []
     for a in range(S):
-        for b in range(a + 1, S):
-            cos = decs[a] @ decs[b].T
-            if absolute:
-                cos = np.abs(cos)
-            ja = cos.argmax(axis=1)  # a -> b
-            ib = cos.argmax(axis=0)  # b -> a
-            ia = np.arange(len(decs[a]))
-            ok_a = cos[ia, ja] >= theta
+        for b in range(a + 1, S):  # top-1 both ways, in tiles: O(F) memory, never the (F, F) cosines
+            res = match(decs[a], decs[b], k=1, both=True, backend="exact", absolute=absolute, device="cpu")
+            ja, ib = res.index_ab[:, 0].numpy(), res.index_ba[:, 0].numpy()
+            ia, jb = np.arange(len(decs[a])), np.arange(len(decs[b]))
+            ok_a = res.cos_ab[:, 0].numpy() >= theta
             if link == "mutual":
                 keep = ok_a & (ib[ja] == ia)
                 rows_i.append(offsets[a] + ia[keep])
                 rows_j.append(offsets[b] + ja[keep])
             else:
-                jb = np.arange(len(decs[b]))
-                ok_b = cos[ib, jb] >= theta
+                ok_b = res.cos_ba[:, 0].numpy() >= theta
                 rows_i += [offsets[a] + ia[ok_a], offsets[a] + ib[ok_b]]
                 rows_j += [offsets[b] + ja[ok_a], offsets[b] + jb[ok_b]]
     n = int(offsets[-1])
@@ -145,12 +146,14 @@ def pool_choice(pool: Pool, size: int, *, fill: str = "rank", base: int = 0, min
                     units[seed] = torch.as_tensor(unit_rows(decoders[seed], f"decoders[{seed}]"), dtype=torch.float32)
                 return units[seed]
 
-            sims = torch.stack([unit(s)[j] for s, j in foreign]) @ unit(base)[own_rest].T  # (foreign, own_rest)
+            own_units = unit(base)[own_rest]
             dropped = torch.zeros(len(own_rest), dtype=torch.bool)
-            for sim in sims:
-                if bool(dropped.all()):
-                    break
-                dropped[int(sim.masked_fill(dropped, -2.0).argmax())] = True
+            for start in range(0, len(foreign), 1024):  # (1024, own_rest) cosines at a time, not (foreign, own_rest)
+                block = foreign[start:start + 1024]
+                for sim in torch.stack([unit(s)[j] for s, j in block]) @ own_units.T:
+                    if bool(dropped.all()):
+                        break
+                    dropped[int(sim.masked_fill(dropped, -2.0).argmax())] = True
             own_rest = [j for j, gone in zip(own_rest, dropped.tolist()) if not gone]
         chosen = (recurring + foreign + [(base, j) for j in own_rest])[:size]
     else:

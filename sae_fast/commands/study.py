@@ -8,13 +8,15 @@ import time
 from pathlib import Path
 
 NAME = "study"
+STEP_NAMES = ("matching", "stability", "firing", "frequency", "masking", "geometry", "subspaces", "classifier",
+              "candidates", "pooling", "synthetic")
 HELP = ("Seed-dependence study: stability, masking EV, frequency, geometry, candidate subspaces, pooling, "
         "synthetic ground truth; writes report.html/report.md. Without RUN_DIR, trains seeds on the embedded "
         "default (MiniLM layer 3 on Shakespeare) first.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..seed_study import EmbeddedDefault, StudyConfig
+    from ..study import EmbeddedDefault, StudyConfig
 
     try:
         from ..train import field_docs
@@ -34,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hookpoint", default=None, help="hookpoint subfolder when RUN_DIR holds several")
     parser.add_argument("--no-synthetic", action="store_true", help="skip the synthetic ground-truth experiment")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--only", nargs="+", default=None, metavar="STEP",
+                        help="bring only these steps (and the steps they read) up to date; steps: "
+                             + ", ".join(STEP_NAMES))
+    parser.add_argument("--redo", nargs="+", default=None, metavar="STEP",
+                        help="recompute these steps even when their saved results match the settings")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace another study's results in --out (its files are removed first)")
     lm = parser.add_argument_group("the model of RUN_DIR (held-out activations, snippets, spliced LM loss)")
     lm.add_argument("--model", default=None,
                     help="Hugging Face model folder the seeds were trained on ('embedded': MiniLM), run on --device: "
@@ -66,13 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name == "layer":  # shared with --model: the hook point of the given model
             text = f"{text} (default {f.default}); with RUN_DIR --model: the hook point, the output of block L"
         elif f.name == "device":
-            text = f"{text}; with RUN_DIR --model: the device that runs the model"
+            text = (f"{text}; also where the study encodes and matches (cuda: a GPU); with RUN_DIR --model: the "
+                    "device that runs the model")
         emb.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None if f.name == "layer" else f.default,
                          help=text)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..seed_study import EmbeddedDefault, StudyConfig, StudyModel, study
+    from ..study import EmbeddedDefault, StudyConfig, StudyModel, study
 
     cfg = StudyConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(StudyConfig)})
     emb = EmbeddedDefault(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EmbeddedDefault)
@@ -100,10 +110,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = study(args.run_dir, activations=args.activations, refit_activations=args.refit_activations,
                 out_dir=args.out, config=cfg, embedded=emb, model=model,
-                synthetic=not args.no_synthetic, hookpoint=args.hookpoint, progress=not args.no_progress)
-    st = res["stability"]["anchor"]
-    print(f"seeds {res['source']['num_seeds']}, F {res['source']['num_latents']}: stable {st['share_stable']:.3f}, "
-          f"unstable {st['share_unstable']:.3f}, EV {res['masking']['ev_full']:.4f}")
+                synthetic=not args.no_synthetic, hookpoint=args.hookpoint, progress=not args.no_progress,
+                device=args.device, only=args.only, redo=args.redo, overwrite=args.overwrite)
+    if "stability" in res and "masking" in res:
+        st = res["stability"]["anchor"]
+        print(f"seeds {res['source']['num_seeds']}, F {res['source']['num_latents']}: stable "
+              f"{st['share_stable']:.3f}, unstable {st['share_unstable']:.3f}, EV {res['masking']['ev_full']:.4f}")
+    if res.get("missing_steps"):
+        print(f"not computed in {args.out}: {', '.join(res['missing_steps'])} (see --only)")
     lm = res.get("lm_loss", {})
     if "masks" in lm:
         print(f"next-token loss: clean {lm['clean']:.4f}, reconstruction spliced in {lm['masks']['none']['loss']:.4f}")

@@ -1,0 +1,46 @@
+"""Step ``candidates``: candidate subspaces of each seed's unstable (or non-stable) latents, clustered on a sparse
+affinity graph (co-firing pairs from the firing step's top-k codes, or each latent's top-m cosine neighbours),
+their cross-seed reproducibility and a frequency-matched latent-subset null.
+
+Memory: O(S·F·d) decoders + the co-firing pairs of the set, at most O(rows·k²) per seed (``coactivation_rows``
+rows of the codes), + O(n·m) cosine neighbours; no (n, n) or (N, F) array. Artifacts: ``section.json``
+(results.json → candidates), ``arrays.npz`` (candidate_id (S, F): index into candidates, -1 for none;
+candidate_score (S, F)).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from ...analysis import candidates as cand_mod
+from ...analysis.firing import firing_indicator
+from ..step import Context
+from .section import Section, SectionStep
+from .subspaces import seed_sets
+
+
+class CandidatesStep(SectionStep):
+    name: ClassVar[str] = "candidates"
+    requires = ("stability", "firing")
+    setting_names = ("subspace_set", "candidate_method", "candidate_threshold", "candidate_tau", "exclude_dead",
+                     "coactivation_rows", "neighbours", "seed")
+
+    def compute(self, ctx: Context) -> Section:
+        cfg = ctx.cfg
+        labels = ctx.result("stability").labels
+        firing = ctx.result("firing")
+        live = firing.freq > 0 if cfg.exclude_dead else None
+        fires = [firing_indicator(c, cfg.coactivation_rows) for c in firing.codes]
+        res = {"set": cfg.subspace_set, **cand_mod.candidate_subspaces(
+            ctx.inputs.seeds.decoders(), seed_sets(labels, live, cfg.subspace_set), fires=fires,
+            method=cfg.candidate_method, threshold=cfg.candidate_threshold, tau=cfg.candidate_tau,
+            freqs=list(firing.freq), neighbours=cfg.neighbours, seed=cfg.seed)}
+        S, F = labels.shape
+        candidate_id = np.full((S, F), -1, dtype=np.int64)
+        candidate_score = np.full((S, F), np.nan)
+        for c, cand in enumerate(res["candidates"]):
+            candidate_id[cand["seed"], cand["latents"]] = c
+            candidate_score[cand["seed"], cand["latents"]] = cand["score"]
+        return Section({"candidates": res}, {"candidate_id": candidate_id, "candidate_score": candidate_score})
