@@ -553,3 +553,8 @@ class _DecodeDenseAux(torch.autograd.Function):
             )
             grad_W.index_add_(0, dead_idx, (codes.T @ grad_aux_out).to(grad_W.dtype))
         return grad_W, grad_values, None, grad_aux_values, None, None
+
+
+# Public names for what other modules use (sae.py's dead-mask check, optim.py's kernel choice).
+check_dead_mask = _check_dead_mask
+use_triton = _use_triton

@@ -148,7 +148,7 @@ class LowMemoryAdam(torch.optim.Optimizer):
                 if flat_p is None:
                     raise ValueError("LowMemoryAdam needs contiguous parameters")
                 flat_g, m, v = p.grad.reshape(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1)
-                if ops._use_triton(p) and p.grad.dtype == p.dtype:
+                if ops.use_triton(p) and p.grad.dtype == p.dtype:
                     from .kernels.optimizer import adam_step_
 
                     adam_step_(
@@ -205,7 +205,7 @@ class SignSGD(torch.optim.Optimizer):
                     if "momentum_buffer" not in state:
                         state["momentum_buffer"] = torch.zeros_like(p, dtype=self.state_dtype)
                     buf = state["momentum_buffer"]
-                if ops._use_triton(p) and p.is_contiguous() and p.grad.dtype == p.dtype:
+                if ops.use_triton(p) and p.is_contiguous() and p.grad.dtype == p.dtype:
                     from .kernels.optimizer import sign_step_
 
                     sign_step_(p, p.grad.contiguous(), buf, lr=group["lr"], momentum=group["momentum"])

@@ -35,6 +35,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .analysis._common import unit_rows
+
 
 @dataclass(frozen=True)
 class SyntheticConfig:
@@ -182,17 +184,6 @@ class SyntheticModel:
 # Ground-truth evaluation of trained decoders
 
 
-def _unit_rows(decoder: np.ndarray | torch.Tensor, name: str = "decoder") -> np.ndarray:
-    arr = decoder.detach().cpu().numpy() if isinstance(decoder, torch.Tensor) else np.asarray(decoder)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must have shape (num_latents, d), got {arr.shape}")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf entries")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    return arr / np.maximum(norms, 1e-12)
-
-
 class GroundTruthReport(NamedTuple):
     """How one decoder relates to the ground truth of a :class:`SyntheticModel`."""
 
@@ -226,7 +217,7 @@ def evaluate_decoder(
     from .angles import principal_angles
 
     cfg = model.config
-    D = _unit_rows(decoder)
+    D = unit_rows(decoder)
     if D.shape[1] != cfg.d:
         raise ValueError(f"decoder must have d={cfg.d} columns, got shape {D.shape}")
     if cfg.n_isolated:
@@ -300,7 +291,7 @@ def evaluate_seeds(
     from .angles import subspace_similarity
 
     cfg = model.config
-    D = [_unit_rows(dec, f"decoders[{i}]") for i, dec in enumerate(decoders)]
+    D = [unit_rows(dec, f"decoders[{i}]") for i, dec in enumerate(decoders)]
     S = len(D)
     if S < 2:
         raise ValueError("need at least 2 seeds")
@@ -383,7 +374,7 @@ def span_vs_groups(model: SyntheticModel, decoder: np.ndarray | torch.Tensor, la
     """
     cfg = model.config
     R = cfg.n_groups * cfg.group_rank
-    rows = _unit_rows(decoder)[np.asarray(latents)]
+    rows = unit_rows(decoder)[np.asarray(latents)]
     if R == 0 or len(rows) < R:
         return {"group_energy": float("nan"), "isolated_energy": float("nan"), "haar": R / cfg.d, "rank": R}
     V = np.linalg.svd(rows, full_matrices=False)[2][:R].T  # (d, R)

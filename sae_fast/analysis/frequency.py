@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..batching import batches, check_activations
 from ._common import NEITHER, STABLE, UNSTABLE, ArrayLike
-from .masking import SparseCoder, batches, check_activations, num_latents_of
+from .masking import SparseCoder, num_latents_of
 
 
 @torch.no_grad()

@@ -9,12 +9,12 @@ activation frequency, and the paper's comparison of ``n`` stable versus ``ratio 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from ..batching import batches, check_activations
 from ._common import STABLE, UNSTABLE, ArrayLike, index_array
 
 
@@ -39,28 +39,6 @@ def num_latents_of(sae: SparseCoder) -> int:
             w = w.weight if hasattr(w, "weight") else w
             return int(w.shape[0])
     raise TypeError("sae must expose num_latents (or a W_dec of shape (num_latents, d))")
-
-
-def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    """Row blocks of x."""
-    for start in range(0, x.shape[0], batch_size):
-        yield x[start : start + batch_size]
-
-
-def check_activations(x: ArrayLike, name: str = "activations") -> torch.Tensor:
-    """(N, d) float32 CPU-or-device tensor with no NaN/inf, else a clear error."""
-    t = torch.as_tensor(x)
-    if t.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, d), got {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {t.dtype}")
-    if t.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 rows, got {t.shape[0]}")
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        rows = torch.nonzero(bad.any(dim=1)).flatten()[:5].tolist()
-        raise ValueError(f"{name} contains NaN or inf (first bad rows: {rows})")
-    return t
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..train.step import update
 from ._common import ArrayLike, unit_rows
 
 
@@ -198,8 +199,9 @@ def pooled_sae(saes: list[torch.nn.Module], pool: Pool, target_size: int | None 
 def refit(sae: torch.nn.Module, x: torch.Tensor, *, steps: int = 100, batch_size: int = 512, lr: float = 1e-3,
           decoder: bool = False, seed: int = 0, progress: bool = False, desc: str = "refit") -> list[float]:
     """Fine-tune ``sae`` on rows of ``x`` (Adam on FVU); returns the FVU per step. ``decoder=False``: W_enc, b_enc
-    and b_dec with W_dec frozen; ``decoder=True``: every parameter, with the trainer's decoder maintenance (the
-    gradient component parallel to each decoder row removed, rows renormalised after each step). ``progress``: a
+    and b_dec with W_dec frozen; ``decoder=True``: every parameter, with the trainer's decoder upkeep
+    (:func:`sae_fast.train.step.update`: the gradient component parallel to each decoder row removed, rows
+    renormalised after each step). ``progress``: a
     tqdm bar named ``desc``."""
     from tqdm.auto import tqdm
 
@@ -214,11 +216,7 @@ def refit(sae: torch.nn.Module, x: torch.Tensor, *, steps: int = 100, batch_size
             loss = sae(xb).fvu
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if decoder:
-                sae.remove_gradient_parallel_to_decoder_directions()
-            opt.step()
-            if decoder:
-                sae.set_decoder_norm_to_unit_norm()
+            update(sae, opt, decoder=decoder)
             losses.append(float(loss.detach()))
     finally:
         sae.W_dec.requires_grad_(True)

@@ -413,13 +413,13 @@ def test_resume_checks_the_data_source_and_compares_resolved_settings(tmp_path: 
     x = _data(2000)
     kw = _interrupted(tmp_path / "a", x)
     other = _data(1500, seed=1)
-    with pytest.raises(ValueError, match=r"another data source.*num_tokens"):
+    with pytest.raises(ValueError, match=r"data source in .* other settings \(.*num_tokens: saved"):
         Trainer(TensorSource(other), _cfg(tmp_path / "a", resume=True, **kw)).fit()
     same_shape = x.clone()
     same_shape[::7] += 1.0
-    with pytest.raises(ValueError, match=r"another data source.*sample_sha256"):
+    with pytest.raises(ValueError, match=r"data source in .* other settings \(.*sample_sha256: saved"):
         Trainer(TensorSource(same_shape), _cfg(tmp_path / "a", resume=True, **kw)).fit()
-    with pytest.raises(ValueError, match=r"d_in: 16 \(checkpoint\) vs 8"):
+    with pytest.raises(ValueError, match=r"d_in: saved 16, requested 8"):
         Trainer(TensorSource(x[:, :8]), _cfg(tmp_path / "a", resume=True, **kw)).fit()
     # num_latents=None with expansion factor 3 and an explicit 48 both resolve to F = 48 (d = 16): accepted.
     kw = _interrupted(tmp_path / "b", x, num_latents=None, expansion_factor=3)
@@ -441,7 +441,7 @@ def test_resume_trims_the_log_to_the_checkpoint_and_removes_stale_temp_folders(t
 
 
 def test_a_failed_checkpoint_write_leaves_no_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sae_fast.train as train_module
+    from sae_fast.train import checkpointing as train_module
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
