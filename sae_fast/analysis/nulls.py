@@ -238,8 +238,9 @@ def subspace_test(
     freqs: per seed, (F_s,) firing frequencies for the frequency match (None: outside latents drawn uniformly).
     allowed: per seed, (F_s,) bool latents that may enter the set or the null (e.g. live latents).
     ranks: subspace ranks r; ranks above n or d are skipped.
-    n: common subsample size of the set, the null and each split half (default: min(half the smallest set,
-        smallest outside set, max_n)).
+    n: common subsample size of the set, the null and each split half (default: min(half the smallest set, half
+        the smallest outside set (all of it when theta is None), max_n)); with fewer than n unmatched outside
+        latents left in a pair, that pair's null draw falls back to no exclusion.
     set_draws, null_draws, ceiling_draws: subsamples of the set, null draws, split-half draws.
     freq_bins: quantile bins of the frequency match.
     theta: in each pair (a, b), seed b's latents (set and null alike) exclude the cos >= theta matches of seed
@@ -270,7 +271,8 @@ def subspace_test(
     idx = [np.flatnonzero(m) for m in masks]
     smallest_out = min(int((ok[s] & ~masks[s]).sum()) for s in range(S))
     smallest_set = min(len(i) for i in idx)
-    n = int(n if n is not None else min(smallest_set // 2, smallest_out, max_n))
+    out_cap = smallest_out // 2 if theta is not None else smallest_out  # room to exclude the other seed's matches
+    n = int(n if n is not None else min(smallest_set // 2, out_cap, max_n))
     if n < 2 or 2 * n > smallest_set or n > smallest_out:
         raise UsageError(f"n={n} must be >= 2, at most half of every set (smallest {smallest_set}: the split-half "
                          f"ceiling needs two disjoint halves of n) and fit outside it (smallest {smallest_out})")

@@ -9,7 +9,8 @@ value:
   had power >= ``min_power`` to see the planted effect at this run's size and seed count (calibration);
 * **underpowered**: the interval includes the null and the power is below ``min_power`` (or unknown).
 
-A claim whose effect was not measured in this run is listed as **not measured**.
+A claim whose effect was not measured in this run is listed as **not measured**; one measured on a single seed
+(no interval over seeds) as **no seed interval**.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from dataclasses import asdict, dataclass
 
 from ..errors import UsageError
 
-SUPPORTED, CONTRADICTED, UNDERPOWERED, NOT_MEASURED = "supported", "contradicted", "underpowered", "not measured"
+SUPPORTED, CONTRADICTED, UNDERPOWERED = "supported", "contradicted", "underpowered"
+NOT_MEASURED, NO_INTERVAL = "not measured", "no seed interval"
 
 PAPER = {
     "function": "masking M stable latents costs far more EV than masking 4M unstable ones (no numbers; [S1])",
@@ -68,8 +70,10 @@ def verdict(row: ClaimRow, *, min_power: float = 0.8) -> str:
     """The verdict of one row (module docstring)."""
     if row.direction not in (1, -1):
         raise UsageError(f"direction of claim {row.key!r} must be +1 or -1, got {row.direction}")
-    if not all(math.isfinite(v) for v in (row.effect, row.lo, row.hi)):
+    if not math.isfinite(row.effect):
         return NOT_MEASURED
+    if not (math.isfinite(row.lo) and math.isfinite(row.hi)):
+        return NO_INTERVAL
     above, below = row.lo > row.null, row.hi < row.null
     if (above and row.direction == 1) or (below and row.direction == -1):
         return SUPPORTED
