@@ -62,8 +62,8 @@ def test_study_on_saved_seeds_writes_traceable_report(tmp_path, monkeypatch):
     assert st["num_stable"] == SHARED and st["num_unstable"] + st["num_neither"] == F - SHARED
     assert res["masking"]["delta_ev"]["stable"] > 0
     assert res["pooling"]["num_pool_seeds"] == 2 and res["pooling"]["pooled"]["share_stable"] >= 0.4
-    for name in ("results.json", "arrays.npz", "report.html", "report.md", "snippets.json", "pooling/pooled/base/cfg.json",
-                 "pooling/pooled/rank/sae.safetensors",
+    for name in ("results.json", "arrays.npz", "report.html", "report.md", "snippets.json",
+                 "pooling/pooled/base/cfg.json", "pooling/pooled/rank/sae.safetensors",
                  "stability/stability.json", "figures/stability.png", "figures/masking.png"):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text()

@@ -190,59 +190,106 @@ def _random_subset(rng: np.random.Generator, F: int, members: np.ndarray,
     return np.asarray(picked, dtype=np.int64)
 
 
-def _cos2_sums(queries: list[np.ndarray], bases: list[np.ndarray], max_entries: int = 2**24) -> np.ndarray:
-    """(Q, C) sum of cos² of the principal angles between every query and every base (orthonormal columns).
+def _cos2_chunks(queries: list[np.ndarray], bases: list[np.ndarray], max_entries: int = 2**20):
+    """Yields (q0, q1, (q1 - q0, C) sums of cos² of the principal angles) for chunks of queries against every base
+    (orthonormal columns); each chunk holds at most ``max_entries`` products, so memory stays O(max_entries).
 
     Sum cos²θ = ||Uqᵀ Ub||_F² (the squared singular values of Uqᵀ Ub are the cos²θ), so all pairs come from a
-    few float64 GEMMs of the stacked bases, in chunks of queries of at most ``max_entries`` products.
+    few float64 GEMMs of the stacked bases.
     """
     ub = np.concatenate(bases, axis=1)
     b_starts = np.concatenate([[0], np.cumsum([b.shape[1] for b in bases])[:-1]])
-    out = np.empty((len(queries), len(bases)))
     q0 = 0
     while q0 < len(queries):
         q1, cols = q0, 0
         while q1 < len(queries) and (q1 == q0 or (cols + queries[q1].shape[1]) * ub.shape[1] <= max_entries):
             cols += queries[q1].shape[1]
             q1 += 1
-        uq = np.concatenate(queries[q0:q1], axis=1)
-        g = uq.T @ ub
+        g = np.concatenate(queries[q0:q1], axis=1).T @ ub
         g *= g
         per_base = np.add.reduceat(g, b_starts, axis=1)  # (query columns, C)
         q_starts = np.concatenate([[0], np.cumsum([q.shape[1] for q in queries[q0:q1]])[:-1]])
-        out[q0:q1] = np.add.reduceat(per_base, q_starts, axis=0)
+        yield q0, q1, np.add.reduceat(per_base, q_starts, axis=0)
         q0 = q1
-    return out
+
+
+def _winners_dense(bases: list[np.ndarray], owner: np.ndarray, queries: list[np.ndarray], query_owner: np.ndarray,
+                   num_seeds: int, pick) -> list[tuple[int, int, int]]:
+    """(query, best candidate, seed) for every query and other seed, scoring every pair in chunks."""
+    q_ranks = np.array([q.shape[1] for q in queries])
+    b_ranks = np.array([b.shape[1] for b in bases])
+    cols_of = [np.flatnonzero(owner == s) for s in range(num_seeds)]
+    win = []
+    for q0, q1, sums in _cos2_chunks(queries, bases):
+        sim = sums / pick(q_ranks[q0:q1, None], b_ranks[None, :])
+        for s, cols in enumerate(cols_of):
+            rows = np.flatnonzero(query_owner[q0:q1] != s)
+            if len(cols) and len(rows):
+                best = cols[sim[np.ix_(rows, cols)].argmax(axis=1)]
+                win += [(q0 + r, c, s) for r, c in zip(rows.tolist(), best.tolist())]
+    return win
+
+
+def _winners_sparse(bases: list[np.ndarray], owner: np.ndarray, queries: list[np.ndarray], query_owner: np.ndarray,
+                    partners: list[np.ndarray], pick) -> list[tuple[int, int, int]]:
+    """(query, best candidate, seed) scoring each query against its ``partners`` (candidate indices) only."""
+    b_ranks = np.array([b.shape[1] for b in bases])
+    win = []
+    for q, (uq, cand) in enumerate(zip(queries, partners)):
+        cand = cand[owner[cand] != query_owner[q]]
+        if not len(cand):
+            continue
+        starts = np.concatenate([[0], np.cumsum(b_ranks[cand])[:-1]])
+        g = uq.T @ np.concatenate([bases[c] for c in cand], axis=1)
+        sim = np.add.reduceat((g * g).sum(axis=0), starts) / pick(uq.shape[1], b_ranks[cand])
+        for s in np.unique(owner[cand]).tolist():
+            mine = owner[cand] == s
+            win.append((q, int(cand[mine][sim[mine].argmax()]), s))
+    return win
 
 
 def _best_similarity(bases: list[np.ndarray], owner: np.ndarray, queries: list[np.ndarray], query_owner: np.ndarray,
-                     num_seeds: int, normalize: str = "max") -> np.ndarray:
+                     num_seeds: int, normalize: str = "max", partners: list[np.ndarray] | None = None) -> np.ndarray:
     """(Q, S) best similarity of each query basis among the candidates of each seed (NaN: own seed or none).
 
-    Every pair is scored at once by ``_cos2_sums``; each query's best candidate per seed is then re-scored from
-    its principal angles (:func:`principal_angles_pairs`), which gives the returned value.
+    Pairs are scored by their sum of cos² (all pairs in chunks, or with ``partners`` only each query's partner
+    candidates); each query's best candidate per seed is then re-scored from its principal angles
+    (:func:`principal_angles_pairs`), which gives the returned value. Memory O(Q·S + one chunk).
     """
     Q = len(queries)
     best = np.full((Q, num_seeds), np.nan)
     if Q == 0 or not bases:
         return best
-    q_ranks = np.array([q.shape[1] for q in queries])
-    b_ranks = np.array([b.shape[1] for b in bases])
     pick = np.maximum if normalize == "max" else np.minimum
-    sim = _cos2_sums(queries, bases) / pick(q_ranks[:, None], b_ranks[None, :])
-    winners = []
-    for s in range(num_seeds):
-        cols = np.flatnonzero(owner == s)
-        rows = np.flatnonzero(query_owner != s)
-        if len(cols) and len(rows):
-            winners.append(np.stack([rows, cols[sim[np.ix_(rows, cols)].argmax(axis=1)], np.full(len(rows), s)], 1))
+    if partners is None:
+        winners = _winners_dense(bases, owner, queries, query_owner, num_seeds, pick)
+    else:
+        winners = _winners_sparse(bases, owner, queries, query_owner, partners, pick)
     if not winners:
         return best
-    win = np.concatenate(winners)
+    win = np.asarray(winners, dtype=np.int64)
+    q_ranks = np.array([q.shape[1] for q in queries])
+    b_ranks = np.array([b.shape[1] for b in bases])
     theta = principal_angles_pairs(queries + bases, np.stack([win[:, 0], Q + win[:, 1]], 1))
     cos2 = np.where(np.isfinite(theta), np.cos(theta) ** 2, 0.0).sum(axis=1)
     best[win[:, 0], win[:, 2]] = cos2 / pick(q_ranks[win[:, 0]], b_ranks[win[:, 1]])
     return best
+
+
+def _partners(latent_sets: list[np.ndarray], set_owner: np.ndarray, members: list[np.ndarray], owner: np.ndarray,
+              neighbour_index: np.ndarray) -> list[np.ndarray]:
+    """For each latent set (of seed set_owner[i]), the candidates of other seeds that hold a top-m cross-seed
+    neighbour (``neighbour_index`` (S, S, F, m)) of one of its latents."""
+    S, F = neighbour_index.shape[0], neighbour_index.shape[2]
+    cand_of = np.full((S, F), -1, dtype=np.int64)
+    for c, m in enumerate(members):
+        cand_of[owner[c], m] = c
+    out = []
+    for lat, a in zip(latent_sets, set_owner.tolist()):
+        found = [cand_of[b][neighbour_index[a, b][lat].ravel()] for b in range(S) if b != a]
+        found = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+        out.append(found[found >= 0])
+    return out
 
 
 def _columns(fires: ArrayLike, idx: np.ndarray) -> ArrayLike:
@@ -271,6 +318,8 @@ def candidate_subspaces(
     alpha: float = 0.05,
     null_neighbours: int = 50,
     neighbours: int = 32,
+    neighbour_index: np.ndarray | None = None,
+    dense_limit: int = 4096,
     seed: int = 0,
 ) -> dict:
     """Candidate subspaces of ``sets[s]`` (e.g. each seed's unstable latents) and their reproducibility.
@@ -281,7 +330,11 @@ def candidate_subspaces(
     firing frequencies for the frequency-matched subset null. ``n_null`` subset (and Haar) draws per candidate,
     more when needed for ``min_null_draws`` in all (p-values need them); each candidate's p-value uses the
     ``null_neighbours`` subset draws nearest to its size. ``neighbours``: top-m cosine neighbours per latent
-    kept for the cosine affinities (see :func:`cluster_latents`).
+    kept for the cosine affinities (see :func:`cluster_latents`). ``neighbour_index`` (S, S, F, m): the
+    cross-seed top-m neighbour graph (the study's matching step); with more than ``dense_limit`` candidates, each
+    candidate (and each subset-null draw) is compared only with the candidates of other seeds that hold a top-m
+    neighbour of one of its latents, and each Haar draw with its candidate's partners, so time and memory grow
+    linearly with F; below it, with every candidate (exact). Memory O(Q·S + one 2^20-entry chunk) either way.
     Returns ``{"candidates": [per-candidate dicts: seed, latents, rank, score, mean_best_similarity,
     null_similarity, p_value, reproducible], "null": {subset null: "score_mean", "reproduced_share", ...},
     "null_haar": {...}, "per_seed": [{"num_set", "num_in_reproducible", "share_in_reproducible",
@@ -316,17 +369,19 @@ def candidate_subspaces(
                       + (", frequency-matched" if freqs is not None else "")}
     out: dict = {"params": params, "candidates": [], "null": {}, "null_haar": {}, "per_seed": []}
     if bases:
-        best = _best_similarity(bases, owner_arr, bases, owner_arr, S, normalize)
+        use_graph = neighbour_index is not None and len(bases) > dense_limit
+        part = _partners(members, owner_arr, members, owner_arr, neighbour_index) if use_graph else None
+        best = _best_similarity(bases, owner_arr, bases, owner_arr, S, normalize, part)
         rng = np.random.default_rng([seed, 0x5EED])  # not the bare seed: a caller's data may share it
         n_null = max(n_null, -(-min_null_draws // len(bases)))
         haar_q = [np.linalg.qr(rng.standard_normal((d, b.shape[1])))[0] for b in bases for _ in range(n_null)]
         null_owner = np.repeat(owner_arr, n_null)
         sizes = np.array([len(m) for m in members])
         freq_bins = [None if freqs is None else _frequency_bins(freqs[s]) for s in range(S)]  # once per seed
-        sub_q = [candidate_basis(decs[owner[c]][_random_subset(rng, len(decs[owner[c]]), members[c],
-                                                               freq_bins[owner[c]])],
-                                 energy=energy, max_rank=max_rank)
-                 for c in range(len(bases)) for _ in range(n_null)]
+        sub_lat = [_random_subset(rng, len(decs[owner[c]]), members[c], freq_bins[owner[c]])
+                   for c in range(len(bases)) for _ in range(n_null)]
+        sub_q = [candidate_basis(decs[o][lat], energy=energy, max_rank=max_rank)
+                 for o, lat in zip(null_owner.tolist(), sub_lat)]
         sub_sizes = np.repeat(sizes, n_null)
 
         def summaries(best_q: np.ndarray) -> np.ndarray:
@@ -336,8 +391,10 @@ def candidate_subspaces(
                 rows.append(((vals >= tau).mean() if len(vals) else np.nan, vals.mean() if len(vals) else np.nan))
             return np.asarray(rows)
 
-        haar = summaries(_best_similarity(bases, owner_arr, haar_q, null_owner, S, normalize))
-        sub = summaries(_best_similarity(bases, owner_arr, sub_q, null_owner, S, normalize))
+        haar_part = None if part is None else [part[c] for c in range(len(bases)) for _ in range(n_null)]
+        sub_part = None if part is None else _partners(sub_lat, null_owner, members, owner_arr, neighbour_index)
+        haar = summaries(_best_similarity(bases, owner_arr, haar_q, null_owner, S, normalize, haar_part))
+        sub = summaries(_best_similarity(bases, owner_arr, sub_q, null_owner, S, normalize, sub_part))
         near = {int(m): np.argsort(np.abs(np.log(sub_sizes) - np.log(m)), kind="stable")[:null_neighbours]
                 for m in np.unique(sizes)}
         for c in range(len(bases)):

@@ -156,7 +156,7 @@ def test_best_similarity_equals_principal_angles_over_every_pair():
     """The GEMM shortcut (sum cos² = ||Uqᵀ Ub||_F²) picks the same best candidate per seed, with the same value,
     as scoring every pair by its principal angles."""
     from sae_fast import principal_angles_pairs
-    from sae_fast.analysis.candidates import _best_similarity, _cos2_sums
+    from sae_fast.analysis.candidates import _best_similarity, _cos2_chunks
 
     rng = np.random.default_rng(3)
     d, S = 30, 3
@@ -172,11 +172,15 @@ def test_best_similarity_equals_principal_angles_over_every_pair():
     pairs = np.array([(i, j) for i in range(len(bases)) for j in range(len(bases))])
     theta = principal_angles_pairs(bases, pairs)
     cos2 = np.where(np.isfinite(theta), np.cos(theta) ** 2, 0.0).sum(axis=1).reshape(len(bases), len(bases))
-    np.testing.assert_allclose(_cos2_sums(bases, bases, max_entries=50), cos2, atol=1e-12)
+    chunks = np.concatenate([c for _, _, c in _cos2_chunks(bases, bases, max_entries=50)])
+    np.testing.assert_allclose(chunks, cos2, atol=1e-12)
     ranks = np.array([b.shape[1] for b in bases])
     for normalize, pick in (("min", np.minimum), ("max", np.maximum)):
         sim = cos2 / pick(ranks[:, None], ranks[None, :])
         got = _best_similarity(bases, owner, bases, owner, S, normalize)
+        # scoring each query against an explicit partner list of every candidate picks the same winners
+        every = [np.arange(len(bases))] * len(bases)
+        np.testing.assert_array_equal(_best_similarity(bases, owner, bases, owner, S, normalize, every), got)
         for q in range(len(bases)):
             for s in range(S):
                 if s == owner[q]:

@@ -23,7 +23,7 @@ from .subspaces import seed_sets
 
 class CandidatesStep(SectionStep):
     name: ClassVar[str] = "candidates"
-    requires = ("stability", "firing")
+    requires = ("matching", "stability", "firing")
     setting_names = ("subspace_set", "candidate_method", "candidate_threshold", "candidate_tau", "exclude_dead",
                      "coactivation_rows", "neighbours", "seed")
 
@@ -36,7 +36,8 @@ class CandidatesStep(SectionStep):
         res = {"set": cfg.subspace_set, **cand_mod.candidate_subspaces(
             ctx.inputs.seeds.decoders(), seed_sets(labels, live, cfg.subspace_set), fires=fires,
             method=cfg.candidate_method, threshold=cfg.candidate_threshold, tau=cfg.candidate_tau,
-            freqs=list(firing.freq), neighbours=cfg.neighbours, seed=cfg.seed)}
+            freqs=list(firing.freq), neighbours=cfg.neighbours, neighbour_index=ctx.result("matching").index,
+            seed=cfg.seed)}
         S, F = labels.shape
         candidate_id = np.full((S, F), -1, dtype=np.int64)
         candidate_score = np.full((S, F), np.nan)
