@@ -186,21 +186,48 @@ def match(
 ) -> Match:
     """For every row of A (F_A, d), its top-k rows of B (F_B, d) by cosine; with ``both``, also B -> A.
 
-    backend: ``auto`` | ``exact`` | ``faiss`` (see the module docstring). ``absolute``: rank by |cos|.
-    Exact backend: ``device`` (default: CUDA when available), ``dtype`` of the score tiles (default float32
-    on CPU, float16 on CUDA: same tensor-core speed as bfloat16 and 8x smaller rounding for unit-norm rows, so
-    far fewer rows need re-scoring; low-precision results are re-scored so the top-k is the float32 one),
-    ``candidates`` kept per row before re-scoring, ``tol`` the certification margin (default: a rounding
-    bound computed from the inputs), ``block_rows`` x ``block_cols`` the tile. faiss backend: ``index`` kind
-    (default ``flat``; ``ivf`` when ``auto`` picks faiss by size), ``nlist``, ``nprobe`` (a prebuilt index's own
-    nprobe is restored afterwards), or prebuilt ``index_b`` (searched with A) and ``index_a`` (searched with B).
-    ``recall_sample``: for an approximate index, recall@1 against the exact float32 top-1 on that many random
-    rows (default min(1000, F); 0 disables), A -> B in ``info["recall_at_1"]`` and, with ``both``, B -> A in
-    ``info["recall_at_1_ba"]``.
-    ``kernel``: ``torch`` (tiled torch GEMM + running top-k) or ``triton`` (fused GEMM + max kernel, k = 1, signed
-    cosine, bfloat16/float16 tiles; CUDA, or CPU under TRITON_INTERPRET=1). ``normalize=False`` (exact
-    backend) trusts that A and B are already checked unit-norm float32 rows on the device and skips the checks
-    and the copy. Returns a :class:`Match` with CPU tensors; ``Match.backend`` says what ran.
+    Parameters
+    ----------
+    A, B:
+        Dictionaries (numpy arrays or torch tensors), one row per feature; rows are unit-normalised internally.
+    k:
+        Partners per row, best first.
+    both:
+        Also the top-k rows of A for every row of B (one sweep serves both directions on the exact backend).
+    backend:
+        ``auto`` | ``exact`` | ``faiss`` (see the module docstring).
+    absolute:
+        Rank by |cos| (a row and its negation are the same feature) and return |cos|.
+    device, dtype, candidates, tol, block_rows, block_cols:
+        Exact backend: the device (default: CUDA when available); the score tiles' dtype (default float32 on
+        CPU, float16 on CUDA: the same tensor-core speed as bfloat16 and 8x smaller rounding for unit rows, so far
+        fewer rows need re-scoring; low-precision results are re-scored so the top-k is the float32 one); the
+        low-precision candidates kept per row before re-scoring; the certification margin (default: a rounding
+        bound computed from the inputs); the tile, ``block_rows`` x ``block_cols``.
+    index, nlist, nprobe, index_a, index_b:
+        faiss backend: the index kind (default ``flat``; ``ivf`` when ``auto`` picks faiss by size), its IVF
+        lists and the lists searched (a prebuilt index's own nprobe is restored afterwards), or prebuilt indexes:
+        ``index_b`` is searched with A, ``index_a`` with B.
+    recall_sample:
+        For an approximate index, recall@1 against the exact float32 top-1 on that many random rows (default
+        min(1000, F); 0 disables): A -> B in ``info["recall_at_1"]`` and, with ``both``, B -> A in
+        ``info["recall_at_1_ba"]``.
+    normalize:
+        False (exact backend) trusts that A and B are already checked unit-norm float32 rows on the device and
+        skips the checks and the copy.
+    kernel:
+        ``torch`` (tiled torch GEMM + running top-k) or ``triton`` (fused GEMM + max kernel: k = 1, signed cosine,
+        bfloat16/float16 tiles; CUDA, or CPU under TRITON_INTERPRET=1).
+    verbose:
+        Also print what ran to stderr.
+
+    Returns
+    -------
+    A :class:`Match` with CPU tensors; ``Match.backend`` says what ran, ``Match.info`` how long it took and why
+    that backend was picked.
+
+    Memory (exact backend): the unit rows of A and B in float32 plus one score tile (2^23 entries on CPU, 2^27
+    on GPU) and O((F_A + F_B) max(k, candidates)) running lists; never the F_A x F_B matrix.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
@@ -302,11 +329,26 @@ def match_many(
     """``[match(A, B, ...) for B in Bs]`` (exact backend) in one sweep over A against all the Bs stacked.
 
     Many small score tiles become few large GEMMs (one Triton launch with ``kernel="triton"``) and A is read
-    once: this is how a stability run batches seeds. Bs: G dictionaries of the same shape (F_B, d), or one
-    (G * F_B, d) tensor holding them stacked with ``segment`` = F_B (``normalize=False`` then trusts that its
-    rows are checked unit-norm float32 on the device, as for :func:`match`). Each returned :class:`Match`
-    equals what :func:`match` gives for that pair (indices local to the dictionary); the other arguments are
-    those of :func:`match`.
+    once: this is how a stability run batches seeds.
+
+    Parameters
+    ----------
+    A:
+        The query dictionary (F_A, d).
+    Bs:
+        G dictionaries of one shape (F_B, d), or one (G * F_B, d) tensor holding them stacked.
+    segment:
+        With a stacked tensor: F_B, the rows of one dictionary (``normalize=False`` then trusts that its rows are
+        checked unit-norm float32 on the device, as for :func:`match`).
+    k, both, absolute, device, dtype, candidates, tol, block_rows, block_cols, kernel, normalize:
+        As for :func:`match`.
+
+    Returns
+    -------
+    One :class:`Match` per dictionary, equal to what :func:`match` gives for that pair (indices local to the
+    dictionary).
+
+    Memory: the stacked unit rows (G F_B d float32) plus the tile and running lists of :func:`match`.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")

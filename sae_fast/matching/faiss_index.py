@@ -54,13 +54,30 @@ def default_nlist(n: int) -> int:
 class FaissIndex:
     """A faiss inner-product index over the unit-normalised rows of one dictionary (F, d).
 
-    Build it once and search it with many query dictionaries. ``kind``: ``flat`` (exact IndexFlatIP),
-    ``ivf`` (IndexIVFFlat), ``ivf_sq`` (IVF, fp16 scalar quantiser), ``hnsw`` (IndexHNSWFlat, CPU only),
-    ``cagra`` (GpuIndexCagra: GPU faiss with cuVS only, see :func:`faiss_has_cagra`).
-    ``nlist`` (IVF lists, default ``default_nlist(F)``), ``nprobe`` (lists searched, default max(1, nlist/64)),
-    ``hnsw_m`` / ``ef_construction`` / ``ef_search`` for HNSW; ``graph_degree`` / ``itopk_size`` for CAGRA.
-    ``use_gpu``: None = when a GPU faiss is installed and a GPU is visible. ``threads``: OpenMP threads for faiss
-    on CPU (None: faiss's default).
+    Build it once and search it with many query dictionaries.
+
+    Parameters
+    ----------
+    x:
+        The dictionary (F, d), numpy or torch; its unit rows are kept (float32, CPU) to re-score results.
+    kind:
+        ``flat`` (exact IndexFlatIP), ``ivf`` (IndexIVFFlat), ``ivf_sq`` (IVF, fp16 scalar quantiser), ``hnsw``
+        (IndexHNSWFlat, CPU only), ``cagra`` (GpuIndexCagra: GPU faiss with cuVS only, see :func:`faiss_has_cagra`).
+    nlist, nprobe:
+        IVF lists (default ``default_nlist(F)``) and lists searched per query (default max(1, nlist / 64)).
+    hnsw_m, ef_construction, ef_search:
+        HNSW graph degree and search breadths.
+    graph_degree, itopk_size:
+        CAGRA graph degree and search breadth.
+    use_gpu:
+        None: on the GPU when a GPU faiss is installed and a GPU is visible.
+    threads:
+        OpenMP threads for faiss on CPU (None: faiss's default).
+    seed:
+        Seed of the IVF k-means.
+
+    Memory: the unit rows (F d float32) plus the index (about as much again for flat / IVF, half for
+    ``ivf_sq``'s codes, plus the graph for HNSW / CAGRA).
     """
 
     def __init__(

@@ -47,7 +47,7 @@ def fused_top1(
     if not a32.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ValueError("kernel='triton' needs a CUDA device (on a CPU only under TRITON_INTERPRET=1, set before "
                          "sae_fast.kernels is imported); use kernel='torch'")
-    from ..kernels.match_max import match_max
+    from ..kernels.match_max import match_max  # lazy: it imports Triton (TRITON_INTERPRET must be set first)
 
     al, bl = a32.to(dtype).contiguous(), b32.to(dtype).contiguous()
     if tol is None:

@@ -112,7 +112,7 @@ def remove_stale_temp_folders(output_dir: Path) -> None:
 def resume_config(trainer: Trainer) -> dict[str, Any]:
     """The settings a resumed run must share, with F and the learning rate as resolved."""
     mine = {k: getattr(trainer.cfg, k) for k in RESUME_FIELDS if k not in RESOLVED_FIELDS}
-    return json.loads(json.dumps(mine))
+    return to_jsonable(mine)
 
 
 def sae_metadata(trainer: Trainer, seed: int) -> dict[str, Any]:
@@ -141,7 +141,8 @@ def _trainer_state(trainer: Trainer, files: dict[str, str]) -> dict[str, Any]:
              "config": resume_config(trainer), "d_in": trainer.d_in, "num_latents": trainer.num_latents,
              "lr": trainer.lr, "world_size": trainer.world_size, "source": trainer.source.fingerprint(),
              "wandb_run_id": trainer.log.wandb_id, "files": files}
-    return json.loads(json.dumps({**state, "sha256": state_digest(state)}))
+    state = to_jsonable(state)
+    return {**state, "sha256": state_digest(state)}
 
 
 def _publish(trainer: Trainer, tmp: Path, final: Path, files: dict[str, str]) -> None:
