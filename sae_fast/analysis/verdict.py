@@ -90,8 +90,7 @@ def verdict_table(rows: list[ClaimRow], *, min_power: float = 0.8) -> list[dict]
     for key in [*CLAIMS, *[r.key for r in rows if r.key not in CLAIMS]]:
         r = by_key.get(key)
         if r is None:
-            out.append({"key": key, "claim": CLAIMS[key], "paper": PAPER.get(key, ""), "verdict": NOT_MEASURED})
-            continue
+            r = ClaimRow(key, "", math.nan, math.nan, math.nan, math.nan, "", 1)
         out.append({**asdict(r), "claim": r.claim, "paper": r.paper, "verdict": verdict(r, min_power=min_power)})
     return out
 
@@ -105,9 +104,6 @@ def table_rows(table: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["claim", "this run (95 % CI)", "null", "power", "paper", "verdict"]
     rows = []
     for t in table:
-        if "effect" not in t:
-            rows.append([t["claim"], "–", "–", "–", t["paper"], t["verdict"]])
-            continue
         rows.append([t["claim"], f"{t['metric']}: {_fmt(t['effect'])} [{_fmt(t['lo'])}, {_fmt(t['hi'])}]",
                      f"{t['null_name']} = {_fmt(t['null'])}", _fmt(t["power"]), t["paper"], t["verdict"]])
     return header, rows

@@ -18,8 +18,8 @@ import numpy as np
 from ...analysis._common import unit_rows
 from ...analysis.ambiguity import activation_pursuit, curves_by_bin, direction_pursuit, nearest_atoms
 from ..step import Block, Context
-from .figures import new_figure, png
 from .section import Section, SectionStep
+from .traceable import columns, new_figure, png
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,10 @@ class AmbiguityStep(SectionStep):
                                               "r2": r2})
 
     def render(self, result: Section, ctx: Context) -> list[Block]:
-        e = result.entries["ambiguity"]
+        e, res = result.entries["ambiguity"], ctx.report_results
         m = e["m"]
-        rows = []
-        for key, name in (("direction", "direction share"), ("direction_null", "random dictionary"),
-                          ("activation_r2", "activation R²")):
-            for b in e[key]:
-                if b["mean"] is not None:
-                    rows.append([name, f"[{b['lo']}, {b['hi']}]", str(b["count"]),
-                                 *(f"{v:.3f}" for v in (b["mean"][0], b["mean"][min(2, len(m) - 1)], b["mean"][-1]))])
+        prefixes = [f"ambiguity.{key}.{i}" for key in ("direction", "direction_null", "activation_r2")
+                    for i in range(len(e[key]))]
         fig, ax = new_figure()
         for b, bn in zip(e["direction"], e["direction_null"]):
             if b["mean"] is not None:
@@ -90,8 +85,10 @@ class AmbiguityStep(SectionStep):
         ax.legend(fontsize=7)
         ctx.figures["ambiguity"] = png(fig)
         return [("h2", "Local basis ambiguity"),
-                ("p", f"{e['latents']} latents of seed {e['seeds'][0]} against seed {e['seeds'][1]}. Basis ambiguity "
-                      "shows as unstable latents that one atom cannot explain and a few atoms can, above the "
-                      "random-dictionary null."),
-                ("table", (["curve", "p̂ bin", "latents", "m = 1", f"m = {min(3, len(m))}", f"m = {m[-1]}"], rows)),
+                ("p", f"{e['latents']} latents of seed {e['seeds'][0]} against seed {e['seeds'][1]}: share of the "
+                      "decoder direction explained by the best m atoms (direction), the same over a random dictionary "
+                      "(direction_null), held-out activation R² from m latents (activation_r2); mean over m = 1 … "
+                      f"{m[-1]}. Basis ambiguity shows as unstable latents that one atom cannot explain and a few "
+                      "atoms can, above the null."),
+                columns(res, prefixes, [("p̂ from", "lo"), ("to", "hi"), ("latents", "count"), ("curve", "mean")]),
                 ("fig", ("ambiguity", ctx.figures["ambiguity"]))]

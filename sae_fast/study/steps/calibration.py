@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 from ...analysis.calibration import CalibrationSettings, PlantedStudy, calibrate, describe
 from ..step import Block, Context
-from .figures import new_figure, png
 from .section import Section, SectionStep
+from .traceable import columns, new_figure, png
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,6 @@ class CalibrationStep(SectionStep):
 
     def render(self, result: Section, ctx: Context) -> list[Block]:
         e = result.entries["calibration"]
-        rows = [[f"{r['grouped_share']:.2f}", r["kind"], f"{r['subspace_rejection']:.2f}",
-                 f"{r['candidate_rejection']:.2f}", f"{r['candidate_auc']:.3f}", f"{r['subspace_R']:.2f}"]
-                for r in e["rows"]]
         fig, ax = new_figure()
         xs = [r["grouped_share"] for r in e["rows"]]
         ax.plot(xs, [r["subspace_rejection"] for r in e["rows"]], "o-", label="subspace test")
@@ -69,6 +66,9 @@ class CalibrationStep(SectionStep):
                 ("p", f"{e['rows'][0]['repeats']} planted studies per share; at share 0 the unstable latents have no "
                       "shared subspace, so the rejection rate there is the false-positive rate, elsewhere the power. "
                       "AUC: candidate q-values against the ground truth 'in a shared subspace'."),
-                ("table", (["grouped share", "kind", "subspace test rejects", "candidate test rejects", "AUC", "R"],
-                           rows)),
+                columns(ctx.report_results, [f"calibration.rows.{i}" for i in range(len(e["rows"]))],
+                        [("grouped share", "grouped_share"), ("kind", "kind"),
+                         ("subspace test rejects", "subspace_rejection"),
+                         ("candidate test rejects", "candidate_rejection"), ("AUC", "candidate_auc"),
+                         ("R", "subspace_R")]),
                 ("fig", ("calibration", ctx.figures["calibration"]))]

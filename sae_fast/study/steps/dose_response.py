@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 from ...analysis.dose_response import dose_response
 from ..step import Block, Context
-from .figures import new_figure, png
 from .section import Section, SectionStep
+from .traceable import columns, new_figure, png
 
 
 @dataclass(frozen=True)
@@ -54,28 +54,26 @@ class DoseResponseStep(SectionStep):
         return Section({"dose_response": out})
 
     def render(self, result: Section, ctx: Context) -> list[Block]:
-        e = result.entries["dose_response"]
+        e, res = result.entries["dose_response"], ctx.report_results
         blocks: list[Block] = [("h2", "Dose-response: subspace excess per p̂ and per frequency bin"), (
             "p", "Cross-seed mean cos² of each bin's latents minus frequency-matched latents from outside the bin, "
                  "at one common n per binning; 95 % seed-bootstrap intervals. The paper's claim predicts more excess "
-                 "at low p̂ (a negative trend).")]
+                 "at low p̂ (a negative Spearman trend of excess over bin centre).")]
         for by in ("p_hat", "frequency"):
-            res = e[by]
-            rows = []
-            for b in res["bins"]:
-                for r, t in b["ranks"].items():
-                    rows.append([f"[{b['lo']:.3g}, {b['hi']:.3g}]", str(min(b["sizes"])), str(r),
-                                 f"{t['excess']:.4f} [{t['excess_lo']:.4f}, {t['excess_hi']:.4f}]", f"{t['R']:.3f}"])
-                if b["skipped"]:
-                    rows.append([f"[{b['lo']:.3g}, {b['hi']:.3g}]", str(min(b["sizes"])), "–", "too few latents", "–"])
-            trend = ", ".join(f"r = {r}: {v:.2f}" for r, v in res["trend"].items())
-            blocks += [("h3", f"by {by} (n = {res['n']}; Spearman trend {trend})"),
-                       ("table", (["bin", "latents (smallest seed)", "r", "excess (95 % CI)", "R"], rows))]
+            bins = e[by]["bins"]
+            prefixes = [f"dose_response.{by}.bins.{i}.ranks.{r}" for i, b in enumerate(bins) for r in b["ranks"]]
+            blocks += [("h3", f"by {by} (n = {e[by]['n']})"),
+                       columns(res, [f"dose_response.{by}.bins.{i}" for i in range(len(bins))],
+                               [("from", "lo"), ("to", "hi"), ("latents per seed", "sizes"), ("skipped", "skipped")]),
+                       columns(res, prefixes, [("excess", "excess"), ("CI low", "excess_lo"), ("CI high", "excess_hi"),
+                                               ("R", "R"), ("p", "p_value")]),
+                       columns(res, [f"dose_response.{by}.trend"],
+                               [(f"trend r = {r}", str(r)) for r in e[by]["trend"]])]
         fig, ax = new_figure()
-        for r in next(iter(b["ranks"] for b in e["p_hat"]["bins"] if b["ranks"]), {}):
-            pts = [(b["centre"], b["ranks"][r]) for b in e["p_hat"]["bins"] if r in b["ranks"]]
-            xs = [p[0] for p in pts]
-            ax.errorbar(xs, [p[1]["excess"] for p in pts],
+        bins = e["p_hat"]["bins"]
+        for r in next((b["ranks"] for b in bins if b["ranks"]), {}):
+            pts = [(b["centre"], b["ranks"][r]) for b in bins if r in b["ranks"]]
+            ax.errorbar([p[0] for p in pts], [p[1]["excess"] for p in pts],
                         yerr=[[p[1]["excess"] - p[1]["excess_lo"] for p in pts],
                               [p[1]["excess_hi"] - p[1]["excess"] for p in pts]], fmt="o-", capsize=3, label=f"r={r}")
         ax.axhline(0, color="grey", lw=0.8)

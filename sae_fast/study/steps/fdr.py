@@ -20,9 +20,9 @@ from ...analysis import candidates as cand_mod
 from ...analysis.fdr import candidate_fdr
 from ...analysis.firing import firing_indicator
 from ..step import Block, Context
-from .figures import new_figure, png
 from .section import Section, SectionStep
 from .subspaces import seed_sets
+from .traceable import columns, new_figure, png
 
 
 @dataclass(frozen=True)
@@ -68,17 +68,17 @@ class FdrStep(SectionStep):
         return Section({"fdr": entry}, {"latent_q": latent_q})
 
     def render(self, result: Section, ctx: Context) -> list[Block]:
-        e = result.entries["fdr"]
-        disc = ", ".join(f"{int(n)} at FDR {lv}" for lv, n in e["discoveries"].items())
+        e, res = result.entries["fdr"], ctx.report_results
         blocks: list[Block] = [("h2", "Candidate subspaces with false-discovery control"), (
-            "p", f"{e['tests']} candidates tested against {e['null_draws']} pooled frequency-matched subset draws "
-                 f"(smallest p {e['min_p']:.3g}); Benjamini–Hochberg discoveries: {disc}; Storey's estimated "
-                 f"non-null share {e['non_null_share']:.3f}.")]
+            "p", "Candidates against a pooled null of frequency-matched latent subsets; Benjamini–Hochberg q-values "
+                 "(discoveries at each level in results.json → fdr.discoveries) and Storey's non-null share."),
+            columns(res, ["fdr"], [("candidates", "tests"), ("null draws", "null_draws"), ("smallest p", "min_p"),
+                                   ("π0", "pi0"), ("non-null share", "non_null_share")])]
         if e["candidates"]:
-            top = sorted(e["candidates"], key=lambda c: c["q_value"])[:10]
-            blocks.append(("table", (["seed", "size", "rank", "score", "p", "q"],
-                                     [[str(c["seed"]), str(c["size"]), str(c["rank"]), f"{c['score']:.2f}",
-                                       f"{c['p_value']:.3g}", f"{c['q_value']:.3g}"] for c in top])))
+            top = sorted(range(len(e["candidates"])), key=lambda i: e["candidates"][i]["q_value"])[:10]
+            blocks.append(columns(res, [f"fdr.candidates.{i}" for i in top],
+                                  [("seed", "seed"), ("size", "size"), ("rank", "rank"), ("score", "score"),
+                                   ("p", "p_value"), ("q", "q_value")]))
             fig, ax = new_figure()
             ax.hist([c["p_value"] for c in e["candidates"]], bins=20, range=(0, 1))
             ax.set_xlabel("candidate p-value")

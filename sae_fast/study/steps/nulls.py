@@ -17,9 +17,9 @@ import numpy as np
 from ...analysis.bootstrap import pair_bootstrap
 from ...analysis.nulls import random_dictionary_null, subspace_test
 from ..step import Block, Context
-from .figures import new_figure, png
 from .section import Section, SectionStep
 from .subspaces import seed_sets
+from .traceable import columns, new_figure, png
 
 
 @dataclass(frozen=True)
@@ -75,23 +75,20 @@ class NullsStep(SectionStep):
         return Section({"nulls": entry}, arrays)
 
     def render(self, result: Section, ctx: Context) -> list[Block]:
-        e = result.entries["nulls"]
-        rd = e["random_dictionary"]
+        e, res = result.entries["nulls"], ctx.report_results
         blocks: list[Block] = [("h2", "Nulls: random dictionary and frequency-matched outside latents"), (
             "p", "Random dictionary: each decoder's singular values and right singular vectors with random rows "
                  "(row second moment kept, no learned feature). Subspaces: the set's top-r subspaces across seeds "
                  "against frequency-matched latents from outside the set (individual matches excluded), with the "
-                 "within-seed split-half ceiling; R = (cross − null) / (ceiling − null); interval over seeds."),
-            ("table", (["quantity", "trained", "random dictionary"],
-                       [["mean p̂", f"{rd['trained']['p_hat_mean']:.4f}", f"{rd['null']['p_hat_mean']:.4f}"],
-                        ["PW-MCC", f"{rd['trained']['pw_mcc']:.4f}", f"{rd['null']['pw_mcc']:.4f}"]]))]
+                 "within-seed split-half ceiling; R = (cross − null) / (ceiling − null); 95 % interval over seeds."),
+            columns(res, ["nulls.random_dictionary.trained", "nulls.random_dictionary.null"],
+                    [("mean p̂", "p_hat_mean"), ("PW-MCC", "pw_mcc")])]
         if "subspace_skipped" in e:
             return [*blocks, ("p", f"Subspace test skipped: {e['subspace_skipped']}")]
-        rows = [[str(r), f"{t['cross']:.4f}", f"{t['null']:.4f}", f"{t['ceiling']:.4f}",
-                 f"{t['excess']:.4f} [{t['excess_lo']:.4f}, {t['excess_hi']:.4f}]", f"{t['R']:.3f}",
-                 f"{t['p_value']:.3g}"] for r, t in e["subspace"].items()]
-        blocks.append(("table", (["r", "cross-seed cos²", "outside null", "split-half ceiling",
-                                  "excess (95 % seed CI)", "R", "p"], rows)))
+        blocks.append(columns(res, [f"nulls.subspace.{r}" for r in e["subspace"]],
+                              [("cross-seed cos²", "cross"), ("outside null", "null"), ("ceiling", "ceiling"),
+                               ("excess", "excess"), ("CI low", "excess_lo"), ("CI high", "excess_hi"), ("R", "R"),
+                               ("p", "p_value")]))
         if e["subspace"]:
             fig, ax = new_figure()
             ranks = [int(r) for r in e["subspace"]]

@@ -14,8 +14,8 @@ import numpy as np
 
 from ...analysis.seed_count import label_probabilities, recommend_seeds, seed_count_curve
 from ..step import Block, Context
-from .figures import new_figure, png
 from .section import Section, SectionStep
+from .traceable import columns, new_figure, png
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,14 @@ class SeedCountStep(SectionStep):
         matched = np.stack([np.delete(best[a], a, axis=0) >= cfg.theta for a in range(S)])
         curve = seed_count_curve(matched, eps=cfg.eps, draws=opt.draws, seed=cfg.seed)
         rec = recommend_seeds(np.clip(stab.p_hat, 0, 1), eps=cfg.eps, target=opt.target)
-        noise = {f"q={q}": {f"N={n}": float(label_probabilities(q, n, cfg.eps)[1]) for n in (S - 1, 15, 31, 95)}
-                 for q in (0.05, 0.1, 0.2)}
+        noise = [{"q": q, "comparisons": n, "p_unstable": float(label_probabilities(q, n, cfg.eps)[1])}
+                 for q in (0.05, 0.1, 0.2) for n in sorted({S - 1, 15, 31, 95})]
         return Section({"seed_count": {"curve": curve, "recommendation": rec, "p_unstable_label": noise}})
 
     def render(self, result: Section, ctx: Context) -> list[Block]:
-        e = result.entries["seed_count"]
+        e, res = result.entries["seed_count"], ctx.report_results
         rec = e["recommendation"]
         need = rec["num_seeds"] or f"more than {max(int(k) for k in rec['agreement_at'])}"
-        rows = [[str(r["num_seeds"]), f"{r['agreement']:.3f} ± {r['agreement_sd']:.3f}",
-                 f"{r['predicted_hypergeometric']:.3f}", f"{r['predicted_binomial']:.3f}", f"{r['share_stable']:.3f}",
-                 f"{r['share_unstable']:.3f}"] for r in e["curve"]]
-        noise = [[q, *(f"{v:.3f}" for v in row.values())] for q, row in e["p_unstable_label"].items()]
         fig, ax = new_figure()
         xs = [r["num_seeds"] for r in e["curve"]]
         ax.plot(xs, [r["agreement"] for r in e["curve"]], "o-", label="measured")
@@ -68,10 +64,13 @@ class SeedCountStep(SectionStep):
         ctx.figures["seed_count"] = png(fig)
         return [("h2", "How many seeds are enough"),
                 ("p", f"Labels from fewer seeds against the labels from all of them. If each latent's true match rate "
-                      f"were its p̂ here, {need} seeds would "
-                      f"give labels agreeing with the limit labels for {rec['target']:.0%} of latents."),
-                ("table", (["seeds", "agreement", "hypergeometric", "binomial", "share stable", "share unstable"],
-                           rows)),
+                      f"were its p̂ here, {need} seeds would give labels agreeing with the limit labels for "
+                      f"{rec['target']:.0%} of latents."),
+                columns(res, [f"seed_count.curve.{i}" for i in range(len(e["curve"]))],
+                        [("seeds", "num_seeds"), ("agreement", "agreement"), ("sd", "agreement_sd"),
+                         ("hypergeometric", "predicted_hypergeometric"), ("binomial", "predicted_binomial"),
+                         ("share stable", "share_stable"), ("share unstable", "share_unstable")]),
                 ("h3", "Probability of the 'unstable' label for a latent matched at rate q"),
-                ("table", (["q", *next(iter(e["p_unstable_label"].values())).keys()], noise)),
+                columns(res, [f"seed_count.p_unstable_label.{i}" for i in range(len(e["p_unstable_label"]))],
+                        [("q", "q"), ("comparisons", "comparisons"), ("P(unstable)", "p_unstable")]),
                 ("fig", ("seed_count", ctx.figures["seed_count"]))]

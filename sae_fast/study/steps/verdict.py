@@ -24,10 +24,11 @@ from ...analysis._common import STABLE, UNSTABLE
 from ...analysis.bootstrap import Interval, pair_bootstrap, seed_bootstrap
 from ...analysis.calibration import power_at
 from ...analysis.effective_rank import effective_rank
-from ...analysis.verdict import ClaimRow, table_rows, verdict_table
+from ...analysis.verdict import ClaimRow, verdict_table
 from ..step import Block, Context
 from .section import Section, SectionStep
 from .subspaces import seed_sets
+from .traceable import columns
 
 NAN = float("nan")
 
@@ -147,4 +148,7 @@ class VerdictStep(SectionStep):
                       "excludes the null on the predicted side; contradicted: on the other side, or a null result "
                       "with calibrated power >= "
                       f"{self.options.min_power}; underpowered: a null result with less (or unknown) power."),
-                ("table", table_rows(result.entries["verdict"]))]
+                columns(ctx.report_results, [f"verdict.{i}" for i in range(len(result.entries["verdict"]))],
+                        [("claim", "claim"), ("this run", "effect"), ("95 % CI low", "lo"), ("high", "hi"),
+                         ("null", "null"), ("against", "null_name"), ("power", "power"), ("paper", "paper"),
+                         ("verdict", "verdict"), ("measured as", "metric")])]
