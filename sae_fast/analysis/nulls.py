@@ -41,14 +41,11 @@ def haar_orthonormal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarr
 def spectrum_matched_decoder(decoder: ArrayLike, rng: np.random.Generator) -> np.ndarray:
     """A random dictionary with the decoder's singular values and right singular vectors (module docstring).
 
-    ``decoder``: (F, d), F >= d. Returns (F, d) float64 unit rows. Memory: three F × d float64 arrays.
+    ``decoder``: (F, d). Returns (F, d) float64 unit rows. Memory: three F × d float64 arrays.
     """
     D = check_decoders([decoder], "decoder")[0]
-    F, d = D.shape
-    if d > F:
-        raise UsageError(f"decoder must have at least as many latents as dimensions, got shape {D.shape}")
-    s, v = right_singular(D)
-    null = haar_orthonormal(rng, F, d) @ (s[:, None] * v.T)
+    s, v = right_singular(D)  # m = min(F, d) components
+    null = haar_orthonormal(rng, D.shape[0], len(s)) @ (s[:, None] * v.T)
     return null / np.maximum(np.linalg.norm(null, axis=1, keepdims=True), 1e-12)
 
 

@@ -80,7 +80,7 @@ def test_nulls_dose_fdr_seed_count_and_ambiguity_artifacts(study_out):
         "p_hat_mean"]
     low = res["dose_response"]["p_hat"]["bins"][0]  # the planted effect itself is tested in tests/analysis
     assert not low["skipped"] and low["ranks"]["4"]["excess_lo"] <= low["ranks"]["4"]["excess_hi"]
-    assert len(res["dose_response"]["frequency"]["bins"]) == 4
+    assert len(res["dose_response"]["frequency"]["bins"]) == 3
     fdr = res["fdr"]
     assert fdr["tests"] == len(fdr["candidates"]) > 0 and fdr["min_p"] >= 1 / 2001
     assert all(c["q_value"] >= c["p_value"] for c in fdr["candidates"]) and 0 <= fdr["non_null_share"] <= 1

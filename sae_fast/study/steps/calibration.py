@@ -22,7 +22,7 @@ from .traceable import columns, new_figure, png
 class CalibrationOptions:
     shares: tuple[float, ...] = (0.0, 0.25, 0.5)
     """grouped shares swept (0: negative control)"""
-    repeats: int = 3
+    repeats: int = 2
     """planted studies per share"""
     planted: PlantedStudy = field(default_factory=lambda: PlantedStudy(n_stable=120, n_unstable=48))
     """the planted study (its num_seeds is replaced by the run's)"""

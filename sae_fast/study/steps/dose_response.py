@@ -19,13 +19,13 @@ from .traceable import columns, new_figure, png
 
 @dataclass(frozen=True)
 class DoseOptions:
-    p_hat_edges: tuple[float, ...] = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+    p_hat_edges: tuple[float, ...] = (0.0, 0.05, 0.5, 0.95, 1.0)
     """p̂ bin edges"""
-    freq_bins: int = 4
+    freq_bins: int = 3
     """firing-frequency quantile bins"""
-    max_n: int = 128
+    max_n: int = 64
     """largest common subsample size"""
-    null_draws: int = 20
+    null_draws: int = 10
     """outside-null draws per bin"""
     n_boot: int = 500
     """seed-bootstrap resamples"""

@@ -28,9 +28,9 @@ class NullsOptions:
     """random dictionaries per seed"""
     pw_mcc_max_latents: int = 4096
     """PW-MCC (Hungarian, dense F × F per pair) only up to this F"""
-    max_n: int = 256
+    max_n: int = 128
     """largest common subsample size of the subspace test"""
-    null_draws: int = 50
+    null_draws: int = 30
     """frequency-matched outside draws of the subspace test"""
     n_boot: int = 1000
     """seed-bootstrap resamples"""
