@@ -24,13 +24,13 @@ from .traceable import columns, new_figure, png
 
 @dataclass(frozen=True)
 class AmbiguityOptions:
-    max_latents: int = 256
+    max_latents: int = 96
     """latents of the anchor seed sampled (live ones, at random)"""
     m_max: int = 8
     """largest number of atoms / latents of the other seed"""
     candidates: int = 32
     """nearest atoms of the other seed the pursuit may choose from"""
-    activation_rows: int = 10_000
+    activation_rows: int = 4_000
     """held-out rows for the activation R² (first half fits, second half tests)"""
     edges: tuple[float, ...] = (0.0, 0.05, 0.5, 0.95, 1.0)
     """p̂ bins of the curves"""

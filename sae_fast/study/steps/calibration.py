@@ -20,7 +20,7 @@ from .traceable import columns, new_figure, png
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    shares: tuple[float, ...] = (0.0, 0.25, 0.5)
+    shares: tuple[float, ...] = (0.0, 0.5)
     """grouped shares swept (0: negative control)"""
     repeats: int = 2
     """planted studies per share"""

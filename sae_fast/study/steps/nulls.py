@@ -24,13 +24,13 @@ from .traceable import columns, new_figure, png
 
 @dataclass(frozen=True)
 class NullsOptions:
-    dictionary_draws: int = 2
+    dictionary_draws: int = 1
     """random dictionaries per seed"""
     pw_mcc_max_latents: int = 4096
     """PW-MCC (Hungarian, dense F × F per pair) only up to this F"""
     max_n: int = 128
     """largest common subsample size of the subspace test"""
-    null_draws: int = 30
+    null_draws: int = 20
     """frequency-matched outside draws of the subspace test"""
     n_boot: int = 1000
     """seed-bootstrap resamples"""

@@ -7,7 +7,7 @@ Effects: *function*: masking ΔEV of M stable minus 4M unstable latents (anchor 
 study's set minus that of the stable set at matched size (null 0); *geometry*: cross-seed classifier balanced
 accuracy over (train, test) seed pairs (null 0.5); *subspaces*: cross-seed subspace excess over the
 frequency-matched outside null at the smallest rank (null 0; power from the calibration step at grouped share
-``power_share``); *pooling*: pooled p̂ minus each single seed's (null 0). Steps missing from the plan give
+``power_share``, with the calibration step's seed count and planted sizes); *pooling*: pooled p̂ minus each single seed's (null 0). Steps missing from the plan give
 "not measured" rows.
 
 Memory: O(S·F·d) decoders (the rank effect). Artifacts: ``section.json`` (results.json → verdict).
@@ -37,7 +37,7 @@ NAN = float("nan")
 class VerdictOptions:
     min_power: float = 0.8
     """a null result with at least this power contradicts the claim; below it, the claim is underpowered"""
-    power_share: float = 0.25
+    power_share: float = 0.5
     """planted grouped share whose calibrated power is quoted for the subspace claim"""
     n_boot: int = 2000
     """seed-bootstrap resamples"""
