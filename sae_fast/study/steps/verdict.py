@@ -7,8 +7,8 @@ Effects: *function*: masking ΔEV of M stable minus 4M unstable latents (anchor 
 study's set minus that of the stable set at matched size (null 0); *geometry*: cross-seed classifier balanced
 accuracy over (train, test) seed pairs (null 0.5); *subspaces*: cross-seed subspace excess over the
 frequency-matched outside null at the smallest rank (null 0; power from the calibration step at grouped share
-``power_share``, with the calibration step's seed count and planted sizes); *pooling*: pooled p̂ minus each single seed's (null 0). Steps missing from the plan give
-"not measured" rows.
+``power_share``, with the calibration step's seed count and planted sizes); *pooling*: pooled p̂ minus each
+single seed's (null 0). Steps missing from the plan give "not measured" rows.
 
 Memory: O(S·F·d) decoders (the rank effect). Artifacts: ``section.json`` (results.json → verdict).
 """
