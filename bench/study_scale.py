@@ -7,7 +7,9 @@ Planted data: a pool of ground-truth unit directions; every seed holds the same 
 stable latents, slightly perturbed per seed) plus random directions of its own; encoders are the decoders (tied).
 Held-out rows are sparse combinations of the pool's directions plus noise, so the SAEs fire as trained ones do.
 
-Per step: wall seconds, peak RSS of the process during the step (sampled every 20 ms; VmHWM for the whole run),
+Per step: wall seconds, CPU seconds of the process (on a shared machine wall time depends on the load; CPU
+seconds over the cores available is what an idle machine would take), peak RSS of the process during the step
+(sampled every 20 ms; VmHWM for the whole run),
 peak traced Python/numpy memory (tracemalloc) and, on CUDA, peak allocated GPU memory.
 """
 
@@ -94,9 +96,10 @@ def instrument(device: str) -> tuple[dict, RssPeak]:
         tracemalloc.reset_peak()
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = original(self, ctx)
         rows[self.name] = {"seconds": round(time.perf_counter() - t0, 2),
+                           "cpu_seconds": round(time.process_time() - c0, 2),
                            "peak_rss_gb": round(sampler.peak / 2**30, 3),
                            "peak_traced_gb": round(tracemalloc.get_traced_memory()[1] / 2**30, 3)
                            if tracemalloc.is_tracing() else None,
@@ -136,12 +139,12 @@ def main() -> None:
     cfg = StudyConfig(refit_steps=args.refit_steps, finetune_steps=args.finetune_steps)
     study(run, activations=str(held), out_dir=root / "study", synthetic=False, progress=False, config=cfg,
           device=args.device)
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time()
     tracemalloc.stop()
     sampler.stop()
     summary = {"seeds": args.seeds, "F": args.latents, "d": args.d, "k": args.k, "rows": args.rows,
                "device": args.device, "refit_steps": args.refit_steps, "finetune_steps": args.finetune_steps,
-               "traced": not args.no_trace, "total_seconds": round(total, 1),
+               "traced": not args.no_trace, "total_seconds": round(total, 1), "process_cpu_seconds": round(cpu, 1),
                "peak_rss_gb_whole_process": round(rss_bytes("VmHWM") / 2**30, 3),
                "steps": rows}
     print(json.dumps({k: v for k, v in summary.items() if k != "steps"}), flush=True)

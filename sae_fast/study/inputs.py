@@ -77,9 +77,12 @@ def open_heldout(activations: Any, max_rows: int, name: str = "activations") -> 
         raise DataError(f"{name} {path} does not exist; expected a .npy or .safetensors file or an activation cache "
                         "folder")
     try:
-        if path.suffix == ".npy":
-            return _from_array(torch.from_numpy(np.load(path, mmap_mode="r")[:max_rows].copy()), f"{name} {path}",
-                               max_rows)
+        if path.suffix == ".npy":  # memory-mapped: each batch is read when it is used
+            mm = np.load(path, mmap_mode="r")
+            if mm.ndim != 2 or mm.dtype.kind != "f":
+                raise DataError(f"{name} {path} holds a {mm.dtype} array of shape {mm.shape}; expected (N, d) floats")
+            return HeldOut(lambda a, b: torch.from_numpy(np.array(mm[a:b], dtype=np.float32)),
+                           min(int(mm.shape[0]), max_rows), int(mm.shape[1]), f"{name} {path}")
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 

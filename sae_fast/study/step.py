@@ -4,7 +4,8 @@ A step (one module under ``sae_fast/study/steps/``) has a ``name`` (also its art
 the names of the earlier steps whose results it reads (``requires``), the settings that change its result
 (``settings``, fingerprinted), and four methods: ``run`` computes and writes its artifacts under
 ``ctx.dir(name)`` and returns a typed result (a dataclass), ``load`` reads that result back from the artifacts,
-and ``render`` turns the result into its report section (a list of :data:`Block`).
+and ``render`` turns the result into its report section (a list of :data:`Block`). A step with a true attribute
+``opening`` (e.g. a verdict table) has its section rendered first, right after the report's header.
 
 A step's fingerprint hashes its settings, the identity of the study's inputs and the fingerprints of the steps
 it requires, so a changed setting recomputes that step and everything downstream of it, nothing upstream. The

@@ -131,3 +131,37 @@ def test_kill_9_mid_step_resumes_at_that_step(tmp_path, computed):
     assert not (out / "candidates" / "partial.npz").exists() and "candidates" in res
     with np.load(out / "arrays.npz") as z:
         assert z["candidate_id"].shape == (3, 24)
+
+
+class VerdictStep:
+    """A step outside the package (as the science steps will be): its section opens the report."""
+
+    name = "verdict"
+    requires = ("stability",)
+    opening = True
+
+    def settings(self, cfg):
+        return {"eps": cfg.eps}
+
+    def run(self, ctx):
+        share = ctx.result("stability").entries["stability"]["anchor"]["share_stable"]
+        (ctx.dir(self.name) / "share.txt").write_text(str(share))
+        return share
+
+    def load(self, ctx):
+        return float((ctx.out / self.name / "share.txt").read_text())
+
+    def render(self, result, ctx):
+        return [("h2", "Verdicts"), ("p", f"share stable {result:.3f}")]
+
+
+def test_a_new_step_plugs_in_and_an_opening_section_comes_first(tmp_path):
+    from sae_fast.study import Step
+
+    run, x = planted_run(tmp_path)
+    plan = [*default_steps(synthetic=False)[:2], VerdictStep()]
+    assert isinstance(plan[-1], Step)
+    res = _study(run, x, tmp_path / "out", steps=plan)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.index("## Verdicts") < md.index("## 1. Stability") and "share stable 0.500" in md
+    assert res["missing_steps"] == [] and (tmp_path / "out" / "verdict" / MARKER).is_file()

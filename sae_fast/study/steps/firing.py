@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from ...analysis.firing import frequency_from_codes, load_codes, save_codes, sparse_codes
-from ..step import Context
+from ..step import Context, StepError
 from .section import Section, SectionStep
 
 
@@ -51,8 +51,12 @@ class FiringStep(SectionStep):
 
     def load(self, ctx: Context) -> Firing:
         result = super().load(ctx)
-        result.codes = [load_codes(str(ctx.out / self.name / f"codes_{s}.npz"))
-                        for s in range(len(ctx.inputs.seeds.names))]
+        try:
+            result.codes = [load_codes(str(ctx.out / self.name / f"codes_{s}.npz"))
+                            for s in range(len(ctx.inputs.seeds.names))]
+        except (OSError, ValueError) as err:
+            raise StepError(f"the saved codes of study step firing in {ctx.out / self.name} cannot be read ({err}); "
+                            "rerun with --redo firing") from err
         return result
 
     def render(self, result: Section, ctx: Context) -> list:
