@@ -1,0 +1,113 @@
+"""Dose-response of subspace reproducibility (method.md §11): the paper's claim predicts a *trend* of cross-seed
+subspace sharing over p̂ (more sharing beyond the null the less stable the latents), not only an endpoint contrast.
+
+Every latent of every seed (p̂ with that seed as the anchor) falls into a p̂ bin (or a firing-frequency quantile
+bin); per bin and rank r, :func:`sae_fast.analysis.nulls.subspace_test` gives the cross-seed cos² of the bin's
+latents, the frequency-matched outside null and the split-half ceiling at one common subsample size n for all
+bins (cos² depends on n, so bins must share it). The excess over the null gets a seed-bootstrap interval
+(:func:`sae_fast.analysis.bootstrap.pair_bootstrap` over its per-pair values), and the trend is the Spearman
+correlation of bin centre with excess.
+
+Memory: that of :func:`subspace_test` per bin (one n × d subsample per seed at a time).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from ..errors import UsageError
+from ._common import ArrayLike, as_numpy
+from .bootstrap import pair_bootstrap
+from .nulls import subspace_test
+
+P_HAT_EDGES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+
+
+def bin_masks(values: np.ndarray, edges: np.ndarray) -> list[np.ndarray]:
+    """(S, F) bool masks per bin [e_i, e_{i+1}) (the last bin includes its upper edge)."""
+    out = []
+    for i in range(len(edges) - 1):
+        hi = values <= edges[i + 1] if i == len(edges) - 2 else values < edges[i + 1]
+        out.append((values >= edges[i]) & hi)
+    return out
+
+
+def dose_response(
+    decoders: list[ArrayLike],
+    p_hat: ArrayLike,
+    freqs: ArrayLike,
+    *,
+    by: str = "p_hat",
+    edges: tuple[float, ...] | None = None,
+    freq_bins: int = 4,
+    ranks: tuple[int, ...] = (8, 16, 32),
+    alive: ArrayLike | None = None,
+    max_n: int = 256,
+    null_draws: int = 50,
+    set_draws: int = 3,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict:
+    """Subspace excess over the frequency-matched outside null per p̂ (or frequency) bin.
+
+    Parameters
+    ----------
+    decoders: S decoders (F, d).
+    p_hat: (S, F) p̂ of every latent with its own seed as the anchor.
+    freqs: (S, F) firing frequencies (for the frequency match, and the bins when ``by="frequency"``).
+    by: "p_hat" or "frequency".
+    edges: bin edges (default: p̂ 0, .05, .25, .5, .75, .95, 1; frequency: ``freq_bins`` pooled quantiles).
+    ranks: subspace ranks r (a rank above n is skipped).
+    alive: (S, F) bool latents that may be used (default all).
+    max_n, null_draws, set_draws: see :func:`subspace_test`; n is common to all bins with at least 2 max(ranks)
+        latents in every seed (smaller bins are reported as skipped).
+    n_boot, alpha: seed-bootstrap interval of each excess.
+    seed: seed of all draws.
+
+    Returns
+    -------
+    ``{"by", "edges", "n", "bins": [{"lo", "hi", "centre", "sizes", "skipped", "ranks": {r: {"cross", "null",
+    "ceiling", "excess", "excess_lo", "excess_hi", "R", "p_value"}}}], "trend": {r: spearman rho}}``.
+    """
+    P = as_numpy(p_hat, "p_hat", ndim=2)
+    Fq = as_numpy(freqs, "freqs", ndim=2)
+    S = len(decoders)
+    if P.shape[0] != S or Fq.shape != P.shape:
+        raise UsageError(f"p_hat and freqs must be (S={S}, F) like the decoders, got {P.shape} and {Fq.shape}")
+    ok = np.ones(P.shape, dtype=bool) if alive is None else np.asarray(alive, dtype=bool)
+    if by == "p_hat":
+        values, e = P, np.asarray(edges if edges is not None else P_HAT_EDGES, dtype=np.float64)
+    elif by == "frequency":
+        values = Fq
+        e = np.asarray(edges if edges is not None else np.quantile(Fq[ok], np.linspace(0, 1, freq_bins + 1)))
+    else:
+        raise UsageError(f"by must be 'p_hat' or 'frequency', got {by!r}")
+    masks = [m & ok for m in bin_masks(values, e)]
+    sizes = [[int(m[s].sum()) for s in range(S)] for m in masks]
+    usable = [min(sz) >= 2 * max(ranks) and min(int((ok[s] & ~m[s]).sum()) for s in range(S)) >= max(ranks)
+              for sz, m in zip(sizes, masks)]
+    out: dict = {"by": by, "edges": e.tolist(), "bins": [], "trend": {}}
+    if any(usable):
+        n = min([max_n] + [min(sz) // 2 for sz, u in zip(sizes, usable) if u]
+                + [min(int((ok[s] & ~m[s]).sum()) for s in range(S)) for m, u in zip(masks, usable) if u])
+    else:
+        n = 0
+    out["n"] = n
+    for i, (m, sz, use) in enumerate(zip(masks, sizes, usable)):
+        entry: dict = {"lo": float(e[i]), "hi": float(e[i + 1]), "centre": float((e[i] + e[i + 1]) / 2),
+                       "sizes": sz, "skipped": not use, "ranks": {}}
+        if use:
+            res = subspace_test(decoders, list(m), freqs=list(Fq), allowed=list(ok), ranks=ranks, n=n,
+                                set_draws=set_draws, null_draws=null_draws, seed=seed + i)
+            for r, t in res["ranks"].items():
+                ci = pair_bootstrap(t["excess_pairs"], res["pairs"], num_seeds=S, n_boot=n_boot, alpha=alpha,
+                                    seed=seed)
+                entry["ranks"][r] = {k: t[k] for k in ("cross", "null", "ceiling", "excess", "R", "p_value")}
+                entry["ranks"][r].update(excess_lo=ci.lo, excess_hi=ci.hi)
+        out["bins"].append(entry)
+    for r in ranks:
+        pts = [(b["centre"], b["ranks"][r]["excess"]) for b in out["bins"] if r in b["ranks"]]
+        out["trend"][r] = float(spearmanr(*zip(*pts))[0]) if len(pts) >= 3 else float("nan")
+    return out
