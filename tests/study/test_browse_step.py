@@ -117,3 +117,23 @@ def test_cli_browse_and_export_read_a_study_folder(planted_study, tmp_path, caps
     b = load_file(str(out / "export" / "latents.safetensors"))
     for name in ("candidate", "frequency", "top_rows", "hist_counts", "p_hat", "partner_latent"):
         np.testing.assert_array_equal(a[name].numpy(), b[name].numpy(), err_msg=name)
+
+
+def test_code_stats_memory_is_codes_plus_table_not_rows_by_latents():
+    import tracemalloc
+
+    N, F, k, bins, top = 40_000, 2**15, 4, 10, 5
+    rng = np.random.default_rng(1)
+    cols = rng.integers(0, F, (N, k))
+    codes = sp.csr_matrix((rng.random(N * k).astype(np.float32) + 0.1,
+                           (np.repeat(np.arange(N), k), cols.reshape(-1))), shape=(N, F))
+    codes.sum_duplicates()
+    tracemalloc.start()
+    try:
+        code_stats(codes, bins=bins, top=top)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    stated = 8 * (codes.nnz + F * (bins + top + 2))  # O(nnz + F·(bins + top)) in 8-byte words
+    assert peak < 6 * stated, f"peak {peak / 2**20:.1f} MiB, stated scale {stated / 2**20:.1f} MiB"
+    assert peak < N * F * 4 / 100  # nowhere near a dense (N, F) float32 (4.9 GiB here)
