@@ -11,9 +11,11 @@ import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file
 
+from sae_fast.browse.study import study_table
 from sae_fast.browse.table import activation_stats, code_stats
 from sae_fast.checkpoint import load_sae
 from sae_fast.cli import main
+from sae_fast.errors import DataError, UsageError
 from sae_fast.sae import TopKSAE
 from sae_fast.study import StudyConfig, study
 from sae_fast.study.inputs import HeldOut
@@ -137,3 +139,20 @@ def test_code_stats_memory_is_codes_plus_table_not_rows_by_latents():
     stated = 8 * (codes.nnz + F * (bins + top + 2))  # O(nnz + F·(bins + top)) in 8-byte words
     assert peak < 6 * stated, f"peak {peak / 2**20:.1f} MiB, stated scale {stated / 2**20:.1f} MiB"
     assert peak < N * F * 4 / 100  # nowhere near a dense (N, F) float32 (4.9 GiB here)
+
+
+def test_bad_browse_seed_is_refused_before_any_step(tmp_path):
+    run, x = planted_run(tmp_path, F=16, shared=8, rows=300)
+    with pytest.raises(UsageError, match="browse_seed 7 outside the 3 seeds"):
+        study(run, activations=x, out_dir=tmp_path / "out", synthetic=False, progress=False,
+              config=StudyConfig(**{**FAST, "browse_seed": 7}), only=ONLY)
+    assert not (tmp_path / "out" / "stability").exists()
+
+
+def test_cli_names_a_seed_the_study_lacks(planted_study, tmp_path):
+    _, _, out, _ = planted_study
+    with pytest.raises(DataError, match="--seed 'seed9' is neither a seed name"):
+        study_table(out, "seed9")
+    with pytest.raises(SystemExit) as exit_:
+        main(["browse", str(out), "--seed", "seed9", "--out", str(tmp_path / "site")])
+    assert exit_.value.code == 1
