@@ -19,6 +19,7 @@ from ..checkpoint import load_sae
 from ..errors import DataError, UsageError
 from ..runs import decoder_identity
 from ..stability import Stability, find_saved_saes
+from .study import is_study, study_table
 from .table import LatentTable, activation_stats, latent_table
 
 STABILITY_META = "stability.json"
@@ -94,8 +95,10 @@ def build_table(path: str | os.PathLike[str], *, seed: str | int | None = None, 
 
     Parameters
     ----------
-    path : a stability run folder (or a folder holding one).
-    seed : the anchor seed (name or index); default the run's first anchor.
+    path : a study folder (then, without ``activations``, the study's own artifacts give frequency, histograms,
+        top activations, candidate subspaces and snippets: :func:`sae_fast.browse.study.study_table`), or a
+        stability run folder (or a folder holding one).
+    seed : the anchor seed (name or index); default the study's anchor, or the run's first anchor.
     run : the folder of trained seeds whose SAE is run over ``activations`` (default ``path``).
     activations : a ``.npy``/``.safetensors`` file of (N, d) activations; with it, frequency, histograms and top
         activations of every latent are added.
@@ -107,6 +110,8 @@ def build_table(path: str | os.PathLike[str], *, seed: str | int | None = None, 
     A :class:`~sae_fast.browse.table.LatentTable`. Memory: O(F (S + bins + top)) for the table plus one batch's
     codes; the activations are read memory-mapped, never whole.
     """
+    if activations is None and is_study(path):
+        return study_table(path, seed)  # bins and top as the study's browse step
     stab = Stability.load(find_stability(path))
     table = latent_table(stab, seed)
     if activations is not None:

@@ -174,3 +174,40 @@ def activation_stats(sae: Any, batches: Iterable[torch.Tensor], num_latents: int
     return {"frequency": (hist.sum(1).double() / rows).float().numpy(), "hist_counts": hist.numpy(),
             "hist_edges": edges.numpy().astype(np.float32), "top_rows": best_r.numpy(),
             "top_values": np.where(np.isfinite(best_v.numpy()), best_v.numpy(), np.nan).astype(np.float32)}
+
+
+def code_stats(codes: Any, *, bins: int = 20, top: int = 5) -> dict[str, np.ndarray]:
+    """Activation histogram and top activations of every latent from saved sparse codes (no re-encoding).
+
+    ``codes`` is an (N, F) scipy sparse matrix of the positive activations (the study's firing codes). The same
+    binning as :func:`activation_stats`: ``bins`` equal bins in (0, max] per latent, the ``top`` largest
+    activations with their row (ties: lower row first). Memory O(nnz + F·(bins + top)); never dense (N, F).
+
+    Returns frequency (F,), hist_counts (F, bins), hist_edges (F, bins + 1), top_rows (F, top), top_values.
+    """
+    if bins < 1 or top < 0:
+        raise UsageError(f"bins must be >= 1 and top >= 0, got bins={bins}, top={top}")
+    N, F = codes.shape
+    if N == 0:
+        raise DataError("no activation rows to compute latent statistics from")
+    csc = codes.tocsc()
+    csc.sum_duplicates()
+    live = csc.data > 0
+    val = csc.data[live].astype(np.float32)
+    row = csc.indices[live].astype(np.int64)
+    col = np.repeat(np.arange(F, dtype=np.int64), np.diff(csc.indptr))[live]
+    vmax = np.zeros(F, dtype=np.float32)
+    np.maximum.at(vmax, col, val)
+    b = np.minimum((val / np.maximum(vmax[col], 1e-30) * bins).astype(np.int64), bins - 1)
+    hist = np.bincount(col * bins + b, minlength=F * bins).reshape(F, bins).astype(np.int64)
+    order = np.lexsort((row, -val, col))
+    s_col = col[order]
+    rank = np.arange(len(order)) - np.searchsorted(s_col, s_col, side="left")
+    take = rank < top
+    top_rows = np.full((F, top), -1, dtype=np.int64)
+    top_values = np.full((F, top), np.nan, dtype=np.float32)
+    top_rows[s_col[take], rank[take]] = row[order][take]
+    top_values[s_col[take], rank[take]] = val[order][take]
+    edges = (vmax[:, None] * np.linspace(0, 1, bins + 1, dtype=np.float32)[None]).astype(np.float32)
+    return {"frequency": (hist.sum(1) / N).astype(np.float32), "hist_counts": hist, "hist_edges": edges,
+            "top_rows": top_rows, "top_values": top_values}

@@ -62,6 +62,10 @@ class StudyConfig:
     """latents per group shown with their top-activating snippets"""
     snippet_top: int = 5
     """snippets per latent"""
+    browse_seed: int | None = None
+    """seed (index) whose latents the feature browser and exports show (default: the anchor)"""
+    browse_bins: int = 20
+    """activation histogram bins per latent in the feature browser and exports"""
     batch_size: int = 4096
     """rows per encode batch"""
     neighbours: int = 16
@@ -82,9 +86,11 @@ class StudyConfig:
             raise UsageError(f"pool_min_recurrence must be >= 2 (seeds), got {self.pool_min_recurrence}")
         self.ranks = tuple(int(r) for r in self.ranks)
         for name in ("batch_size", "neighbours", "coactivation_rows", "max_eval_tokens", "subspace_draws",
-                     "n_random", "ratio", "refit_batch_size"):
+                     "n_random", "ratio", "refit_batch_size", "browse_bins"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.browse_seed is not None and int(self.browse_seed) < 0:
+            raise UsageError(f"browse_seed must be a seed index >= 0, got {self.browse_seed}")
         if any(r < 1 for r in self.ranks):
             raise UsageError(f"ranks must be positive, got {self.ranks}")
 

@@ -337,6 +337,8 @@ def resolve_inputs(run_dir: Any, *, activations: Any, refit_activations: Any, ou
             raise DataError(f"{refit.name} have d={refit.d} per row but the SAEs have d_in={seeds.d}")
     if not 0 <= cfg.anchor < len(seeds.names):
         raise UsageError(f"anchor {cfg.anchor} outside the {len(seeds.names)} seeds")
+    if cfg.browse_seed is not None and not 0 <= cfg.browse_seed < len(seeds.names):
+        raise UsageError(f"browse_seed {cfg.browse_seed} outside the {len(seeds.names)} seeds")
     sae = seeds.saes[0]
     source.update({"seeds": seeds.names, "num_seeds": len(seeds.names), "d": seeds.d, "num_latents": sae.num_latents,
                    "k": sae.k, "eval_tokens": held.num_rows})

@@ -22,7 +22,7 @@ from .step import Block, Context, Step, read_marker
 
 STUDY_FILE = "study.json"
 """the identity of the study a folder holds (its seeds and held-out rows); another study is refused"""
-OUTPUTS = ["results.json", "arrays.npz", "snippets.json", "report.html", "report.md", "figures", STUDY_FILE]
+OUTPUTS = ["results.json", "arrays.npz", "snippets.json", "report.html", "report.md", "figures", "export", STUDY_FILE]
 
 
 def assemble(plan: list[Step], ctx: Context) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..step import Step
 from .ambiguity import AmbiguityStep
+from .browse import BrowseStep
 from .calibration import CalibrationStep
 from .candidates import CandidatesStep
 from .classifier import ClassifierStep
@@ -26,7 +27,8 @@ from .verdict import VerdictStep
 def default_steps(synthetic: bool = True) -> list[Step]:
     """The study's steps in run order (every step after the ones it requires)."""
     steps: list[Step] = [MatchingStep(), StabilityStep(), FiringStep(), FrequencyStep(), MaskingStep(),
-                         GeometryStep(), SubspacesStep(), ClassifierStep(), CandidatesStep(), PoolingStep()]
+                         GeometryStep(), SubspacesStep(), ClassifierStep(), CandidatesStep(), PoolingStep(),
+                         BrowseStep()]
     steps += calibrated_steps(tuple(s.name for s in steps))
     return [*steps, SyntheticStep()] if synthetic else steps
 

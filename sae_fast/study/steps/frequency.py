@@ -2,7 +2,9 @@
 
 Frequencies come from the firing step's codes. Snippets (when a model gave the held-out rows their token
 strings) re-encode the rows that carry tokens in batches, O(batch·F). Artifacts: ``section.json``
-(results.json → frequency, snippets_file / snippets_skipped) and ``snippets.json``.
+(results.json → frequency, snippets_file / snippets_skipped), ``snippets.json`` and, when the held-out rows
+themselves carry tokens, ``top_snippets.json`` (every anchor latent's top ``snippet_top`` snippets from the
+firing codes, O(F·T), for the browser).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 from typing import Any, ClassVar
 
 from ...analysis import frequency as freq_mod
+from ...browse.study import TOP_SNIPPETS, top_snippets
+from ...browse.table import code_stats
 from ...checkpoint import atomic_write_json
 from ..step import Context
 from .section import Section, SectionStep
@@ -49,6 +53,9 @@ class FrequencyStep(SectionStep):
         else:
             entries["snippets_skipped"] = NO_TOKENS
         atomic_write_json(ctx.dir(self.name) / "snippets.json", snippets)
+        if sn is not None and sn is ctx.inputs.held and sn.tokens is not None and sn.where is not None:
+            top_rows = code_stats(ctx.result("firing").codes[a0], bins=1, top=cfg.snippet_top)["top_rows"]
+            atomic_write_json(ctx.dir(self.name) / TOP_SNIPPETS, top_snippets(top_rows, sn.tokens, sn.where))
         entries["snippets_file"] = "snippets.json" if snippets else None
         return Section(entries)
 
