@@ -164,7 +164,7 @@ class TopKSAE(nn.Module):
         if k_aux is None:
             k_aux = max(1, self.d_in // 2)
         if dead_mask is not None:
-            ops._check_dead_mask(dead_mask, self.num_latents, self.device)
+            ops.check_dead_mask(dead_mask, self.num_latents, self.device)
         use_aux = dead_mask is not None and bool(dead_mask.any())
         W_enc, b_enc, W_dec, b_dec = self._weights()
         enc = ops.encode(x - b_dec, W_enc, b_enc, self.k, dead_mask=dead_mask if use_aux else None, k_aux=k_aux,
