@@ -20,10 +20,11 @@ from ..provenance import to_jsonable
 from . import report as report_mod
 from .inputs import Inputs
 from .step import Block, Context, Step, read_marker
+from .steps.stability import PAIRS_DIR
 
 STUDY_FILE = "study.json"
 """the identity of the study a folder holds (its seeds and held-out rows); another study is refused"""
-OUTPUTS = ["results.json", "arrays.npz", "snippets.json", "report.html", "report.md", "figures", STUDY_FILE]
+OUTPUTS = ["results.json", "arrays.npz", "snippets.json", "report.html", "report.md", "figures", STUDY_FILE, PAIRS_DIR]
 
 
 def assemble(plan: list[Step], ctx: Context) -> dict[str, Any]:
