@@ -1,13 +1,13 @@
 """Step ``stability``: p̂ of every latent of every seed (anchor = each seed in turn) and the endpoint split.
 
-The best cosines come from :func:`sae_fast.stability_scores` (exact backend, every directed pair, on
-``--device``), the same computation as ``sae-fast stability``: under torchrun (a process group joined) the ranks
-split the seed pairs, and a run killed mid-way resumes at the next unfinished pair from its checkpoint in
-``<out>/stability_pairs/<signed|absolute>/`` (kept outside the step folder, which is emptied before the step
-runs; its decoders are verified by hash before it is reused). The scores hold no θ, so θ and ε change only
-the split here and the steps downstream. Also saved as a :class:`sae_fast.Stability` run in this folder
-(``stability.json`` + ``stability.safetensors``, seeds named as in the run), readable by ``Stability.load``.
-The matching step's top-1 neighbours are the same numbers (tests/study/test_stability_route.py).
+The best cosines come from :func:`sae_fast.stability_scores` (exact backend, every directed pair, on ``--device``),
+the same computation as ``sae-fast stability``: under torchrun ``sae-fast study`` has every rank compute its share
+of the seed pairs first (:func:`study_scores`), and a run killed mid-way resumes at the next unfinished pair from
+its checkpoint in ``<out>/stability_pairs/<signed|absolute>/`` (kept outside the step folder, which is emptied
+before the step runs; its decoders are verified by hash before it is reused). The scores hold no θ, so θ and ε
+change only the split here and the steps downstream. Also saved as a :class:`sae_fast.Stability` run in this folder
+(``stability.json`` + ``stability.safetensors``, seeds named as in the run), readable by ``Stability.load``. The
+matching step's top-1 neighbours are the same numbers (tests/study/test_stability_route.py).
 
 Memory: O(S·F·d) decoders + one tile + O(S²·F) for the best cosines. Artifacts: ``arrays.npz`` (p_hat (S, F),
 labels (S, F), best_cos (S, S, F)), ``section.json`` (results.json → stability), the Stability files.
@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from ...analysis import stability as stab_mod
 from ...analysis._common import STABLE, UNSTABLE
-from ...stability import stability_scores
+from ...stability import Stability, stability_scores
+from ..config import StudyConfig
 from ..step import Context
 from .section import Section, SectionStep
 
@@ -53,6 +55,16 @@ def pairs_dir(out: Path, absolute: bool) -> Path:
     return out / PAIRS_DIR / ("absolute" if absolute else "signed")
 
 
+def study_scores(decoders: list[torch.Tensor], cfg: StudyConfig, out: Path, device: torch.device | str | None,
+                 progress: bool, distributed: bool = False) -> Stability:
+    """The study's :func:`stability_scores` run over the seeds' decoders, saved in (and resumed from)
+    :func:`pairs_dir`. With ``distributed`` (every rank of a process group calling it with the same decoders),
+    the ranks split the pairs; the step itself then finds the finished run and computes nothing."""
+    return stability_scores(decoders, theta=cfg.theta, eps=cfg.eps, anchor="all", backend="exact",
+                            absolute=cfg.absolute, device=device, out=pairs_dir(out, cfg.absolute),
+                            progress=progress, distributed=distributed)
+
+
 class StabilityStep(SectionStep):
     name: ClassVar[str] = "stability"
     requires = ()
@@ -62,9 +74,7 @@ class StabilityStep(SectionStep):
     def compute(self, ctx: Context) -> StabilityResult:
         cfg = ctx.cfg
         S = len(ctx.inputs.seeds.names)
-        scores = stability_scores(ctx.inputs.seeds.decoders(), theta=cfg.theta, eps=cfg.eps, anchor="all",
-                                  backend="exact", absolute=cfg.absolute, device=ctx.device,
-                                  out=pairs_dir(ctx.out, cfg.absolute), progress=ctx.progress)
+        scores = study_scores(ctx.inputs.seeds.decoders(), cfg, ctx.out, ctx.device, ctx.progress)
         stab = dataclasses.replace(scores, seeds=list(ctx.inputs.seeds.names))
         stab.save(ctx.dir(self.name))
         best_cos = stab.best_cos.numpy().astype(np.float32)
