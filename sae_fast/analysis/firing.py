@@ -1,7 +1,9 @@
-"""Firing data kept sparse: each seed's top-k codes on the held-out rows as a CSR matrix (N × F, N·k entries).
+"""Firing data kept sparse: each seed's positive codes on the held-out rows as a CSR matrix (N × F).
 
-Frequencies, co-activation and the candidates' firing affinities are computed from it; no dense (N × F) array
-is ever formed. Memory: O(N·k) for the codes, plus one batch's pre-activations O(batch·F) while encoding.
+Built from any architecture's code (:mod:`.codes`): a TopK SAE's (values, indices), N·k entries at most, or a
+ReLU / JumpReLU / gated SAE's sparse (N, F) code, nnz entries. Frequencies, co-activation and the candidates'
+firing affinities are computed from it; no dense (N × F) array is ever formed. Memory: O(nnz) for the codes,
+plus one batch's pre-activations O(batch·F) while encoding.
 """
 
 from __future__ import annotations
@@ -12,22 +14,23 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .masking import SparseCoder, num_latents_of
+from .codes import SparseCoder, positive_entries
+from .masking import num_latents_of
 
 
 @torch.no_grad()
 def sparse_codes(sae: SparseCoder, batches: Iterable[torch.Tensor]) -> sp.csr_matrix:
-    """(N, F) float32 CSR of the positive top-k activations of ``sae`` over a stream of (batch, d) rows.
+    """(N, F) float32 CSR of the positive activations of ``sae`` (any architecture) over a stream of (batch, d)
+    rows: a TopK SAE's positive top-k values, another SAE's positive sparse code.
 
-    Memory: O(N·k) for the result plus one batch's encoding, O(batch·F)."""
+    Memory: O(nnz) for the result (N·k at most for TopK) plus one batch's encoding, O(batch·F)."""
     F = num_latents_of(sae)
     data, cols, counts = [], [], []
     for xb in batches:
-        values, indices = sae.encode(xb)
-        keep = (values > 0).cpu()
-        data.append(values.float().cpu()[keep].numpy())
-        cols.append(indices.cpu()[keep].numpy().astype(np.int32))
-        counts.append(keep.sum(dim=1).numpy())
+        rows, latents, values = (t.cpu() for t in positive_entries(sae.encode(xb), F))
+        data.append(values.float().numpy())
+        cols.append(latents.numpy().astype(np.int32))
+        counts.append(torch.bincount(rows, minlength=xb.shape[0]).numpy())
     if not counts:
         raise ValueError("no activation rows to encode")
     indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
@@ -37,7 +40,7 @@ def sparse_codes(sae: SparseCoder, batches: Iterable[torch.Tensor]) -> sp.csr_ma
 
 
 def frequency_from_codes(codes: sp.csr_matrix) -> np.ndarray:
-    """(F,) float64 share of rows on which each latent fires (a positive top-k value). Memory O(F)."""
+    """(F,) float64 share of rows on which each latent fires (a positive value in the code). Memory O(F)."""
     counts = np.bincount(codes.indices, minlength=codes.shape[1]).astype(np.float64)
     return counts / max(codes.shape[0], 1)
 

@@ -1,8 +1,9 @@
 """Activation statistics (method.md §3.2): firing frequency per latent and top-activating snippets.
 
-``freq_i`` is the share of tokens on which latent i is among the top-k with a positive value. The paper
-reports ≈0.44 % for stable vs ≈0.18 % for unstable features (GPT-2 small, [S1]); the mean over all latents
-is at most k / F.
+``freq_i`` is the share of tokens on which latent i has a positive value in the SAE's code (for a TopK SAE:
+among the top-k with a positive value; any architecture, see :mod:`.codes`). The paper reports ≈0.44 % for
+stable vs ≈0.18 % for unstable features (GPT-2 small, [S1]); for a TopK SAE the mean over all latents is at
+most k / F.
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ import torch
 
 from ..batching import batches, check_activations
 from ._common import NEITHER, STABLE, UNSTABLE, ArrayLike
-from .masking import SparseCoder, num_latents_of
+from .codes import SparseCoder, positive_entries
+from .masking import num_latents_of
 
 
 @torch.no_grad()
 def firing_frequency(sae: SparseCoder, x: ArrayLike, *, batch_size: int = 4096) -> np.ndarray:
-    """(F,) float64 share of rows of x on which each latent is selected with a positive value."""
+    """(F,) float64 share of rows of x on which each latent has a positive value (any architecture).
+
+    Memory: O(F) plus one batch's encoding, O(batch_size·F)."""
     xt = check_activations(x)
     F = num_latents_of(sae)
     counts = torch.zeros(F, dtype=torch.float64)
     for xb in batches(xt, batch_size):
-        values, indices = sae.encode(xb)
-        active = indices[values > 0].reshape(-1).cpu()
-        counts += torch.bincount(active, minlength=F).double()
+        _, active, _ = positive_entries(sae.encode(xb), F)
+        counts += torch.bincount(active.cpu(), minlength=F).double()
     return (counts / xt.shape[0]).numpy()
 
 
@@ -59,6 +62,7 @@ def top_activations(
     """Rows of x with the largest activation of each requested latent.
 
     Returns ``rows`` (L, n_top) int64 (-1 where the latent fired on fewer rows) and ``values`` (L, n_top).
+    Any architecture. Memory: O(L·(n_top + batch_size)) plus one batch's encoding, O(batch_size·F).
     """
     xt = check_activations(x)
     F = num_latents_of(sae)
@@ -72,14 +76,12 @@ def top_activations(
     lookup[lat] = torch.arange(L)
     offset = 0
     for xb in batches(xt, batch_size):
-        values, indices = sae.encode(xb)
-        values, indices = values.cpu().double(), indices.cpu()
-        slot = lookup[indices]  # (n, k)
-        hit = (slot >= 0) & (values > 0)
+        rows, active, values = (t.cpu() for t in positive_entries(sae.encode(xb), F))
+        slot = lookup[active]
+        hit = slot >= 0
         if bool(hit.any()):
-            rr, cc = torch.nonzero(hit, as_tuple=True)
             dense = torch.full((xb.shape[0], L), -float("inf"), dtype=torch.float64)
-            dense[rr, slot[rr, cc]] = values[rr, cc]
+            dense[rows[hit], slot[hit]] = values[hit].double()
             cand_v = torch.cat([best_v, dense.T], dim=1)
             cand_r = torch.cat([best_r, (torch.arange(xb.shape[0]) + offset).expand(L, -1)], dim=1)
             best_v, pos = cand_v.topk(n_top, dim=1)

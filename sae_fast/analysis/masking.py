@@ -1,31 +1,21 @@
 """Masking ablation (method.md §3.1): explained variance after zeroing feature sets.
 
-A set of latents is *masked* by zeroing their values after the TopK selection (no re-selection), then
-decoding. ``EV = 1 - FVU`` with ``FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` on held-out
-activations. Sets compared: all stable, all unstable, random sets of the same sizes, random sets matched in
-activation frequency, and the paper's comparison of ``n`` stable versus ``ratio * n`` unstable features
-(``ratio = 4`` by default), each against random sets of the same size.
+A set of latents is *masked* by zeroing their values in the code after encoding (after the TopK selection,
+or in a ReLU / JumpReLU / gated SAE's sparse code; no re-selection), then decoding. ``EV = 1 - FVU`` with
+``FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` on held-out activations. Sets compared: all stable,
+all unstable, random sets of the same sizes, random sets matched in activation frequency, and the paper's
+comparison of ``n`` stable versus ``ratio * n`` unstable features (``ratio = 4`` by default), each against
+random sets of the same size.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from ..batching import batches, check_activations
 from ._common import STABLE, UNSTABLE, ArrayLike, index_array
-
-
-class SparseCoder(Protocol):
-    """What the analyses need of an SAE (``sae_fast.TopKSAE`` satisfies it)."""
-
-    num_latents: int
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def decode(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor: ...
+from .codes import SparseCoder, as_args, mask_code
 
 
 def num_latents_of(sae: SparseCoder) -> int:
@@ -47,7 +37,8 @@ def masked_fvu(
 ) -> dict[str, float]:
     """FVU of the SAE on x with each named latent set zeroed after encoding; key "none" is the full SAE.
 
-    All masks are evaluated in one pass over x (one encode per batch).
+    All masks are evaluated in one pass over x (one encode per batch); any architecture (:mod:`.codes`).
+    Memory: O(F) per mask plus one batch's encoding, O(batch_size·F).
     """
     xt = check_activations(x)
     F = num_latents_of(sae)
@@ -63,11 +54,11 @@ def masked_fvu(
         raise ValueError("activations have zero variance; FVU is undefined")
     err = {name: 0.0 for name in ["none", *mask_rows]}
     for xb in batches(xt, batch_size):
-        values, indices = sae.encode(xb)
-        err["none"] += float(((sae.decode(values, indices).double() - xb.double()) ** 2).sum())
+        code = sae.encode(xb)
+        err["none"] += float(((sae.decode(*as_args(code)).double() - xb.double()) ** 2).sum())
         for name, m in mask_rows.items():
-            masked = values * (~m[indices]).to(values.dtype)
-            err[name] += float(((sae.decode(masked, indices).double() - xb.double()) ** 2).sum())
+            decoded = sae.decode(*as_args(mask_code(code, m)))
+            err[name] += float(((decoded.double() - xb.double()) ** 2).sum())
     return {name: e / total for name, e in err.items()}
 
 

@@ -27,6 +27,7 @@ import torch
 
 from ..activations import HookPoint, hook_module, quiet_transformers, with_pad_token
 from ._common import STABLE, UNSTABLE, ArrayLike, index_array
+from .codes import as_args, mask_code
 
 MINILM_NO_LM_LOSS = ("all-MiniLM-L6-v2 ships as a sentence-embedding BertModel without its masked-LM head (no "
                      "cls.predictions weights), so it has neither a next-token nor a masked-LM loss; the embedding "
@@ -96,10 +97,9 @@ def _spliced(model: torch.nn.Module, hook: HookPoint, sae: Any, masks: dict[str,
         keep = state["keep"].to(hidden.device)
         if not bool(keep.any()):
             return output
-        values, indices = sae.encode(hidden[keep].to(device, torch.float32))
-        values = values * (~rows[state["mask"]][indices]).to(values.dtype)
+        code = mask_code(sae.encode(hidden[keep].to(device, torch.float32)), rows[state["mask"]])
         new = hidden.clone()
-        new[keep] = sae.decode(values, indices).to(hidden.device, hidden.dtype)
+        new[keep] = sae.decode(*as_args(code)).to(hidden.device, hidden.dtype)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     handle = module.register_forward_hook(replace)

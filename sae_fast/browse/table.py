@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..analysis.codes import positive_entries
 from ..errors import DataError, UsageError
 
 LABEL_NAMES = {1: "stable", 0: "neither", -1: "unstable"}
@@ -127,14 +128,13 @@ def _merge_top(best_v: torch.Tensor, best_r: torch.Tensor, lat: torch.Tensor, va
     best_r[s_lat[take], rank[take]] = s_row[take]
 
 
-def _codes(sae: Any, batch: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The positive activations of one batch as flat (value, latent, global row) vectors."""
+def _codes(sae: Any, batch: torch.Tensor, offset: int, num_latents: int
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positive activations of one batch as flat (value, latent, global row) vectors; any SparseCoder's
+    code (TopK's (values, indices) or a sparse (N, F) tensor)."""
     with torch.no_grad():
-        values, indices = sae.encode(batch)
-    values, indices = values.detach().float().cpu(), indices.detach().long().cpu()
-    rows = torch.arange(offset, offset + batch.shape[0]).unsqueeze(1).expand_as(values)
-    live = values > 0
-    return values[live], indices[live], rows[live]
+        rows, latents, values = positive_entries(sae.encode(batch), num_latents)
+    return values.detach().float().cpu(), latents.cpu(), rows.cpu() + offset
 
 
 def activation_stats(sae: Any, batches: Iterable[torch.Tensor], num_latents: int, *, bins: int = 20,
@@ -153,7 +153,7 @@ def activation_stats(sae: Any, batches: Iterable[torch.Tensor], num_latents: int
     vmax = torch.zeros(F)
     rows = 0
     for xb in batches:
-        v, i, _ = _codes(sae, xb, rows)
+        v, i, _ = _codes(sae, xb, rows, F)
         vmax.scatter_reduce_(0, i, v, "amax")
         rows += xb.shape[0]
     if rows == 0:
@@ -163,7 +163,7 @@ def activation_stats(sae: Any, batches: Iterable[torch.Tensor], num_latents: int
     best_r = torch.full((F, top), -1, dtype=torch.int64)
     offset = 0
     for xb in batches:
-        v, i, r = _codes(sae, xb, offset)
+        v, i, r = _codes(sae, xb, offset, F)
         b = torch.clamp((v / vmax[i].clamp_min(1e-30) * bins).long(), max=bins - 1)
         counts.index_add_(0, i * bins + b, torch.ones_like(b))
         if top:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..validate import non_negative_int_arg, positive_float_arg, positive_int_arg
-from . import print_summary, set_threads
+from . import over_training, print_summary, set_threads
 
 if TYPE_CHECKING:
     from ..stability import Stability
@@ -64,11 +64,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=non_negative_int_arg, default=0,
                         help="CPU threads for torch and faiss (0: default)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--over-training", action="store_true",
+                        help="DIR is a training run saved with history='log': p̂ and labels at every kept checkpoint "
+                             "(seed<s>/history/step<N>/), label transitions and cosine to initialisation vs final "
+                             "p̂ (exact matching; --theta, --eps, --moved-below apply; results are written only "
+                             "with --out)")
+    parser.add_argument("--moved-below", type=float, default=0.9,
+                        help="--over-training: a latent has moved when its cosine to its initialisation is below "
+                             "this (default 0.9)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Under torchrun (WORLD_SIZE > 1) the ranks join one process group and split the pairs; rank 0 claims
-    the output folder (writable, locked against a second run) before any work, and prints the summary."""
+    the output folder (writable, locked against a second run) before any work, and prints the summary.
+    ``--over-training`` runs :func:`sae_fast.commands.over_training.report` on DIR instead."""
+    if args.over_training:
+        return over_training.report(args.dir, theta=args.theta, eps=args.eps, moved_below=args.moved_below,
+                                    out=None if args.no_save else args.out)
     from .. import distributed as dist_utils  # imports torch (see _compute)
     from ..runs import find_saved_saes
 

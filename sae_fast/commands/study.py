@@ -82,6 +82,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Under torchrun (WORLD_SIZE > 1, RUN_DIR given) every rank computes its share of the stability pairs first
+    (:func:`shared_stability`); rank 0 then runs the study, whose stability step finds them done."""
+    from .. import distributed as dist_utils  # imports torch (the CLI imports every command to build its parser)
+
+    joined = dist_utils.init_from_environment()
+    try:
+        if joined and args.run_dir is not None:
+            shared_stability(args)
+        return _study(args) if dist_utils.is_main_process() else 0
+    finally:
+        if joined:
+            dist_utils.destroy()
+
+
+def shared_stability(args: argparse.Namespace) -> None:
+    """Every rank of the process group: the study's stability run over RUN_DIR's seeds, the pairs split over the
+    ranks (:func:`sae_fast.study.steps.stability.study_scores`), saved where the stability step resumes it. Not
+    with --overwrite (rank 0 then computes them in the step) nor when --only leaves the stability step out."""
+    from ..study import StudyConfig
+    from ..study.inputs import load_seeds
+    from ..study.steps.stability import study_scores
+
+    if (args.only and "stability" not in args.only) or args.overwrite:
+        # --overwrite may remove the folder's results (another study's) after this: rank 0 computes them alone
+        return
+    cfg = StudyConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(StudyConfig)})
+    seeds = load_seeds(args.run_dir, args.hookpoint)
+    study_scores(seeds.decoders(), cfg, Path(args.out), args.device, progress=not args.no_progress, distributed=True)
+
+
+def _study(args: argparse.Namespace) -> int:
     from ..study import EmbeddedDefault, StudyConfig, StudyModel, study
 
     cfg = StudyConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(StudyConfig)})

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..analysis.codes import fixed_k
 from ..errors import DataError, UsageError
+from ..formats.protocol import architecture_of
 
 MIN_ROWS = 2
 
@@ -170,7 +172,8 @@ def find_seeds(run_dir: str | os.PathLike, hookpoint: str | None = None,
 
 def load_seeds(run_dir: str | os.PathLike, hookpoint: str | None = None, names: list[str] | None = None) -> Seeds:
     """Load every seed of ``run_dir`` (see :func:`find_seeds`); a seed that fails to load, or seeds that differ in
-    F, d or k, raise a DataError naming the folders. Memory O(S·F·d)."""
+    F, d, architecture or k, raise a DataError naming the folders. Any architecture
+    (:class:`sae_fast.formats.SparseCoder`). Memory O(S·F·d)."""
     from ..checkpoint import load_sae
     from ..provenance import sha256_file
 
@@ -186,12 +189,12 @@ def load_seeds(run_dir: str | os.PathLike, hookpoint: str | None = None, names: 
         saes.append(sae)
         weights = sorted(folder.glob("*.safetensors"))
         ident.append(sha256_file(weights[0]) if weights else str(folder))
-    shapes = {(int(s.num_latents), int(s.d_in), int(getattr(s, "k", 0))) for s in saes}
+    shapes = {(int(s.num_latents), int(s.d_in), architecture_of(s), fixed_k(s)) for s in saes}
     if len(shapes) > 1:
-        detail = "; ".join(f"{folder}: F={s.num_latents}, d={s.d_in}, k={getattr(s, 'k', '?')}"
+        detail = "; ".join(f"{folder}: F={s.num_latents}, d={s.d_in}, {architecture_of(s)}, k={fixed_k(s)}"
                            for (_, folder), s in zip(found, saes))
-        raise DataError(f"the seeds of {run_dir} differ in dictionary size, width or k ({detail}); expected one "
-                        "shape for every seed")
+        raise DataError(f"the seeds of {run_dir} differ in dictionary size, width, architecture or k ({detail}); "
+                        "expected one shape for every seed")
     return Seeds([n for n, _ in found], [f for _, f in found], saes, ident)
 
 
@@ -341,6 +344,6 @@ def resolve_inputs(run_dir: Any, *, activations: Any, refit_activations: Any, ou
         raise UsageError(f"browse_seed {cfg.browse_seed} outside the {len(seeds.names)} seeds")
     sae = seeds.saes[0]
     source.update({"seeds": seeds.names, "num_seeds": len(seeds.names), "d": seeds.d, "num_latents": sae.num_latents,
-                   "k": sae.k, "eval_tokens": held.num_rows})
+                   "architecture": architecture_of(sae), "k": fixed_k(sae), "eval_tokens": held.num_rows})
     return Inputs(seeds, held, digest, source, refit=refit, snippets=snippets, model_src=src, model_spec=spec,
                   why_no_lm=why, embedded_layer=emb_layer, embedded_model_path=emb_path)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.codes import fixed_k
 from ..checkpoint import atomic_write, atomic_write_json
 from ..errors import OutputDirError
 from ..outdir import clear
@@ -19,10 +20,12 @@ from ..provenance import to_jsonable
 from . import report as report_mod
 from .inputs import Inputs
 from .step import Block, Context, Step, read_marker
+from .steps.stability import PAIRS_DIR
 
 STUDY_FILE = "study.json"
 """the identity of the study a folder holds (its seeds and held-out rows); another study is refused"""
-OUTPUTS = ["results.json", "arrays.npz", "snippets.json", "report.html", "report.md", "figures", "export", STUDY_FILE]
+OUTPUTS = ["results.json", "arrays.npz", "snippets.json", "report.html", "report.md", "figures", "export", STUDY_FILE,
+           PAIRS_DIR]
 
 
 def assemble(plan: list[Step], ctx: Context) -> dict[str, Any]:
@@ -37,6 +40,8 @@ def assemble(plan: list[Step], ctx: Context) -> dict[str, Any]:
         results.update(getattr(res, "entries", {}))
         timings[step.name] = (read_marker(ctx.out / step.name) or {}).get("seconds")
     results["missing_steps"] = missing
+    results["topk_only"] = {key: entry["topk_only"] for key, entry in results.items()
+                            if isinstance(entry, dict) and entry.get("topk_only")}
     results["warnings"] = heldout_warnings(ctx.inputs)
     results["timings_seconds"] = timings
     return to_jsonable(results)
@@ -44,13 +49,17 @@ def assemble(plan: list[Step], ctx: Context) -> dict[str, Any]:
 
 def heldout_warnings(inputs: Inputs) -> list[str]:
     """A warning when the held-out rows are too few for the firing frequencies to resolve a latent firing at the
-    mean rate k/F: it should fire about 10 times, so N >= 10·F/k rows."""
+    mean rate k/F: it should fire about 10 times, so N >= 10·F/k rows. Only for TopK seeds (a fixed k); other
+    architectures have no such rate before their codes are seen."""
     sae = inputs.seeds.saes[0]
-    need = int(np.ceil(10 * sae.num_latents / sae.k))
+    k = fixed_k(sae)
+    if k is None:
+        return []
+    need = int(np.ceil(10 * sae.num_latents / k))
     if inputs.held.num_rows >= need:
         return []
-    msg = (f"only {inputs.held.num_rows} held-out rows: a latent firing at the mean rate k/F = {sae.k}/"
-           f"{sae.num_latents} fires about {inputs.held.num_rows * sae.k / sae.num_latents:.1f} times on them; "
+    msg = (f"only {inputs.held.num_rows} held-out rows: a latent firing at the mean rate k/F = {k}/"
+           f"{sae.num_latents} fires about {inputs.held.num_rows * k / sae.num_latents:.1f} times on them; "
            f"frequencies, masking ΔEV and co-activation need at least {need} rows (10·F/k)")
     warnings.warn(msg, stacklevel=3)
     return [msg]

@@ -218,11 +218,18 @@ def _section_header(results: dict, figs: dict[str, bytes], snippets: dict | None
     B: list[Block] = [("h1", "Seed-dependence study")]
     src = results.get("source", {})
     B.append(("p", f"{src.get('num_seeds', '?')} seeds ({', '.join(map(str, src.get('seeds', [])))}); "
-                   f"d = {src.get('d')}, F = {src.get('num_latents')}, k = {src.get('k')}; {src.get('kind', '')}. "
+                   f"{src.get('architecture', 'topk')} SAEs, d = {src.get('d')}, F = {src.get('num_latents')}, "
+                   f"k = {src.get('k') if src.get('k') is not None else 'none (not a TopK SAE)'}; "
+                   f"{src.get('kind', '')}. "
                    f"Held-out tokens: {src.get('eval_tokens')}. Method: Gerasimov et al. (2026) as restated in "
                    "docs/method.md; choices the paper leaves open are parameters (results.json → config)."))
     B.append(_table(results, [("theta", "config.theta"), ("eps", "config.eps"), ("anchor seed", "config.anchor"),
                               ("p̂ resolution (1 / comparisons)", "stability.p_hat_resolution")]))
+    topk_only = results.get("topk_only") or {}
+    if topk_only:
+        B.append(("p", "Parts that assume a TopK SAE (a fixed k), not computed for these seeds (results.json → "
+                       "topk_only): " + " ".join(f"{html.escape(k)}: {html.escape(v)}." for k, v in topk_only.items())
+                  + " Every other analysis reads the seeds' own sparse codes."))
     return B
 
 
@@ -248,9 +255,9 @@ def _section_masking(results: dict, figs: dict[str, bytes], snippets: dict | Non
     """Section 2: masking, splices and the LM loss."""
     B: list[Block] = []
     B.append(("h2", "2. Function: masking"))
-    B.append(("p", "Latents are zeroed after the TopK selection (no re-selection); EV = 1 − FVU on held-out "
-                   "activations; ΔEV = EV_full − EV_masked. Random sets have the same size (and, for "
-                   "'freqmatched', the same firing-frequency profile)."))
+    B.append(("p", "Latents are zeroed in the code after encoding (after the TopK selection for TopK SAEs; no "
+                   "re-selection); EV = 1 − FVU on held-out activations; ΔEV = EV_full − EV_masked. Random sets "
+                   "have the same size (and, for 'freqmatched', the same firing-frequency profile)."))
     m = results.get("masking", {})
     rows = [("EV of the full SAE", "masking.ev_full"), ("FVU of the full SAE", "masking.fvu_full"),
             ("n: stable latents masked in the n-vs-ratio·n comparison", "masking.n"),

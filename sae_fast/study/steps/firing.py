@@ -1,9 +1,10 @@
-"""Step ``firing``: every seed's top-k codes on the held-out rows (CSR) and its firing frequencies.
+"""Step ``firing``: every seed's positive codes on the held-out rows (CSR) and its firing frequencies.
 
-The held-out rows are streamed in batches through each seed's encoder on ``--device``; only the positive top-k
-(values, indices) are kept. Frequency, co-activation (candidates) and dead-latent masks come from these codes.
+The held-out rows are streamed in batches through each seed's encoder on ``--device``; only the positive entries
+of its code are kept (a TopK SAE's positive top-k, a ReLU / JumpReLU / gated SAE's positive sparse code;
+:mod:`sae_fast.analysis.codes`). Frequency, co-activation (candidates) and dead-latent masks come from these codes.
 
-Memory: O(S·F·d) SAEs + O(batch·F) pre-activations of one batch + the codes O(S·N·k).
+Memory: O(S·F·d) SAEs + O(batch·F) pre-activations of one batch + the codes O(S·nnz) (nnz <= N·k for TopK).
 Artifacts: ``codes_<s>.npz`` (scipy CSR, N × F) per seed, ``arrays.npz`` (freq (S, F)).
 """
 
@@ -21,7 +22,7 @@ from .section import Section, SectionStep
 
 
 class Firing(Section):
-    """freq (S, F) and, per seed, the (N, F) CSR of positive top-k activations (``codes``)."""
+    """freq (S, F) and, per seed, the (N, F) CSR of its positive activations (``codes``)."""
 
     codes: list[sp.csr_matrix]
 

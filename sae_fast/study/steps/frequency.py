@@ -13,6 +13,7 @@ import json
 from typing import Any, ClassVar
 
 from ...analysis import frequency as freq_mod
+from ...analysis.codes import fixed_k, topk_only_note
 from ...browse.study import TOP_SNIPPETS, top_snippets
 from ...browse.table import code_stats
 from ...checkpoint import atomic_write_json
@@ -21,6 +22,16 @@ from .section import Section, SectionStep
 
 NO_TOKENS = ("the held-out activations come without their tokens (an array or file); pass the model they come "
              "from (--model, with --layer or --module) for top-activating snippets")
+
+
+def k_over_f_baseline(sae: Any) -> dict[str, Any]:
+    """The mean-rate baseline k/F of a TopK SAE; for another architecture (no fixed k) None and the note saying
+    so (``topk_only``)."""
+    k = fixed_k(sae)
+    if k is None:
+        return {"k_over_F": None, "k_over_F_percent": None,
+                "topk_only": topk_only_note(sae, "the k/F firing baseline")}
+    return {"k_over_F": k / sae.num_latents, "k_over_F_percent": 100 * k / sae.num_latents}
 
 
 class FrequencyStep(SectionStep):
@@ -33,9 +44,8 @@ class FrequencyStep(SectionStep):
         labels, p_hat = ctx.result("stability").labels, ctx.result("stability").p_hat
         freq = ctx.result("firing").freq
         sae = ctx.inputs.seeds.saes[a0]
-        k_over_f = sae.k / sae.num_latents
         entries: dict[str, Any] = {"frequency": {"anchor": freq_mod.compare_groups(freq[a0], labels[a0]),
-                                                 "k_over_F": k_over_f, "k_over_F_percent": 100 * k_over_f}}
+                                                 **k_over_f_baseline(sae)}}
         snippets: dict[str, Any] = {}
         sn = ctx.inputs.snippets
         if sn is not None and sn.tokens is not None and sn.where is not None:

@@ -3,7 +3,8 @@ the held-out seeds, next to the single seeds, with the same encoder refit / fine
 
 The links between pool seeds are top-1 matches found in tiles (never (F, F) cosines). Memory: O(S·F·d) SAEs +
 O(N·d) held-out rows + refit rows O(max_refit_tokens·d) + O(batch·F) per encode. Artifacts: ``section.json``
-(results.json → pooling) and the pooled SAEs in ``pooled/<fill>/`` (sparsify layout).
+(results.json → pooling) and the pooled SAEs in ``pooled/<fill>/`` (sparsify layout). The pooled SAE is a TopK
+SAE with the seeds' k: for seeds of another architecture the step is skipped and says so (``topk_only``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import ClassVar
 
 from ...analysis import frequency as freq_mod
 from ...analysis import pooling as pool_mod
+from ...analysis.codes import topk_only_note
 from ..step import Context
 from .section import Section, SectionStep
 
@@ -27,6 +29,9 @@ class PoolingStep(SectionStep):
         n_pool = cfg.pool_seeds if cfg.pool_seeds is not None else max(2, S // 2)
         if S - n_pool < 1 or n_pool < 2:
             return Section({"pooling": {"skipped": f"needs >= 2 pool seeds and >= 1 held-out seed (have {S} seeds)"}})
+        not_topk = topk_only_note(saes[0], "pooling (a TopK SAE of the pooled decoder rows, its encoder refit)")
+        if not_topk is not None:
+            return Section({"pooling": {"skipped": not_topk, "topk_only": not_topk}})
         x = ctx.inputs.held.tensor()
         do_refit = cfg.refit_steps > 0 or cfg.finetune_steps > 0
         refit = ctx.inputs.refit

@@ -1,15 +1,22 @@
 """Step ``stability``: p̂ of every latent of every seed (anchor = each seed in turn) and the endpoint split.
 
-Read from the matching step's graph (the top-1 neighour in each other seed is the best cosine), so θ and ε
-change only this step and the ones downstream. Also saved as a :class:`sae_fast.Stability` run in this folder
-(``stability.json`` + ``stability.safetensors``), readable by ``Stability.load``.
+The best cosines come from :func:`sae_fast.stability_scores` (exact backend, every directed pair, on ``--device``),
+the same computation as ``sae-fast stability``: under torchrun ``sae-fast study`` has every rank compute its share
+of the seed pairs first (:func:`study_scores`), and a run killed mid-way resumes at the next unfinished pair from
+its checkpoint in ``<out>/stability_pairs/<signed|absolute>/`` (kept outside the step folder, which is emptied
+before the step runs; its decoders are verified by hash before it is reused). The scores hold no θ, so θ and ε
+change only the split here and the steps downstream. Also saved as a :class:`sae_fast.Stability` run in this folder
+(``stability.json`` + ``stability.safetensors``, seeds named as in the run), readable by ``Stability.load``. The
+matching step's top-1 neighbours are the same numbers (tests/study/test_stability_route.py).
 
-Memory: O(S²·F) for the best cosines. Artifacts: ``arrays.npz`` (p_hat (S, F), labels (S, F), best_cos
-(S, S, F)), ``section.json`` (results.json → stability), the Stability files.
+Memory: O(S·F·d) decoders + one tile + O(S²·F) for the best cosines. Artifacts: ``arrays.npz`` (p_hat (S, F),
+labels (S, F), best_cos (S, S, F)), ``section.json`` (results.json → stability), the Stability files.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -17,7 +24,8 @@ import torch
 
 from ...analysis import stability as stab_mod
 from ...analysis._common import STABLE, UNSTABLE
-from ...stability import Stability
+from ...stability import Stability, stability_scores
+from ..config import StudyConfig
 from ..step import Context
 from .section import Section, SectionStep
 
@@ -38,23 +46,38 @@ class StabilityResult(Section):
         return self.array("best_cos")
 
 
+PAIRS_DIR = "stability_pairs"
+"""the folder (in the study's output folder) of the stability run the step computes and resumes"""
+
+
+def pairs_dir(out: Path, absolute: bool) -> Path:
+    """Where the step's :func:`stability_scores` run lives: one per cosine kind (signed or absolute)."""
+    return out / PAIRS_DIR / ("absolute" if absolute else "signed")
+
+
+def study_scores(decoders: list[torch.Tensor], cfg: StudyConfig, out: Path, device: torch.device | str | None,
+                 progress: bool, distributed: bool = False) -> Stability:
+    """The study's :func:`stability_scores` run over the seeds' decoders, saved in (and resumed from)
+    :func:`pairs_dir`. With ``distributed`` (every rank of a process group calling it with the same decoders),
+    the ranks split the pairs; the step itself then finds the finished run and computes nothing."""
+    return stability_scores(decoders, theta=cfg.theta, eps=cfg.eps, anchor="all", backend="exact",
+                            absolute=cfg.absolute, device=device, out=pairs_dir(out, cfg.absolute),
+                            progress=progress, distributed=distributed)
+
+
 class StabilityStep(SectionStep):
     name: ClassVar[str] = "stability"
-    requires = ("matching",)
+    requires = ()
     setting_names = ("theta", "eps", "absolute", "anchor")
     result_type = StabilityResult
 
     def compute(self, ctx: Context) -> StabilityResult:
-        cfg, nb = ctx.cfg, ctx.result("matching")
-        S = nb.index.shape[0]
-        best_cos = nb.cos[..., 0].copy()
-        best_j = nb.index[..., 0].copy()
-        eye = np.eye(S, dtype=bool)
-        best_cos[eye], best_j[eye] = np.nan, -1
-        stab = Stability(torch.from_numpy(best_cos), torch.from_numpy(best_j), torch.from_numpy(~eye),
-                         list(range(S)), list(ctx.inputs.seeds.names), cfg.theta, cfg.eps, cfg.absolute,
-                         "exact top-m neighbour graph (study matching step)", {})
+        cfg = ctx.cfg
+        S = len(ctx.inputs.seeds.names)
+        scores = study_scores(ctx.inputs.seeds.decoders(), cfg, ctx.out, ctx.device, ctx.progress)
+        stab = dataclasses.replace(scores, seeds=list(ctx.inputs.seeds.names))
         stab.save(ctx.dir(self.name))
+        best_cos = stab.best_cos.numpy().astype(np.float32)
         p_hat = stab.p_hat().numpy().astype(np.float64)
         labels = np.stack([stab_mod.split(p, cfg.eps) for p in p_hat])
         a0 = cfg.anchor
