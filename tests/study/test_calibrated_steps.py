@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sae_fast.analysis.calibration import CalibrationSettings, PlantedStudy
+from sae_fast.analysis.fdr import tail_pvalues
 from sae_fast.checkpoint import save_sae
 from sae_fast.sae import TopKSAE
 
@@ -82,10 +83,15 @@ def test_nulls_dose_fdr_seed_count_and_ambiguity_artifacts(study_out):
     assert not low["skipped"] and low["ranks"]["4"]["excess_lo"] <= low["ranks"]["4"]["excess_hi"]
     assert len(res["dose_response"]["frequency"]["bins"]) == 3
     fdr = res["fdr"]
-    assert fdr["tests"] == len(fdr["candidates"]) > 0 and fdr["min_p"] >= 1 / 2001
+    assert fdr["tests"] == len(fdr["candidates"]) > 0 and fdr["pvalues"] == "tail"
+    # (a strong planted candidate passing BH, and the negative control not, is tested in tests/analysis/test_fdr.py)
     assert all(c["q_value"] >= c["p_value"] for c in fdr["candidates"]) and 0 <= fdr["non_null_share"] <= 1
     with np.load(out / "fdr" / "arrays.npz") as z:
         assert z["latent_q"].shape == (4, SHARED + GROUPED + OTHER)
+        assert len(z["null_similarity"]) == len(z["null_size"]) == fdr["null_draws"]
+        # each candidate's p-value is the fitted-tail p of its similarity against the pooled raw draws
+        sims = [c["mean_best_similarity"] for c in fdr["candidates"]]
+        assert np.allclose([c["p_value"] for c in fdr["candidates"]], tail_pvalues(sims, z["null_similarity"]))
     assert [r["num_seeds"] for r in res["seed_count"]["curve"]] == [2, 3, 4]
     assert len(res["calibration"]["rows"]) == 2
     curves = {(b["lo"], b["hi"]): b for b in res["ambiguity"]["direction"]}
