@@ -71,6 +71,11 @@ def test_verdict_opens_the_report_and_supports_the_planted_subspace(study_out):
     text = (out / "report.md").read_text()
     first_h2 = text.index("## ")
     assert text[first_h2:].startswith("## Verdict per claim of the paper")
+    # every headline number has a seed interval or a reason; the planted subspace's excess is above 0
+    ivs = {r["name"]: r for r in res["verdict_intervals"]}
+    assert ivs["subspace excess r = 4"]["lo"] > 0 and ivs["share stable"]["lo"] <= ivs["share stable"]["hi"]
+    assert all(np.isfinite(r["lo"]) or r["reason"] for r in ivs.values())
+    assert "Headline numbers with seed-bootstrap intervals" in text
 
 
 def test_nulls_dose_fdr_seed_count_and_ambiguity_artifacts(study_out):
