@@ -98,6 +98,10 @@ def test_nulls_dose_fdr_seed_count_and_ambiguity_artifacts(study_out):
         sims = [c["mean_best_similarity"] for c in fdr["candidates"]]
         assert np.allclose([c["p_value"] for c in fdr["candidates"]], tail_pvalues(sims, z["null_similarity"]))
     assert [r["num_seeds"] for r in res["seed_count"]["curve"]] == [2, 3, 4]
+    subsets = res["seed_count"]["subsets"]
+    assert [r["num_seeds"] for r in subsets] == [2, 3, 4]
+    # on all 4 seeds the cheap excess sees the planted subspace like the nulls step does
+    assert subsets[-1]["subspace_excess"] > 0 and subsets[-1]["f1"] is not None
     assert len(res["calibration"]["rows"]) == 2
     curves = {(b["lo"], b["hi"]): b for b in res["ambiguity"]["direction"]}
     assert any(b["mean"] is not None for b in curves.values())
