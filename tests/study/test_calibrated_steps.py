@@ -39,6 +39,7 @@ def study_out(tmp_path_factory):
     from sae_fast.study.steps import calibrated_steps
     from sae_fast.study.steps.ambiguity import AmbiguityOptions, AmbiguityStep
     from sae_fast.study.steps.calibration import CalibrationOptions, CalibrationStep
+    from sae_fast.study.steps.candidates import CandidatesStep
     from sae_fast.study.steps.dose_response import DoseOptions, DoseResponseStep
     from sae_fast.study.steps.fdr import FdrOptions, FdrStep
     from sae_fast.study.steps.firing import FiringStep
@@ -49,8 +50,10 @@ def study_out(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("calibrated")
     run, x = _planted_run(tmp)
     verdict = calibrated_steps(("stability", "firing"))[-1]
-    plan = [MatchingStep(), StabilityStep(), FiringStep(), NullsStep(NullsOptions(null_draws=40, n_boot=300)),
-            DoseResponseStep(DoseOptions(null_draws=10, n_boot=200, p_hat_edges=(0.0, 0.5, 1.0))),
+    plan = [MatchingStep(), StabilityStep(), FiringStep(), CandidatesStep(),
+            NullsStep(NullsOptions(null_draws=40, n_boot=300)),
+            DoseResponseStep(DoseOptions(null_draws=10, n_boot=200, p_hat_edges=(0.0, 0.5, 1.0)),
+                             requires=("stability", "firing", "candidates")),
             AmbiguityStep(AmbiguityOptions(max_latents=40, m_max=3, candidates=8, activation_rows=2000)),
             FdrStep(FdrOptions(null_draws=2000)), calibrated_steps(())[4],
             CalibrationStep(CalibrationOptions(shares=(0.0, 0.5), repeats=2, planted=PlantedStudy(
@@ -87,6 +90,10 @@ def test_nulls_dose_fdr_seed_count_and_ambiguity_artifacts(study_out):
     low = res["dose_response"]["p_hat"]["bins"][0]  # the planted effect itself is tested in tests/analysis
     assert not low["skipped"] and low["ranks"]["4"]["excess_lo"] <= low["ranks"]["4"]["excess_hi"]
     assert len(res["dose_response"]["frequency"]["bins"]) == 3
+    # the bins' nulls leave out every candidate-subspace member (the planted effect itself: tests/analysis)
+    members = sum(c["size"] for c in res["candidates"]["candidates"])
+    assert res["dose_response"]["null_excludes"] == "candidate subspace members"
+    assert res["dose_response"]["p_hat"]["excluded_from_null"] == members > 0
     fdr = res["fdr"]
     assert fdr["tests"] == len(fdr["candidates"]) > 0 and fdr["pvalues"] == "tail"
     # (a strong planted candidate passing BH, and the negative control not, is tested in tests/analysis/test_fdr.py)
