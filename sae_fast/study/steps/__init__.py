@@ -15,6 +15,7 @@ from .geometry import GeometryStep
 from .masking import MaskingStep
 from .matching import MatchingStep
 from .nulls import NullsStep
+from .over_training import OverTrainingStep
 from .pooling import PoolingStep
 from .seed_count import SeedCountStep
 from .stability import StabilityStep
@@ -38,7 +39,7 @@ def calibrated_steps(available: tuple[str, ...]) -> list[Step]:
                       *(n for n in ("masking", "classifier", "pooling") if n in available))
     dose_inputs = ("stability", "firing", *(("candidates",) if "candidates" in available else ()))
     return [NullsStep(), DoseResponseStep(requires=dose_inputs), AmbiguityStep(), FdrStep(), SeedCountStep(),
-            CalibrationStep(), VerdictStep(requires=verdict_inputs)]
+            CalibrationStep(), OverTrainingStep(), VerdictStep(requires=verdict_inputs)]
 
 
 __all__ = ["default_steps"]

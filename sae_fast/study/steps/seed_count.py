@@ -35,7 +35,7 @@ class SeedCountOptions:
     subset_metrics: tuple[str, ...] = ("f1", "subspace_excess")
     """numbers recomputed per seed subset: "f1" (classifier F1 of the unstable class) and
     "subspace_excess"; () skips them"""
-    subset_draws: int = 2
+    subset_draws: int = 1
     """random seed subsets per S' for those numbers"""
     max_pairs: int = 2
     """(train, test) seed pairs of the classifier per subset"""
