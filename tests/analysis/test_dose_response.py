@@ -61,6 +61,8 @@ def test_null_outside_planted_groups_recovers_the_excess_the_other_bins_hide():
     plain = dose_response(decs, p_hat, freq, **kw)
     clean = dose_response(decs, p_hat, freq, exclude_from_null=group, **kw)
     assert clean["excluded_from_null"] == group.sum()
+    assert [b["null_excludes_group"] for b in clean["bins"]] == [True, True, True]
+    assert not any(b["null_excludes_group"] for b in plain["bins"])
     low_plain, low_clean = plain["bins"][0]["ranks"][4], clean["bins"][0]["ranks"][4]
     # the other low bin holds the same subspace: the plain null is inflated, the excluding one is not
     assert low_plain["null"] > low_clean["null"] + 0.02 and low_clean["excess"] > low_plain["excess"] + 0.02

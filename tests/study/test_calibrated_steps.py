@@ -94,6 +94,9 @@ def test_nulls_dose_fdr_seed_count_and_ambiguity_artifacts(study_out):
     members = sum(c["size"] for c in res["candidates"]["candidates"])
     assert res["dose_response"]["null_excludes"] == "candidate subspace members"
     assert res["dose_response"]["p_hat"]["excluded_from_null"] == members > 0
+    # nearly every unstable latent is a candidate member here: the stable bin keeps its full outside pool
+    high = res["dose_response"]["p_hat"]["bins"][1]
+    assert not high["skipped"] and not high["null_excludes_group"]
     fdr = res["fdr"]
     assert fdr["tests"] == len(fdr["candidates"]) > 0 and fdr["pvalues"] == "tail"
     # (a strong planted candidate passing BH, and the negative control not, is tested in tests/analysis/test_fdr.py)

@@ -65,7 +65,8 @@ class DoseResponseStep(SectionStep):
             "p", "Cross-seed mean cos² of each bin's latents minus frequency-matched latents from outside the bin, "
                  "at one common n per binning; 95 % seed-bootstrap intervals. The paper's claim predicts more excess "
                  "at low p̂ (a negative Spearman trend of excess over bin centre). "
-                 + ("The null excludes the members of candidate subspaces outside the bin."
+                 + ("The null excludes the members of candidate subspaces outside the bin, where enough other latents "
+                    "remain ('group-free null' per bin)."
                     if e.get("null_excludes") == "candidate subspace members" else
                     "Limitation: the candidates step is not in the plan, so a bin's null may be drawn from other "
                     "bins holding the same subspace, which shrinks the excess."))]
@@ -74,7 +75,8 @@ class DoseResponseStep(SectionStep):
             prefixes = [f"dose_response.{by}.bins.{i}.ranks.{r}" for i, b in enumerate(bins) for r in b["ranks"]]
             blocks += [("h3", f"by {by} (n = {e[by]['n']})"),
                        columns(res, [f"dose_response.{by}.bins.{i}" for i in range(len(bins))],
-                               [("from", "lo"), ("to", "hi"), ("latents per seed", "sizes"), ("skipped", "skipped")]),
+                               [("from", "lo"), ("to", "hi"), ("latents per seed", "sizes"), ("skipped", "skipped"),
+                                ("group-free null", "null_excludes_group")]),
                        columns(res, prefixes, [("excess", "excess"), ("CI low", "excess_lo"), ("CI high", "excess_hi"),
                                                ("R", "R"), ("p", "p_value")]),
                        columns(res, [f"dose_response.{by}.trend"],
