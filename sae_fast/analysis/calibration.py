@@ -121,6 +121,9 @@ class CalibrationSettings:
     max_n: int = 32
     null_draws: int = 100
     candidate_null_draws: int = 2000
+    candidate_pvalues: str = "tail"
+    """candidate p-values as in the study's fdr step: "tail" (fitted generalized-Pareto tail) or "empirical"
+    (the plain share of draws)"""
     candidate_method: str = "cosine"
     candidate_threshold: float = 0.3
     alpha: float = 0.05
@@ -144,7 +147,8 @@ def run_tests(planted: Planted, settings: CalibrationSettings = CalibrationSetti
     cands = cand.candidate_subspaces(decs, nonstable, method=settings.candidate_method,
                                      threshold=settings.candidate_threshold, freqs=planted.freqs,
                                      min_null_draws=settings.candidate_null_draws,
-                                     null_neighbours=settings.candidate_null_draws, seed=seed)
+                                     null_neighbours=settings.candidate_null_draws,
+                                     pvalues=settings.candidate_pvalues, seed=seed)
     fdr = candidate_fdr(cands, [len(D) for D in decs], levels=(settings.fdr,))
     y = np.concatenate([planted.grouped[s][nonstable[s]] for s in range(S)])
     score = np.concatenate([1 - fdr["latent_q"][s][nonstable[s]] for s in range(S)])

@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from ..angles import principal_angles_pairs
 from ._common import ArrayLike, check_decoders, index_array, right_singular
 from .clustering import average_linkage
+from .fdr import tail_pvalues
 
 
 def coactivation_affinity(fires: ArrayLike) -> np.ndarray:
@@ -292,6 +293,13 @@ def _partners(latent_sets: list[np.ndarray], set_owner: np.ndarray, members: lis
     return out
 
 
+def _candidate_pvalue(sim: float, ref: np.ndarray, pvalues: str, tail_fraction: float) -> float:
+    """One-sided p-value of a candidate's mean best similarity against its reference null draws."""
+    if pvalues == "tail" and np.isfinite(sim):
+        return float(tail_pvalues([sim], ref, tail_fraction=tail_fraction)[0])
+    return float((1 + np.sum(ref >= sim - 1e-12)) / (1 + len(ref)))
+
+
 def _columns(fires: ArrayLike, idx: np.ndarray) -> ArrayLike:
     """Columns ``idx`` of a dense or sparse firing matrix (sparse stays sparse)."""
     if sp.issparse(fires):
@@ -320,6 +328,8 @@ def candidate_subspaces(
     neighbours: int = 32,
     neighbour_index: np.ndarray | None = None,
     dense_limit: int = 4096,
+    pvalues: str = "empirical",
+    tail_fraction: float = 0.05,
     seed: int = 0,
 ) -> dict:
     """Candidate subspaces of ``sets[s]`` (e.g. each seed's unstable latents) and their reproducibility.
@@ -335,6 +345,11 @@ def candidate_subspaces(
     candidate (and each subset-null draw) is compared only with the candidates of other seeds that hold a top-m
     neighbour of one of its latents, and each Haar draw with its candidate's partners, so time and memory grow
     linearly with F; below it, with every candidate (exact). Memory O(Q·S + one 2^20-entry chunk) either way.
+    ``pvalues``: ``"empirical"`` (share of the reference draws at least as similar, floor 1 / (draws + 1)) or
+    ``"tail"`` (the same, with a generalized-Pareto tail fitted to the top ``tail_fraction`` of the reference draws
+    beyond the empirical support, :func:`sae_fast.analysis.fdr.tail_pvalues`, so p can fall below the floor and
+    pass Benjamini–Hochberg). The raw subset-null draws come back as ``"null_draws"``: ``{"size": (D,) int
+    array, "mean_best_similarity": (D,) float array}`` (memory O(D)).
     Returns ``{"candidates": [per-candidate dicts: seed, latents, rank, score, mean_best_similarity,
     null_similarity, p_value, reproducible], "null": {subset null: "score_mean", "reproduced_share", ...},
     "null_haar": {...}, "per_seed": [{"num_set", "num_in_reproducible", "share_in_reproducible",
@@ -344,6 +359,8 @@ def candidate_subspaces(
     S = len(decs)
     if normalize not in ("max", "min"):
         raise ValueError(f"normalize must be 'max' or 'min', got {normalize!r}")
+    if pvalues not in ("empirical", "tail"):
+        raise ValueError(f"pvalues must be 'empirical' or 'tail', got {pvalues!r}")
     if len(sets) != S:
         raise ValueError(f"sets must hold one index set per seed ({S}), got {len(sets)}")
     if fires is not None and len(fires) != S:
@@ -365,9 +382,11 @@ def candidate_subspaces(
     owner_arr = np.asarray(owner, dtype=np.int64)
     params = {"method": method, "threshold": threshold, "min_size": min_size, "energy": energy,
               "max_rank": max_rank, "tau": tau, "normalize": normalize, "min_score": min_score, "alpha": alpha,
+              "pvalues": pvalues, "tail_fraction": tail_fraction,
               "null": "random latent subsets of the same size from the same seed"
                       + (", frequency-matched" if freqs is not None else "")}
-    out: dict = {"params": params, "candidates": [], "null": {}, "null_haar": {}, "per_seed": []}
+    out: dict = {"params": params, "candidates": [], "null": {}, "null_haar": {}, "per_seed": [],
+                 "null_draws": {"size": np.zeros(0, dtype=np.int64), "mean_best_similarity": np.zeros(0)}}
     if bases:
         use_graph = neighbour_index is not None and len(bases) > dense_limit
         part = _partners(members, owner_arr, members, owner_arr, neighbour_index) if use_graph else None
@@ -403,7 +422,7 @@ def candidate_subspaces(
             score = float((vals >= tau).mean()) if others else float("nan")
             sim = float(vals.mean()) if others else float("nan")
             ref = sub[near[len(members[c])], 1]
-            p_value = float((1 + np.sum(ref >= sim - 1e-12)) / (1 + len(ref)))
+            p_value = _candidate_pvalue(sim, ref, pvalues, tail_fraction)
             out["candidates"].append({
                 "seed": owner[c], "latents": members[c].tolist(), "size": len(members[c]),
                 "rank": int(bases[c].shape[1]), "score": score, "mean_best_similarity": sim,
@@ -417,6 +436,7 @@ def candidate_subspaces(
                         "mean_best_similarity_q99": float(np.quantile(arr[:, 1], 0.99)),
                         "draws": len(arr)}
         out["null"]["kind"] = params["null"]
+        out["null_draws"] = {"size": sub_sizes.astype(np.int64), "mean_best_similarity": sub[:, 1].copy()}
         out["null_haar"]["kind"] = "Haar-random subspaces of the same ranks"
     for s in range(S):
         mine = [c for c in out["candidates"] if c["seed"] == s and c["reproducible"]]

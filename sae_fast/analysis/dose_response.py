@@ -43,6 +43,7 @@ def dose_response(
     freq_bins: int = 4,
     ranks: tuple[int, ...] = (8, 16, 32),
     alive: ArrayLike | None = None,
+    exclude_from_null: ArrayLike | None = None,
     max_n: int = 256,
     null_draws: int = 50,
     set_draws: int = 3,
@@ -61,6 +62,10 @@ def dose_response(
     edges: bin edges (default: p̂ 0, .05, .25, .5, .75, .95, 1; frequency: ``freq_bins`` pooled quantiles).
     ranks: subspace ranks r (a rank above n is skipped).
     alive: (S, F) bool latents that may be used (default all).
+    exclude_from_null: (S, F) bool latents that never enter a bin's null (they still count in their own bin), e.g.
+        members of planted groups or of candidate subspaces: without it a bin's null may be drawn from other bins
+        that hold the same subspace, which shrinks the excess. A bin whose outside pool this would leave below
+        max(ranks) latents keeps the full pool (``null_excludes_group`` False in its entry).
     max_n, null_draws, set_draws: see :func:`subspace_test`; n is common to all bins with at least 2 max(ranks)
         latents in every seed (smaller bins are reported as skipped).
     n_boot, alpha: seed-bootstrap interval of each excess.
@@ -68,7 +73,8 @@ def dose_response(
 
     Returns
     -------
-    ``{"by", "edges", "n", "bins": [{"lo", "hi", "centre", "sizes", "skipped", "ranks": {r: {"cross", "null",
+    ``{"by", "edges", "n", "excluded_from_null", "bins": [{"lo", "hi", "centre", "sizes", "skipped",
+    "null_excludes_group", "ranks": {r: {"cross", "null",
     "ceiling", "excess", "excess_lo", "excess_hi", "R", "p_value"}}}], "trend": {r: spearman rho}}``.
     """
     P = as_numpy(p_hat, "p_hat", ndim=2)
@@ -85,21 +91,30 @@ def dose_response(
     else:
         raise UsageError(f"by must be 'p_hat' or 'frequency', got {by!r}")
     masks = [m & ok for m in bin_masks(values, e)]
+    excl = np.zeros(P.shape, dtype=bool) if exclude_from_null is None else np.asarray(exclude_from_null, dtype=bool)
+    if excl.shape != P.shape:
+        raise UsageError(f"exclude_from_null must be (S={S}, F={P.shape[1]}) like p_hat, got {excl.shape}")
     sizes = [[int(m[s].sum()) for s in range(S)] for m in masks]
-    usable = [min(sz) >= 2 * max(ranks) and min(int((ok[s] & ~m[s]).sum()) for s in range(S)) >= max(ranks)
-              for sz, m in zip(sizes, masks)]
-    out: dict = {"by": by, "edges": e.tolist(), "bins": [], "trend": {}}
+
+    def fits(m: np.ndarray, pl: np.ndarray) -> bool:
+        return min(int((pl[s] & ~m[s]).sum()) for s in range(S)) >= max(ranks)
+
+    # per bin: what the set or its null may use; a bin whose outside pool the exclusion empties keeps it all
+    pools = [ok & ~(excl & ~m) if fits(m, ok & ~(excl & ~m)) else ok for m in masks]
+    excluded = [bool(excl.any()) and pl is not ok for pl in pools]
+    usable = [min(sz) >= 2 * max(ranks) and fits(m, pl) for sz, m, pl in zip(sizes, masks, pools)]
+    out: dict = {"by": by, "edges": e.tolist(), "bins": [], "trend": {}, "excluded_from_null": int(excl.sum())}
     if any(usable):
         n = min([max_n] + [min(sz) // 2 for sz, u in zip(sizes, usable) if u]
-                + [min(int((ok[s] & ~m[s]).sum()) for s in range(S)) for m, u in zip(masks, usable) if u])
+                + [min(int((pl[s] & ~m[s]).sum()) for s in range(S)) for m, pl, u in zip(masks, pools, usable) if u])
     else:
         n = 0
     out["n"] = n
-    for i, (m, sz, use) in enumerate(zip(masks, sizes, usable)):
+    for i, (m, pl, sz, use) in enumerate(zip(masks, pools, sizes, usable)):
         entry: dict = {"lo": float(e[i]), "hi": float(e[i + 1]), "centre": float((e[i] + e[i + 1]) / 2),
-                       "sizes": sz, "skipped": not use, "ranks": {}}
+                       "sizes": sz, "skipped": not use, "null_excludes_group": excluded[i], "ranks": {}}
         if use:
-            res = subspace_test(decoders, list(m), freqs=list(Fq), allowed=list(ok), ranks=ranks, n=n,
+            res = subspace_test(decoders, list(m), freqs=list(Fq), allowed=list(pl), ranks=ranks, n=n,
                                 set_draws=set_draws, null_draws=null_draws, seed=seed + i)
             for r, t in res["ranks"].items():
                 ci = pair_bootstrap(t["excess_pairs"], res["pairs"], num_seeds=S, n_boot=n_boot, alpha=alpha,

@@ -2,9 +2,10 @@
 
 * :func:`empirical_pvalues`: p = (1 + #{null >= stat}) / (1 + N) against a pooled null of N draws. With N draws
   the smallest p is 1/(N+1), so a test of m candidates at FDR q can only reject when N >= m / q or so: pool
-  at least 10⁴ draws (the default ``min_null_draws`` of :func:`candidate_pvalues`).
+  at least 10⁴ draws, or use :func:`tail_pvalues`.
 * :func:`tail_pvalues`: the same, but beyond the empirical support a generalized Pareto tail fitted to the top
-  ``tail_fraction`` of the null (Knijnenburg et al. 2009) gives p-values below 1/(N+1).
+  ``tail_fraction`` of the null (Knijnenburg et al. 2009) gives p-values below 1/(N+1); the default of the study's
+  ``fdr`` step (``candidate_subspaces(pvalues="tail")``, whose raw null draws come back as ``"null_draws"``).
 * :func:`qvalues`: Benjamini–Hochberg adjusted p-values (``scipy.stats.false_discovery_control``).
 * :func:`storey_pi0`: Storey's estimate of the share of true nulls, π0 = #{p > λ} / ((1 − λ) m), capped at 1.
 * :func:`fdr_summary` and :func:`candidate_fdr`: discoveries at several FDR levels, the estimated share of

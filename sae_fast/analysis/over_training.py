@@ -51,6 +51,18 @@ def find_history(run_dir: str | Path) -> dict[int, list[Path]]:
     return {n: [k[n] for k in steps] for n in common}
 
 
+def seed_history(folders: list[Path]) -> dict[int, list[Path]]:
+    """{step: [snapshot folder of each seed]} for the steps that every one of the seed ``folders`` kept in
+    ``<folder>/history/step<N>/`` ({} when some seed kept none or no step is common to all)."""
+    kept = []
+    for folder in folders:
+        hist = Path(folder) / "history"
+        kept.append({int(m.group(1)): p for p in (hist.glob("step*") if hist.is_dir() else [])
+                     if (m := re.fullmatch(r"step(\d+)", p.name)) and p.is_dir()})
+    common = sorted(set.intersection(*(set(k) for k in kept))) if kept else []
+    return {n: [k[n] for k in kept] for n in common}
+
+
 def load_history(history: dict[int, list[Path]]) -> Iterator[tuple[int, list[np.ndarray]]]:
     """(step, decoders of every seed) in step order, one checkpoint at a time."""
     from ..checkpoint import load_decoder

@@ -11,10 +11,16 @@ subsampling N' of the run's own N comparisons, given each latent's full count) a
 N' comparisons if each latent's true rate were its full p̂). :func:`recommend_seeds` turns the binomial
 prediction into the number of seeds a target agreement with the N → ∞ label needs.
 
+:func:`seed_subset_curve` draws whole seed subsets instead (S' of the S seeds, labels from the comparisons inside
+the subset only), so that any downstream number (classifier F1, subspace excess, ...) can be recomputed on what a
+run of S' seeds would have seen; the numbers are callbacks of (seed ids, their labels).
+
 Memory: the (A, N, F) match indicators (bool) plus one (A, N', F) subsample at a time.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from scipy.stats import binom, hypergeom
@@ -136,3 +142,74 @@ def recommend_seeds(p_hat: ArrayLike, *, eps: float = 0.05, target: float = 0.9,
     marks = sorted({2, 4, 8, 16, 32, 64, 96, *([found] if found else [])} & set(range(2, max_seeds + 1)))
     return {"target": target, "num_seeds": found, "agreement_at": {s: agreement(s) for s in marks},
             "latents": len(q)}
+
+
+def _best_cos(best_cos: ArrayLike) -> np.ndarray:
+    """(S, S, F) float array; the diagonal (a seed against itself) may hold NaN and is never read."""
+    B = np.asarray(best_cos, dtype=np.float64)
+    if B.ndim != 3 or B.shape[0] != B.shape[1]:
+        raise UsageError(f"best_cos must have shape (S, S, F), got {B.shape}")
+    return B
+
+
+def subset_labels(best_cos: ArrayLike, seeds: ArrayLike, theta: float, eps: float) -> np.ndarray:
+    """(S', F) endpoint labels of the seeds ``seeds`` from their comparisons with each other only.
+    ``best_cos`` (S, S, F): best cosine of each latent of seed a in seed b (the diagonal is ignored)."""
+    B = _best_cos(best_cos)
+    idx = np.asarray(seeds, dtype=np.int64)
+    if len(idx) < 2:
+        raise UsageError(f"seeds must hold at least 2 seed ids, got {len(idx)}")
+    counts = np.stack([sum((B[a, b] >= theta) for b in idx if b != a) for a in idx])
+    return _label_of_count(counts, len(idx) - 1, eps)
+
+
+def seed_subset_curve(
+    best_cos: ArrayLike,
+    metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]],
+    *,
+    theta: float = 0.7,
+    eps: float = 0.05,
+    sizes: tuple[int, ...] | None = None,
+    draws: int = 2,
+    seed: int = 0,
+) -> list[dict]:
+    """Downstream numbers recomputed on random subsets of S' seeds.
+
+    Parameters
+    ----------
+    best_cos: (S, S, F) best cosine of each latent of seed a among seed b's latents.
+    metrics: name -> callable(seed ids (S',), labels (S', F)) returning a float (NaN when undefined).
+    theta, eps: the matching threshold and the endpoint split of the labels.
+    sizes: seed counts S' (default 2 … S); at S' = S the one subset is every seed.
+    draws: random subsets per S' below S.
+    seed: seed of the subsets.
+
+    Returns
+    -------
+    One dict per S': ``num_seeds``, ``draws`` and per metric ``<name>`` (mean over draws, NaN ignored) and
+    ``<name>_sd``. Memory: O(S'·F) labels per subset plus what the metrics use.
+    """
+    B = _best_cos(best_cos)
+    S = B.shape[0]
+    sizes = tuple(range(2, S + 1)) if sizes is None else tuple(int(s) for s in sizes)
+    if any(not 2 <= s <= S for s in sizes):
+        raise UsageError(f"sizes must lie in [2, {S}] (the run has {S} seeds), got {sizes}")
+    if draws < 1:
+        raise UsageError(f"draws must be >= 1, got {draws}")
+    rng = np.random.default_rng([seed, 0x5EED6])
+    rows = []
+    for s in sizes:
+        subsets = [np.arange(S)] if s == S else [np.sort(rng.choice(S, s, replace=False)) for _ in range(draws)]
+        vals: dict[str, list[float]] = {name: [] for name in metrics}
+        for sub in subsets:
+            labels = subset_labels(B, sub, theta, eps)
+            for name, fn in metrics.items():
+                vals[name].append(float(fn(sub, labels)))
+        row: dict = {"num_seeds": s, "draws": len(subsets)}
+        for name, v in vals.items():
+            arr = np.asarray(v, dtype=np.float64)
+            ok = arr[np.isfinite(arr)]
+            row[name] = float(ok.mean()) if len(ok) else float("nan")
+            row[f"{name}_sd"] = float(ok.std()) if len(ok) else float("nan")
+        rows.append(row)
+    return rows

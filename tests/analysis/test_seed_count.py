@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from sae_fast.analysis._common import NEITHER, STABLE, UNSTABLE
 from sae_fast.analysis.seed_count import label_probabilities, recommend_seeds, seed_count_curve
 from sae_fast.errors import UsageError
 
@@ -39,3 +40,31 @@ def test_recommendation_grows_with_label_noise():
 def test_checks():
     with pytest.raises(UsageError, match="sizes must lie"):
         seed_count_curve(np.zeros((1, 3, 4), dtype=bool), sizes=(9,))
+
+
+def test_seed_subsets_relabel_from_their_own_comparisons_and_follow_the_binomial():
+    """Latents matched at rate 0.1 in every other seed: on S' seeds the unstable share is P(X = 0) of
+    Binomial(S' - 1, 0.1) (ε = 0.05 < 1/(S'-1)); the labels handed to a metric are the subset's own."""
+    from sae_fast.analysis.seed_count import seed_subset_curve, subset_labels
+
+    rng = np.random.default_rng(0)
+    S, F = 9, 20000
+    best = np.where(rng.random((S, S, F)) < 0.1, 0.9, 0.1)
+    seen = []
+
+    def unstable_share(seeds, labels):
+        assert np.array_equal(labels, subset_labels(best, seeds, 0.7, 0.05))
+        seen.append(len(seeds))
+        return float(np.mean(labels == UNSTABLE))
+
+    rows = seed_subset_curve(best, {"unstable": unstable_share}, theta=0.7, eps=0.05, sizes=(2, 5, 9), draws=3)
+    assert [r["num_seeds"] for r in rows] == [2, 5, 9] and [r["draws"] for r in rows] == [3, 3, 1]
+    assert seen == [2, 2, 2, 5, 5, 5, 9]
+    for r in rows:
+        assert r["unstable"] == pytest.approx(0.9 ** (r["num_seeds"] - 1), abs=0.01)
+    # a manual label of one latent: seed 0 against seeds 1, 2 only
+    lab = subset_labels(best, [0, 1, 2], 0.7, 0.05)
+    hits = (best[0, 1, 7] >= 0.7) + (best[0, 2, 7] >= 0.7)
+    assert lab[0, 7] == {0: UNSTABLE, 1: NEITHER, 2: STABLE}[int(hits)]
+    with pytest.raises(UsageError, match="sizes must lie"):
+        seed_subset_curve(best, {}, sizes=(10,))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sae_fast.analysis.calibration import CalibrationSettings, PlantedStudy
+from sae_fast.analysis.fdr import tail_pvalues
 from sae_fast.checkpoint import save_sae
 from sae_fast.sae import TopKSAE
 
@@ -38,6 +39,7 @@ def study_out(tmp_path_factory):
     from sae_fast.study.steps import calibrated_steps
     from sae_fast.study.steps.ambiguity import AmbiguityOptions, AmbiguityStep
     from sae_fast.study.steps.calibration import CalibrationOptions, CalibrationStep
+    from sae_fast.study.steps.candidates import CandidatesStep
     from sae_fast.study.steps.dose_response import DoseOptions, DoseResponseStep
     from sae_fast.study.steps.fdr import FdrOptions, FdrStep
     from sae_fast.study.steps.firing import FiringStep
@@ -48,8 +50,10 @@ def study_out(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("calibrated")
     run, x = _planted_run(tmp)
     verdict = calibrated_steps(("stability", "firing"))[-1]
-    plan = [MatchingStep(), StabilityStep(), FiringStep(), NullsStep(NullsOptions(null_draws=40, n_boot=300)),
-            DoseResponseStep(DoseOptions(null_draws=10, n_boot=200, p_hat_edges=(0.0, 0.5, 1.0))),
+    plan = [MatchingStep(), StabilityStep(), FiringStep(), CandidatesStep(),
+            NullsStep(NullsOptions(null_draws=40, n_boot=300)),
+            DoseResponseStep(DoseOptions(null_draws=10, n_boot=200, p_hat_edges=(0.0, 0.5, 1.0)),
+                             requires=("stability", "firing", "candidates")),
             AmbiguityStep(AmbiguityOptions(max_latents=40, m_max=3, candidates=8, activation_rows=2000)),
             FdrStep(FdrOptions(null_draws=2000)), calibrated_steps(())[4],
             CalibrationStep(CalibrationOptions(shares=(0.0, 0.5), repeats=2, planted=PlantedStudy(
@@ -70,6 +74,11 @@ def test_verdict_opens_the_report_and_supports_the_planted_subspace(study_out):
     text = (out / "report.md").read_text()
     first_h2 = text.index("## ")
     assert text[first_h2:].startswith("## Verdict per claim of the paper")
+    # every headline number has a seed interval or a reason; the planted subspace's excess is above 0
+    ivs = {r["name"]: r for r in res["verdict_intervals"]}
+    assert ivs["subspace excess r = 4"]["lo"] > 0 and ivs["share stable"]["lo"] <= ivs["share stable"]["hi"]
+    assert all(r["lo"] is not None or r["reason"] for r in ivs.values())  # NaN is saved as null
+    assert "Headline numbers with seed-bootstrap intervals" in text
 
 
 def test_nulls_dose_fdr_seed_count_and_ambiguity_artifacts(study_out):
@@ -81,12 +90,28 @@ def test_nulls_dose_fdr_seed_count_and_ambiguity_artifacts(study_out):
     low = res["dose_response"]["p_hat"]["bins"][0]  # the planted effect itself is tested in tests/analysis
     assert not low["skipped"] and low["ranks"]["4"]["excess_lo"] <= low["ranks"]["4"]["excess_hi"]
     assert len(res["dose_response"]["frequency"]["bins"]) == 3
+    # the bins' nulls leave out every candidate-subspace member (the planted effect itself: tests/analysis)
+    members = sum(c["size"] for c in res["candidates"]["candidates"])
+    assert res["dose_response"]["null_excludes"] == "candidate subspace members"
+    assert res["dose_response"]["p_hat"]["excluded_from_null"] == members > 0
+    # nearly every unstable latent is a candidate member here: the stable bin keeps its full outside pool
+    high = res["dose_response"]["p_hat"]["bins"][1]
+    assert not high["skipped"] and not high["null_excludes_group"]
     fdr = res["fdr"]
-    assert fdr["tests"] == len(fdr["candidates"]) > 0 and fdr["min_p"] >= 1 / 2001
+    assert fdr["tests"] == len(fdr["candidates"]) > 0 and fdr["pvalues"] == "tail"
+    # (a strong planted candidate passing BH, and the negative control not, is tested in tests/analysis/test_fdr.py)
     assert all(c["q_value"] >= c["p_value"] for c in fdr["candidates"]) and 0 <= fdr["non_null_share"] <= 1
     with np.load(out / "fdr" / "arrays.npz") as z:
         assert z["latent_q"].shape == (4, SHARED + GROUPED + OTHER)
+        assert len(z["null_similarity"]) == len(z["null_size"]) == fdr["null_draws"]
+        # each candidate's p-value is the fitted-tail p of its similarity against the pooled raw draws
+        sims = [c["mean_best_similarity"] for c in fdr["candidates"]]
+        assert np.allclose([c["p_value"] for c in fdr["candidates"]], tail_pvalues(sims, z["null_similarity"]))
     assert [r["num_seeds"] for r in res["seed_count"]["curve"]] == [2, 3, 4]
+    subsets = res["seed_count"]["subsets"]
+    assert [r["num_seeds"] for r in subsets] == [2, 3, 4]
+    # on all 4 seeds the cheap excess sees the planted subspace like the nulls step does
+    assert subsets[-1]["subspace_excess"] > 0 and subsets[-1]["f1"] is not None
     assert len(res["calibration"]["rows"]) == 2
     curves = {(b["lo"], b["hi"]): b for b in res["ambiguity"]["direction"]}
     assert any(b["mean"] is not None for b in curves.values())

@@ -16,6 +16,7 @@ from .geometry import GeometryStep
 from .masking import MaskingStep
 from .matching import MatchingStep
 from .nulls import NullsStep
+from .over_training import OverTrainingStep
 from .pooling import PoolingStep
 from .seed_count import SeedCountStep
 from .stability import StabilityStep
@@ -38,8 +39,9 @@ def calibrated_steps(available: tuple[str, ...]) -> list[Step]:
     table, which reads whichever of ``available`` it uses."""
     verdict_inputs = ("stability", "firing", "nulls", "calibration",
                       *(n for n in ("masking", "classifier", "pooling") if n in available))
-    return [NullsStep(), DoseResponseStep(), AmbiguityStep(), FdrStep(), SeedCountStep(), CalibrationStep(),
-            VerdictStep(requires=verdict_inputs)]
+    dose_inputs = ("stability", "firing", *(("candidates",) if "candidates" in available else ()))
+    return [NullsStep(), DoseResponseStep(requires=dose_inputs), AmbiguityStep(), FdrStep(), SeedCountStep(),
+            CalibrationStep(), OverTrainingStep(), VerdictStep(requires=verdict_inputs)]
 
 
 __all__ = ["default_steps"]

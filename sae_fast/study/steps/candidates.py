@@ -5,7 +5,7 @@ their cross-seed reproducibility and a frequency-matched latent-subset null.
 Memory: O(S·F·d) decoders + the co-firing pairs of the set, at most O(rows·k²) per seed (``coactivation_rows``
 rows of the codes), + O(n·m) cosine neighbours; no (n, n) or (N, F) array. Artifacts: ``section.json``
 (results.json → candidates), ``arrays.npz`` (candidate_id (S, F): index into candidates, -1 for none;
-candidate_score (S, F)).
+candidate_score (S, F); null_size, null_similarity (D,): the raw subset-null draws).
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ class CandidatesStep(SectionStep):
             method=cfg.candidate_method, threshold=cfg.candidate_threshold, tau=cfg.candidate_tau,
             freqs=list(firing.freq), neighbours=cfg.neighbours, neighbour_index=ctx.result("matching").index,
             seed=cfg.seed)}
+        raw = res.pop("null_draws")  # arrays, not results.json
         S, F = labels.shape
         candidate_id = np.full((S, F), -1, dtype=np.int64)
         candidate_score = np.full((S, F), np.nan)
         for c, cand in enumerate(res["candidates"]):
             candidate_id[cand["seed"], cand["latents"]] = c
             candidate_score[cand["seed"], cand["latents"]] = cand["score"]
-        return Section({"candidates": res}, {"candidate_id": candidate_id, "candidate_score": candidate_score})
+        return Section({"candidates": res}, {"candidate_id": candidate_id, "candidate_score": candidate_score,
+                                             "null_size": raw["size"], "null_similarity": raw["mean_best_similarity"]})

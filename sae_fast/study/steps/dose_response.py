@@ -1,6 +1,8 @@
 """Step ``dose_response``: subspace excess over the frequency-matched outside null per p̂ bin and per firing
 frequency bin, at the study's ranks, with seed-bootstrap intervals and the Spearman trend
-(:mod:`sae_fast.analysis.dose_response`).
+(:mod:`sae_fast.analysis.dose_response`). When the plan holds the ``candidates`` step (pass it in ``requires``), a
+bin's null excludes the members of candidate subspaces outside the bin (a bin's null would otherwise be drawn
+from other bins that may hold the same subspace); without it the report states that limitation.
 
 Memory: O(S·F·d) decoders + one n × d subsample per seed at a time. Artifacts: ``section.json``
 (results.json → dose_response).
@@ -36,8 +38,10 @@ class DoseResponseStep(SectionStep):
     requires = ("stability", "firing")
     setting_names = ("ranks", "exclude_dead", "seed")
 
-    def __init__(self, options: DoseOptions | None = None) -> None:
+    def __init__(self, options: DoseOptions | None = None,
+                 requires: tuple[str, ...] = ("stability", "firing")) -> None:
         self.options = options or DoseOptions()
+        self.requires = requires
 
     def settings(self, cfg: Any) -> dict[str, Any]:
         return {**super().settings(cfg), **asdict(self.options)}
@@ -47,10 +51,12 @@ class DoseResponseStep(SectionStep):
         p_hat, freq = ctx.result("stability").p_hat, ctx.result("firing").freq
         alive = freq > 0 if cfg.exclude_dead else None
         decoders = ctx.inputs.seeds.decoders()
-        common = dict(ranks=cfg.ranks, alive=alive, max_n=opt.max_n, null_draws=opt.null_draws, n_boot=opt.n_boot,
-                      seed=cfg.seed)
+        exclude = ctx.result("candidates").array("candidate_id") >= 0 if "candidates" in self.requires else None
+        common = dict(ranks=cfg.ranks, alive=alive, exclude_from_null=exclude, max_n=opt.max_n,
+                      null_draws=opt.null_draws, n_boot=opt.n_boot, seed=cfg.seed)
         out = {"p_hat": dose_response(decoders, p_hat, freq, by="p_hat", edges=opt.p_hat_edges, **common),
                "frequency": dose_response(decoders, p_hat, freq, by="frequency", freq_bins=opt.freq_bins, **common)}
+        out["null_excludes"] = "candidate subspace members" if exclude is not None else "nothing"
         return Section({"dose_response": out})
 
     def render(self, result: Section, ctx: Context) -> list[Block]:
@@ -58,13 +64,19 @@ class DoseResponseStep(SectionStep):
         blocks: list[Block] = [("h2", "Dose-response: subspace excess per p̂ and per frequency bin"), (
             "p", "Cross-seed mean cos² of each bin's latents minus frequency-matched latents from outside the bin, "
                  "at one common n per binning; 95 % seed-bootstrap intervals. The paper's claim predicts more excess "
-                 "at low p̂ (a negative Spearman trend of excess over bin centre).")]
+                 "at low p̂ (a negative Spearman trend of excess over bin centre). "
+                 + ("The null excludes the members of candidate subspaces outside the bin, where enough other latents "
+                    "remain ('group-free null' per bin)."
+                    if e.get("null_excludes") == "candidate subspace members" else
+                    "Limitation: the candidates step is not in the plan, so a bin's null may be drawn from other "
+                    "bins holding the same subspace, which shrinks the excess."))]
         for by in ("p_hat", "frequency"):
             bins = e[by]["bins"]
             prefixes = [f"dose_response.{by}.bins.{i}.ranks.{r}" for i, b in enumerate(bins) for r in b["ranks"]]
             blocks += [("h3", f"by {by} (n = {e[by]['n']})"),
                        columns(res, [f"dose_response.{by}.bins.{i}" for i in range(len(bins))],
-                               [("from", "lo"), ("to", "hi"), ("latents per seed", "sizes"), ("skipped", "skipped")]),
+                               [("from", "lo"), ("to", "hi"), ("latents per seed", "sizes"), ("skipped", "skipped"),
+                                ("group-free null", "null_excludes_group")]),
                        columns(res, prefixes, [("excess", "excess"), ("CI low", "excess_lo"), ("CI high", "excess_hi"),
                                                ("R", "R"), ("p", "p_value")]),
                        columns(res, [f"dose_response.{by}.trend"],

@@ -1,12 +1,14 @@
 """Step ``fdr``: candidate subspaces with false-discovery control. The candidates are re-scored against a pooled
 null of at least ``null_draws`` frequency-matched latent subsets (each candidate contributes draws of its own
-size), so p-values can reach 1/(null_draws + 1) and survive Benjamini–Hochberg; q-values per candidate and per
+size); by default a generalized-Pareto tail fitted to the top ``tail_fraction`` of those draws gives p-values
+below their empirical floor 1/(null_draws + 1) (``pvalues="empirical"`` keeps the floor, then at least 10⁴ draws
+are needed for BH to pass), so strong candidates survive Benjamini–Hochberg; q-values per candidate and per
 latent, discoveries at each FDR level and Storey's estimate of the non-null share
 (:mod:`sae_fast.analysis.fdr`).
 
 Memory: that of :func:`sae_fast.analysis.candidates.candidate_subspaces` with ``null_draws`` subset bases of
 rank <= max_rank (d × rank floats each). Artifacts: ``section.json`` (results.json → fdr), ``arrays.npz``
-(latent_q (S, F)).
+(latent_q (S, F); null_size, null_similarity (null_draws,): the raw subset-null draws).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from ...analysis import candidates as cand_mod
 from ...analysis.fdr import candidate_fdr
 from ...analysis.firing import firing_indicator
+from ...errors import UsageError
 from ..step import Block, Context
 from .section import Section, SectionStep
 from .subspaces import seed_sets
@@ -28,8 +31,13 @@ from .traceable import columns, new_figure, png
 @dataclass(frozen=True)
 class FdrOptions:
     null_draws: int = 2_000
-    """pooled null subset draws: p-values reach 1 / (null_draws + 1), so BH can pass up to ~null_draws · q / 10
-    candidates at FDR q; 10,000 (the heavy variant) costs ~5× the time"""
+    """pooled null subset draws; with ``pvalues="empirical"`` p-values stop at 1 / (null_draws + 1), so BH can pass
+    up to ~null_draws · q / 10 candidates at FDR q; 10,000 (the heavy variant) costs ~5× the time"""
+    pvalues: str = "tail"
+    """"tail": empirical p-values with a generalized-Pareto tail beyond the null's support (resolution below
+    1e-4 from 2,000 draws); "empirical": the plain share of draws, floor 1 / (null_draws + 1)"""
+    tail_fraction: float = 0.05
+    """share of the null draws (its top) that the tail is fitted to"""
     levels: tuple[float, ...] = (0.05, 0.1)
     """FDR levels reported"""
     storey_lambda: float = 0.5
@@ -44,6 +52,10 @@ class FdrStep(SectionStep):
 
     def __init__(self, options: FdrOptions | None = None) -> None:
         self.options = options or FdrOptions()
+        if self.options.pvalues not in ("tail", "empirical"):
+            raise UsageError(f"FdrOptions.pvalues must be 'tail' or 'empirical', got {self.options.pvalues!r}")
+        if not 0.0 < self.options.tail_fraction < 1.0:
+            raise UsageError(f"FdrOptions.tail_fraction must be in (0, 1), got {self.options.tail_fraction}")
 
     def settings(self, cfg: Any) -> dict[str, Any]:
         return {**super().settings(cfg), **asdict(self.options)}
@@ -58,21 +70,24 @@ class FdrStep(SectionStep):
             ctx.inputs.seeds.decoders(), seed_sets(labels, live, cfg.subspace_set), fires=fires,
             method=cfg.candidate_method, threshold=cfg.candidate_threshold, tau=cfg.candidate_tau,
             freqs=list(firing.freq), neighbours=cfg.neighbours, min_null_draws=opt.null_draws,
-            null_neighbours=opt.null_draws, seed=cfg.seed)
+            null_neighbours=2**62, pvalues=opt.pvalues, tail_fraction=opt.tail_fraction, seed=cfg.seed)  # all draws
         S, F = labels.shape
         summary = candidate_fdr(res, [F] * S, levels=opt.levels, lam=opt.storey_lambda)
         latent_q = np.stack(summary.pop("latent_q"))
-        keep = ("seed", "size", "rank", "score", "p_value", "q_value")
+        keep = ("seed", "size", "rank", "score", "mean_best_similarity", "p_value", "q_value")
         cands = [{k: c[k] for k in keep} for c in res["candidates"]]
         entry = {**{k: v for k, v in summary.items() if k != "q"}, "candidates": cands,
-                 "null_draws": res.get("null", {}).get("draws"), "levels": list(opt.levels)}
-        return Section({"fdr": entry}, {"latent_q": latent_q})
+                 "null_draws": res.get("null", {}).get("draws"), "levels": list(opt.levels), "pvalues": opt.pvalues}
+        raw = res["null_draws"]
+        return Section({"fdr": entry}, {"latent_q": latent_q, "null_size": raw["size"],
+                                        "null_similarity": raw["mean_best_similarity"]})
 
     def render(self, result: Section, ctx: Context) -> list[Block]:
         e, res = result.entries["fdr"], ctx.report_results
         blocks: list[Block] = [("h2", "Candidate subspaces with false-discovery control"), (
             "p", "Candidates against a pooled null of frequency-matched latent subsets; Benjamini–Hochberg q-values "
-                 "(discoveries at each level in results.json → fdr.discoveries) and Storey's non-null share."),
+                 f"({'fitted-tail' if e.get('pvalues') == 'tail' else 'empirical'} p-values; discoveries at each "
+                 "level in results.json → fdr.discoveries) and Storey's non-null share."),
             columns(res, ["fdr"], [("candidates", "tests"), ("null draws", "null_draws"), ("smallest p", "min_p"),
                                    ("π0", "pi0"), ("non-null share", "non_null_share")])]
         if e["candidates"]:

@@ -8,9 +8,10 @@ study's set minus that of the stable set at matched size (null 0); *geometry*: c
 accuracy over (train, test) seed pairs (null 0.5); *subspaces*: cross-seed subspace excess over the
 frequency-matched outside null at the smallest rank (null 0; power from the calibration step at grouped share
 ``power_share``, with the calibration step's seed count and planted sizes); *pooling*: pooled p̂ minus each
-single seed's (null 0). Steps missing from the plan give "not measured" rows.
+single seed's (null 0). Steps missing from the plan give "not measured" rows. A second table lists every
+headline number with its seed-bootstrap interval, or the reason it has none (:mod:`.intervals`).
 
-Memory: O(S·F·d) decoders (the rank effect). Artifacts: ``section.json`` (results.json → verdict).
+Memory: O(S·F·d) decoders (the rank effect). Artifacts: ``section.json`` (results.json → verdict, verdict_intervals).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ...analysis.calibration import power_at
 from ...analysis.effective_rank import effective_rank
 from ...analysis.verdict import ClaimRow, verdict_table
 from ..step import Block, Context
+from . import intervals as iv
 from .section import Section, SectionStep
 from .subspaces import seed_sets
 from .traceable import columns
@@ -116,6 +118,22 @@ def _pooling(results: dict, n_boot: int, seed: int) -> ClaimRow:
                 seed_bootstrap(gains, n_boot=n_boot, seed=seed), 0.0, "no gain", 1)
 
 
+def _entries(results: dict, step: str, key: str) -> Any:
+    return results[step].entries.get(key, {}) if step in results else {}
+
+
+def _intervals(ctx: Context, results: dict, n_boot: int) -> list[dict]:
+    """Every headline number with its seed-bootstrap interval, or the reason it has none."""
+    cfg, labels, freq = ctx.cfg, ctx.result("stability").labels, ctx.result("firing").freq
+    pairs = _entries(results, "classifier", "classifier").get("pairs", [])
+    return [*iv.label_intervals(labels, freq, n_boot, cfg.seed),
+            *iv.rank_intervals(ctx.inputs.seeds.decoders(), labels, cfg.subspace_set, n_boot, cfg.seed),
+            *iv.classifier_intervals(pairs, labels.shape[0], n_boot, cfg.seed),
+            *iv.subspace_entries(_entries(results, "nulls", "nulls").get("subspace", {})),
+            *iv.pooling_intervals(_entries(results, "pooling", "pooling"), n_boot, cfg.seed),
+            *iv.masking_entries(_entries(results, "masking", "masking"))]
+
+
 class VerdictStep(SectionStep):
     name: ClassVar[str] = "verdict"
     opening = True
@@ -140,7 +158,8 @@ class VerdictStep(SectionStep):
                 _rank(ctx.inputs.seeds.decoders(), labels, cfg.subspace_set, opt.n_boot, cfg.seed),
                 _geometry(results, opt.n_boot, cfg.seed), _subspaces(results, power),
                 _pooling(results, opt.n_boot, cfg.seed)]
-        return Section({"verdict": verdict_table(rows, min_power=opt.min_power)})
+        return Section({"verdict": verdict_table(rows, min_power=opt.min_power),
+                        "verdict_intervals": _intervals(ctx, results, opt.n_boot)})
 
     def render(self, result: Section, ctx: Context) -> list[Block]:
         return [("h2", "Verdict per claim of the paper"),
@@ -151,4 +170,11 @@ class VerdictStep(SectionStep):
                 columns(ctx.report_results, [f"verdict.{i}" for i in range(len(result.entries["verdict"]))],
                         [("claim", "claim"), ("this run", "effect"), ("95 % CI low", "lo"), ("high", "hi"),
                          ("null", "null"), ("against", "null_name"), ("power", "power"), ("paper", "paper"),
-                         ("verdict", "verdict"), ("measured as", "metric")])]
+                         ("verdict", "verdict"), ("measured as", "metric")]),
+                ("h3", "Headline numbers with seed-bootstrap intervals"),
+                ("p", "Per-seed numbers resample seeds; per-pair numbers resample seeds with the pairs they keep; "
+                      "a number without an interval says why."),
+                columns(ctx.report_results, [f"verdict_intervals.{i}"
+                                             for i in range(len(result.entries["verdict_intervals"]))],
+                        [("number", "name"), ("estimate", "estimate"), ("95 % CI low", "lo"), ("high", "hi"),
+                         ("resampled", "unit"), ("no interval because", "reason")])]
