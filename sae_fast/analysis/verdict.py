@@ -9,6 +9,9 @@ value:
   had power >= ``min_power`` to see the planted effect at this run's size and seed count (calibration);
 * **underpowered**: the interval includes the null and the power is below ``min_power`` (or unknown).
 
+A claim with a side condition (pooling: stabler *at equal EV*) carries the condition's failure in ``failed``;
+such a row is **contradicted** whatever its interval says.
+
 A claim whose effect was not measured in this run is listed as **not measured**; one measured on a single seed
 (no interval over seeds) as **no seed interval**.
 """
@@ -56,6 +59,8 @@ class ClaimRow:
     null_name: str
     direction: int = 1
     power: float = float("nan")
+    failed: str = ""
+    """a side condition of the claim that this run breaks (e.g. 'EV not preserved'); empty when none"""
 
     @property
     def claim(self) -> str:
@@ -72,6 +77,8 @@ def verdict(row: ClaimRow, *, min_power: float = 0.8) -> str:
         raise UsageError(f"direction of claim {row.key!r} must be +1 or -1, got {row.direction}")
     if not math.isfinite(row.effect):
         return NOT_MEASURED
+    if row.failed:
+        return CONTRADICTED
     if not (math.isfinite(row.lo) and math.isfinite(row.hi)):
         return NO_INTERVAL
     above, below = row.lo > row.null, row.hi < row.null

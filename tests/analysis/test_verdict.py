@@ -45,3 +45,12 @@ def test_planted_effects_get_the_right_verdicts():
     assert got["subspaces"] == SUPPORTED and got["rank"] == UNDERPOWERED and got["pooling"] == NOT_MEASURED
     text = markdown(table)
     assert text.count("\n") == len(CLAIMS) + 1 and "supported" in text
+
+
+def test_a_broken_side_condition_contradicts_the_claim():
+    """Pooling's claim is 'stabler at equal EV': a clear p̂ gain with a large EV loss is not support."""
+    gain = ClaimRow("pooling", "p̂ gain", 0.02, 0.01, 0.03, 0.0, "no gain", 1)
+    assert verdict(gain) == SUPPORTED
+    broken = ClaimRow("pooling", "p̂ gain", 0.02, 0.01, 0.03, 0.0, "no gain", 1, failed="EV not preserved")
+    assert verdict(broken) == CONTRADICTED
+    assert verdict_table([broken])[-1]["verdict"] == CONTRADICTED

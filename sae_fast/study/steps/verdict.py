@@ -16,7 +16,7 @@ Memory: O(S·F·d) decoders (the rank effect). Artifacts: ``section.json`` (resu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,6 +43,8 @@ class VerdictOptions:
     """planted grouped share whose calibrated power is quoted for the subspace claim"""
     n_boot: int = 2000
     """seed-bootstrap resamples"""
+    ev_tolerance: float = 0.01
+    """pooling's claim is 'at equal EV': a pooled SAE losing more EV than this (after fine-tuning) contradicts it"""
 
 
 def _row(key: str, metric: str, ci: Interval | None, null: float, null_name: str, direction: int,
@@ -108,14 +110,18 @@ def _function(results: dict) -> ClaimRow:
                     0.0, "equal ΔEV", 1)
 
 
-def _pooling(results: dict, n_boot: int, seed: int) -> ClaimRow:
+def _pooling(results: dict, n_boot: int, seed: int, ev_tolerance: float) -> ClaimRow:
     p = results["pooling"].entries.get("pooling", {}) if "pooling" in results else {}
     if "pooled" not in p or len(p.get("single", [])) < 2:
         return _row("pooling", "pooled p̂ − single-seed p̂", None, 0.0, "no gain", 1)
     gains = [p["pooled"]["p_hat_mean"] - s["p_hat_mean"] for s in p["single"]]
     ev = p["pooled"].get("ev", NAN) - p.get("single_ev_mean", NAN)
-    return _row("pooling", f"pooled p̂ − single-seed p̂ (EV change {ev:+.3f})",
-                seed_bootstrap(gains, n_boot=n_boot, seed=seed), 0.0, "no gain", 1)
+    row = _row("pooling", f"pooled p̂ − single-seed p̂ (EV change {ev:+.3f})",
+               seed_bootstrap(gains, n_boot=n_boot, seed=seed), 0.0, "no gain", 1)
+    if ev < -ev_tolerance:  # the claim is 'at equal EV'
+        failed = f"EV not preserved: change {ev:+.3f} < −{ev_tolerance:g}"
+        return replace(row, metric=f"{row.metric}; {failed}", failed=failed)
+    return row
 
 
 def _entries(results: dict, step: str, key: str) -> Any:
@@ -146,7 +152,8 @@ class VerdictStep(SectionStep):
 
     def settings(self, cfg: Any) -> dict[str, Any]:
         return {**super().settings(cfg), "min_power": self.options.min_power,
-                "power_share": self.options.power_share, "n_boot": self.options.n_boot}
+                "power_share": self.options.power_share, "n_boot": self.options.n_boot,
+                "ev_tolerance": self.options.ev_tolerance}
 
     def compute(self, ctx: Context) -> Section:
         cfg, opt = ctx.cfg, self.options
@@ -157,7 +164,7 @@ class VerdictStep(SectionStep):
         rows = [_function(results), _rare(labels, freq, opt.n_boot, cfg.seed),
                 _rank(ctx.inputs.seeds.decoders(), labels, cfg.subspace_set, opt.n_boot, cfg.seed),
                 _geometry(results, opt.n_boot, cfg.seed), _subspaces(results, power),
-                _pooling(results, opt.n_boot, cfg.seed)]
+                _pooling(results, opt.n_boot, cfg.seed, opt.ev_tolerance)]
         return Section({"verdict": verdict_table(rows, min_power=opt.min_power),
                         "verdict_intervals": _intervals(ctx, results, opt.n_boot)})
 
