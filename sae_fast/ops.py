@@ -1,4 +1,5 @@
-"""Differentiable SAE operations: input checks, then dispatch to the Triton kernels or the reference.
+"""Differentiable SAE operations: input checks (:mod:`sae_fast.ops_checks`), then dispatch to the Triton kernels
+or the reference.
 
 Dispatch (`backend()`): "auto" (default) runs the Triton kernels on CUDA tensors and `sae_fast.cpu_ops` on CPU
 tensors — the reference's selection (fp32 pre-activations, `sae_fast.topk`'s tie rule) with a backward over the
@@ -19,6 +20,13 @@ import torch
 from torch import Tensor
 
 from . import cpu_ops, reference
+from .ops_checks import check_aux as _check_aux
+from .ops_checks import check_dead_mask as _check_dead_mask
+from .ops_checks import check_decode as _check_decode
+from .ops_checks import check_encode as _check_encode
+from .ops_checks import check_k as _check_k
+from .ops_checks import check_matrix as _check_matrix
+from .ops_checks import require_finite as _check_finite
 from .topk import select_topk_lowest_index
 
 __all__ = [
@@ -108,94 +116,6 @@ class EncodeOutput(NamedTuple):
     indices: Tensor
     aux_values: Tensor | None
     aux_indices: Tensor | None
-
-
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _check_matrix(name: str, t: Tensor, cols: int | None = None) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 2 or (cols is not None and t.shape[1] != cols):
-        want = f"(rows, {cols})" if cols is not None else "(rows, cols)"
-        raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating tensor (fp32/fp64/bf16/fp16), got {t.dtype}")
-
-
-def _check_k(name: str, k: object, high: int | None = None) -> None:
-    """k: a positive Python int (not a bool), at most `high` when given."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1 or (high is not None and k > high):
-        span = f"[1, num_latents={high}]" if high is not None else "[1, inf)"
-        raise ValueError(f"{name} must be an int in {span}, got {k!r}")
-
-
-def _check_dead_mask(dead_mask: object, num_latents: int, device: torch.device) -> None:
-    """dead_mask: a bool tensor of shape (num_latents,) on `device`."""
-    if not isinstance(dead_mask, Tensor) or dead_mask.dtype != torch.bool or dead_mask.shape != (num_latents,):
-        got = (
-            f"{dead_mask.dtype} {tuple(dead_mask.shape)}" if isinstance(dead_mask, Tensor) else type(dead_mask).__name__
-        )
-        raise ValueError(f"dead_mask must be a bool tensor of shape ({num_latents},), got {got}")
-    if dead_mask.device != device:
-        raise ValueError(f"dead_mask must be on {device} (the weights' device), got {dead_mask.device}")
-
-
-def _check_finite(name: str, t: Tensor) -> None:
-    if t.numel() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf")
-
-
-def _check_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, dead_mask: Tensor | None) -> None:
-    _check_matrix("W_enc", W_enc)
-    num_latents, d_in = W_enc.shape
-    _check_matrix("x", x, d_in)
-    if not isinstance(b_enc, Tensor) or b_enc.shape != (num_latents,):
-        raise ValueError(f"b_enc must have shape ({num_latents},), got {tuple(getattr(b_enc, 'shape', ()))}")
-    if x.dtype != W_enc.dtype or b_enc.dtype != W_enc.dtype:
-        raise TypeError(f"x, W_enc, b_enc must share a dtype, got {x.dtype}, {W_enc.dtype}, {b_enc.dtype}")
-    if x.device != W_enc.device or b_enc.device != W_enc.device:
-        raise ValueError(f"x, W_enc and b_enc must be on one device, got {x.device}, {W_enc.device}, {b_enc.device}")
-    _check_k("k", k, num_latents)
-    if dead_mask is not None:
-        _check_dead_mask(dead_mask, num_latents, W_enc.device)
-
-
-def _check_decode(
-    values: Tensor, indices: Tensor, W_dec: Tensor, *, check_indices: bool, check_finite: bool,
-    names: tuple[str, str] = ("values", "indices"),
-) -> None:  # fmt: skip
-    """Shapes, dtypes, devices; with `check_indices` every index in [0, num_latents) (one host sync); with
-    `check_finite` no NaN/inf in values."""
-    v_name, i_name = names
-    _check_matrix("W_dec", W_dec)
-    _check_matrix(v_name, values)
-    if not isinstance(indices, Tensor) or indices.dtype not in (torch.int64, torch.int32):
-        got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
-        raise TypeError(f"{i_name} must be an int64 (or int32) tensor, got {got}")
-    if indices.shape != values.shape:
-        raise ValueError(
-            f"{i_name} must have the shape of {v_name} {tuple(values.shape)}, got {tuple(indices.shape)}"
-        )
-    if values.device != W_dec.device or indices.device != W_dec.device:
-        raise ValueError(
-            f"{v_name}, {i_name} and W_dec must be on one device, got {values.device}, {indices.device}, {W_dec.device}"
-        )
-    if check_indices and indices.numel():
-        low, high = (int(v) for v in torch.aminmax(indices))
-        if low < 0 or high >= W_dec.shape[0]:
-            raise ValueError(
-                f"{i_name} must lie in [0, num_latents={W_dec.shape[0]}), got values in [{low}, {high}]"
-            )
-    if check_finite:
-        _check_finite(v_name, values)
-
-
-def _check_aux(aux_indices: Tensor, dead_mask: Tensor, W_dec: Tensor, check_indices: bool) -> None:
-    """dead_mask (F,) bool on W_dec's device; with `check_indices` every AuxK index a dead latent."""
-    _check_dead_mask(dead_mask, W_dec.shape[0], W_dec.device)
-    if check_indices and aux_indices.numel() and not bool(dead_mask[aux_indices.long()].all()):
-        raise ValueError("aux_indices must all be dead latents (dead_mask[aux_indices] all True)")
 
 
 def encode(

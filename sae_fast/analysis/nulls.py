@@ -210,6 +210,45 @@ def _null_draw(decs: list[np.ndarray], masks: list[np.ndarray], ok: list[np.ndar
     return out
 
 
+def _set_masks(decs: list[np.ndarray], sets: list[ArrayLike],
+               allowed: list[ArrayLike] | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per seed, the (F_s,) bool mask of the tested set (within ``allowed``) and the ``allowed`` mask."""
+    masks, ok = [], []
+    for s in range(len(decs)):
+        m = np.zeros(len(decs[s]), dtype=bool)
+        m[index_array(sets[s], len(decs[s]), f"sets[{s}]")] = True
+        a = np.ones(len(decs[s]), dtype=bool) if allowed is None else np.asarray(allowed[s], dtype=bool)
+        masks.append(m & a)
+        ok.append(a)
+    return masks, ok
+
+
+def _common_n(masks: list[np.ndarray], ok: list[np.ndarray], n: int | None, max_n: int, theta: float | None) -> int:
+    """The subsample size of :func:`subspace_test` (given or default); a UsageError when it does not fit."""
+    smallest_out = min(int((a & ~m).sum()) for m, a in zip(masks, ok))
+    smallest_set = min(int(m.sum()) for m in masks)
+    out_cap = smallest_out // 2 if theta is not None else smallest_out  # room to exclude the other seed's matches
+    n = int(n if n is not None else min(smallest_set // 2, out_cap, max_n))
+    if n < 2 or 2 * n > smallest_set or n > smallest_out:
+        raise UsageError(f"n={n} must be >= 2, at most half of every set (smallest {smallest_set}: the split-half "
+                         f"ceiling needs two disjoint halves of n) and fit outside it (smallest {smallest_out})")
+    return n
+
+
+def _rank_result(cross: np.ndarray, nulls: np.ndarray, ceiling: np.ndarray) -> dict:
+    """One rank's result from the (P,) set cos², the (draws, P) null cos² and the (P,) split-half ceiling."""
+    null_draws = len(nulls)
+    c, nl, ceil = cross.mean(), nulls.mean(), ceiling.mean()
+    draw_means = nulls.mean(axis=1)
+    return {
+        "cross": float(c), "cross_pairs": cross, "null": float(nl), "null_pairs": nulls.mean(axis=0),
+        "null_sd": float(draw_means.std(ddof=1)) if null_draws > 1 else float("nan"),
+        "ceiling": float(ceil), "excess": float(c - nl), "excess_pairs": cross - nulls.mean(axis=0),
+        "R": float((c - nl) / (ceil - nl)) if abs(ceil - nl) > 1e-12 else float("nan"),
+        "p_value": float((1 + np.sum(draw_means >= c - 1e-12)) / (1 + null_draws)),
+    }
+
+
 def subspace_test(
     decoders: list[ArrayLike],
     sets: list[ArrayLike],
@@ -258,21 +297,9 @@ def subspace_test(
         raise UsageError(f"need at least 2 seeds and one set per seed, got {S} decoders and {len(sets)} sets")
     if min(set_draws, null_draws, ceiling_draws) < 1:
         raise UsageError("set_draws, null_draws and ceiling_draws must be >= 1")
-    masks, ok = [], []
-    for s in range(S):
-        m = np.zeros(len(decs[s]), dtype=bool)
-        m[index_array(sets[s], len(decs[s]), f"sets[{s}]")] = True
-        a = np.ones(len(decs[s]), dtype=bool) if allowed is None else np.asarray(allowed[s], dtype=bool)
-        masks.append(m & a)
-        ok.append(a)
+    masks, ok = _set_masks(decs, sets, allowed)
     idx = [np.flatnonzero(m) for m in masks]
-    smallest_out = min(int((ok[s] & ~masks[s]).sum()) for s in range(S))
-    smallest_set = min(len(i) for i in idx)
-    out_cap = smallest_out // 2 if theta is not None else smallest_out  # room to exclude the other seed's matches
-    n = int(n if n is not None else min(smallest_set // 2, out_cap, max_n))
-    if n < 2 or 2 * n > smallest_set or n > smallest_out:
-        raise UsageError(f"n={n} must be >= 2, at most half of every set (smallest {smallest_set}: the split-half "
-                         f"ceiling needs two disjoint halves of n) and fit outside it (smallest {smallest_out})")
+    n = _common_n(masks, ok, n, max_n, theta)
     d = decs[0].shape[1]
     half = n
     rk = [int(r) for r in ranks if 1 <= r <= min(n, d)]
@@ -288,13 +315,5 @@ def subspace_test(
                           for _ in range(null_draws)])  # (draws, ranks, P)
         ceiling = np.mean([_split_half(decs, idx, half, rk, rng) for _ in range(ceiling_draws)], axis=0)
     for j, r in enumerate(rk):
-        c, nl, ceil = cross[j].mean(), nulls[:, j].mean(), ceiling[j].mean()
-        draw_means = nulls[:, j].mean(axis=1)
-        out["ranks"][r] = {
-            "cross": float(c), "cross_pairs": cross[j], "null": float(nl), "null_pairs": nulls[:, j].mean(axis=0),
-            "null_sd": float(draw_means.std(ddof=1)) if null_draws > 1 else float("nan"),
-            "ceiling": float(ceil), "excess": float(c - nl), "excess_pairs": cross[j] - nulls[:, j].mean(axis=0),
-            "R": float((c - nl) / (ceil - nl)) if abs(ceil - nl) > 1e-12 else float("nan"),
-            "p_value": float((1 + np.sum(draw_means >= c - 1e-12)) / (1 + null_draws)),
-        }
+        out["ranks"][r] = _rank_result(cross[j], nulls[:, j], ceiling[j])
     return out

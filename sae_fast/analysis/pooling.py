@@ -223,6 +223,92 @@ def refit(sae: torch.nn.Module, x: torch.Tensor, *, steps: int = 100, batch_size
     return losses
 
 
+@dataclass(frozen=True)
+class _Judge:
+    """How :func:`pooling_study` scores an SAE: EV on ``x_eval`` and p̂ of its rows against the held-out seeds."""
+
+    held: list[torch.Tensor]
+    x_eval: torch.Tensor
+    theta: float
+    eps: float
+    absolute: bool
+    batch_size: int
+
+    def ev(self, sae: torch.nn.Module) -> float:
+        """Explained variance of ``sae`` on ``x_eval`` (batches of ``batch_size`` rows)."""
+        from .masking import masked_fvu
+
+        return 1.0 - masked_fvu(sae, self.x_eval, {}, batch_size=self.batch_size)["none"]
+
+    def summary(self, sae: torch.nn.Module) -> dict:
+        """EV, mean p̂ and the stable / unstable shares of ``sae``'s latents."""
+        from .stability import anchor_scores, summarize
+
+        sc = anchor_scores([sae.W_dec.detach().float().cpu(), *self.held], theta=self.theta, anchors=[0],
+                           signed=not self.absolute)
+        st = summarize(sc.p_hat[0], eps=self.eps)
+        return {"ev": self.ev(sae), "p_hat_mean": st["p_hat_mean"], "share_stable": st["share_stable"],
+                "share_unstable": st["share_unstable"]}
+
+
+@dataclass(frozen=True)
+class _RefitPlan:
+    """The encoder refit and full fine-tuning that :func:`pooling_study` gives every compared SAE alike."""
+
+    x_train: torch.Tensor | None
+    refit_steps: int
+    finetune_steps: int
+    batch_size: int
+    progress: bool
+
+    @property
+    def do_refit(self) -> bool:
+        return self.refit_steps > 0 and self.x_train is not None
+
+    @property
+    def do_finetune(self) -> bool:
+        return self.finetune_steps > 0 and self.x_train is not None
+
+
+def _refit_ev(sae: torch.nn.Module, name: str, plan: _RefitPlan, judge: _Judge) -> tuple[dict, torch.nn.Module]:
+    """The refit / fine-tuning results and the SAE worth keeping (fine-tuned, else refit, else ``sae``).
+    Memory: one or two copies of ``sae``."""
+    out: dict = {}
+    final = sae
+    if plan.do_refit:
+        refitted = copy.deepcopy(sae).float().cpu().requires_grad_(True)
+        losses = refit(refitted, plan.x_train, steps=plan.refit_steps, batch_size=plan.batch_size,
+                       progress=plan.progress, desc=f"refit {name}")
+        out.update(ev_refit=judge.ev(refitted), refit_steps=plan.refit_steps, refit_final_train_fvu=losses[-1])
+        final = refitted
+    if plan.do_finetune:
+        tuned = copy.deepcopy(sae).float().cpu().requires_grad_(True)
+        start = tuned.W_dec.detach().clone()
+        losses = refit(tuned, plan.x_train, steps=plan.finetune_steps, batch_size=plan.batch_size, decoder=True,
+                       progress=plan.progress, desc=f"fine-tune {name}")
+        moved = torch.nn.functional.cosine_similarity(start, tuned.W_dec.detach(), dim=1)
+        out["finetune"] = {**judge.summary(tuned), "steps": plan.finetune_steps, "final_train_fvu": losses[-1],
+                           "decoder_cos_to_start_median": float(moved.median())}
+        final = tuned
+    return out, final
+
+
+def _recurrence_hist(pool: Pool, choice: list[tuple[int, int]], num_seeds: int) -> list[int]:
+    """Histogram (index = number of seeds) of the recurrence of the chosen features."""
+    rec = [pool.recurrence[pool.component_of[s][j]] for s, j in choice]
+    return np.bincount(np.asarray(rec, dtype=np.int64), minlength=num_seeds + 1).tolist()
+
+
+def _save_pooled(final: torch.nn.Module, save_dir: str | Path, fill: str, plan: _RefitPlan, num_seeds: int) -> dict:
+    """Save a pooled SAE in its last state to ``save_dir/<fill>``; returns its path and stage."""
+    from ..checkpoint import save_sae
+
+    stage = "finetuned" if plan.do_finetune else "refit" if plan.do_refit else "as built"
+    folder = save_sae(final, Path(save_dir) / fill, metadata={"pool": fill, "stage": stage,
+                                                               "pool_seeds": num_seeds})
+    return {"path": str(folder), "stage": stage}
+
+
 def pooling_study(
     pool_saes: list[torch.nn.Module],
     heldout_decoders: list[ArrayLike],
@@ -252,78 +338,37 @@ def pooling_study(
     pooled SAE, in its last state (fine-tuned, else refit, else as built), is saved to ``save_dir/<fill>``.
     ``freqs`` (ranking tie-break) should come from rows other than ``x_eval``; ``absolute``: match on |cos|
     (pooling and p̂ alike); ``progress``: tqdm bars over the refit and fine-tuning steps."""
-    from .masking import masked_fvu
-    from .stability import anchor_scores, summarize
-
     if len(pool_saes) < 2 or len(heldout_decoders) < 1:
         raise ValueError("pooling needs at least 2 pool seeds and 1 held-out seed")
     decs = [s.W_dec.detach().float().cpu() for s in pool_saes]
     pool = pool_features(decs, theta=theta, link=link, freqs=freqs, absolute=absolute)
     held = [unit_rows(h, "heldout_decoders") for h in heldout_decoders]
     size = pool_saes[0].num_latents
-    do_refit = refit_steps > 0 and x_train is not None
-    do_finetune = finetune_steps > 0 and x_train is not None
-
-    def summary(sae: torch.nn.Module) -> dict:
-        sc = anchor_scores([sae.W_dec.detach().float().cpu(), *held], theta=theta, anchors=[0], signed=not absolute)
-        st = summarize(sc.p_hat[0], eps=eps)
-        return {"ev": 1.0 - masked_fvu(sae, x_eval, {}, batch_size=batch_size)["none"],
-                "p_hat_mean": st["p_hat_mean"], "share_stable": st["share_stable"],
-                "share_unstable": st["share_unstable"]}
-
-    def refit_ev(sae: torch.nn.Module, name: str) -> tuple[dict, torch.nn.Module]:
-        """The refit / fine-tuning results and the SAE worth keeping (fine-tuned, else refit, else ``sae``)."""
-        out: dict = {}
-        final = sae
-        if do_refit:
-            refitted = copy.deepcopy(sae).float().cpu().requires_grad_(True)
-            losses = refit(refitted, x_train, steps=refit_steps, batch_size=refit_batch_size, progress=progress,
-                           desc=f"refit {name}")
-            out.update(ev_refit=1.0 - masked_fvu(refitted, x_eval, {}, batch_size=batch_size)["none"],
-                       refit_steps=refit_steps, refit_final_train_fvu=losses[-1])
-            final = refitted
-        if do_finetune:
-            tuned = copy.deepcopy(sae).float().cpu().requires_grad_(True)
-            start = tuned.W_dec.detach().clone()
-            losses = refit(tuned, x_train, steps=finetune_steps, batch_size=refit_batch_size, decoder=True,
-                           progress=progress, desc=f"fine-tune {name}")
-            moved = torch.nn.functional.cosine_similarity(start, tuned.W_dec.detach(), dim=1)
-            out["finetune"] = {**summary(tuned), "steps": finetune_steps, "final_train_fvu": losses[-1],
-                               "decoder_cos_to_start_median": float(moved.median())}
-            final = tuned
-        return out, final
-
-    def recurrence_hist(choice: list[tuple[int, int]]) -> list[int]:
-        rec = [pool.recurrence[pool.component_of[s][j]] for s, j in choice]
-        return np.bincount(np.asarray(rec, dtype=np.int64), minlength=len(pool_saes) + 1).tolist()
-
+    judge = _Judge(held, x_eval, theta, eps, absolute, batch_size)
+    plan = _RefitPlan(x_train, refit_steps, finetune_steps, refit_batch_size, progress)
     out: dict = {
         "num_pool_seeds": len(pool_saes), "num_heldout_seeds": len(held), "theta": theta, "link": link,
         "absolute": absolute,
         "ranked_by": "recurrence, then frequency" if freqs is not None else "recurrence, then size",
         "num_unique_features": len(pool.members), "target_size": size,
         "recurrence_hist": np.bincount(pool.recurrence, minlength=len(pool_saes) + 1).tolist(),
-        "single": [{"seed": s, **summary(sae)} for s, sae in enumerate(pool_saes)],
+        "single": [{"seed": s, **judge.summary(sae)} for s, sae in enumerate(pool_saes)],
     }
     for key, fill in (("pooled", "rank"), ("pooled_base", "base")):
         choice = pool_choice(pool, size, fill=fill, base=base, min_recurrence=min_recurrence, decoders=decs)
         pooled = pooled_sae(pool_saes, pool, size, fill=fill, base=base, chosen=choice)
-        out[key] = {"fill": fill, **summary(pooled), "chosen_recurrence_hist": recurrence_hist(choice)}
+        out[key] = {"fill": fill, **judge.summary(pooled),
+                    "chosen_recurrence_hist": _recurrence_hist(pool, choice, len(pool_saes))}
         if fill == "base":
             out[key].update(base_seed=base, min_recurrence=min_recurrence,
                             latents_from_other_seeds=sum(s != base for s, _ in choice))
-        results, final = refit_ev(pooled, f"{fill} pool")
+        results, final = _refit_ev(pooled, f"{fill} pool", plan, judge)
         out[key].update(results)
         if save_dir is not None:
-            from ..checkpoint import save_sae
-
-            stage = "finetuned" if do_finetune else "refit" if do_refit else "as built"
-            folder = save_sae(final, Path(save_dir) / fill, metadata={"pool": fill, "stage": stage,
-                                                                       "pool_seeds": len(pool_saes)})
-            out[key]["saved"] = {"path": str(folder), "stage": stage}
+            out[key]["saved"] = _save_pooled(final, save_dir, fill, plan, len(pool_saes))
     out["chosen_recurrence_hist"] = out["pooled"]["chosen_recurrence_hist"]
-    if do_refit or do_finetune:
-        out["single_refit"] = {"seed": base, **refit_ev(pool_saes[base], "base seed")[0]}
+    if plan.do_refit or plan.do_finetune:
+        out["single_refit"] = {"seed": base, **_refit_ev(pool_saes[base], "base seed", plan, judge)[0]}
     for key in ("ev", "p_hat_mean", "share_stable", "share_unstable"):
         out[f"single_{key}_mean"] = float(np.mean([r[key] for r in out["single"]]))
     return out

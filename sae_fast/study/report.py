@@ -1,14 +1,14 @@
 """The study's report: a self-contained HTML page (PNG plots embedded as base64) and a markdown twin.
 
 Every number comes from ``results.json`` (or, for plots, ``arrays.npz``) in the study folder, and every table
-names the JSON path of its numbers, so each figure can be traced to a saved artifact.
+names the JSON path of its numbers, so each figure can be traced to a saved artifact. The figures are drawn in
+:mod:`.figures` (``make_figures`` stays importable from here); dotted-path look-ups live in :mod:`.lookup`.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import os
@@ -18,42 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from .figures import make_figures
+from .lookup import format_value as _fmt
+from .lookup import get_path as _get
+from .lookup import has_path as _has
+
 Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (header, rows, source)) | ("fig", (name, png))
-
-
-def _get(results: dict, path: str) -> Any:
-    cur: Any = results
-    for key in path.split("."):
-        if isinstance(cur, dict) and key in cur:
-            cur = cur[key]
-        elif isinstance(cur, list) and key.isdigit() and int(key) < len(cur):
-            cur = cur[int(key)]
-        else:
-            return None
-    return cur
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not np.isfinite(value):
-            return "–"
-        return f"{value:.{digits}g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
-    return html.escape(str(value)) if isinstance(value, str) else str(value)
-
-
-def _has(results: dict, path: str) -> bool:
-    """Whether ``path`` names a stored entry (its value may be null: a NaN in the study)."""
-    head, _, last = path.rpartition(".")
-    parent = _get(results, head) if head else results
-    if isinstance(parent, dict):
-        return last in parent
-    return isinstance(parent, list) and last.isdigit() and int(last) < len(parent)
 
 
 def _table(results: dict, rows: list[tuple[str, str]], header: tuple[str, str] = ("quantity", "value")) -> Block:
@@ -77,117 +47,6 @@ def _columns(results: dict, prefixes: list[str], columns: list[tuple[str, str]])
             cells.append(_fmt(value))
         body.append((*cells, prefix))
     return ("table", (header, body))
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def make_figures(results: dict, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
-    """The report's figures (PNG bytes by name) from results.json and arrays.npz."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figs: dict[str, bytes] = {}
-    st = results.get("stability", {}).get("anchor", {})
-    if "p_hat_hist" in st:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-        h = st["p_hat_hist"]
-        axes[0].stairs(h["counts"], h["edges"], fill=True)
-        axes[0].set(xlabel="p̂ (anchor seed)", ylabel="features", title="stability p̂")
-        if "best_cos_hist" in st:
-            h = st["best_cos_hist"]
-            axes[1].stairs(h["counts"], h["edges"], fill=True)
-            axes[1].axvline(results["config"]["theta"], color="k", ls="--", lw=1)
-            axes[1].set(xlabel="best cross-seed cosine", ylabel="(feature, seed) pairs", title="best cosines")
-        figs["stability"] = _png(fig)
-    m = results.get("masking")
-    if m:
-        names = [n for n in ("stable", "unstable", "stable_n", f"unstable_{m['ratio']}n") if n in m["delta_ev"]]
-        fig, ax = plt.subplots(figsize=(7, 3))
-        xs = np.arange(len(names))
-        ax.bar(xs - 0.27, [m["delta_ev"][n] for n in names], 0.27, label="masked set")
-        for off, kind in ((0.0, "random_like"), (0.27, "freqmatched_like")):
-            vals = [_get(m, f"random.{kind}_{n}.delta_ev_mean") for n in names]
-            errs = [_get(m, f"random.{kind}_{n}.delta_ev_std") for n in names]
-            if any(v is not None for v in vals):
-                ax.bar(xs + off, [v or 0 for v in vals], 0.27, yerr=[e or 0 for e in errs],
-                       label=kind.replace("_like", " random, same size"))
-        ax.set_xticks(xs, [f"{n}\n({m['sizes'][n]})" for n in names])
-        ax.set(ylabel="ΔEV (EV_full − EV_masked)", title="masking after encoding")
-        ax.legend(fontsize=7)
-        figs["masking"] = _png(fig)
-    sw = results.get("masking_sweep", {}).get("curves")
-    if sw:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        for name, rows in sw.items():
-            rows = sorted(rows, key=lambda r: r["size"])
-            ax.plot([r["size"] for r in rows], [r["delta_ev"] for r in rows], "o-", label=name)
-        ax.set(xlabel="latents masked", ylabel="ΔEV", title="ΔEV vs mask size (random subsets of each group)")
-        ax.legend(fontsize=7)
-        figs["masking_sweep"] = _png(fig)
-    if "freq" in arrays and "labels" in arrays:
-        a0 = results["config"]["anchor"]
-        f, lab = arrays["freq"][a0], arrays["labels"][a0]
-        fig, ax = plt.subplots(figsize=(5, 3))
-        lo = np.log10(np.maximum(f, 1e-7))
-        bins = np.linspace(lo.min(), max(lo.max(), lo.min() + 1e-3), 40)
-        for value, name in ((1, "stable"), (-1, "unstable"), (0, "neither")):
-            if (lab == value).any():
-                ax.hist(lo[lab == value], bins=bins, histtype="step", label=name)
-        ax.set(xlabel="log10 firing frequency (1e-7 = dead)", ylabel="latents", title="activation frequency")
-        ax.legend(fontsize=7)
-        figs["frequency"] = _png(fig)
-    sub = results.get("subspaces", {}).get("ranks")
-    if sub:
-        rs = sorted(sub, key=int)
-        fig, ax = plt.subplots(figsize=(5, 3))
-        for key, label in (("set", results["subspaces"]["set"] + " (full set)"), ("stable", "stable (full set)"),
-                           ("random_subset", "random subsets, same size"), ("haar", "Haar-random")):
-            vals = [_get(sub[r], f"{key}.mean_cos2") for r in rs]
-            if any(v is not None for v in vals):
-                ax.plot([int(r) for r in rs], [np.nan if v is None else v for v in vals], "o-", label=label)
-        matched = results["subspaces"].get("matched", {})
-        for name, m in matched.items():
-            for key, style in (("set", "s--"), ("random", "x:")):
-                vals = [_get(m, f"ranks.{r}.{key}.mean_cos2") for r in rs]
-                if any(v is not None for v in vals):
-                    ax.plot([int(r) for r in rs], [np.nan if v is None else v for v in vals], style,
-                            label=f"{name if key == 'set' else 'random'}, n = {m['n']}" + (f" ({name})" if key ==
-                                                                                            "random" else ""))
-        ax.set(xlabel="rank r", ylabel="mean cos² across seed pairs", title="cross-seed top-r subspaces")
-        ax.legend(fontsize=7)
-        figs["subspaces"] = _png(fig)
-    c = results.get("candidates", {}).get("candidates")
-    if c:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.hist([x["mean_best_similarity"] for x in c], bins=20, range=(0, 1), label="candidates")
-        for key, style, label in (("null", "--", "random latent subsets (same seed, size), 99th pct"),
-                                  ("null_haar", ":", "Haar-random subspaces, 99th pct")):
-            null = _get(results, f"candidates.{key}.mean_best_similarity_q99")
-            if null is not None:
-                ax.axvline(null, color="k", ls=style, lw=1, label=label)
-        ax.set(xlabel="mean best similarity in the other seeds", ylabel="candidates", title="candidate subspaces")
-        ax.legend(fontsize=7)
-        figs["candidates"] = _png(fig)
-    syn = results.get("synthetic")
-    if syn:
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-        axes[0].bar(["isolated", "grouped"], [syn["p_hat_isolated"] or 0, syn["p_hat_grouped"] or 0])
-        axes[0].set(ylabel="mean p̂ of latents", title="latent-level stability", ylim=(0, 1.05))
-        axes[1].bar(["group vs truth", "group across seeds", "random (r/d)"],
-                    [syn["group_mean_cos2"] or 0, syn["group_cross_seed_mean_cos2"] or 0, syn["haar_mean_cos2"]])
-        axes[1].set(ylabel="mean cos²", title="subspace-level recovery", ylim=(0, 1.05))
-        axes[1].tick_params(axis="x", labelsize=7)
-        figs["synthetic"] = _png(fig)
-    return figs
 
 
 def _lm_loss_blocks(results: dict) -> list[Block]:
