@@ -46,3 +46,18 @@ def has_path(results: dict, path: str) -> bool:
     if isinstance(parent, dict):
         return last in parent
     return isinstance(parent, list) and last.isdigit() and int(last) < len(parent)
+
+
+def format_cell(value: Any, digits: int = 4) -> str:
+    """:func:`format_value`, with a list shown as its first 12 items (and its length when longer)."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value[:12])) + (f", … ({len(value)})" if len(value) > 12 else "")
+    return format_value(value, digits)
+
+
+def columns(results: dict, prefixes: list[str], cols: list[tuple[str, str]]) -> tuple[str, Any]:
+    """A traceable report table: one row per JSON prefix, one column per (header, key) holding the value at
+    ``prefix.key``; each header ends with its key in brackets and the last column names the prefix."""
+    header = (*[f"{h} [{k}]" for h, k in cols], "source (results.json)")
+    return ("table", (header, [(*(format_cell(get_path(results, f"{p}.{k}")) for _, k in cols), p)
+                               for p in prefixes]))

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import lookup
 from .figures import make_figures
 from .lookup import format_value as _fmt
 from .lookup import get_path as _get
@@ -36,17 +37,7 @@ def _table(results: dict, rows: list[tuple[str, str]], header: tuple[str, str] =
 def _columns(results: dict, prefixes: list[str], columns: list[tuple[str, str]]) -> Block:
     """One row per JSON prefix, one column per (header, key): cell = value at ``prefix.key``. The last column
     names the prefix; each header ends with its key in brackets so every cell stays traceable."""
-    header = (*[f"{h} [{k}]" for h, k in columns], "source (results.json)")
-    body = []
-    for prefix in prefixes:
-        cells = []
-        for _, key in columns:
-            value = _get(results, f"{prefix}.{key}")
-            if isinstance(value, list):
-                value = ", ".join(map(str, value[:12])) + (f", … ({len(value)})" if len(value) > 12 else "")
-            cells.append(_fmt(value))
-        body.append((*cells, prefix))
-    return ("table", (header, body))
+    return lookup.columns(results, prefixes, columns)
 
 
 def _lm_loss_blocks(results: dict) -> list[Block]:
