@@ -83,46 +83,72 @@ def dose_response(
     if P.shape[0] != S or Fq.shape != P.shape:
         raise UsageError(f"p_hat and freqs must be (S={S}, F) like the decoders, got {P.shape} and {Fq.shape}")
     ok = np.ones(P.shape, dtype=bool) if alive is None else np.asarray(alive, dtype=bool)
-    if by == "p_hat":
-        values, e = P, np.asarray(edges if edges is not None else P_HAT_EDGES, dtype=np.float64)
-    elif by == "frequency":
-        values = Fq
-        e = np.asarray(edges if edges is not None else np.quantile(Fq[ok], np.linspace(0, 1, freq_bins + 1)))
-    else:
-        raise UsageError(f"by must be 'p_hat' or 'frequency', got {by!r}")
-    masks = [m & ok for m in bin_masks(values, e)]
+    e = _bin_edges(by, P, Fq, ok, edges, freq_bins)
+    masks = [m & ok for m in bin_masks(P if by == "p_hat" else Fq, e)]
     excl = np.zeros(P.shape, dtype=bool) if exclude_from_null is None else np.asarray(exclude_from_null, dtype=bool)
     if excl.shape != P.shape:
         raise UsageError(f"exclude_from_null must be (S={S}, F={P.shape[1]}) like p_hat, got {excl.shape}")
     sizes = [[int(m[s].sum()) for s in range(S)] for m in masks]
-
-    def fits(m: np.ndarray, pl: np.ndarray) -> bool:
-        return min(int((pl[s] & ~m[s]).sum()) for s in range(S)) >= max(ranks)
-
-    # per bin: what the set or its null may use; a bin whose outside pool the exclusion empties keeps it all
-    pools = [ok & ~(excl & ~m) if fits(m, ok & ~(excl & ~m)) else ok for m in masks]
-    excluded = [bool(excl.any()) and pl is not ok for pl in pools]
-    usable = [min(sz) >= 2 * max(ranks) and fits(m, pl) for sz, m, pl in zip(sizes, masks, pools)]
-    out: dict = {"by": by, "edges": e.tolist(), "bins": [], "trend": {}, "excluded_from_null": int(excl.sum())}
-    if any(usable):
-        n = min([max_n] + [min(sz) // 2 for sz, u in zip(sizes, usable) if u]
-                + [min(int((pl[s] & ~m[s]).sum()) for s in range(S)) for m, pl, u in zip(masks, pools, usable) if u])
-    else:
-        n = 0
-    out["n"] = n
+    pools, excluded = _null_pools(masks, ok, excl, max(ranks))
+    usable = [min(sz) >= 2 * max(ranks) and _fits(m, pl, max(ranks)) for sz, m, pl in zip(sizes, masks, pools)]
+    n = _common_n(masks, pools, sizes, usable, max_n)
+    out: dict = {"by": by, "edges": e.tolist(), "bins": [], "trend": {}, "excluded_from_null": int(excl.sum()),
+                 "n": n}
     for i, (m, pl, sz, use) in enumerate(zip(masks, pools, sizes, usable)):
         entry: dict = {"lo": float(e[i]), "hi": float(e[i + 1]), "centre": float((e[i] + e[i + 1]) / 2),
                        "sizes": sz, "skipped": not use, "null_excludes_group": excluded[i], "ranks": {}}
         if use:
             res = subspace_test(decoders, list(m), freqs=list(Fq), allowed=list(pl), ranks=ranks, n=n,
                                 set_draws=set_draws, null_draws=null_draws, seed=seed + i)
-            for r, t in res["ranks"].items():
-                ci = pair_bootstrap(t["excess_pairs"], res["pairs"], num_seeds=S, n_boot=n_boot, alpha=alpha,
-                                    seed=seed)
-                entry["ranks"][r] = {k: t[k] for k in ("cross", "null", "ceiling", "excess", "R", "p_value")}
-                entry["ranks"][r].update(excess_lo=ci.lo, excess_hi=ci.hi)
+            entry["ranks"] = _rank_entries(res, S, n_boot, alpha, seed)
         out["bins"].append(entry)
     for r in ranks:
         pts = [(b["centre"], b["ranks"][r]["excess"]) for b in out["bins"] if r in b["ranks"]]
         out["trend"][r] = float(spearmanr(*zip(*pts))[0]) if len(pts) >= 3 else float("nan")
+    return out
+
+
+def _bin_edges(by: str, P: np.ndarray, Fq: np.ndarray, ok: np.ndarray, edges: tuple[float, ...] | None,
+               freq_bins: int) -> np.ndarray:
+    """The bin edges: given, or the default p̂ edges, or ``freq_bins`` pooled frequency quantiles."""
+    if by == "p_hat":
+        return np.asarray(edges if edges is not None else P_HAT_EDGES, dtype=np.float64)
+    if by == "frequency":
+        return np.asarray(edges if edges is not None else np.quantile(Fq[ok], np.linspace(0, 1, freq_bins + 1)))
+    raise UsageError(f"by must be 'p_hat' or 'frequency', got {by!r}")
+
+
+def _fits(m: np.ndarray, pool: np.ndarray, r_max: int) -> bool:
+    """Whether every seed keeps at least ``r_max`` latents of ``pool`` outside the bin ``m``."""
+    return min(int((pool[s] & ~m[s]).sum()) for s in range(len(m))) >= r_max
+
+
+def _null_pools(masks: list[np.ndarray], ok: np.ndarray, excl: np.ndarray, r_max: int
+                ) -> tuple[list[np.ndarray], list[bool]]:
+    """Per bin: what the set or its null may use (``excl`` latents of other bins left out), and whether the
+    exclusion applied; a bin whose outside pool the exclusion empties keeps the full pool."""
+    pools = []
+    for m in masks:
+        cut = ok & ~(excl & ~m)
+        pools.append(cut if _fits(m, cut, r_max) else ok)
+    return pools, [bool(excl.any()) and pl is not ok for pl in pools]
+
+
+def _common_n(masks: list[np.ndarray], pools: list[np.ndarray], sizes: list[list[int]], usable: list[bool],
+              max_n: int) -> int:
+    """The set size n shared by all usable bins (half the smallest bin, at most its outside pool and max_n)."""
+    if not any(usable):
+        return 0
+    S = len(sizes[0])
+    return min([max_n] + [min(sz) // 2 for sz, u in zip(sizes, usable) if u]
+               + [min(int((pl[s] & ~m[s]).sum()) for s in range(S)) for m, pl, u in zip(masks, pools, usable) if u])
+
+
+def _rank_entries(res: dict, S: int, n_boot: int, alpha: float, seed: int) -> dict:
+    """Each rank's cross / null / ceiling / excess / R / p-value with the seed-bootstrap interval of the excess."""
+    out = {}
+    for r, t in res["ranks"].items():
+        ci = pair_bootstrap(t["excess_pairs"], res["pairs"], num_seeds=S, n_boot=n_boot, alpha=alpha, seed=seed)
+        out[r] = {k: t[k] for k in ("cross", "null", "ceiling", "excess", "R", "p_value")}
+        out[r].update(excess_lo=ci.lo, excess_hi=ci.hi)
     return out
