@@ -10,6 +10,7 @@ import torch
 
 # the labels of the endpoint split: one set, defined with the split in sae_fast.stability.result
 from ..stability.result import NEITHER, STABLE, UNSTABLE  # noqa: F401  (used by the analyses through here)
+from .linalg_device import compute_device, right_singular_on
 
 ArrayLike = Any  # numpy array or torch tensor
 
@@ -66,8 +67,13 @@ def index_array(idx: ArrayLike, size: int, name: str) -> np.ndarray:
 def right_singular(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Singular values (descending) and right singular vectors (d, m) of rows (n, d), m = min(n, d).
 
-    For n > d it diagonalises the d x d Gram matrix (much cheaper than an SVD of a tall matrix).
+    For n > d it diagonalises the d x d Gram matrix (much cheaper than an SVD of a tall matrix). Inside
+    :func:`sae_fast.analysis.linalg_device.on_device` it runs in torch on that device (same results).
+    Memory: O(n·d) for the float64 copy of rows plus O(d²).
     """
+    device = compute_device()
+    if device is not None:
+        return right_singular_on(np.asarray(rows, dtype=np.float64), device)
     rows = np.asarray(rows, dtype=np.float64)
     n, d = rows.shape
     with single_thread_lapack():

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..angles import principal_angles_pairs, random_subspace_angles, subspace_similarity
 from ._common import ArrayLike, check_decoders, index_array, right_singular
+from .linalg_device import gram
 
 
 def top_subspace(rows: np.ndarray, r: int) -> np.ndarray:
@@ -83,7 +84,6 @@ def cross_seed_subspaces(
     if not ranks:
         return out
     vecs = [right_singular(x)[1] for x in rows]  # one decomposition per set, sliced per rank
-    gram = lambda x: x.T @ x
     row_grams = [gram(x) for x in rows]
     random_draws = []
     for _ in range(n_random):
@@ -110,7 +110,7 @@ def _draw_stats(decs: list[np.ndarray], picks: list[np.ndarray], ranks: list[int
     """Pair statistics at every rank for one draw (``picks[s]``: row indices of seed s)."""
     rows = [decs[s][picks[s]] for s in range(len(decs))]
     vecs = [right_singular(x)[1] for x in rows]
-    grams = [x.T @ x for x in rows]
+    grams = [gram(x) for x in rows]
     return {r: _pair_stats([v[:, :r] for v in vecs], grams) for r in ranks}
 
 

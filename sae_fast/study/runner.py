@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..analysis.linalg_device import on_device
 from ..errors import UsageError
 from ..outdir import claim
 from .config import StudyConfig
@@ -55,7 +56,8 @@ def run_steps(plan: list[Step], ctx: Context, only: list[str] | None = None, red
             continue
         begin(folder)
         t0 = time.perf_counter()
-        ctx.results[step.name] = step.run(ctx)
+        with on_device(None if ctx.device.type == "cpu" else ctx.device):  # the Gram / SVD work on --device
+            ctx.results[step.name] = step.run(ctx)
         finish(folder, fp, step.settings(ctx.cfg), time.perf_counter() - t0)
     for step in plan:  # steps outside --only whose saved result is still valid join the report
         if step.name not in ctx.results and is_done(ctx.out / step.name, ctx.fingerprints[step.name]):
