@@ -10,6 +10,7 @@
 
 #include "angles.hpp"
 #include "sparse_rows.hpp"
+#include "topk_merge.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -150,6 +151,27 @@ void relu_topk(const Arr<T>& pre, py::object bias, Arr<T>& values, Idx& indices,
   sae_fast::relu_topk<T>(pp, pb, n, f, k, pv, pi, num_threads);
 }
 
+using F32Out = py::array_t<float, py::array::c_style>;
+using I64Out = py::array_t<std::int64_t, py::array::c_style>;
+
+// The tile s (n, w) float32 folded into the running lists val/idx: (n, m) by rows, (w, m) by columns.
+void topk_merge(const py::array_t<float, py::array::c_style>& s, F32Out& val, I64Out& idx, std::int64_t offset,
+                bool columns, int num_threads) {
+  if (s.ndim() != 2 || val.ndim() != 2 || idx.ndim() != 2) throw std::invalid_argument("2-D arrays");
+  const auto n = s.shape(0), w = s.shape(1), m = val.shape(1);
+  const auto lists = columns ? w : n;
+  if (val.shape(0) != lists || idx.shape(0) != lists || idx.shape(1) != m || m < 1)
+    throw std::invalid_argument("val and idx must be (lists, m) with m >= 1");
+  const float* ps = s.data();
+  float* pv = val.mutable_data();
+  std::int64_t* pi = idx.mutable_data();
+  py::gil_scoped_release release;
+  if (columns)
+    sae_fast::topk_merge_cols(ps, n, w, pv, pi, m, offset, num_threads);
+  else
+    sae_fast::topk_merge_rows(ps, n, w, pv, pi, m, offset, num_threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -173,5 +195,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads") = 0, "Row-wise top-k of relu(pre + bias), (value desc, latent asc), NaN first.");
   m.def("relu_topk", &relu_topk<double>, py::arg("pre"), py::arg("bias"), py::arg("values"), py::arg("indices"),
         py::arg("num_threads") = 0);
+  m.def("topk_merge", &topk_merge, py::arg("s"), py::arg("val"), py::arg("idx"), py::arg("offset"),
+        py::arg("columns"), py::arg("num_threads") = 0,
+        "Folds a float32 score tile into running top-m lists (rows, or columns), in place (csrc/topk_merge.hpp).");
   m.def("max_threads", &max_threads, "Threads the extension uses by default (OpenMP).");
 }

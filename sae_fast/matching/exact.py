@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .._ext import has_extension
+
 LOW_PRECISION = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}  # unit roundoff
 
 
@@ -40,6 +42,15 @@ def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b.T
 
 
+def _native_merge() -> Any:
+    """The C++ extension when it has ``topk_merge`` (an older build may not), else None."""
+    if not has_extension():
+        return None
+    from .. import _C
+
+    return _C if hasattr(_C, "topk_merge") else None
+
+
 def _cuda_out_dtype_ok() -> bool:
     from ..kernels._common import cuda_mm_fp32_out_ok  # lazy: it imports Triton
 
@@ -50,7 +61,16 @@ def _merge(
     val: torch.Tensor, idx: torch.Tensor, s: torch.Tensor, offset: int, m: int, dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Folds the top-m of score tile ``s`` along ``dim`` (index offset ``offset``) into a running top-m
-    (val (n, m) float32 sorted descending, idx (n, m) int64). Earlier tiles win exact ties."""
+    (val (n, m) float32 sorted descending, idx (n, m) int64). Earlier tiles win exact ties.
+
+    CPU float32 tiles go to the C++ extension (``_C.topk_merge``: one comparison per score against the list's
+    last entry, no sort of the tile; among equal scores the lower index wins); the torch code below is the
+    fallback and the GPU path."""
+    native = _native_merge()
+    if native is not None and s.dtype == torch.float32 and s.device.type == "cpu" and s.is_contiguous():
+        val, idx = val.contiguous().clone(), idx.contiguous().clone()
+        native.topk_merge(s.numpy(), val.numpy(), idx.numpy(), offset, dim == 0, torch.get_num_threads())
+        return val, idx
     if m == 1 and dim == 0 and not s.is_cuda:
         # CPU, columns: the max value is cheap, the arg-max along dim 0 is not (strided); find the arg-max only
         # where the tile improves the running max (a fraction that shrinks as the sweep goes on). Not on GPU,
