@@ -90,6 +90,7 @@ def direction_pursuit(
     null: bool = True,
     block: int = 256,
     seed: int = 0,
+    null_dict: ArrayLike | None = None,
 ) -> dict:
     """Share of each latent's decoder direction explained by the best m atoms of another seed (OMP).
 
@@ -102,6 +103,7 @@ def direction_pursuit(
     null: also the pursuit over a spectrum-matched random dictionary in place of b.
     block: latents per batched pursuit (memory block × candidates × d floats).
     seed: seed of the random dictionary (:func:`null_dictionary`).
+    null_dict: that random dictionary when already drawn (it is then reused, not drawn again).
 
     Returns
     -------
@@ -120,7 +122,9 @@ def direction_pursuit(
             out[s:s + block] = _omp_block(rows, dict_b[near], m_max)
         return out
 
-    null_share = run(null_dictionary(B, seed)) if null else None
+    if null:
+        null_dict = null_dictionary(B, seed) if null_dict is None else unit_rows(null_dict)
+    null_share = run(null_dict) if null else None
     return {"latents": idx, "share": run(B), "null_share": null_share}
 
 

@@ -64,16 +64,17 @@ class AmbiguityStep(SectionStep):
         live = np.flatnonzero(firing.freq[a] > 0)
         rng = np.random.default_rng([cfg.seed, 0xA4B])
         lat = np.sort(rng.choice(live, min(opt.max_latents, len(live)), replace=False))
+        null_dict = null_dictionary(decoders[b], cfg.seed)  # one random dictionary for both nulls
         d = direction_pursuit(decoders[a], decoders[b], latents=lat, m_max=opt.m_max, candidates=opt.candidates,
-                              seed=cfg.seed)
+                              null_dict=null_dict)
         near = nearest_atoms(unit_rows(decoders[a])[lat], unit_rows(decoders[b]), opt.candidates)
         rows = min(opt.activation_rows, firing.codes[a].shape[0])
         codes_a, codes_b = firing.codes[a][:rows], firing.codes[b][:rows]
         r2 = activation_pursuit(codes_a, codes_b, near, latents=lat, m_max=opt.m_max)
         k_b = max(1, round(codes_b.nnz / max(rows, 1)))
         x = np.concatenate([xb.cpu().numpy() for xb in ctx.batches(rows)])
-        r2_null = activation_null(codes_a, x, decoders[a], null_dictionary(decoders[b], cfg.seed), latents=lat,
-                                  k=k_b, m_max=opt.m_max, candidates=opt.candidates)
+        r2_null = activation_null(codes_a, x, decoders[a], null_dict, latents=lat, k=k_b, m_max=opt.m_max,
+                                  candidates=opt.candidates)
         p = p_hat[a][lat]
         entry = {"seeds": [int(a), int(b)], "latents": len(lat), "m": list(range(1, opt.m_max + 1)),
                  "null_k": k_b, "direction": curves_by_bin(d["share"], p, opt.edges),
