@@ -55,10 +55,11 @@ def masked_fvu(
     err = {name: 0.0 for name in ["none", *mask_rows]}
     for xb in batches(xt, batch_size):
         code = sae.encode(xb)
-        err["none"] += float(((sae.decode(*as_args(code)).double() - xb.double()) ** 2).sum())
+        xd = xb.double()
+        err["none"] += float(((sae.decode(*as_args(code)).double() - xd) ** 2).sum())
         for name, m in mask_rows.items():
             decoded = sae.decode(*as_args(mask_code(code, m)))
-            err[name] += float(((decoded.double() - xb.double()) ** 2).sum())
+            err[name] += float(((decoded.double() - xd) ** 2).sum())
     return {name: e / total for name, e in err.items()}
 
 
