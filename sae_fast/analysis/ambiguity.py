@@ -14,8 +14,9 @@ though by no single one?
   encode: the held-out rows (centred) are coded by that dictionary as a tied TopK encoder with seed b's mean
   number of active latents per row (:func:`dictionary_codes`), and the pursuit chooses among the random atoms
   nearest to latent i's direction. A dictionary that learned nothing explains the activation only as far as its
-  chance alignment with the latent's direction carries: for isotropic rows and linear codes the R² would equal
-  the direction null's share; sparse codes keep it at or below that.
+  chance alignment with the latent's direction carries (for isotropic rows and linear codes the R² at m = 1 would
+  be the squared cosine, the direction null's share; TopK codes can raise it a little, as the ReLU drops the
+  negative side of the projections), so the null stays low where a seed sharing the directions gets R² near 1.
 * :func:`curves_by_bin`: mean curves vs m per p̂ bin. Basis ambiguity shows as unstable latents whose m = 1
   share is low and whose share at a few atoms is high, above the random-dictionary null.
 
