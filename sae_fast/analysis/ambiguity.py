@@ -5,25 +5,44 @@ though by no single one?
   (OMP) of its unit decoder row over the unit decoder rows of seed b, restricted to its ``candidates`` nearest
   atoms of b by |cos| (top-k from a blocked GEMM: never an F × F matrix). ``share[i, m-1]`` = ||P_m d_i||², the
   share of the direction explained by the best m atoms chosen greedily (m = 1 … m_max; m = 1 is the squared best
-  cosine). The same against a random dictionary with seed b's spectrum
-  (:func:`sae_fast.analysis.nulls.spectrum_matched_decoder`) is the null.
+  cosine). The same against a random dictionary with seed b's spectrum (:func:`null_dictionary`, drawn by
+  :func:`sae_fast.analysis.nulls.spectrum_matched_decoder`) is the null.
 * **Activations** (:func:`activation_pursuit`): for each latent i of seed a, greedy forward selection of m latents
   of seed b (among the same candidates) whose codes predict its code by least squares with intercept, fitted on
-  the first ``train_fraction`` of the rows; ``r2[i, m-1]`` is the R² on the remaining (held-out) rows.
+  the first ``train_fraction`` of the rows; ``r2[i, m-1]`` is the R² on the remaining (held-out) rows. Its null
+  (:func:`activation_null`) is the same R² against the **same** random dictionary as the direction null, made to
+  encode: the held-out rows (centred) are coded by that dictionary as a tied TopK encoder with seed b's mean
+  number of active latents per row (:func:`dictionary_codes`), and the pursuit chooses among the random atoms
+  nearest to latent i's direction. A dictionary that learned nothing explains the activation only as far as its
+  chance alignment with the latent's direction carries (for isotropic rows and linear codes the R² at m = 1 would
+  be the squared cosine, the direction null's share; TopK codes can raise it a little, as the ReLU drops the
+  negative side of the projections), so the null stays low where a seed sharing the directions gets R² near 1.
 * :func:`curves_by_bin`: mean curves vs m per p̂ bin. Basis ambiguity shows as unstable latents whose m = 1
   share is low and whose share at a few atoms is high, above the random-dictionary null.
 
 Memory: decoders O(F·d); the pursuit holds ``block`` × candidates × d floats at a time; the activation pursuit
-holds N × candidates floats per latent (codes may be scipy-sparse).
+holds N × candidates floats per latent (codes may be scipy-sparse); the null's codes O(N·k) plus one block of
+pre-activations (at most ``PRE_BUDGET`` floats).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..errors import UsageError
-from ._common import ArrayLike, check_decoders
+from ._common import ArrayLike, check_decoders, unit_rows
 from .nulls import spectrum_matched_decoder
+
+PRE_BUDGET = 1 << 24
+"""floats of pre-activations (rows × F) :func:`dictionary_codes` holds at a time (128 MB in float64)"""
+
+
+def null_dictionary(decoder_b: ArrayLike, seed: int = 0) -> np.ndarray:
+    """The random dictionary of both nulls: seed b's singular values and right singular vectors with Haar-random
+    left singular vectors (:func:`~sae_fast.analysis.nulls.spectrum_matched_decoder`), drawn from ``seed``.
+    Returns (F_b, d) float64 unit rows. Memory: three F_b × d float64 arrays."""
+    return spectrum_matched_decoder(decoder_b, np.random.default_rng([seed, 0xA3B]))
 
 
 def nearest_atoms(A: np.ndarray, B: np.ndarray, k: int, *, block: int = 2048) -> np.ndarray:
@@ -72,6 +91,7 @@ def direction_pursuit(
     null: bool = True,
     block: int = 256,
     seed: int = 0,
+    null_dict: ArrayLike | None = None,
 ) -> dict:
     """Share of each latent's decoder direction explained by the best m atoms of another seed (OMP).
 
@@ -83,7 +103,8 @@ def direction_pursuit(
     candidates: nearest atoms of b (by |cos|) the pursuit may choose from.
     null: also the pursuit over a spectrum-matched random dictionary in place of b.
     block: latents per batched pursuit (memory block × candidates × d floats).
-    seed: seed of the random dictionary.
+    seed: seed of the random dictionary (:func:`null_dictionary`).
+    null_dict: that random dictionary when already drawn (it is then reused, not drawn again).
 
     Returns
     -------
@@ -102,7 +123,9 @@ def direction_pursuit(
             out[s:s + block] = _omp_block(rows, dict_b[near], m_max)
         return out
 
-    null_share = run(spectrum_matched_decoder(B, np.random.default_rng([seed, 0xA3B]))) if null else None
+    if null:
+        null_dict = null_dictionary(B, seed) if null_dict is None else unit_rows(null_dict)
+    null_share = run(null_dict) if null else None
     return {"latents": idx, "share": run(B), "null_share": null_share}
 
 
@@ -170,6 +193,68 @@ def activation_pursuit(
         if np.ptp(y[~train]) > 0 and np.ptp(y[train]) > 0:
             out[j] = _r2_path(y, _columns(cb, nb[j]), train, m_max)
     return out
+
+
+def dictionary_codes(rows: ArrayLike, dictionary: ArrayLike, k: int) -> sp.csr_matrix:
+    """(N, F) CSR codes of ``rows`` (N, d) under ``dictionary`` (F, d) used as a tied TopK encoder: per row, the k
+    largest of ``<x − mean(x), r_j>``, kept where positive (no bias: a dictionary that learned nothing has none).
+
+    Memory: O(N·k) codes plus one block of at most ``PRE_BUDGET`` pre-activations (rows are taken in blocks).
+    """
+    X = np.asarray(rows, dtype=np.float64)
+    R = unit_rows(np.asarray(dictionary, dtype=np.float64))
+    if X.ndim != 2 or X.shape[1] != R.shape[1]:
+        raise UsageError(f"rows must have shape (N, {R.shape[1]}) to match the dictionary, got {X.shape}")
+    if not 1 <= k <= len(R):
+        raise UsageError(f"k must be in [1, {len(R)}], got {k}")
+    Xc = X - X.mean(axis=0)
+    block = max(1, PRE_BUDGET // len(R))
+    parts = []
+    for s in range(0, len(X), block):
+        pre = Xc[s:s + block] @ R.T
+        top = np.argpartition(-pre, k - 1, axis=1)[:, :k]
+        vals = np.maximum(np.take_along_axis(pre, top, axis=1), 0.0)
+        n = len(pre)
+        parts.append(sp.csr_matrix((vals.ravel(), top.ravel(), np.arange(0, n * k + 1, k)), shape=(n, len(R))))
+    codes = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, len(R)))
+    codes.eliminate_zeros()
+    return codes
+
+
+def activation_null(
+    codes_a: ArrayLike,
+    rows: ArrayLike,
+    decoder_a: ArrayLike,
+    dictionary: ArrayLike,
+    *,
+    latents: ArrayLike,
+    k: int,
+    m_max: int = 8,
+    candidates: int = 32,
+    train_fraction: float = 0.5,
+) -> np.ndarray:
+    """(n, m_max) held-out R² of each latent's code (seed a) from m latents of a random dictionary's codes.
+
+    Parameters
+    ----------
+    codes_a: (N, F_a) seed a's codes on ``rows`` (dense or scipy sparse).
+    rows: (N, d) the activations those codes come from.
+    decoder_a: (F_a, d) seed a's decoder (the evaluated latents' directions pick the candidate atoms).
+    dictionary: (F_b, d) the random dictionary (:func:`null_dictionary` of seed b, as the direction null).
+    latents: (n,) evaluated latents of seed a.
+    k: active latents per row of the dictionary's TopK codes (seed b's mean, for a like-for-like null).
+    m_max, candidates, train_fraction: as :func:`direction_pursuit` and :func:`activation_pursuit`.
+
+    Returns
+    -------
+    The R² curves, as :func:`activation_pursuit` (NaN for a latent that never fires). Memory: as
+    :func:`dictionary_codes` plus :func:`activation_pursuit`.
+    """
+    lat = np.asarray(latents, dtype=np.int64).reshape(-1)
+    R = unit_rows(np.asarray(dictionary, dtype=np.float64))
+    near = nearest_atoms(unit_rows(np.asarray(decoder_a, dtype=np.float64))[lat], R, candidates)
+    return activation_pursuit(codes_a, dictionary_codes(rows, R, k), near, latents=lat, m_max=m_max,
+                              train_fraction=train_fraction)
 
 
 def curves_by_bin(values: ArrayLike, p_hat: ArrayLike, edges: tuple[float, ...] = (0.0, 0.05, 0.5, 0.95, 1.0)

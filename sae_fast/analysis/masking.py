@@ -55,10 +55,11 @@ def masked_fvu(
     err = {name: 0.0 for name in ["none", *mask_rows]}
     for xb in batches(xt, batch_size):
         code = sae.encode(xb)
-        err["none"] += float(((sae.decode(*as_args(code)).double() - xb.double()) ** 2).sum())
+        xd = xb.double()
+        err["none"] += float(((sae.decode(*as_args(code)).double() - xd) ** 2).sum())
         for name, m in mask_rows.items():
             decoded = sae.decode(*as_args(mask_code(code, m)))
-            err[name] += float(((decoded.double() - xb.double()) ** 2).sum())
+            err[name] += float(((decoded.double() - xd) ** 2).sum())
     return {name: e / total for name, e in err.items()}
 
 
@@ -99,13 +100,23 @@ def masking_study(
     n_random: int = 5,
     seed: int = 0,
     batch_size: int = 4096,
+    contrast_only: bool = False,
 ) -> dict:
     """EV and ΔEV after masking stable, unstable and matched random sets (see the module docstring).
 
-    ``labels`` (F,): STABLE 1, UNSTABLE -1, NEITHER 0 (from ``analysis.stability.split``).
-    ``freq`` (F,): firing frequencies; when given, frequency-matched random sets are added.
-    Returns a dict of plain numbers: ``ev`` per set name, ``delta_ev`` = EV_full - EV_masked, set sizes,
-    and random-set means and standard deviations over ``n_random`` draws.
+    Parameters
+    ----------
+    sae, x: the SAE and its held-out activations (N, d), streamed in batches of ``batch_size`` rows.
+    labels: (F,) STABLE 1, UNSTABLE -1, NEITHER 0 (from ``analysis.stability.split``).
+    freq: (F,) firing frequencies; when given, frequency-matched random sets are added.
+    ratio, n_random, seed: ``n`` stable versus ``ratio * n`` unstable; random draws per set; their seed.
+    contrast_only: mask only the n-vs-ratio·n sets and their random draws (not all stable / all unstable):
+        what :func:`masking_contrasts` reads, at half the masks.
+
+    Returns
+    -------
+    A dict of plain numbers: ``ev`` per set name, ``delta_ev`` = EV_full - EV_masked, set sizes, and random-set
+    means and standard deviations over ``n_random`` draws. Memory: as :func:`masked_fvu`, O(F) per mask.
     """
     F = num_latents_of(sae)
     lab = np.asarray(labels).reshape(-1)
@@ -118,7 +129,7 @@ def masking_study(
     unstable = np.flatnonzero(lab == UNSTABLE)
     n = int(min(len(stable), len(unstable) // ratio))
     everyone = np.arange(F)
-    masks: dict[str, np.ndarray] = {"stable": stable, "unstable": unstable}
+    masks: dict[str, np.ndarray] = {} if contrast_only else {"stable": stable, "unstable": unstable}
     if n > 0:
         masks["stable_n"] = rng.choice(stable, n, replace=False)
         masks[f"unstable_{ratio}n"] = rng.choice(unstable, ratio * n, replace=False)
@@ -157,6 +168,28 @@ def masking_study(
                 out["random"][f"{kind}_{name}"] = {"delta_ev_mean": float(np.mean(draws)),
                                                     "delta_ev_std": float(np.std(draws)), "draws": len(draws)}
     return out
+
+
+CONTRASTS = ("stable_vs_unstable", "stable_vs_random", "stable_vs_freqmatched", "unstable_vs_random",
+             "unstable_vs_freqmatched")
+"""the ΔEV contrasts of :func:`masking_contrasts`"""
+
+
+def masking_contrasts(result: dict) -> dict[str, float]:
+    """The ΔEV contrasts of a :func:`masking_study` result (NaN where a set was empty or not drawn).
+
+    ``stable_vs_unstable``: ΔEV(n stable) − ΔEV(ratio·n unstable); ``<set>_vs_random`` / ``<set>_vs_freqmatched``:
+    ΔEV of that set minus the mean ΔEV of its random / frequency-matched same-size draws. Memory: O(1).
+    """
+    dev, rnd = result["delta_ev"], result["random"]
+    sets = {"stable": "stable_n", "unstable": f"unstable_{result['ratio']}n"}
+    nan = float("nan")
+    out = {"stable_vs_unstable": dev.get(sets["stable"], nan) - dev.get(sets["unstable"], nan)}
+    for short, name in sets.items():
+        for kind in ("random", "freqmatched"):
+            draws = rnd.get(f"{kind}_like_{name}")
+            out[f"{short}_vs_{kind}"] = dev.get(name, nan) - draws["delta_ev_mean"] if draws else nan
+    return {k: float(v) for k, v in out.items()}
 
 
 def delta_ev_sweep(

@@ -28,6 +28,9 @@ class StudyConfig:
     """masking: n stable versus ratio * n unstable features"""
     n_random: int = 5
     """random sets per masking comparison"""
+    masking_seeds: int | None = None
+    """masking: seeds whose n-vs-ratio·n ΔEV contrasts are measured, each with its own labels and frequencies
+    (the anchor, then the next seeds in order), for a seed-bootstrap interval; None: every seed"""
     ranks: tuple[int, ...] = (8, 16, 32, 64)
     """ranks r of the cross-seed subspace comparison"""
     subspace_draws: int = 3
@@ -89,6 +92,9 @@ class StudyConfig:
                      "n_random", "ratio", "refit_batch_size", "browse_bins"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.masking_seeds is not None and int(self.masking_seeds) < 1:
+            raise UsageError(f"masking_seeds must be a number of seeds >= 1 (or None: every seed), got "
+                             f"{self.masking_seeds}")
         if self.browse_seed is not None and int(self.browse_seed) < 0:
             raise UsageError(f"browse_seed must be a seed index >= 0, got {self.browse_seed}")
         if any(r < 1 for r in self.ranks):

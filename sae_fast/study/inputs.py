@@ -342,6 +342,8 @@ def resolve_inputs(run_dir: Any, *, activations: Any, refit_activations: Any, ou
         raise UsageError(f"anchor {cfg.anchor} outside the {len(seeds.names)} seeds")
     if cfg.browse_seed is not None and not 0 <= cfg.browse_seed < len(seeds.names):
         raise UsageError(f"browse_seed {cfg.browse_seed} outside the {len(seeds.names)} seeds")
+    if cfg.masking_seeds is not None and cfg.masking_seeds > len(seeds.names):
+        raise UsageError(f"masking_seeds {cfg.masking_seeds} is more than the {len(seeds.names)} seeds")
     sae = seeds.saes[0]
     source.update({"seeds": seeds.names, "num_seeds": len(seeds.names), "d": seeds.d, "num_latents": sae.num_latents,
                    "architecture": architecture_of(sae), "k": fixed_k(sae), "eval_tokens": held.num_rows})

@@ -115,5 +115,11 @@ def test_nulls_dose_fdr_seed_count_and_ambiguity_artifacts(study_out):
     assert len(res["calibration"]["rows"]) == 2
     curves = {(b["lo"], b["hi"]): b for b in res["ambiguity"]["direction"]}
     assert any(b["mean"] is not None for b in curves.values())
+    # the shared (stable) latents' activations are explained by the other seed, not by its random dictionary
+    amb = res["ambiguity"]
+    act, act_null = amb["activation_r2"][-1], amb["activation_r2_null"][-1]
+    assert act["count"] == act_null["count"] > 0 and act["mean"][0] > 0.5 and act_null["mean"][-1] < 0.15
+    with np.load(out / "ambiguity" / "arrays.npz") as z:
+        assert z["r2_null"].shape == z["r2"].shape == (amb["latents"], 3)
     assert (out / "figures" / "dose_response.png").is_file() and (out / "figures" / "calibration.png").is_file()
     assert json.loads((out / "verdict" / "done.json").read_text())["fingerprint"]

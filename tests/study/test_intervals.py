@@ -55,8 +55,16 @@ def test_pair_and_pooling_intervals_and_reasons_for_missing_ones():
     gain = {r["name"]: r for r in iv.pooling_intervals(pooling, 1000, 0)}
     assert gain["pooling gain in p̂"]["lo"] > 0.1 and gain["pooling gain in p̂"]["hi"] <= 0.2 + 1e-9
     assert gain["pooling change in EV"]["estimate"] == pytest.approx(0.0)
-    masked = iv.masking_entries({"delta_ev": {"stable_n": 0.2, "unstable_4n": 0.01}})
-    assert all(np.isnan(m["lo"]) and "anchor seed" in m["reason"] for m in masked)
-    assert masked[0]["estimate"] == pytest.approx(0.2)
+    contrasts = [{"stable_vs_unstable": 0.19 + 0.01 * i, "stable_vs_random": 0.1} for i in range(5)]
+    masked = {m["name"]: m for m in iv.masking_entries(
+        {"delta_ev": {"stable": 0.3, "stable_n": 0.2, "unstable_4n": 0.01},
+         "per_seed": [c for c in contrasts]}, 1000, 0)}
+    gap = masked["ΔEV(n stable) − ΔEV(ratio·n unstable)"]
+    assert gap["unit"] == "seed" and gap["lo"] < 0.21 < gap["hi"] and gap["estimate"] == pytest.approx(0.21)
+    assert "fewer than 2 seeds" in masked["ΔEV(ratio·n unstable) − ΔEV(random, same size)"]["reason"]
+    assert np.isnan(masked["ΔEV stable (anchor)"]["lo"]) and "anchor seed" in masked["ΔEV stable (anchor)"]["reason"]
+    one = iv.masking_entries({"delta_ev": {"stable_n": 0.2}, "per_seed": [contrasts[0]]}, 10, 0)
+    assert one[0]["estimate"] == pytest.approx(0.19) and np.isnan(one[0]["lo"]) and one[0]["reason"]
+    assert "not run" in iv.masking_entries({}, 10, 0)[0]["reason"]
     assert "not run" in iv.classifier_intervals([], S, 10, 0)[0]["reason"]
     assert "not run" in iv.pooling_intervals({}, 10, 0)[0]["reason"]

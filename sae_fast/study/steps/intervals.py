@@ -3,8 +3,8 @@
 Every number that exists once per seed is resampled over seeds (:func:`sae_fast.analysis.bootstrap.seed_bootstrap`);
 every number that exists once per (train, test) or (a, b) seed pair over seeds with the pairs they keep
 (:func:`sae_fast.analysis.bootstrap.pair_bootstrap`). Labels are the full run's (fixed); what is resampled is which
-seeds' values enter the mean. A number measured once for the run (the masking ΔEV contrasts: the masking step
-masks the anchor seed only) is listed with its value, no interval and the reason.
+seeds' values enter the mean. A number measured once for the run (the masking ΔEV of all stable / all unstable
+latents, on the anchor seed only) is listed with its value, no interval and the reason.
 
 Memory: O(S·F·d) decoders (effective ranks, one seed at a time) + O(n_boot).
 """
@@ -97,13 +97,28 @@ def pooling_intervals(pooling: dict, n_boot: int, seed: int) -> list[dict[str, A
     return out
 
 
-def masking_entries(masking: dict) -> list[dict[str, Any]]:
-    """The masking ΔEV contrasts: one value each, no seed interval (the masking step masks the anchor seed)."""
+CONTRAST_NAMES = {"stable_vs_unstable": "ΔEV(n stable) − ΔEV(ratio·n unstable)",
+                  "stable_vs_random": "ΔEV(n stable) − ΔEV(random, same size)",
+                  "stable_vs_freqmatched": "ΔEV(n stable) − ΔEV(frequency-matched, same size)",
+                  "unstable_vs_random": "ΔEV(ratio·n unstable) − ΔEV(random, same size)",
+                  "unstable_vs_freqmatched": "ΔEV(ratio·n unstable) − ΔEV(frequency-matched, same size)"}
+"""the masking ΔEV contrasts (:data:`sae_fast.analysis.masking.CONTRASTS`) as the tables name them"""
+
+
+def masking_entries(masking: dict, n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """The masking ΔEV contrasts with their seed-bootstrap interval over the masked seeds' per-seed values
+    (``masking.per_seed``), then the anchor's whole-set ΔEVs (measured on the anchor only, no interval)."""
     dev = masking.get("delta_ev", {})
-    why = "masking runs on the anchor seed only: no per-seed values to resample"
     if not dev:
         return [_entry("ΔEV contrasts", "none", None, reason="masking step not run")]
-    return [_entry(f"ΔEV {k}", "none", None, estimate=float(v), reason=why) for k, v in dev.items()]
+    per_seed = masking.get("per_seed", [])
+    rows = []
+    for key, name in CONTRAST_NAMES.items():
+        vals = [float(e.get(key, NAN)) for e in per_seed]
+        rows.append(_per_seed(name, vals, n_boot, seed))
+    why = "whole-set ΔEV: measured on the anchor seed only (the contrasts above carry the seed interval)"
+    return [*rows, *(_entry(f"ΔEV {k} (anchor)", "none", None, estimate=float(v), reason=why)
+                     for k, v in dev.items() if k in ("stable", "unstable"))]
 
 
 def subspace_entries(subspace: dict) -> list[dict[str, Any]]:

@@ -1,17 +1,27 @@
 """Step ``masking``: ΔEV when the anchor's stable / unstable / matched random latents are zeroed after encoding,
 the ΔEV sweep over mask sizes, and (with a model) the spliced embedding distortion or next-token loss.
 
-The held-out rows are encoded batch by batch on ``--device``: O(N·d) rows + O(batch·F) pre-activations.
-Artifacts: ``section.json`` (results.json → masking, masking_sweep, splice, lm_loss).
+The ΔEV contrasts (n stable vs ratio·n unstable, each against its random and frequency-matched draws,
+:func:`~sae_fast.analysis.masking.masking_contrasts`) are also measured per seed, on ``masking_seeds`` seeds (the
+anchor first, then the next seeds; default all), each seed with its own labels and firing frequencies: the
+anchor's come from its full result, the others' from a contrast-only masking (half the masks). They are saved as
+``masking.per_seed`` and give the contrasts their seed-bootstrap interval (:mod:`.intervals`, the verdict).
+
+The held-out rows are encoded batch by batch on ``--device``: O(N·d) rows + O(batch·F) pre-activations, one SAE on
+the device at a time. Artifacts: ``section.json`` (results.json → masking, masking_sweep, splice, lm_loss).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
+from tqdm.auto import tqdm
+
 from ...analysis import masking as mask_mod
-from ..step import Context
+from ..step import Block, Context
 from .section import Section, SectionStep
+from .traceable import columns
 
 
 def _splices(ctx: Context, labels: Any) -> dict[str, Any]:
@@ -50,10 +60,45 @@ def _splices(ctx: Context, labels: Any) -> dict[str, Any]:
     return out
 
 
+def masked_seeds(anchor: int, num_seeds: int, count: int | None) -> list[int]:
+    """The seeds whose ΔEV contrasts are measured: the anchor, then the seeds after it (cyclically), ``count`` in
+    all (None: every seed)."""
+    count = num_seeds if count is None else min(int(count), num_seeds)
+    return [(anchor + i) % num_seeds for i in range(count)]
+
+
+def _per_seed_entry(seed: int, name: str, result: dict) -> dict[str, Any]:
+    unstable = f"unstable_{result['ratio']}n"
+    return {"seed": seed, "name": name, "n": result["n"],
+            "delta_ev": {k: result["delta_ev"].get(k, float("nan")) for k in ("stable_n", unstable)},
+            **mask_mod.masking_contrasts(result)}
+
+
+def per_seed_contrasts(ctx: Context, x: torch.Tensor, anchor_result: dict) -> list[dict[str, Any]]:
+    """One entry per masked seed: its n, ΔEV of its n stable / ratio·n unstable latents and the contrasts, each
+    seed masked with its own labels and frequencies. Memory: one SAE on the device at a time, O(batch·F)."""
+    cfg, seeds = ctx.cfg, ctx.inputs.seeds
+    labels, freq = ctx.result("stability").labels, ctx.result("firing").freq
+    order = masked_seeds(cfg.anchor, len(seeds.saes), cfg.masking_seeds)
+    out = []
+    for s in tqdm(order, desc="masking per seed", disable=not ctx.progress, leave=False):
+        if s == cfg.anchor:
+            out.append(_per_seed_entry(s, seeds.names[s], anchor_result))
+            continue
+        sae = seeds.saes[s].to(ctx.device)
+        try:
+            res = mask_mod.masking_study(sae, x, labels[s], freq=freq[s], ratio=cfg.ratio, n_random=cfg.n_random,
+                                         seed=cfg.seed + s, batch_size=cfg.batch_size, contrast_only=True)
+        finally:
+            sae.to("cpu")
+        out.append(_per_seed_entry(s, seeds.names[s], res))
+    return out
+
+
 class MaskingStep(SectionStep):
     name: ClassVar[str] = "masking"
     requires = ("stability", "firing")
-    setting_names = ("anchor", "ratio", "n_random", "seed", "splice_texts", "max_eval_tokens")
+    setting_names = ("anchor", "ratio", "n_random", "masking_seeds", "seed", "splice_texts", "max_eval_tokens")
 
     def compute(self, ctx: Context) -> Section:
         cfg, a0 = ctx.cfg, ctx.cfg.anchor
@@ -68,6 +113,19 @@ class MaskingStep(SectionStep):
                                                                 batch_size=cfg.batch_size)}
         finally:
             sae.to("cpu")
+        entries["masking"]["per_seed"] = per_seed_contrasts(ctx, x, entries["masking"])
         del x
         entries.update(_splices(ctx, labels))
         return Section(entries)
+
+    def render(self, result: Section, ctx: Context) -> list[Block]:
+        """The report's masking section, then the ΔEV contrasts per masked seed."""
+        per_seed = result.entries["masking"].get("per_seed", [])
+        if not per_seed:
+            return super().render(result, ctx)
+        cols = [("seed", "name"), ("n", "n"), *((c.replace("_vs_", " − "), c)
+                                                for c in mask_mod.CONTRASTS)]
+        return [*super().render(result, ctx),
+                ("p", "ΔEV contrasts per seed, each seed masked with its own labels and firing frequencies (their "
+                      "seed-bootstrap intervals are in the verdict section's table of headline numbers)."),
+                columns(ctx.report_results, [f"masking.per_seed.{i}" for i in range(len(per_seed))], cols)]

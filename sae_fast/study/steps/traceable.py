@@ -25,11 +25,11 @@ def png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def new_figure(width: float = 6.0, height: float = 3.5) -> tuple[Any, Any]:
-    """A (figure, axes) pair on the non-interactive Agg backend."""
+def new_figure(width: float = 6.0, height: float = 3.5, ncols: int = 1) -> tuple[Any, Any]:
+    """A (figure, axes) pair on the non-interactive Agg backend (``ncols`` > 1: an array of side-by-side axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height))
+    return plt.subplots(1, ncols, figsize=(width, height))

@@ -2,7 +2,7 @@
 seed-bootstrap interval, the null it is tested against, the calibrated power where there is one, the paper's
 figure and a verdict (:mod:`sae_fast.analysis.verdict`).
 
-Effects: *function*: masking ΔEV of M stable minus 4M unstable latents (anchor seed; no seed interval);
+Effects: *function*: masking ΔEV of M stable minus 4M unstable latents, per masked seed (``masking_seeds``);
 *rare*: per seed, mean firing frequency of unstable over stable latents (null 1); *rank*: per seed, ER/d of the
 study's set minus that of the stable set at matched size (null 0); *geometry*: cross-seed classifier balanced
 accuracy over (train, test) seed pairs (null 0.5); *subspaces*: cross-seed subspace excess over the
@@ -99,15 +99,20 @@ def _subspaces(results: dict, power: float) -> ClaimRow:
                 "frequency-matched outside latents", 1, power)
 
 
-def _function(results: dict) -> ClaimRow:
+def _function(results: dict, n_boot: int, seed: int) -> ClaimRow:
     m = results["masking"].entries.get("masking", {}) if "masking" in results else {}
     dev = m.get("delta_ev", {})
     keys = [k for k in dev if k.startswith("unstable_") and k.endswith("n")]
     if "stable_n" not in dev or not keys:
         return _row("function", "ΔEV(M stable) − ΔEV(4M unstable)", None, 0.0, "equal ΔEV", 1)
-    effect = dev["stable_n"] - dev[keys[0]]
-    return ClaimRow("function", f"ΔEV(M stable) − ΔEV({keys[0][9:]} unstable), anchor seed only", effect, NAN, NAN,
-                    0.0, "equal ΔEV", 1)
+    metric = f"ΔEV(M stable) − ΔEV({keys[0][9:]} unstable)"
+    per_seed = [e.get("stable_vs_unstable", NAN) for e in m.get("per_seed", [])]
+    per_seed = [v for v in per_seed if np.isfinite(v)]
+    if len(per_seed) >= 2:
+        ci = seed_bootstrap(per_seed, n_boot=n_boot, seed=seed)
+        return _row("function", f"{metric}, each of {len(per_seed)} seeds masked", ci, 0.0, "equal ΔEV", 1)
+    return ClaimRow("function", f"{metric}, anchor seed only (fewer than 2 masked seeds with a value)",
+                    dev["stable_n"] - dev[keys[0]], NAN, NAN, 0.0, "equal ΔEV", 1)
 
 
 def _pooling(results: dict, n_boot: int, seed: int, ev_tolerance: float) -> ClaimRow:
@@ -137,7 +142,7 @@ def _intervals(ctx: Context, results: dict, n_boot: int) -> list[dict]:
             *iv.classifier_intervals(pairs, labels.shape[0], n_boot, cfg.seed),
             *iv.subspace_entries(_entries(results, "nulls", "nulls").get("subspace", {})),
             *iv.pooling_intervals(_entries(results, "pooling", "pooling"), n_boot, cfg.seed),
-            *iv.masking_entries(_entries(results, "masking", "masking"))]
+            *iv.masking_entries(_entries(results, "masking", "masking"), n_boot, cfg.seed)]
 
 
 class VerdictStep(SectionStep):
@@ -161,7 +166,7 @@ class VerdictStep(SectionStep):
         results = {n: ctx.result(n) for n in self.requires}
         cal = results["calibration"].entries["calibration"]["rows"] if "calibration" in results else []
         power = power_at(cal, labels.shape[0], "subspace", grouped_share=opt.power_share) if cal else NAN
-        rows = [_function(results), _rare(labels, freq, opt.n_boot, cfg.seed),
+        rows = [_function(results, opt.n_boot, cfg.seed), _rare(labels, freq, opt.n_boot, cfg.seed),
                 _rank(ctx.inputs.seeds.decoders(), labels, cfg.subspace_set, opt.n_boot, cfg.seed),
                 _geometry(results, opt.n_boot, cfg.seed), _subspaces(results, power),
                 _pooling(results, opt.n_boot, cfg.seed, opt.ev_tolerance)]
