@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import numpy as np
@@ -87,9 +88,18 @@ def right_singular(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def single_thread_lapack() -> contextlib.AbstractContextManager:
     """Limits BLAS/LAPACK to one thread: multithreaded OpenBLAS eigh/svd of a few hundred columns was measured
-    ~50x slower than single-threaded on a busy 2-core machine (4.7 s vs 0.07 s for a 384 x 384 eigh)."""
+    ~50x slower than single-threaded on a busy 2-core machine (4.7 s vs 0.07 s for a 384 x 384 eigh).
+
+    The library scan (``threadpoolctl`` reads /proc/self/maps) is done once per process and reused: a fresh
+    scan per call cost ~1 ms, which at 50,000 small decompositions (candidates at F = 2^16) was ~80 s."""
+    controller = _blas_controller()
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+        return None
+    return ThreadpoolController()
