@@ -57,6 +57,8 @@ def random_dictionary_null(
     theta: float = 0.7,
     pw_mcc: bool = True,
     seed: int = 0,
+    absolute: bool = False,
+    trained_p_hat: float | None = None,
 ) -> dict:
     """p̂ and PW-MCC of spectrum-matched random dictionaries, next to the trained decoders' values.
 
@@ -67,6 +69,10 @@ def random_dictionary_null(
     theta: the match threshold of p̂.
     pw_mcc: also the Hungarian mean matched cosine (dense F × F per pair: only for F up to a few thousand).
     seed: seed of the random dictionaries.
+    absolute: match on |cos| (as the study's stability step does with ``absolute``).
+    trained_p_hat: the trained decoders' mean p̂ (every anchor) when already known, e.g. from the study's
+        stability step: it is not recomputed then (unless ``pw_mcc`` needs the trained pairs anyway), which halves
+        the work (every directed seed pair is one F × F sweep).
 
     Returns
     -------
@@ -81,7 +87,7 @@ def random_dictionary_null(
     rng = np.random.default_rng([seed, 0x4E11])
 
     def measure(ds: list[np.ndarray]) -> tuple[float, float]:
-        p = float(anchor_scores(ds, theta=theta).p_hat.mean())
+        p = float(anchor_scores(ds, theta=theta, signed=not absolute).p_hat.mean())
         if not pw_mcc:
             return p, float("nan")
         from ..stability import pw_mcc as pw
@@ -89,7 +95,7 @@ def random_dictionary_null(
         vals = [pw(ds[a], ds[b]) for a in range(len(ds)) for b in range(a + 1, len(ds))]
         return p, float(np.mean(vals))
 
-    trained = measure(decs)
+    trained = measure(decs) if trained_p_hat is None or pw_mcc else (float(trained_p_hat), float("nan"))
     null = [measure([spectrum_matched_decoder(D, rng) for D in decs]) for _ in range(draws)]
     p_null, m_null = np.array(null).T
     return {"trained": {"p_hat_mean": trained[0], "pw_mcc": trained[1]},

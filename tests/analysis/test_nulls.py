@@ -38,6 +38,30 @@ def test_random_dictionary_null_is_below_trained_shared_features():
     assert out["trained"]["pw_mcc"] > 0.95 and out["null"]["pw_mcc"] < out["trained"]["pw_mcc"] - 0.3
 
 
+
+def test_a_known_trained_p_hat_is_used_and_the_null_is_unchanged(monkeypatch):
+    """The study passes the stability step's mean p̂: the trained decoders are then not matched again."""
+    from sae_fast.analysis import nulls
+
+    rng = np.random.default_rng(3)
+    decs = [rng.standard_normal((48, 12)) for _ in range(3)]
+    full = random_dictionary_null(decs, draws=1, pw_mcc=False)
+    calls = []
+    real = nulls.anchor_scores
+    monkeypatch.setattr(nulls, "anchor_scores", lambda ds, **kw: calls.append(1) or real(ds, **kw))
+    given = random_dictionary_null(decs, draws=1, pw_mcc=False, trained_p_hat=full["trained"]["p_hat_mean"])
+    assert len(calls) == 1  # the null dictionaries only
+    assert given["trained"]["p_hat_mean"] == full["trained"]["p_hat_mean"]
+    assert given["null"]["p_hat_mean"] == full["null"]["p_hat_mean"]
+
+
+def test_absolute_null_matches_on_absolute_cosines():
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((40, 10))
+    flips = [base * rng.choice([-1.0, 1.0], size=(40, 1)) for _ in range(3)]  # the same features, signs flipped
+    assert random_dictionary_null(flips, draws=1, pw_mcc=False, absolute=True)["trained"]["p_hat_mean"] == 1.0
+    assert random_dictionary_null(flips, draws=1, pw_mcc=False)["trained"]["p_hat_mean"] < 0.9
+
 def test_frequency_matched_outside_matches_frequencies_and_avoids_set():
     rng = np.random.default_rng(3)
     freq = rng.lognormal(size=400)

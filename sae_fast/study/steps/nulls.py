@@ -39,7 +39,7 @@ class NullsOptions:
 class NullsStep(SectionStep):
     name: ClassVar[str] = "nulls"
     requires = ("stability", "firing")
-    setting_names = ("theta", "eps", "subspace_set", "ranks", "exclude_dead", "seed")
+    setting_names = ("theta", "eps", "absolute", "subspace_set", "ranks", "exclude_dead", "seed")
 
     def __init__(self, options: NullsOptions | None = None) -> None:
         self.options = options or NullsOptions()
@@ -52,8 +52,10 @@ class NullsStep(SectionStep):
         labels, freq = ctx.result("stability").labels, ctx.result("firing").freq
         decoders = ctx.inputs.seeds.decoders()
         F = labels.shape[1]
+        p_hat = ctx.result("stability").p_hat  # the trained decoders' p̂ (every anchor): not recomputed
         rd = random_dictionary_null(decoders, draws=opt.dictionary_draws, theta=cfg.theta,
-                                    pw_mcc=opt.pw_mcc_max_latents >= F, seed=cfg.seed)
+                                    pw_mcc=opt.pw_mcc_max_latents >= F, seed=cfg.seed, absolute=cfg.absolute,
+                                    trained_p_hat=float(p_hat.mean()))
         live = freq > 0 if cfg.exclude_dead else np.ones(labels.shape, dtype=bool)
         sets = seed_sets(labels, live, cfg.subspace_set)
         entry: dict[str, Any] = {"random_dictionary": rd, "set": cfg.subspace_set, "subspace": {}}
