@@ -6,6 +6,9 @@ are needed for BH to pass), so strong candidates survive Benjamini–Hochberg; q
 latent, discoveries at each FDR level and Storey's estimate of the non-null share
 (:mod:`sae_fast.analysis.fdr`).
 
+Above 4096 candidates, candidates and null draws are scored against the candidates holding one of their top-m
+cross-seed neighbours (the matching step's graph), as in the candidates step, so time grows linearly with F.
+
 Memory: that of :func:`sae_fast.analysis.candidates.candidate_subspaces` with ``null_draws`` subset bases of
 rank <= max_rank (d × rank floats each). Artifacts: ``section.json`` (results.json → fdr), ``arrays.npz``
 (latent_q (S, F); null_size, null_similarity (null_draws,): the raw subset-null draws).
@@ -46,7 +49,7 @@ class FdrOptions:
 
 class FdrStep(SectionStep):
     name: ClassVar[str] = "fdr"
-    requires = ("stability", "firing")
+    requires = ("matching", "stability", "firing")
     setting_names = ("subspace_set", "candidate_method", "candidate_threshold", "candidate_tau", "exclude_dead",
                      "coactivation_rows", "neighbours", "seed")
 
@@ -69,7 +72,8 @@ class FdrStep(SectionStep):
         res = cand_mod.candidate_subspaces(
             ctx.inputs.seeds.decoders(), seed_sets(labels, live, cfg.subspace_set), fires=fires,
             method=cfg.candidate_method, threshold=cfg.candidate_threshold, tau=cfg.candidate_tau,
-            freqs=list(firing.freq), neighbours=cfg.neighbours, min_null_draws=opt.null_draws,
+            freqs=list(firing.freq), neighbours=cfg.neighbours, neighbour_index=ctx.result("matching").index,
+            min_null_draws=opt.null_draws,
             null_neighbours=2**62, pvalues=opt.pvalues, tail_fraction=opt.tail_fraction, seed=cfg.seed)  # all draws
         S, F = labels.shape
         summary = candidate_fdr(res, [F] * S, levels=opt.levels, lam=opt.storey_lambda)
