@@ -168,6 +168,23 @@ def _find_candidates(decs: list[np.ndarray], idx_sets: list[np.ndarray], fires: 
     return bases, owner, members
 
 
+def _given_candidates(decs: list[np.ndarray], clusters: list[tuple[int, ArrayLike]], *, energy: float,
+                      max_rank: int) -> tuple[list[np.ndarray], list[int], list[np.ndarray]]:
+    """(bases, owning seed, member latents) of clusters found before (``(seed, latent indices)`` each, e.g. the
+    study's candidates step), without clustering again. Memory: the (d, r) bases."""
+    bases: list[np.ndarray] = []
+    owner: list[int] = []
+    members: list[np.ndarray] = []
+    for c, (s, latents) in enumerate(clusters):
+        if not 0 <= int(s) < len(decs):
+            raise ValueError(f"clusters[{c}] names seed {s}, outside [0, {len(decs)})")
+        lat = index_array(latents, len(decs[int(s)]), f"clusters[{c}] latents")
+        bases.append(candidate_basis(decs[int(s)][lat], energy=energy, max_rank=max_rank))
+        owner.append(int(s))
+        members.append(lat)
+    return bases, owner, members
+
+
 def _null_summaries(decs: list[np.ndarray], bases: list[np.ndarray], owner: np.ndarray, members: list[np.ndarray],
                     part: list[np.ndarray] | None, neighbour_index: np.ndarray | None,
                     freqs: list[ArrayLike] | None, *, n_null: int, normalize: str, tau: float, energy: float,
@@ -275,6 +292,7 @@ def candidate_subspaces(
     dense_limit: int = 4096,
     pvalues: str = "empirical",
     tail_fraction: float = 0.05,
+    clusters: list[tuple[int, ArrayLike]] | None = None,
     seed: int = 0,
 ) -> dict:
     """Candidate subspaces of ``sets[s]`` (e.g. each seed's unstable latents) and their reproducibility.
@@ -294,7 +312,9 @@ def candidate_subspaces(
     ``"tail"`` (the same, with a generalized-Pareto tail fitted to the top ``tail_fraction`` of the reference draws
     beyond the empirical support, :func:`sae_fast.analysis.fdr.tail_pvalues`, so p can fall below the floor and
     pass Benjamini–Hochberg). The raw subset-null draws come back as ``"null_draws"``: ``{"size": (D,) int
-    array, "mean_best_similarity": (D,) float array}`` (memory O(D)).
+    array, "mean_best_similarity": (D,) float array}`` (memory O(D)). ``clusters``: the candidates as found before,
+    ``(seed, latent indices)`` each in the order of an earlier result's ``candidates`` (the same ``sets``, method
+    and thresholds): the clustering is skipped and only the bases, similarities and nulls are computed.
     Returns ``{"candidates": [per-candidate dicts: seed, latents, rank, score, mean_best_similarity,
     null_similarity, p_value, reproducible], "null": {subset null: "score_mean", "reproduced_share", ...},
     "null_haar": {...}, "per_seed": [{"num_set", "num_in_reproducible", "share_in_reproducible",
@@ -304,9 +324,12 @@ def candidate_subspaces(
     S = len(decs)
     method = method or ("correlation" if fires is not None else "cosine")
     idx_sets = [index_array(sets[s], len(decs[s]), f"sets[{s}]") for s in range(S)]
-    bases, owner, members = _find_candidates(decs, idx_sets, fires, method=method, threshold=threshold,
-                                             min_size=min_size, neighbours=neighbours, energy=energy,
-                                             max_rank=max_rank)
+    if clusters is not None:
+        bases, owner, members = _given_candidates(decs, clusters, energy=energy, max_rank=max_rank)
+    else:
+        bases, owner, members = _find_candidates(decs, idx_sets, fires, method=method, threshold=threshold,
+                                                 min_size=min_size, neighbours=neighbours, energy=energy,
+                                                 max_rank=max_rank)
     owner_arr = np.asarray(owner, dtype=np.int64)
     params = {"method": method, "threshold": threshold, "min_size": min_size, "energy": energy,
               "max_rank": max_rank, "tau": tau, "normalize": normalize, "min_score": min_score, "alpha": alpha,

@@ -232,3 +232,20 @@ def test_refit_shows_progress(capsys):
     sae = TopKSAE(8, 16, 2, seed=0)
     losses = refit(sae, torch.randn(64, 8), steps=3, batch_size=16, progress=True, desc="refit ranked pool")
     assert len(losses) == 3 and "refit ranked pool" in capsys.readouterr().err
+
+
+def test_clusters_found_before_give_the_same_result_without_clustering(monkeypatch):
+    """What the FDR step does with the candidates step's clusters: the same candidates, scores and p-values."""
+    from sae_fast.analysis import candidates as cand_mod
+
+    decs, fires, _ = _seeds(seed=4)
+    sets = [np.arange(len(d)) for d in decs]
+    first = candidate_subspaces(decs, sets, fires=fires, min_null_draws=300, seed=2)
+    given = [(c["seed"], c["latents"]) for c in first["candidates"]]
+    monkeypatch.setattr(cand_mod, "cluster_latents", lambda *a, **k: pytest.fail("clustered again"))
+    again = candidate_subspaces(decs, sets, fires=fires, min_null_draws=300, seed=2, clusters=given)
+    for a, b in zip(first["candidates"], again["candidates"], strict=True):
+        for key in ("seed", "latents", "rank", "score", "mean_best_similarity", "p_value"):
+            assert a[key] == b[key]
+    with pytest.raises(ValueError, match=r"clusters\[0\] names seed 9"):
+        candidate_subspaces(decs, sets, fires=fires, clusters=[(9, [0, 1])])

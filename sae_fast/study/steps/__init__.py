@@ -40,7 +40,9 @@ def calibrated_steps(available: tuple[str, ...]) -> list[Step]:
     verdict_inputs = ("stability", "firing", "nulls", "calibration",
                       *(n for n in ("masking", "classifier", "pooling") if n in available))
     dose_inputs = ("stability", "firing", *(("candidates",) if "candidates" in available else ()))
-    return [NullsStep(), DoseResponseStep(requires=dose_inputs), AmbiguityStep(), FdrStep(), SeedCountStep(),
+    fdr_inputs = ("matching", "stability", "firing", *(("candidates",) if "candidates" in available else ()))
+    return [NullsStep(), DoseResponseStep(requires=dose_inputs), AmbiguityStep(), FdrStep(requires=fdr_inputs),
+            SeedCountStep(),
             CalibrationStep(), OverTrainingStep(), VerdictStep(requires=verdict_inputs)]
 
 

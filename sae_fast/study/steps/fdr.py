@@ -6,7 +6,8 @@ are needed for BH to pass), so strong candidates survive Benjamini–Hochberg; q
 latent, discoveries at each FDR level and Storey's estimate of the non-null share
 (:mod:`sae_fast.analysis.fdr`).
 
-Above 4096 candidates, candidates and null draws are scored against the candidates holding one of their top-m
+When the plan holds the candidates step (in ``requires``, the default), its clusters are re-scored, not found
+again. Above 4096 candidates, candidates and null draws are scored against the candidates holding one of their top-m
 cross-seed neighbours (the matching step's graph), as in the candidates step, so time grows linearly with F.
 
 Memory: that of :func:`sae_fast.analysis.candidates.candidate_subspaces` with ``null_draws`` subset bases of
@@ -49,12 +50,14 @@ class FdrOptions:
 
 class FdrStep(SectionStep):
     name: ClassVar[str] = "fdr"
-    requires = ("matching", "stability", "firing")
+
     setting_names = ("subspace_set", "candidate_method", "candidate_threshold", "candidate_tau", "exclude_dead",
                      "coactivation_rows", "neighbours", "seed")
 
-    def __init__(self, options: FdrOptions | None = None) -> None:
+    def __init__(self, options: FdrOptions | None = None,
+                 requires: tuple[str, ...] = ("matching", "stability", "firing", "candidates")) -> None:
         self.options = options or FdrOptions()
+        self.requires = requires
         if self.options.pvalues not in ("tail", "empirical"):
             raise UsageError(f"FdrOptions.pvalues must be 'tail' or 'empirical', got {self.options.pvalues!r}")
         if not 0.0 < self.options.tail_fraction < 1.0:
@@ -69,12 +72,16 @@ class FdrStep(SectionStep):
         firing = ctx.result("firing")
         live = firing.freq > 0 if cfg.exclude_dead else None
         fires = [firing_indicator(c, cfg.coactivation_rows) for c in firing.codes]
+        clusters = None
+        if "candidates" in self.requires:  # the same clusters: not found again
+            clusters = [(c["seed"], c["latents"]) for c in ctx.result("candidates").entries["candidates"]["candidates"]]
         res = cand_mod.candidate_subspaces(
             ctx.inputs.seeds.decoders(), seed_sets(labels, live, cfg.subspace_set), fires=fires,
             method=cfg.candidate_method, threshold=cfg.candidate_threshold, tau=cfg.candidate_tau,
             freqs=list(firing.freq), neighbours=cfg.neighbours, neighbour_index=ctx.result("matching").index,
             min_null_draws=opt.null_draws,
-            null_neighbours=2**62, pvalues=opt.pvalues, tail_fraction=opt.tail_fraction, seed=cfg.seed)  # all draws
+            null_neighbours=2**62, pvalues=opt.pvalues, tail_fraction=opt.tail_fraction, clusters=clusters,
+            seed=cfg.seed)  # all draws
         S, F = labels.shape
         summary = candidate_fdr(res, [F] * S, levels=opt.levels, lam=opt.storey_lambda)
         latent_q = np.stack(summary.pop("latent_q"))
