@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         from ..train import field_docs
     except ImportError:  # pragma: no cover
         field_docs = lambda cls: {}
-    docs = {**field_docs(StudyConfig), **field_docs(EmbeddedDefault)}
+    # argparse formats help strings with %: a literal percent sign in a field's docstring must be doubled
+    docs = {k: v.replace("%", "%%") for k, v in {**field_docs(StudyConfig), **field_docs(EmbeddedDefault)}.items()}
     parser.add_argument("run_dir", nargs="?", default=None,
                         help="folder of trained seeds (sae_fast, sparsify or SAELens layout); omit to train the "
                              "embedded default")

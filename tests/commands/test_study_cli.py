@@ -49,3 +49,20 @@ def test_torchrun_ranks_split_the_study_stability_pairs(tmp_path: Path) -> None:
         np.testing.assert_array_equal(np.load(out / "stability" / "arrays.npz")[name],
                                       np.load(single / "stability" / "arrays.npz")[name])
     assert Stability.load(out / "stability").seeds == [f"seed{s}" for s in range(4)]
+
+
+def test_study_help_lists_every_setting(capsys) -> None:
+    """Every StudyConfig / EmbeddedDefault field is an option, and help texts with a percent sign render."""
+    import dataclasses
+
+    import pytest
+
+    from sae_fast.study import EmbeddedDefault, StudyConfig
+
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    text = capsys.readouterr().out
+    for f in (*dataclasses.fields(StudyConfig), *dataclasses.fields(EmbeddedDefault)):
+        if f.name != "extra":
+            assert "--" + f.name.replace("_", "-") in text, f.name
+    assert "%" in text  # k's help names k/F in percent
