@@ -63,3 +63,10 @@ def test_match_check_holds_exhaustive_methods_to_planted_partners_only() -> None
             _row("random", "exact float32, both directions", None)]
     problems = matchbench.check_rows(rows)
     assert len(problems) == 1 and problems[0].startswith("planted 2^17 x 2048: plain bf16 chunked GEMM")
+
+
+def test_topk_merge_bench_asserts_on_a_small_size() -> None:
+    """bench/test_topk_merge.py: the C++ and torch merges and the full-matrix top-m agree at a small size."""
+    merge = _load("test_topk_merge")
+    row = merge.run(512, 24, 3, 1)[0]
+    assert row.startswith("| (512, 24) | 3 |") and row.count("|") == 8
