@@ -1,4 +1,5 @@
 #include "angles.hpp"
+#include "threads.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -145,15 +146,6 @@ Eigen::VectorXd singular_values(const Mat& m) {
   return Eigen::BDCSVD<Mat>(m).singularValues();
 }
 
-int resolve_threads(int num_threads) {
-#ifdef _OPENMP
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  (void)num_threads;
-  return 1;
-#endif
-}
-
 // Runs body(i) for i in [0, n) on num_threads threads; the first exception is rethrown afterwards.
 template <typename Body>
 void parallel_for(Index n, int num_threads, Body body) {
@@ -229,7 +221,7 @@ void angles_between(const Mat& qa_in, const Mat& qb_in, double* out, Index width
 void principal_angles_batch(const double* a, const double* b, Index n, Index d, Index p, Index q,
                             double* out, int num_threads) {
   const Index width = std::min(p, q);
-  parallel_for(n, resolve_threads(num_threads), [&](Index i) {
+  parallel_for(n, threads_or_default(num_threads), [&](Index i) {
     const Mat qa = orthonormal_basis(RowMap(a + i * d * p, d, p));
     const Mat qb = orthonormal_basis(RowMap(b + i * d * q, d, q));
     angles_between(qa, qb, out + i * width, width);
@@ -239,7 +231,7 @@ void principal_angles_batch(const double* a, const double* b, Index n, Index d, 
 void principal_angles_pairs(const std::vector<const double*>& bases, const std::vector<Index>& cols,
                             Index d, const std::int64_t* pairs, Index num_pairs, double* out, Index width,
                             int num_threads) {
-  const int threads = resolve_threads(num_threads);
+  const int threads = threads_or_default(num_threads);
   const Index num_bases = static_cast<Index>(bases.size());
   std::vector<Mat> ortho(num_bases);
   parallel_for(num_bases, threads, [&](Index i) { ortho[i] = orthonormal_basis(RowMap(bases[i], d, cols[i])); });

@@ -10,21 +10,10 @@
 #include <immintrin.h>
 #endif
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "threads.hpp"
 
 namespace sae_fast {
 namespace {
-
-int threads_or_default(int num_threads) {
-#ifdef _OPENMP
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  (void)num_threads;
-  return 1;
-#endif
-}
 
 // acc[0..d) += w * row[0..d) (the compiler vectorises this loop with -O3).
 template <typename T>

@@ -2,25 +2,14 @@
 
 #include <algorithm>
 
+#include "threads.hpp"
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace sae_fast {
 namespace {
-
-int merge_threads(int num_threads) {
-#ifdef _OPENMP
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  (void)num_threads;
-  return 1;
-#endif
-}
 
 // Inserts (x, j) into the sorted list (x beats its last entry); returns the new last score (the entry threshold).
 inline float insert(float* v, std::int64_t* i, std::int64_t m, float x, std::int64_t j) {
@@ -55,7 +44,7 @@ void merge_row(const float* s, std::int64_t w, float* v, std::int64_t* i, std::i
 
 void topk_merge_rows(const float* s, std::int64_t n, std::int64_t w, float* val, std::int64_t* idx, std::int64_t m,
                      std::int64_t offset, int num_threads) {
-#pragma omp parallel for schedule(static) num_threads(merge_threads(num_threads))
+#pragma omp parallel for schedule(static) num_threads(threads_or_default(num_threads))
   for (std::int64_t r = 0; r < n; ++r) merge_row(s + r * w, w, val + r * m, idx + r * m, m, offset);
 }
 
@@ -63,7 +52,7 @@ void topk_merge_cols(const float* s, std::int64_t n, std::int64_t w, float* val,
                      std::int64_t offset, int num_threads) {
   constexpr std::int64_t kBlock = 256;  // columns per task: thresholds + one row's slice stay in L1
   const std::int64_t blocks = (w + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) num_threads(merge_threads(num_threads))
+#pragma omp parallel for schedule(static) num_threads(threads_or_default(num_threads))
   for (std::int64_t b = 0; b < blocks; ++b) {
     const std::int64_t c0 = b * kBlock, c1 = std::min(w, c0 + kBlock);
     alignas(32) float threshold[kBlock];
