@@ -76,3 +76,13 @@ def test_fitted_tail_lets_a_strong_planted_candidate_pass_bh_and_not_the_negativ
     res_n, fdr_n = _fdr_of(neg, [np.arange(46)] * S, freqs=[rng.random(46) for _ in range(S)], **kw)
     q = np.array([c["q_value"] for c in res_n["candidates"]])
     assert len(q) >= 5 and np.mean(q >= 0.1) >= 0.8 and fdr_n["discoveries"][0.05] == 0
+
+
+def test_a_bounded_null_tail_does_not_give_zero_p_values_past_its_largest_draw():
+    """Uniform null draws fit a generalized-Pareto shape near -1 (an endpoint at the largest draw): a statistic
+    just beyond it must not get p ≈ 0 (the exponential tail is used instead, see tail_pvalues)."""
+    from sae_fast.analysis.fdr import tail_pvalues
+
+    null = np.random.default_rng(0).uniform(0.0, 1.0, 2000)
+    p = tail_pvalues([1.01], null)[0]
+    assert p > 1e-3  # the bounded fit gave ~1e-300 here
