@@ -24,17 +24,13 @@ from .lookup import format_value as _fmt
 from .lookup import get_path as _get
 from .lookup import has_path as _has
 
-NOT_COMPUTED = "not computed"
-"""the value shown for a report row whose result is missing"""
-
 Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (header, rows, source)) | ("fig", (name, png))
 
 
 def _table(results: dict, rows: list[tuple[str, str]], header: tuple[str, str] = ("quantity", "value")) -> Block:
-    """Rows of (label, JSON path); the value is looked up and the path shown as its source. A row whose path is
-    not in the results (an analysis that did not run, or an older result) stays in the table as "not computed",
-    never silently dropped; stored nulls show as "–"."""
-    body = [(label, _fmt(_get(results, path)) if _has(results, path) else NOT_COMPUTED, path) for label, path in rows]
+    """Rows of (label, JSON path); the value is looked up and the path shown as its source. Rows whose path is
+    not in the results (an analysis that did not run) are left out; stored nulls show as "–"."""
+    body = [(label, _fmt(_get(results, path)), path) for label, path in rows if _has(results, path)]
     return ("table", ((*header, "source (results.json)"), body))
 
 
