@@ -149,29 +149,24 @@ def _check_candidate_inputs(decoders: list[ArrayLike], sets: list[ArrayLike], fi
     return decs
 
 
-def _find_candidates(decs: list[np.ndarray], idx_sets: list[np.ndarray], fires: list[ArrayLike] | None, *,
-                     method: str, threshold: float, min_size: int, neighbours: int, energy: float,
-                     max_rank: int) -> tuple[list[np.ndarray], list[int], list[np.ndarray]]:
-    """(bases, owning seed, member latents) of every cluster of each seed's set, seed by seed. Memory: that of
-    :func:`cluster_latents` on one seed's set, plus the (d, r) bases."""
-    bases: list[np.ndarray] = []
-    owner: list[int] = []
-    members: list[np.ndarray] = []
+def _find_clusters(decs: list[np.ndarray], idx_sets: list[np.ndarray], fires: list[ArrayLike] | None, *,
+                   method: str, threshold: float, min_size: int, neighbours: int) -> list[tuple[int, np.ndarray]]:
+    """(seed, member latents) of every cluster of each seed's set, seed by seed. Memory: that of
+    :func:`cluster_latents` on one seed's set."""
+    clusters: list[tuple[int, np.ndarray]] = []
     for s in range(len(decs)):
         idx = idx_sets[s]
         f = None if fires is None else _columns(fires[s], idx)
-        for cl in cluster_latents(decs[s][idx], fires=f, method=method, threshold=threshold, min_size=min_size,
-                                  neighbours=neighbours):
-            bases.append(candidate_basis(decs[s][idx[cl]], energy=energy, max_rank=max_rank))
-            owner.append(s)
-            members.append(idx[cl])
-    return bases, owner, members
+        clusters += [(s, idx[cl]) for cl in cluster_latents(decs[s][idx], fires=f, method=method,
+                                                             threshold=threshold, min_size=min_size,
+                                                             neighbours=neighbours)]
+    return clusters
 
 
-def _given_candidates(decs: list[np.ndarray], clusters: list[tuple[int, ArrayLike]], *, energy: float,
-                      max_rank: int) -> tuple[list[np.ndarray], list[int], list[np.ndarray]]:
-    """(bases, owning seed, member latents) of clusters found before (``(seed, latent indices)`` each, e.g. the
-    study's candidates step), without clustering again. Memory: the (d, r) bases."""
+def _cluster_bases(decs: list[np.ndarray], clusters: list[tuple[int, ArrayLike]], *, energy: float,
+                   max_rank: int) -> tuple[list[np.ndarray], list[int], list[np.ndarray]]:
+    """(bases, owning seed, member latents) of clusters given as ``(seed, latent indices)`` (found by
+    :func:`_find_clusters`, or earlier, e.g. by the study's candidates step). Memory: the (d, r) bases."""
     bases: list[np.ndarray] = []
     owner: list[int] = []
     members: list[np.ndarray] = []
@@ -324,12 +319,10 @@ def candidate_subspaces(
     S = len(decs)
     method = method or ("correlation" if fires is not None else "cosine")
     idx_sets = [index_array(sets[s], len(decs[s]), f"sets[{s}]") for s in range(S)]
-    if clusters is not None:
-        bases, owner, members = _given_candidates(decs, clusters, energy=energy, max_rank=max_rank)
-    else:
-        bases, owner, members = _find_candidates(decs, idx_sets, fires, method=method, threshold=threshold,
-                                                 min_size=min_size, neighbours=neighbours, energy=energy,
-                                                 max_rank=max_rank)
+    if clusters is None:
+        clusters = _find_clusters(decs, idx_sets, fires, method=method, threshold=threshold, min_size=min_size,
+                                  neighbours=neighbours)
+    bases, owner, members = _cluster_bases(decs, clusters, energy=energy, max_rank=max_rank)
     owner_arr = np.asarray(owner, dtype=np.int64)
     params = {"method": method, "threshold": threshold, "min_size": min_size, "energy": energy,
               "max_rank": max_rank, "tau": tau, "normalize": normalize, "min_score": min_score, "alpha": alpha,
