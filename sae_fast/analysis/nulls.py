@@ -29,7 +29,6 @@ import numpy as np
 
 from ..errors import UsageError
 from ._common import ArrayLike, check_decoders, index_array, right_singular, single_thread_lapack
-from .linalg_device import compute_device
 from .stability import anchor_scores
 
 
@@ -148,12 +147,9 @@ def frequency_matched_outside(
 
 
 def _top(rows: np.ndarray, r: int) -> np.ndarray:
-    """(d, r) top right singular vectors of rows (n, d); callers hold ``single_thread_lapack`` once around loops."""
-    if compute_device() is not None:
-        return right_singular(rows)[1][:, :r]
-    if rows.shape[0] > rows.shape[1]:
-        return np.linalg.eigh(rows.T @ rows)[1][:, ::-1][:, :r]
-    return np.linalg.svd(rows, full_matrices=False)[2][:r].T
+    """(d, r) top right singular vectors of rows (n, d) (:func:`right_singular`: numpy, or torch on the study's
+    device)."""
+    return right_singular(rows)[1][:, :r]
 
 
 def _pair_cos2(bases: list[np.ndarray], pairs: np.ndarray) -> np.ndarray:

@@ -68,7 +68,7 @@ def _merge(
     fallback and the GPU path."""
     native = _native_merge()
     if native is not None and s.dtype == torch.float32 and s.device.type == "cpu" and s.is_contiguous():
-        val, idx = val.contiguous().clone(), idx.contiguous().clone()
+        val, idx = val.clone(memory_format=torch.contiguous_format), idx.clone(memory_format=torch.contiguous_format)
         native.topk_merge(s.numpy(), val.numpy(), idx.numpy(), offset, dim == 0, torch.get_num_threads())
         return val, idx
     if m == 1 and dim == 0 and not s.is_cuda:
