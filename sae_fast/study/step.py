@@ -3,7 +3,9 @@
 A step (one module under ``sae_fast/study/steps/``) has a ``name`` (also its artifact folder ``<out>/<name>/``),
 the names of the earlier steps whose results it reads (``requires``), the settings that change its result
 (``settings``, fingerprinted), and four methods: ``run`` computes and writes its artifacts under
-``ctx.dir(name)`` and returns a typed result (a dataclass), ``load`` reads that result back from the artifacts,
+``ctx.dir(name)`` and returns a typed result (a dataclass; a :class:`~sae_fast.study.steps.section.Section`'s
+results.json entries are checked against the step's ``TypedDict``, :mod:`sae_fast.study.typed`), ``load`` reads
+that result back from the artifacts,
 and ``render`` turns the result into its report section (a list of :data:`Block`). A step with a true attribute
 ``opening`` (e.g. a verdict table) has its section rendered first, right after the report's header.
 
