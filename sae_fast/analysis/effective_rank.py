@@ -10,6 +10,8 @@ The paper reports ER/d ≈ 0.80 for stable vs ≈ 0.60 for unstable features (GP
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from ._common import ArrayLike, index_array, right_singular, unit_rows
@@ -33,6 +35,26 @@ def effective_rank(matrix: ArrayLike, kind: str = "entropy", *, normalize_rows: 
     raise ValueError(f"kind must be 'entropy' or 'participation', got {kind!r}")
 
 
+class RankStats(TypedDict):
+    """ER/d and ER/min(n, d) over subsamples of one set (NaN, stored as null, for a set smaller than n)."""
+
+    er_over_d_mean: float | None
+    er_over_d_std: float | None
+    er_over_min_nd_mean: float | None
+    er_over_min_nd_std: float | None
+    size: int
+
+
+class MatchedRank(TypedDict):
+    """:func:`matched_effective_rank`: one entry per named set, and the random baseline."""
+
+    n: int
+    d: int
+    kind: str
+    sets: dict[str, RankStats]
+    random: RankStats
+
+
 def matched_effective_rank(
     decoder: ArrayLike,
     sets: dict[str, ArrayLike],
@@ -42,7 +64,7 @@ def matched_effective_rank(
     kind: str = "entropy",
     random_from: ArrayLike | None = None,
     seed: int = 0,
-) -> dict:
+) -> MatchedRank:
     """Normalised effective rank ER/d of each named latent set, subsampled to a common size n.
 
     ``n`` defaults to the size of the smallest non-empty set. Since ER <= min(n, d), ER/min(n, d) is given too,

@@ -9,6 +9,7 @@ most k / F.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -33,7 +34,25 @@ def firing_frequency(sae: SparseCoder, x: ArrayLike, *, batch_size: int = 4096) 
     return (counts / xt.shape[0]).numpy()
 
 
-def compare_groups(freq: ArrayLike, labels: ArrayLike) -> dict:
+class GroupFrequency(TypedDict):
+    """Firing frequency of one set of latents (None where the set is empty)."""
+
+    count: int
+    mean: float | None
+    median: float | None
+    dead_share: float | None
+    mean_percent: float | None
+    median_percent: float | None
+
+
+class GroupComparison(TypedDict):
+    all: GroupFrequency
+    stable: GroupFrequency
+    unstable: GroupFrequency
+    neither: GroupFrequency
+
+
+def compare_groups(freq: ArrayLike, labels: ArrayLike) -> GroupComparison:
     """Mean and median firing frequency (share, and ``*_percent``) of the stable (1) and unstable (-1) sets and of
     all latents."""
     f = np.asarray(freq, dtype=np.float64).reshape(-1)

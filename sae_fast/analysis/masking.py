@@ -10,6 +10,8 @@ random sets of the same size.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import torch
 
@@ -90,6 +92,41 @@ def _frequency_matched(pool: np.ndarray, target: np.ndarray, freq: np.ndarray, r
     return picked.astype(np.int64)
 
 
+class RandomDraws(TypedDict):
+    """ΔEV of the random (or frequency-matched) same-size draws of one masked set."""
+
+    delta_ev_mean: float
+    delta_ev_std: float
+    draws: int
+
+
+class MaskingResult(TypedDict):
+    """:func:`masking_study`: per masked set name (stable, unstable, stable_n, unstable_<ratio>n; the last two
+    only when n > 0, the first two not with ``contrast_only``) its size, EV and ΔEV; ``random`` per
+    ``<random_like|freqmatched_like>_<set>`` (frequency-matched draws only when ``freq`` is given)."""
+
+    ev_full: float
+    fvu_full: float
+    n: int
+    ratio: int
+    sizes: dict[str, int]
+    ev: dict[str, float]
+    delta_ev: dict[str, float]
+    random: dict[str, RandomDraws]
+
+
+class SweepPoint(TypedDict):
+    size: int
+    delta_ev: float
+
+
+class MaskingSweep(TypedDict):
+    """:func:`delta_ev_sweep`: per group (stable, unstable, all) ΔEV at each mask size."""
+
+    ev_full: float
+    curves: dict[str, list[SweepPoint]]
+
+
 def masking_study(
     sae: SparseCoder,
     x: ArrayLike,
@@ -101,7 +138,7 @@ def masking_study(
     seed: int = 0,
     batch_size: int = 4096,
     contrast_only: bool = False,
-) -> dict:
+) -> MaskingResult:
     """EV and ΔEV after masking stable, unstable and matched random sets (see the module docstring).
 
     Parameters
@@ -200,7 +237,7 @@ def delta_ev_sweep(
     *,
     seed: int = 0,
     batch_size: int = 4096,
-) -> dict:
+) -> MaskingSweep:
     """ΔEV after masking random subsets of size m of the stable set, the unstable set and all latents, per m."""
     F = num_latents_of(sae)
     lab = np.asarray(labels).reshape(-1)

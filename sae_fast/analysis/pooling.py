@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -309,6 +310,79 @@ def _save_pooled(final: torch.nn.Module, save_dir: str | Path, fill: str, plan: 
     return {"path": str(folder), "stage": stage}
 
 
+class Judged(TypedDict):
+    """EV on the held-out rows and p̂ against the held-out seeds of one SAE."""
+
+    ev: float
+    p_hat_mean: float
+    share_stable: float
+    share_unstable: float
+
+
+class SingleSeed(Judged):
+    seed: int
+
+
+class FineTuned(Judged):
+    steps: int
+    final_train_fvu: float
+    decoder_cos_to_start_median: float
+
+
+class SavedPool(TypedDict):
+    path: str
+    stage: str
+
+
+class Refitted(TypedDict):
+    """The refit / fine-tuning results of one SAE: each part only when it ran (``refit_steps`` /
+    ``finetune_steps`` > 0 with training rows)."""
+
+    ev_refit: NotRequired[float]
+    refit_steps: NotRequired[int]
+    refit_final_train_fvu: NotRequired[float]
+    finetune: NotRequired[FineTuned]
+
+
+class SingleRefit(Refitted):
+    seed: int
+
+
+class Pooled(Judged, Refitted):
+    """One pooled SAE; ``saved`` only with a ``save_dir``; the base fill has base_seed, min_recurrence and
+    latents_from_other_seeds too."""
+
+    fill: str
+    chosen_recurrence_hist: list[int]
+    base_seed: NotRequired[int]
+    min_recurrence: NotRequired[int]
+    latents_from_other_seeds: NotRequired[int]
+    saved: NotRequired[SavedPool]
+
+
+class PoolingResult(TypedDict):
+    """:func:`pooling_study`; ``single_refit`` (the base seed's control) only when a refit or fine-tuning ran."""
+
+    num_pool_seeds: int
+    num_heldout_seeds: int
+    theta: float
+    link: str
+    absolute: bool
+    ranked_by: str
+    num_unique_features: int
+    target_size: int
+    recurrence_hist: list[int]
+    single: list[SingleSeed]
+    pooled: Pooled
+    pooled_base: Pooled
+    chosen_recurrence_hist: list[int]
+    single_refit: NotRequired[SingleRefit]
+    single_ev_mean: float
+    single_p_hat_mean_mean: float
+    single_share_stable_mean: float
+    single_share_unstable_mean: float
+
+
 def pooling_study(
     pool_saes: list[torch.nn.Module],
     heldout_decoders: list[ArrayLike],
@@ -328,7 +402,7 @@ def pooling_study(
     batch_size: int = 4096,
     save_dir: str | Path | None = None,
     progress: bool = False,
-) -> dict:
+) -> PoolingResult:
     """Pool ``pool_saes`` both ways (``fill="rank"`` → ``out["pooled"]``, ``fill="base"`` → ``out["pooled_base"]``)
     and compare each pooled SAE with the single pool seeds on EV and on p̂ against held-out seeds. With
     ``x_train``, both pooled SAEs and, as the control, the base seed itself get the same ``refit_steps`` of

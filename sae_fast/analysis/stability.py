@@ -8,6 +8,7 @@ matrices.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -74,7 +75,43 @@ def split(p_hat: ArrayLike, eps: float = 0.05) -> np.ndarray:
     return split_labels(as_numpy(p_hat, "p_hat"), eps)
 
 
-def summarize(p_hat: ArrayLike, best_cos: ArrayLike | None = None, *, eps: float = 0.05, bins: int = 20) -> dict:
+class Histogram(TypedDict):
+    counts: list[int]
+    edges: list[float]
+
+
+class StabilitySummary(TypedDict):
+    """:func:`summarize` of p̂ alone."""
+
+    num_features: int
+    eps: float
+    num_stable: int
+    num_unstable: int
+    num_neither: int
+    share_stable: float
+    share_unstable: float
+    share_neither: float
+    p_hat_mean: float
+    p_hat_median: float
+    p_hat_hist: Histogram
+
+
+class CosSummary(StabilitySummary):
+    """:func:`summarize` given the best cosines too."""
+
+    best_cos_mean: float
+    best_cos_hist: Histogram
+
+
+class SweepRow(TypedDict):
+    theta: float
+    eps: float
+    share_stable: float
+    share_unstable: float
+
+
+def summarize(p_hat: ArrayLike, best_cos: ArrayLike | None = None, *, eps: float = 0.05,
+              bins: int = 20) -> StabilitySummary | CosSummary:
     """Shares of stable / unstable / neither, p̂ mean and histograms (counts and edges) of p̂ and best cosines.
 
     ``p_hat`` (F,) for one anchor (or (A, F) for several: the split statistics then pool all anchors).
@@ -109,7 +146,7 @@ def summarize(p_hat: ArrayLike, best_cos: ArrayLike | None = None, *, eps: float
 def theta_eps_sweep(
     best_cos: ArrayLike, thetas: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9), eps_values: tuple[float, ...] = (
         0.02, 0.05, 0.1)
-) -> list[dict]:
+) -> list[SweepRow]:
     """Shares stable/unstable for a grid of theta and eps, from stored best cosines (S-1, F) of one anchor."""
     c = as_numpy(best_cos, "best_cos", ndim=2)
     rows = []

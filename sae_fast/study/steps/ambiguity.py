@@ -12,7 +12,7 @@ ambiguity), ``arrays.npz`` (latents, share, null_share, r2, r2_null).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 
@@ -44,10 +44,35 @@ class AmbiguityOptions:
     """p̂ bins of the curves"""
 
 
+class Curve(TypedDict):
+    """A p̂ bin's curve over m (``mean`` null when the bin holds no sampled latent)."""
+
+    lo: float
+    hi: float
+    count: int
+    mean: list[float | None] | None
+
+
+class AmbiguityEntry(TypedDict):
+    seeds: list[int]
+    latents: int
+    m: list[int]
+    null_k: int
+    direction: list[Curve]
+    direction_null: list[Curve]
+    activation_r2: list[Curve]
+    activation_r2_null: list[Curve]
+
+
+class AmbiguityEntries(TypedDict):
+    ambiguity: AmbiguityEntry
+
+
 class AmbiguityStep(SectionStep):
     name: ClassVar[str] = "ambiguity"
     requires = ("stability", "firing")
     setting_names = ("anchor", "seed")
+    entries_type = AmbiguityEntries
 
     def __init__(self, options: AmbiguityOptions | None = None) -> None:
         self.options = options or AmbiguityOptions()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
 from ...browse import export_neuronpedia, export_safetensors, write_site
 from ...browse.study import TOP_SNIPPETS, table_from_study_arrays
@@ -25,10 +25,26 @@ from .section import Section, SectionStep
 EXPORT_DIR = "export"
 
 
+class BrowseEntry(TypedDict):
+    """Where the browser and the exports are (paths relative to the study folder)."""
+
+    seed: str
+    num_latents: int
+    index: str
+    sidecar: str
+    neuronpedia: list[str]
+    snippet_latents: int
+
+
+class BrowseEntries(TypedDict):
+    browse: BrowseEntry
+
+
 class BrowseStep(SectionStep):
     name: ClassVar[str] = "browse"
     requires = ("stability", "firing", "frequency", "candidates")
     setting_names = ("browse_seed", "browse_bins", "snippet_top", "anchor")
+    entries_type = BrowseEntries
 
     def compute(self, ctx: Context) -> Section:
         cfg = ctx.cfg

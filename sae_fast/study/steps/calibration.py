@@ -10,7 +10,7 @@ Memory: one planted study at a time (S × F × d floats, F = n_stable + n_unstab
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 from ...analysis.calibration import CalibrationSettings, PlantedStudy, calibrate, describe
 from ..step import Block, Context
@@ -31,10 +31,41 @@ class CalibrationOptions:
     """the tests' settings"""
 
 
+class CalibrationRow(TypedDict):
+    """Rejection rates at one grouped share (the power where it is > 0, the false-positive rate at 0)."""
+
+    grouped_share: float
+    num_seeds: int
+    repeats: int
+    kind: str
+    subspace_rejection: float | None
+    candidate_rejection: float | None
+    candidate_auc: float | None
+    subspace_R: float | None
+
+
+class CalibrationTests(TypedDict):
+    """The tests' settings (:class:`~sae_fast.analysis.calibration.CalibrationSettings`)."""
+
+    alpha: float
+
+
+class CalibrationEntry(TypedDict):
+    rows: list[CalibrationRow]
+    num_seeds: int
+    planted: dict[str, Any]
+    tests: CalibrationTests
+
+
+class CalibrationEntries(TypedDict):
+    calibration: CalibrationEntry
+
+
 class CalibrationStep(SectionStep):
     name: ClassVar[str] = "calibration"
     requires = ("stability",)
     setting_names = ("theta", "eps", "seed")
+    entries_type = CalibrationEntries
 
     def __init__(self, options: CalibrationOptions | None = None) -> None:
         self.options = options or CalibrationOptions()

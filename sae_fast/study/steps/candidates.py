@@ -10,7 +10,7 @@ candidate_score (S, F); null_size, null_similarity (D,): the raw subset-null dra
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 
@@ -21,11 +21,70 @@ from .section import Section, SectionStep
 from .subspaces import seed_sets
 
 
+class Candidate(TypedDict):
+    """One candidate subspace (the fdr step re-scores its seed and latents)."""
+
+    seed: int
+    latents: list[int]
+    size: int
+    rank: int
+    score: float | None
+    mean_best_similarity: float | None
+    null_similarity: float | None
+    p_value: float | None
+    reproducible: bool
+
+
+class CandidateNull(TypedDict):
+    """A null's draws summarised (the subset null, or the Haar null)."""
+
+    score_mean: float | None
+    reproduced_share: float | None
+    mean_best_similarity: float | None
+    mean_best_similarity_q99: float | None
+    draws: int
+    kind: str
+
+
+class NoCandidates(TypedDict):
+    """A null with no draws: there was no candidate to draw for."""
+
+
+class SeedCandidates(TypedDict):
+    num_set: int
+    num_candidates: int
+    num_in_candidates: int
+    num_in_reproducible: int
+    share_in_reproducible: float | None
+    reproducible_latents: list[int]
+
+
+class CandidatesEntry(TypedDict):
+    """:func:`~sae_fast.analysis.candidates.candidate_subspaces` (its raw null draws go to the arrays); the nulls
+    are empty when there is no candidate."""
+
+    set: str
+    params: dict[str, Any]
+    candidates: list[Candidate]
+    null: CandidateNull | NoCandidates
+    null_haar: CandidateNull | NoCandidates
+    per_seed: list[SeedCandidates]
+    score_mean: float | None
+    reproduced_share: float | None
+    reproducible_share: float | None
+    mean_best_similarity: float | None
+
+
+class CandidatesEntries(TypedDict):
+    candidates: CandidatesEntry
+
+
 class CandidatesStep(SectionStep):
     name: ClassVar[str] = "candidates"
     requires = ("matching", "stability", "firing")
     setting_names = ("subspace_set", "candidate_method", "candidate_threshold", "candidate_tau", "exclude_dead",
                      "coactivation_rows", "neighbours", "seed")
+    entries_type = CandidatesEntries
 
     def compute(self, ctx: Context) -> Section:
         cfg = ctx.cfg

@@ -6,17 +6,42 @@ Memory: O(S·F·d) decoders + the model's O(F·d) features. Artifacts: ``section
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
 from ...analysis import classifier as clf_mod
 from ..step import Context
 from .section import Section, SectionStep
 
 
+class ClassifierPair(TypedDict):
+    """One (train, test) seed pair (the intervals and the verdict resample them); other scores may follow."""
+
+    train: int
+    test: int
+    f1_stable: float | None
+    f1_unstable: float | None
+    balanced_accuracy: float | None
+
+
+class ClassifierEntry(TypedDict):
+    """``mean``: every score of the pairs averaged over them, by name (empty when no training seed had both
+    classes, so no pair was scored)."""
+
+    pairs: list[ClassifierPair]
+    mean: dict[str, float | None]
+    C: float
+    class_weight: str | None
+
+
+class ClassifierEntries(TypedDict):
+    classifier: ClassifierEntry
+
+
 class ClassifierStep(SectionStep):
     name: ClassVar[str] = "classifier"
     requires = ("stability",)
     setting_names = ("seed",)
+    entries_type = ClassifierEntries
 
     def compute(self, ctx: Context) -> Section:
         labels = ctx.result("stability").labels

@@ -11,7 +11,7 @@ Memory: O(S·F·d) decoders + one n × d subsample per seed at a time. Artifacts
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 from ...analysis.dose_response import dose_response
 from ..step import Block, Context
@@ -33,10 +33,49 @@ class DoseOptions:
     """seed-bootstrap resamples"""
 
 
+class BinExcess(TypedDict):
+    excess: float | None
+    excess_lo: float | None
+    excess_hi: float | None
+    R: float | None
+    p_value: float | None
+
+
+class DoseBin(TypedDict):
+    """One bin; ``ranks`` is empty when the bin was skipped (too few latents)."""
+
+    lo: float | None
+    hi: float | None
+    centre: float | None
+    sizes: list[int]
+    skipped: bool
+    null_excludes_group: bool
+    ranks: dict[str, BinExcess]
+
+
+class Binning(TypedDict):
+    by: str
+    edges: list[float]
+    bins: list[DoseBin]
+    trend: dict[str, float | None]
+    n: int
+
+
+class DoseEntry(TypedDict):
+    p_hat: Binning
+    frequency: Binning
+    null_excludes: str
+
+
+class DoseEntries(TypedDict):
+    dose_response: DoseEntry
+
+
 class DoseResponseStep(SectionStep):
     name: ClassVar[str] = "dose_response"
     requires = ("stability", "firing")
     setting_names = ("ranks", "exclude_dead", "seed")
+    entries_type = DoseEntries
 
     def __init__(self, options: DoseOptions | None = None,
                  requires: tuple[str, ...] = ("stability", "firing")) -> None:

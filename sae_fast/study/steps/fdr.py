@@ -18,7 +18,7 @@ rank <= max_rank (d × rank floats each). Artifacts: ``section.json`` (results.j
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 
@@ -48,8 +48,38 @@ class FdrOptions:
     """Storey's tuning value for the null share"""
 
 
+class FdrCandidate(TypedDict):
+    seed: int
+    size: int
+    rank: int
+    score: float | None
+    mean_best_similarity: float | None
+    p_value: float | None
+    q_value: float | None
+
+
+class FdrEntry(TypedDict):
+    """Benjamini–Hochberg over the candidates (:func:`~sae_fast.analysis.fdr.candidate_fdr`); ``discoveries`` per
+    FDR level; ``null_draws`` null when there was no candidate to draw for."""
+
+    tests: int
+    discoveries: dict[str, int]
+    pi0: float | None
+    non_null_share: float | None
+    min_p: float | None
+    candidates: list[FdrCandidate]
+    null_draws: int | None
+    levels: list[float]
+    pvalues: str
+
+
+class FdrEntries(TypedDict):
+    fdr: FdrEntry
+
+
 class FdrStep(SectionStep):
     name: ClassVar[str] = "fdr"
+    entries_type = FdrEntries
 
     setting_names = ("subspace_set", "candidate_method", "candidate_threshold", "candidate_tau", "exclude_dead",
                      "coactivation_rows", "neighbours", "seed")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ...analysis.firing import frequency_from_codes, load_codes, save_codes, sparse_codes
 from ..step import Context, StepError
-from .section import Section, SectionStep
+from .section import NoEntries, Section, SectionStep
 
 
 class Firing(Section):
@@ -35,6 +35,7 @@ class FiringStep(SectionStep):
     name: ClassVar[str] = "firing"
     setting_names = ("max_eval_tokens",)
     result_type = Firing
+    entries_type = NoEntries  # arrays and codes only
 
     def compute(self, ctx: Context) -> Firing:
         codes = []

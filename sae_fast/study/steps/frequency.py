@@ -10,10 +10,11 @@ firing codes, O(F·T), for the browser).
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NotRequired, TypedDict
 
 from ...analysis import frequency as freq_mod
 from ...analysis.codes import fixed_k, topk_only_note
+from ...analysis.frequency import GroupComparison
 from ...browse.study import TOP_SNIPPETS, top_snippets
 from ...browse.table import code_stats
 from ...checkpoint import atomic_write_json
@@ -22,6 +23,24 @@ from .section import Section, SectionStep
 
 NO_TOKENS = ("the held-out activations come without their tokens (an array or file); pass the model they come "
              "from (--model, with --layer or --module) for top-activating snippets")
+
+
+class FrequencyEntry(TypedDict):
+    """results.json → frequency: the anchor's sets compared, and the mean-rate baseline k/F (None without a
+    fixed k, which ``topk_only`` then explains)."""
+
+    anchor: GroupComparison
+    k_over_F: float | None
+    k_over_F_percent: float | None
+    topk_only: NotRequired[str]
+
+
+class FrequencyEntries(TypedDict):
+    """``snippets_skipped`` only when the held-out rows come without tokens (it says so)."""
+
+    frequency: FrequencyEntry
+    snippets_file: str | None
+    snippets_skipped: NotRequired[str]
 
 
 def k_over_f_baseline(sae: Any) -> dict[str, Any]:
@@ -38,6 +57,7 @@ class FrequencyStep(SectionStep):
     name: ClassVar[str] = "frequency"
     requires = ("stability", "firing")
     setting_names = ("anchor", "snippet_latents", "snippet_top", "seed")
+    entries_type = FrequencyEntries
 
     def compute(self, ctx: Context) -> Section:
         cfg, a0 = ctx.cfg, ctx.cfg.anchor

@@ -7,20 +7,30 @@ Memory: O(F·d) for the anchor's decoder (float64) + O(n·d) per subsample. Arti
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
 import numpy as np
 
 from ...analysis import effective_rank as er_mod
 from ...analysis._common import STABLE, UNSTABLE
+from ...analysis.effective_rank import MatchedRank
 from ..step import Context
 from .section import Section, SectionStep
+
+
+class GeometryEntries(TypedDict):
+    """Entropy (``effective_rank``) and participation-ratio effective ranks of the stable, unstable, nonstable and
+    all sets, and the random baseline."""
+
+    effective_rank: MatchedRank
+    effective_rank_pr: MatchedRank
 
 
 class GeometryStep(SectionStep):
     name: ClassVar[str] = "geometry"
     requires = ("stability", "firing")
     setting_names = ("anchor", "exclude_dead", "seed")
+    entries_type = GeometryEntries
 
     def compute(self, ctx: Context) -> Section:
         cfg, a0 = ctx.cfg, ctx.cfg.anchor

@@ -13,15 +13,76 @@ the device at a time. Artifacts: ``section.json`` (results.json → masking, mas
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NotRequired, TypedDict
 
 import torch
 from tqdm.auto import tqdm
 
 from ...analysis import masking as mask_mod
+from ...analysis.masking import MaskingResult, MaskingSweep
 from ..step import Block, Context
 from .section import Section, SectionStep
 from .traceable import columns
+
+
+class SeedContrasts(TypedDict):
+    """One masked seed: its n, ΔEV of its n stable / ratio·n unstable latents and the ΔEV contrasts (NaN, stored
+    as null, where a set was empty)."""
+
+    seed: int
+    name: str
+    n: int
+    delta_ev: dict[str, float | None]
+    stable_vs_unstable: float | None
+    stable_vs_random: float | None
+    stable_vs_freqmatched: float | None
+    unstable_vs_random: float | None
+    unstable_vs_freqmatched: float | None
+
+
+class MaskingEntry(MaskingResult):
+    per_seed: list[SeedContrasts]
+
+
+class LmLossMask(TypedDict):
+    name: str
+    size: int
+    loss: float
+    delta_vs_clean: float
+    delta_vs_recon: float
+
+
+class LmLoss(TypedDict):
+    """The next-token loss with the reconstruction spliced in (:func:`~sae_fast.analysis.splice.lm_loss_study`)."""
+
+    model: str
+    hook: str
+    num_texts: int
+    num_tokens: int
+    clean: float
+    masks: dict[str, LmLossMask]
+
+
+class LmLossSkipped(TypedDict):
+    """Why the next-token loss was not computed (no causal LM, splice_texts = 0, ...)."""
+
+    skipped: str
+
+
+class Splice(TypedDict):
+    """The embedding distortion per mask (:func:`~sae_fast.analysis.splice.splice_study`)."""
+
+    distortion: dict[str, float | None]
+    sizes: dict[str, int]
+
+
+class MaskingEntries(TypedDict):
+    """``splice`` only when an embedding model (all-MiniLM) gave the held-out rows."""
+
+    masking: MaskingEntry
+    masking_sweep: MaskingSweep
+    lm_loss: LmLoss | LmLossSkipped
+    splice: NotRequired[Splice]
 
 
 def _splices(ctx: Context, labels: Any) -> dict[str, Any]:
@@ -99,6 +160,7 @@ class MaskingStep(SectionStep):
     name: ClassVar[str] = "masking"
     requires = ("stability", "firing")
     setting_names = ("anchor", "ratio", "n_random", "masking_seeds", "seed", "splice_texts", "max_eval_tokens")
+    entries_type = MaskingEntries
 
     def compute(self, ctx: Context) -> Section:
         cfg, a0 = ctx.cfg, ctx.cfg.anchor

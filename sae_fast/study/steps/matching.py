@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ...matching import match
 from ..step import Context
-from .section import Section, SectionStep
+from .section import NoEntries, Section, SectionStep
 
 
 class Neighbours(Section):
@@ -36,6 +36,7 @@ class MatchingStep(SectionStep):
     name: ClassVar[str] = "matching"
     setting_names = ("neighbours", "absolute")
     result_type = Neighbours
+    entries_type = NoEntries  # arrays only
 
     def compute(self, ctx: Context) -> Neighbours:
         decs = ctx.inputs.seeds.decoders()

@@ -10,7 +10,7 @@ above ``pw_mcc_max_latents``. Artifacts: ``section.json`` (results.json → null
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 
@@ -36,10 +36,59 @@ class NullsOptions:
     """seed-bootstrap resamples"""
 
 
+class DictionaryStats(TypedDict):
+    """Mean p̂ and PW-MCC (null when PW-MCC was skipped: F above ``pw_mcc_max_latents``)."""
+
+    p_hat_mean: float | None
+    pw_mcc: float | None
+
+
+class RandomDictionary(TypedDict):
+    trained: DictionaryStats
+    null: DictionaryStats
+
+
+class SubspaceExcess(TypedDict):
+    """One rank of the subspace test with the seed-bootstrap interval of its excess."""
+
+    cross: float | None
+    null: float | None
+    null_sd: float | None
+    ceiling: float | None
+    excess: float | None
+    R: float | None
+    p_value: float | None
+    excess_lo: float | None
+    excess_hi: float | None
+
+
+class NullsBase(TypedDict):
+    random_dictionary: RandomDictionary
+    set: str
+    subspace: dict[str, SubspaceExcess]
+
+
+class NullsTested(NullsBase):
+    """The subspace test ran at a common n per seed."""
+
+    n: int
+
+
+class NullsSkipped(NullsBase):
+    """The subspace test could not run (too few latents in the set or outside it): why, ``subspace`` empty."""
+
+    subspace_skipped: str
+
+
+class NullsEntries(TypedDict):
+    nulls: NullsTested | NullsSkipped
+
+
 class NullsStep(SectionStep):
     name: ClassVar[str] = "nulls"
     requires = ("stability", "firing")
     setting_names = ("theta", "eps", "absolute", "subspace_set", "ranks", "exclude_dead", "seed")
+    entries_type = NullsEntries
 
     def __init__(self, options: NullsOptions | None = None) -> None:
         self.options = options or NullsOptions()

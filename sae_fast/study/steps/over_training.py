@@ -12,7 +12,7 @@ at the last kept step).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 
@@ -28,9 +28,45 @@ class OverTrainingOptions:
     """a latent whose last decoder row has cosine below this to its first one has "moved\""""
 
 
+class StepStability(TypedDict):
+    step: int
+    p_hat_mean: float | None
+    share_stable: float | None
+    share_neither: float | None
+    share_unstable: float | None
+
+
+class FinalStability(TypedDict):
+    spearman_cos_init_vs_p_hat: float | None
+    moved_below: float
+    quadrants: dict[str, Any]
+
+
+class OverTrainingRun(TypedDict):
+    """Stability at each kept step (``skipped`` null); transitions and steps as
+    :func:`~sae_fast.analysis.over_training.over_training` gives them."""
+
+    skipped: None
+    steps: list[int]
+    per_step: list[StepStability]
+    transitions: list[Any]
+    final: FinalStability
+
+
+class OverTrainingSkipped(TypedDict):
+    """No training snapshots common to every seed: why."""
+
+    skipped: str
+
+
+class OverTrainingEntries(TypedDict):
+    over_training: OverTrainingRun | OverTrainingSkipped
+
+
 class OverTrainingStep(SectionStep):
     name: ClassVar[str] = "over_training"
     setting_names = ("theta", "eps")
+    entries_type = OverTrainingEntries
 
     def __init__(self, options: OverTrainingOptions | None = None) -> None:
         self.options = options or OverTrainingOptions()

@@ -9,19 +9,38 @@ SAE with the seeds' k: for seeds of another architecture the step is skipped and
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NotRequired, TypedDict
 
 from ...analysis import frequency as freq_mod
 from ...analysis import pooling as pool_mod
 from ...analysis.codes import topk_only_note
+from ...analysis.pooling import PoolingResult
 from ..step import Context
 from .section import Section, SectionStep
+
+
+class PoolingRun(PoolingResult):
+    """The pooling study and a note on which rows it refit on and scored on."""
+
+    note: str
+
+
+class PoolingSkipped(TypedDict):
+    """Too few seeds to pool, or seeds without a fixed k (``topk_only`` then says so)."""
+
+    skipped: str
+    topk_only: NotRequired[str]
+
+
+class PoolingEntries(TypedDict):
+    pooling: PoolingRun | PoolingSkipped
 
 
 class PoolingStep(SectionStep):
     name: ClassVar[str] = "pooling"
     setting_names = ("theta", "eps", "absolute", "pool_seeds", "pool_min_recurrence", "refit_steps", "finetune_steps",
                      "refit_batch_size", "max_refit_tokens", "max_eval_tokens", "seed")
+    entries_type = PoolingEntries
 
     def compute(self, ctx: Context) -> Section:
         cfg, saes = ctx.cfg, ctx.inputs.seeds.saes

@@ -12,7 +12,7 @@ Memory: the (S, S−1, F) match indicators (bool) + one subset's (S', F) labels 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 
@@ -53,6 +53,51 @@ class SeedCountOptions:
                              "'subspace_excess'")
 
 
+class AgreementRow(TypedDict):
+    num_seeds: int
+    agreement: float | None
+    agreement_sd: float | None
+    predicted_hypergeometric: float | None
+    predicted_binomial: float | None
+    share_stable: float | None
+    share_unstable: float | None
+
+
+class Recommendation(TypedDict):
+    """``num_seeds`` null when no seed count up to the largest in ``agreement_at`` reaches the target."""
+
+    target: float
+    num_seeds: int | None
+    agreement_at: dict[str, float | None]
+
+
+class LabelNoise(TypedDict):
+    q: float
+    comparisons: int
+    p_unstable: float
+
+
+class SubsetRow(TypedDict):
+    """One S' of the seed subsets; each of ``subset_metrics`` follows as ``<name>`` and ``<name>_sd``."""
+
+    num_seeds: int
+    draws: int
+
+
+class SeedCountEntry(TypedDict):
+    """``subsets`` is empty when ``subset_metrics`` is ()."""
+
+    curve: list[AgreementRow]
+    recommendation: Recommendation
+    p_unstable_label: list[LabelNoise]
+    subsets: list[SubsetRow]
+    subset_metrics: list[str]
+
+
+class SeedCountEntries(TypedDict):
+    seed_count: SeedCountEntry
+
+
 def _metrics(ctx: Context, opt: SeedCountOptions) -> dict:
     """The per-subset callbacks (seed ids, labels) -> float of ``opt.subset_metrics``."""
     cfg, decoders, freq = ctx.cfg, ctx.inputs.seeds.decoders(), ctx.result("firing").freq
@@ -81,6 +126,7 @@ class SeedCountStep(SectionStep):
     name: ClassVar[str] = "seed_count"
     requires = ("stability", "firing")
     setting_names = ("theta", "eps", "seed")
+    entries_type = SeedCountEntries
 
     def __init__(self, options: SeedCountOptions | None = None) -> None:
         self.options = options or SeedCountOptions()

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
 import numpy as np
 import torch
 
 from ...analysis import stability as stab_mod
 from ...analysis._common import STABLE, UNSTABLE
+from ...analysis.stability import CosSummary, StabilitySummary, SweepRow
 from ...stability import Stability, stability_scores
 from ..config import StudyConfig
 from ..step import Context
@@ -44,6 +45,21 @@ class StabilityResult(Section):
     @property
     def best_cos(self) -> np.ndarray:
         return self.array("best_cos")
+
+
+class StabilityEntry(TypedDict):
+    """results.json → stability: the anchor's split (with its best cosines), every anchor's, and the θ/ε sweep."""
+
+    anchor: CosSummary
+    all_anchors: StabilitySummary
+    per_anchor_share_stable: list[float]
+    per_anchor_share_unstable: list[float]
+    sweep: list[SweepRow]
+    p_hat_resolution: float
+
+
+class StabilityEntries(TypedDict):
+    stability: StabilityEntry
 
 
 PAIRS_DIR = "stability_pairs"
@@ -70,6 +86,7 @@ class StabilityStep(SectionStep):
     requires = ()
     setting_names = ("theta", "eps", "absolute", "anchor")
     result_type = StabilityResult
+    entries_type = StabilityEntries
 
     def compute(self, ctx: Context) -> StabilityResult:
         cfg = ctx.cfg

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ def dense_codes(sae: Any, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return out
 
 
-def synthetic_section(num_seeds: int = 4, steps: int = 800, seed: int = 0, progress: bool = True) -> dict:
+def synthetic_section(num_seeds: int = 4, steps: int = 800, seed: int = 0, progress: bool = True) -> SyntheticEntry:
     """Trains ``num_seeds`` SAEs on the synthetic model (sae_fast's trainer) and measures ground-truth recovery."""
     from ...activations import TensorSource
     from ...checkpoint import load_sae
@@ -94,9 +94,50 @@ def synthetic_section(num_seeds: int = 4, steps: int = 800, seed: int = 0, progr
     return res
 
 
+class NonstableSpan(TypedDict):
+    group_energy: float | None
+    isolated_energy: float | None
+    haar: float | None
+    rank: int
+
+
+class SyntheticCandidates(TypedDict):
+    """Candidate subspaces on ground truth (the shares null when no non-stable latent is grouped / other)."""
+
+    score_mean: float | None
+    mean_best_similarity: float | None
+    null_subset_mean_best_similarity: float | None
+    null_subset_score_mean: float | None
+    null_haar_score_mean: float | None
+    nonstable_grouped_in_reproducible: float | None
+    nonstable_other_in_reproducible: float | None
+
+
+class SyntheticEntry(TypedDict):
+    """:func:`synthetic_section`: what the report reads (more of :func:`sae_fast.synthetic.evaluate_seeds`
+    follows)."""
+
+    isolated_recovered_share: float | None
+    isolated_mcc: float | None
+    p_hat_isolated: float | None
+    p_hat_grouped: float | None
+    group_mean_cos2: float | None
+    group_cross_seed_mean_cos2: float | None
+    group_max_angle_median: float | None
+    haar_mean_cos2: float | None
+    nonstable_span: NonstableSpan
+    candidates: SyntheticCandidates
+    config: dict[str, Any]
+
+
+class SyntheticEntries(TypedDict):
+    synthetic: SyntheticEntry
+
+
 class SyntheticStep(SectionStep):
     name: ClassVar[str] = "synthetic"
     setting_names = ("seed",)
+    entries_type = SyntheticEntries
 
     def compute(self, ctx: Context) -> Section:
         return Section({"synthetic": synthetic_section(progress=ctx.progress, seed=ctx.cfg.seed)})

@@ -17,7 +17,7 @@ Memory: O(S·F·d) decoders (the rank effect). Artifacts: ``section.json`` (resu
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 
@@ -145,10 +145,46 @@ def _intervals(ctx: Context, results: dict, n_boot: int) -> list[dict]:
             *iv.masking_entries(_entries(results, "masking", "masking"), n_boot, cfg.seed)]
 
 
+class VerdictRow(TypedDict):
+    """One claim (:func:`~sae_fast.analysis.verdict.verdict_table`); NaN numbers are stored as null."""
+
+    key: str
+    claim: str
+    metric: str
+    effect: float | None
+    lo: float | None
+    hi: float | None
+    null: float | None
+    null_name: str
+    direction: int
+    power: float | None
+    failed: str
+    paper: str
+    verdict: str
+
+
+class IntervalRow(TypedDict):
+    """A headline number with its seed-bootstrap interval, or the reason it has none (:mod:`.intervals`)."""
+
+    name: str
+    unit: str
+    estimate: float | None
+    lo: float | None
+    hi: float | None
+    draws: int
+    reason: str
+
+
+class VerdictEntries(TypedDict):
+    verdict: list[VerdictRow]
+    verdict_intervals: list[IntervalRow]
+
+
 class VerdictStep(SectionStep):
     name: ClassVar[str] = "verdict"
     opening = True
     setting_names = ("subspace_set", "seed")
+    entries_type = VerdictEntries
 
     def __init__(self, options: VerdictOptions | None = None,
                  requires: tuple[str, ...] = ("stability", "firing", "nulls", "calibration")) -> None:
