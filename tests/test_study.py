@@ -93,7 +93,8 @@ def _check_traceable(out, res: dict) -> None:
     the value; wider ones: one JSON key per column, named in brackets in the header)."""
     import re
 
-    from sae_fast.study.report import _fmt, _get, _has
+    from sae_fast.study.lookup import has_path as _has
+    from sae_fast.study.report import _fmt, _get
 
     md = (out / "report.md").read_text().splitlines()
     checked = 0

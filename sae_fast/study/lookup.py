@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .typed import MissingResultError
+
 
 def get_path(results: dict, path: str) -> Any:
     """The value at dotted ``path`` in ``results`` (list items by index), or None if any step is missing."""
@@ -48,6 +50,14 @@ def has_path(results: dict, path: str) -> bool:
     return isinstance(parent, list) and last.isdigit() and int(last) < len(parent)
 
 
+def require(results: dict, path: str) -> Any:
+    """The value at ``path`` (None for a stored null); a :class:`MissingResultError` naming the path when
+    results.json has no such entry: a result the report asks for is never silently left out."""
+    if not has_path(results, path):
+        raise MissingResultError(f"results.json lacks `{path}`", path)
+    return get_path(results, path)
+
+
 def format_cell(value: Any, digits: int = 4) -> str:
     """:func:`format_value`, with a list shown as its first 12 items (and its length when longer)."""
     if isinstance(value, list):
@@ -57,7 +67,8 @@ def format_cell(value: Any, digits: int = 4) -> str:
 
 def columns(results: dict, prefixes: list[str], cols: list[tuple[str, str]]) -> tuple[str, Any]:
     """A traceable report table: one row per JSON prefix, one column per (header, key) holding the value at
-    ``prefix.key``; each header ends with its key in brackets and the last column names the prefix."""
+    ``prefix.key``; each header ends with its key in brackets and the last column names the prefix. A cell
+    whose entry is absent raises :class:`MissingResultError` (a stored null shows as "–")."""
     header = (*[f"{h} [{k}]" for h, k in cols], "source (results.json)")
-    return ("table", (header, [(*(format_cell(get_path(results, f"{p}.{k}")) for _, k in cols), p)
+    return ("table", (header, [(*(format_cell(require(results, f"{p}.{k}")) for _, k in cols), p)
                                for p in prefixes]))

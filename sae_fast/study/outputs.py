@@ -90,7 +90,8 @@ def write_outputs(plan: list[Step], ctx: Context, results: dict[str, Any], repor
         if name not in ctx.results:
             body.append(("p", f"<b>Step {name}: not computed in this folder</b> (run the study with --only {name})."))
             continue
-        (opening if getattr(step, "opening", False) else body).extend(step.render(ctx.results[name], ctx))
+        blocks = report_mod.render_section(name, lambda step=step, name=name: step.render(ctx.results[name], ctx))
+        (opening if getattr(step, "opening", False) else body).extend(blocks)
     blocks = report_mod.header_blocks(results) + opening + [("p", "<b>Warning</b>: " + w) for w in
                                                             results["warnings"]] + body
     report_mod.write_blocks(ctx.out, blocks + report_mod.timing_blocks(results), ctx.figures)

@@ -1,7 +1,10 @@
 """The study's report: a self-contained HTML page (PNG plots embedded as base64) and a markdown twin.
 
 Every number comes from ``results.json`` (or, for plots, ``arrays.npz``) in the study folder, and every table
-names the JSON path of its numbers, so each figure can be traced to a saved artifact. The figures are drawn in
+names the JSON path of its numbers, so each figure can be traced to a saved artifact. A number a table asks for
+that results.json lacks is an error (:class:`~sae_fast.study.typed.MissingResultError`, naming the path and the
+step), never a silently dropped row: rows of optional results (a refit, a splice, a set) are asked for only when
+the step's typed result says they exist; a stored null shows as "–". The figures are drawn in
 :mod:`.figures` (``make_figures`` stays importable from here); dotted-path look-ups live in :mod:`.lookup`.
 """
 
@@ -22,15 +25,16 @@ from . import lookup
 from .figures import make_figures
 from .lookup import format_value as _fmt
 from .lookup import get_path as _get
-from .lookup import has_path as _has
+from .lookup import require as _need
+from .typed import MissingResultError
 
 Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", (header, rows, source)) | ("fig", (name, png))
 
 
 def _table(results: dict, rows: list[tuple[str, str]], header: tuple[str, str] = ("quantity", "value")) -> Block:
-    """Rows of (label, JSON path); the value is looked up and the path shown as its source. Rows whose path is
-    not in the results (an analysis that did not run) are left out; stored nulls show as "–"."""
-    body = [(label, _fmt(_get(results, path)), path) for label, path in rows if _has(results, path)]
+    """Rows of (label, JSON path); the value is looked up and the path shown as its source. A path not in the
+    results raises :class:`MissingResultError`; stored nulls show as "–"."""
+    body = [(label, _fmt(_need(results, path)), path) for label, path in rows]
     return ("table", ((*header, "source (results.json)"), body))
 
 
@@ -42,11 +46,8 @@ def _columns(results: dict, prefixes: list[str], columns: list[tuple[str, str]])
 
 def _lm_loss_blocks(results: dict) -> list[Block]:
     """The next-token loss with the (masked) reconstruction spliced in, or why it is not reported."""
-    lm = results.get("lm_loss")
-    if not lm:  # results of an older study
-        return [("p", "Language-model loss with the masked reconstruction spliced in: not computed (no lm_loss "
-                      "in results.json).")]
-    if "masks" not in lm:
+    lm = _need(results, "lm_loss")
+    if "masks" not in lm:  # the skipped variant
         return [("p", "Language-model loss with the masked reconstruction spliced in: not computed — "
                       + html.escape(str(lm.get("skipped", "no reason recorded"))) + ".")]
     model, hook = html.escape(str(lm.get("model", "the model"))), html.escape(str(lm.get("hook")))
@@ -73,8 +74,10 @@ def _section_header(results: dict, figs: dict[str, bytes], snippets: dict | None
                    f"{src.get('kind', '')}. "
                    f"Held-out tokens: {src.get('eval_tokens')}. Method: Gerasimov et al. (2026) as restated in "
                    "docs/method.md; choices the paper leaves open are parameters (results.json → config)."))
-    B.append(_table(results, [("theta", "config.theta"), ("eps", "config.eps"), ("anchor seed", "config.anchor"),
-                              ("p̂ resolution (1 / comparisons)", "stability.p_hat_resolution")]))
+    rows = [("theta", "config.theta"), ("eps", "config.eps"), ("anchor seed", "config.anchor")]
+    if "stability" in results:  # the stability step ran
+        rows.append(("p̂ resolution (1 / comparisons)", "stability.p_hat_resolution"))
+    B.append(_table(results, rows))
     topk_only = results.get("topk_only") or {}
     if topk_only:
         B.append(("p", "Parts that assume a TopK SAE (a fixed k), not computed for these seeds (results.json → "
@@ -108,14 +111,14 @@ def _section_masking(results: dict, figs: dict[str, bytes], snippets: dict | Non
     B.append(("p", "Latents are zeroed in the code after encoding (after the TopK selection for TopK SAEs; no "
                    "re-selection); EV = 1 − FVU on held-out activations; ΔEV = EV_full − EV_masked. Random sets "
                    "have the same size (and, for 'freqmatched', the same firing-frequency profile)."))
-    m = results.get("masking", {})
+    m = _need(results, "masking")
     rows = [("EV of the full SAE", "masking.ev_full"), ("FVU of the full SAE", "masking.fvu_full"),
             ("n: stable latents masked in the n-vs-ratio·n comparison", "masking.n"),
             ("ratio: unstable latents masked = ratio × n", "masking.ratio")]
-    for name in m.get("delta_ev", {}):
+    for name in m["delta_ev"]:
         rows.append((f"ΔEV masking {name} ({_fmt(_get(m, f'sizes.{name}'))} latents)", f"masking.delta_ev.{name}"))
         for kind in ("random_like", "freqmatched_like"):
-            if f"{kind}_{name}" in m.get("random", {}):
+            if f"{kind}_{name}" in m["random"]:  # the draws made for this set
                 rows.append((f"   {kind.replace('_like', '')} same-size ΔEV (mean)",
                              f"masking.random.{kind}_{name}.delta_ev_mean"))
     B.append(_table(results, rows))
@@ -169,7 +172,7 @@ def _section_geometry(results: dict, figs: dict[str, bytes], snippets: dict | No
     """Section 4: effective rank."""
     B: list[Block] = []
     B.append(("h2", "4. Geometry"))
-    er = results.get("effective_rank", {})
+    er = _need(results, "effective_rank")
     B.append(("p", f"Normalised entropy effective rank ER/d of unit decoder rows, each set subsampled to n = "
                    f"{er.get('n')} latents (d = {er.get('d')}). Paper (GPT-2, [S1]): ≈0.80 stable vs ≈0.60 unstable."
                    + (f" Caution: n < d here, so ER/d cannot exceed n/d = {er['n'] / er['d']:.3g}; compare "
@@ -178,9 +181,9 @@ def _section_geometry(results: dict, figs: dict[str, bytes], snippets: dict | No
                       if er.get("n") and er.get("d") and er["n"] < er["d"] else "")))
     er_rows = []
     for key, label in (("effective_rank", "ER"), ("effective_rank_pr", "participation ratio")):
-        block = results.get(key, {})
-        for name in [*block.get("sets", {}), "random"]:
-            path = f"{key}.sets.{name}" if name != "random" else f"{key}.random"  # missing paths: _table drops them
+        block = _need(results, key)
+        for name in [*block["sets"], "random"]:  # the sets measured, then the random baseline
+            path = f"{key}.sets.{name}" if name != "random" else f"{key}.random"
             what = name if name != "random" else "random latents, same n"
             er_rows += [(f"{label}/d {what}", f"{path}.er_over_d_mean"),
                         (f"{label}/min(n, d) {what} (mean)", f"{path}.er_over_min_nd_mean"),
@@ -192,16 +195,16 @@ def _section_geometry(results: dict, figs: dict[str, bytes], snippets: dict | No
 def _section_subspaces(results: dict, figs: dict[str, bytes], snippets: dict | None) -> list[Block]:
     """Cross-seed subspaces."""
     B: list[Block] = []
-    sub = results.get("subspaces", {})
+    sub = _need(results, "subspaces")
     B.append(("h3", f"Cross-seed reproducibility of the {sub.get('set', '')} subspace"))
     rows = []
-    for r in sorted(sub.get("ranks", {}), key=int):
+    for r in sorted(sub["ranks"], key=int):
         for key in ("set", "stable", "random_subset", "haar"):
-            if key in sub["ranks"][r]:
+            if key in sub["ranks"][r]:  # stable / random_subset only where they were measured
                 rows.append((f"r = {r}: mean cos², {key}", f"subspaces.ranks.{r}.{key}.mean_cos2"))
         rows.append((f"r = {r}: energy captured, {sub.get('set')}", f"subspaces.ranks.{r}.set.energy"))
     B.append(_table(results, rows))
-    matched = sub.get("matched", {})
+    matched = sub["matched"]
     if matched:
         B.append(("p", "Matched null: each seed's set and, as the null, random live latents of the same seed are "
                        "subsampled to a common n (at most F/4), several times; mean ± spread over the draws and "
@@ -211,7 +214,7 @@ def _section_subspaces(results: dict, figs: dict[str, bytes], snippets: dict | N
             mrows.append((f"{name}: common n", f"subspaces.matched.{name}.n"))
             mrows.append((f"{name}: draws", f"subspaces.matched.{name}.draws"))
             mrows.append((f"{name}: share of F in the set (mean over seeds)", f"subspaces.matched.{name}.share_of_F"))
-            for r in sorted(m.get("ranks", {}), key=int):
+            for r in sorted(m["ranks"], key=int):
                 base = f"subspaces.matched.{name}.ranks.{r}"
                 mrows += [(f"{name}, r = {r}: mean cos², set", f"{base}.set.mean_cos2"),
                           (f"{name}, r = {r}: spread over draws, set", f"{base}.set.mean_cos2_spread"),
@@ -219,7 +222,7 @@ def _section_subspaces(results: dict, figs: dict[str, bytes], snippets: dict | N
                           (f"{name}, r = {r}: spread over draws, random", f"{base}.random.mean_cos2_spread"),
                           (f"{name}, r = {r}: z-score (mean cos²)", f"{base}.z_mean_cos2")]
         B.append(_table(results, mrows))
-    for name in sub.get("large_sets", []):
+    for name in sub["large_sets"]:
         B.append(("p", f"<b>Warning</b>: the {name} set holds more than half of the latents, so a random subset of "
                        "its size is nearly the same set; trust the matched (subsampled) comparison above, not the "
                        "full-set one."))
@@ -232,12 +235,17 @@ def _section_classifier(results: dict, figs: dict[str, bytes], snippets: dict | 
     """The stability classifier."""
     B: list[Block] = []
     B.append(("h3", "Stability classifier (logistic regression on decoder rows, train on one seed, test on others)"))
-    B.append(_table(results, [
-        ("F1 stable class", "classifier.mean.f1_stable"), ("F1 unstable class", "classifier.mean.f1_unstable"),
-        ("balanced accuracy", "classifier.mean.balanced_accuracy"),
-        ("majority-class accuracy", "classifier.mean.majority_accuracy"),
-        ("projection-energy baseline, balanced accuracy", "classifier.mean.projection_balanced_accuracy"),
-    ]))
+    clf = _need(results, "classifier")
+    if not clf["pairs"]:
+        B.append(("p", "Not measured: no seed's labels had both classes to train on (results.json → "
+                       "classifier.pairs is empty)."))
+        return B
+    rows = [("F1 stable class", "classifier.mean.f1_stable"), ("F1 unstable class", "classifier.mean.f1_unstable"),
+            ("balanced accuracy", "classifier.mean.balanced_accuracy"),
+            ("majority-class accuracy", "classifier.mean.majority_accuracy")]
+    if "projection_balanced_accuracy" in clf["mean"]:  # the baseline needs an unstable subspace of rank >= 1
+        rows.append(("projection-energy baseline, balanced accuracy", "classifier.mean.projection_balanced_accuracy"))
+    B.append(_table(results, rows))
     B.append(("p", "Paper ([S1]): F1 ≈ 0.67–0.73 (positive class unconfirmed, both given)."))
     return B
 
@@ -246,23 +254,22 @@ def _section_candidates(results: dict, figs: dict[str, bytes], snippets: dict | 
     """Candidate subspaces."""
     B: list[Block] = []
     B.append(("h3", "Candidate subspaces (beyond the paper)"))
-    a0 = int(_get(results, "config.anchor") or 0)
-    B.append(_table(results, [
-        (f"candidates of the anchor (seed {a0})", f"candidates.per_seed.{a0}.num_candidates"),
-        ("mean reproducibility score", "candidates.score_mean"),
-        ("share of candidates reproduced (score >= min_score)", "candidates.reproduced_share"),
-        ("share reproduced and beating the subset null (p <= alpha)", "candidates.reproducible_share"),
-        ("mean best similarity in another seed (mean over candidates)", "candidates.mean_best_similarity"),
-        ("subset null (random latents, same seed and size): mean score", "candidates.null.score_mean"),
-        ("subset null: mean best similarity", "candidates.null.mean_best_similarity"),
-        ("subset null: its 99th percentile", "candidates.null.mean_best_similarity_q99"),
-        ("Haar null (random subspaces, same ranks): mean score", "candidates.null_haar.score_mean"),
-        ("Haar null: mean best similarity", "candidates.null_haar.mean_best_similarity"),
-        (f"anchor (seed {a0}): share of the set in a reproducible subspace",
-         f"candidates.per_seed.{a0}.share_in_reproducible"),
-        ("clustering affinity", "candidates.params.method"),
-    ]))
-    cands = results.get("candidates", {}).get("candidates") or []
+    a0 = int(_need(results, "config.anchor"))
+    cands = _need(results, "candidates.candidates")
+    rows = [(f"candidates of the anchor (seed {a0})", f"candidates.per_seed.{a0}.num_candidates"),
+            ("mean reproducibility score", "candidates.score_mean"),
+            ("share of candidates reproduced (score >= min_score)", "candidates.reproduced_share"),
+            ("share reproduced and beating the subset null (p <= alpha)", "candidates.reproducible_share"),
+            ("mean best similarity in another seed (mean over candidates)", "candidates.mean_best_similarity")]
+    if cands:  # the nulls are drawn for the candidates: none without them
+        rows += [("subset null (random latents, same seed and size): mean score", "candidates.null.score_mean"),
+                 ("subset null: mean best similarity", "candidates.null.mean_best_similarity"),
+                 ("subset null: its 99th percentile", "candidates.null.mean_best_similarity_q99"),
+                 ("Haar null (random subspaces, same ranks): mean score", "candidates.null_haar.score_mean"),
+                 ("Haar null: mean best similarity", "candidates.null_haar.mean_best_similarity")]
+    rows += [(f"anchor (seed {a0}): share of the set in a reproducible subspace",
+              f"candidates.per_seed.{a0}.share_in_reproducible"), ("clustering affinity", "candidates.params.method")]
+    B.append(_table(results, rows))
     if cands:
         def num(value: object, missing: float) -> float:  # None and NaN (no other seed to compare) sort last
             v = float(value) if isinstance(value, (int, float)) else math.nan
@@ -284,49 +291,56 @@ def _section_candidates(results: dict, figs: dict[str, bytes], snippets: dict | 
     return B
 
 
+def _pooling_rows(pool: dict) -> list[tuple[str, str]]:
+    """The pooling table's rows: those of a refit, a fine-tuning or a saved pool only when the typed result holds
+    them (``refit_steps`` / ``finetune_steps`` > 0 with training rows; a save folder)."""
+    pooled, base = pool["pooled"], pool["pooled_base"]
+    refit, tuned = "ev_refit" in pooled, "finetune" in pooled
+    rows = [("pool seeds / held-out seeds", "pooling.num_pool_seeds"), ("held-out seeds", "pooling.num_heldout_seeds"),
+            ("unique features in the pool", "pooling.num_unique_features"),
+            ("EV single seed (mean)", "pooling.single_ev_mean")]
+    rows += [("EV base seed after the same encoder refit (control)", "pooling.single_refit.ev_refit")] if refit else []
+    rows += [("EV pooled, ranked by recurrence", "pooling.pooled.ev")]
+    rows += [("… after encoder refit", "pooling.pooled.ev_refit")] if refit else []
+    rows += [("EV pooled, base seed + recurring features", "pooling.pooled_base.ev")]
+    rows += [("… after encoder refit", "pooling.pooled_base.ev_refit")] if refit else []
+    rows += [("… latents taken from other seeds", "pooling.pooled_base.latents_from_other_seeds")]
+    if tuned:
+        rows += [("EV after fine-tuning every parameter: base seed (control)", "pooling.single_refit.finetune.ev"),
+                 ("… ranked pool", "pooling.pooled.finetune.ev"), ("… base pool", "pooling.pooled_base.finetune.ev"),
+                 ("mean p̂ after that fine-tuning: base seed (control)", "pooling.single_refit.finetune.p_hat_mean"),
+                 ("… ranked pool", "pooling.pooled.finetune.p_hat_mean"),
+                 ("… base pool", "pooling.pooled_base.finetune.p_hat_mean")]
+    rows += [("mean p̂ vs held-out seeds, single (mean)", "pooling.single_p_hat_mean_mean"),
+             ("mean p̂ vs held-out seeds, pooled ranked", "pooling.pooled.p_hat_mean"),
+             ("mean p̂ vs held-out seeds, pooled base", "pooling.pooled_base.p_hat_mean"),
+             ("share stable vs held-out, single (mean)", "pooling.single_share_stable_mean"),
+             ("share stable vs held-out, pooled ranked", "pooling.pooled.share_stable"),
+             ("share stable vs held-out, pooled base", "pooling.pooled_base.share_stable")]
+    rows += [("base pool saved (sparsify layout) at", "pooling.pooled_base.saved.path")] if "saved" in base else []
+    rows += [("ranked pool saved at", "pooling.pooled.saved.path")] if "saved" in pooled else []
+    return rows
+
+
 def _section_pooling(results: dict, figs: dict[str, bytes], snippets: dict | None) -> list[Block]:
     """Section 5: pooling."""
     B: list[Block] = []
     B.append(("h2", "5. Pooling unique features across seeds"))
-    if "skipped" in results.get("pooling", {}):
-        B.append(("p", "Skipped: " + results["pooling"]["skipped"]))
-    else:
-        B.append(_table(results, [
-            ("pool seeds / held-out seeds", "pooling.num_pool_seeds"), ("held-out seeds", "pooling.num_heldout_seeds"),
-            ("unique features in the pool", "pooling.num_unique_features"),
-            ("EV single seed (mean)", "pooling.single_ev_mean"),
-            ("EV base seed after the same encoder refit (control)", "pooling.single_refit.ev_refit"),
-            ("EV pooled, ranked by recurrence", "pooling.pooled.ev"),
-            ("… after encoder refit", "pooling.pooled.ev_refit"),
-            ("EV pooled, base seed + recurring features", "pooling.pooled_base.ev"),
-            ("… after encoder refit", "pooling.pooled_base.ev_refit"),
-            ("… latents taken from other seeds", "pooling.pooled_base.latents_from_other_seeds"),
-            ("EV after fine-tuning every parameter: base seed (control)", "pooling.single_refit.finetune.ev"),
-            ("… ranked pool", "pooling.pooled.finetune.ev"),
-            ("… base pool", "pooling.pooled_base.finetune.ev"),
-            ("mean p̂ after that fine-tuning: base seed (control)", "pooling.single_refit.finetune.p_hat_mean"),
-            ("… ranked pool", "pooling.pooled.finetune.p_hat_mean"),
-            ("… base pool", "pooling.pooled_base.finetune.p_hat_mean"),
-            ("mean p̂ vs held-out seeds, single (mean)", "pooling.single_p_hat_mean_mean"),
-            ("mean p̂ vs held-out seeds, pooled ranked", "pooling.pooled.p_hat_mean"),
-            ("mean p̂ vs held-out seeds, pooled base", "pooling.pooled_base.p_hat_mean"),
-            ("share stable vs held-out, single (mean)", "pooling.single_share_stable_mean"),
-            ("share stable vs held-out, pooled ranked", "pooling.pooled.share_stable"),
-            ("share stable vs held-out, pooled base", "pooling.pooled_base.share_stable"),
-            ("base pool saved (sparsify layout) at", "pooling.pooled_base.saved.path"),
-            ("ranked pool saved at", "pooling.pooled.saved.path"),
-        ]))
-        pool = results.get("pooling", {})
-        refit = "single_refit" in pool
-        B.append(("p", f"Ranked: the target size of unique features by {pool.get('ranked_by', 'recurrence')} "
-                       "(frequencies measured on training rows, not on the rows EV is scored on), from all pool "
-                       "seeds. Base: the base seed's dictionary in which every feature recurring in other pool "
-                       "seeds but not in the base replaces the base latent nearest to it (with two pool seeds: the "
-                       "base seed itself). "
-                       + ("The base seed gets the same encoder refit and fine-tuning as the control. " if refit else
-                          "No refit or fine-tuning was run: the pools are scored as built. ")
-                       + "Stability is measured against seeds not used to build the pool. "
-                       + html.escape(pool.get("note", ""))))
+    pool = _need(results, "pooling")
+    if "skipped" in pool:  # the skipped variant
+        B.append(("p", "Skipped: " + html.escape(pool["skipped"])))
+        return B
+    B.append(_table(results, _pooling_rows(pool)))
+    refit = "single_refit" in pool
+    B.append(("p", f"Ranked: the target size of unique features by {pool['ranked_by']} "
+                   "(frequencies measured on training rows, not on the rows EV is scored on), from all pool "
+                   "seeds. Base: the base seed's dictionary in which every feature recurring in other pool "
+                   "seeds but not in the base replaces the base latent nearest to it (with two pool seeds: the "
+                   "base seed itself). "
+                   + ("The base seed gets the same encoder refit and fine-tuning as the control. " if refit else
+                      "No refit or fine-tuning was run: the pools are scored as built. ")
+                   + "Stability is measured against seeds not used to build the pool. "
+                   + html.escape(pool["note"])))
     return B
 
 
@@ -382,6 +396,21 @@ SECTIONS: dict[str, Callable[[dict, dict[str, bytes], dict | None], list[Block]]
 """the report section of each study step, by step name, in report order"""
 
 
+def render_section(step: str, render: Callable[[], list[Block]]) -> list[Block]:
+    """``render()``, the report section of study step ``step``; a result it lacks raises a
+    :class:`MissingResultError` that names the step and the JSON path."""
+    try:
+        return render()
+    except MissingResultError as err:
+        raise MissingResultError(f"the report section of study step {step!r} needs a result that is missing: {err} "
+                                 f"(rerun the study with --redo {step})", err.path) from err
+
+
+def ran_steps(results: dict) -> list[str]:
+    """The steps whose results are in ``results`` (those with a timing: the steps that ran or were reused)."""
+    return list(results.get("timings_seconds", {}))
+
+
 def header_blocks(results: dict) -> list[Block]:
     """The report's title, the run's description and the main settings."""
     return _section_header(results, {}, None)
@@ -395,13 +424,14 @@ def timing_blocks(results: dict) -> list[Block]:
 def build_blocks(results: dict, figs: dict[str, bytes], snippets: dict | None = None, *,
                  sections: list[str] | None = None, opening: list[Block] | None = None) -> list[Block]:
     """The report's content: the header, ``opening`` (e.g. a verdict table), then the ``sections`` in report
-    order (default: every section; rows whose numbers are absent are left out), then the timings."""
+    order (default: the sections of the steps that ran, :func:`ran_steps`), then the timings. A number a section
+    asks for that ``results`` lacks raises :class:`MissingResultError` naming its step and JSON path."""
     if sections is None:
-        sections = list(SECTIONS)
+        sections = ran_steps(results)
     B = _section_header(results, figs, snippets) + list(opening or [])
     for name in SECTIONS:
         if name in sections:
-            B += SECTIONS[name](results, figs, snippets)
+            B += render_section(name, lambda name=name: SECTIONS[name](results, figs, snippets))
     return B + _section_timings(results, figs, snippets)
 
 
@@ -448,7 +478,8 @@ def write_report(study_dir: str | os.PathLike, *, sections: list[str] | None = N
                  opening: list[Block] | None = None) -> dict[str, Path]:
     """Reads ``results.json`` (and ``arrays.npz``, ``snippets.json`` if present) in ``study_dir``; writes
     ``figures/*.png``, ``report.md`` and a self-contained ``report.html``. ``sections``: the steps whose sections
-    are shown (default: those with results); ``opening``: blocks shown first (a verdict table). Returns the paths."""
+    are shown (default: those with results; a result one of them lacks raises :class:`MissingResultError`);
+    ``opening``: blocks shown first (a verdict table). Returns the paths."""
     base = Path(study_dir)
     if not (base / "results.json").is_file():
         raise FileNotFoundError(f"{base} holds no results.json (run the study first)")
