@@ -27,6 +27,8 @@ pre-activations (at most ``PRE_BUDGET`` floats).
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -257,8 +259,17 @@ def activation_null(
                               train_fraction=train_fraction)
 
 
+class Curve(TypedDict):
+    """A p̂ bin's curve over m (``mean`` null when the bin holds no sampled latent)."""
+
+    lo: float
+    hi: float
+    count: int
+    mean: list[float | None] | None
+
+
 def curves_by_bin(values: ArrayLike, p_hat: ArrayLike, edges: tuple[float, ...] = (0.0, 0.05, 0.5, 0.95, 1.0)
-                  ) -> list[dict]:
+                  ) -> list[Curve]:
     """Mean curve (over latents, NaN-aware) of ``values`` (n, m_max) per p̂ bin: [{"lo", "hi", "count", "mean"}]."""
     v = np.asarray(values, dtype=np.float64)
     p = np.asarray(p_hat, dtype=np.float64).reshape(-1)

@@ -10,6 +10,8 @@ energy ``||V_a^T d||^2`` onto the top-r subspace of seed a's unstable decoders.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from ._common import STABLE, UNSTABLE, ArrayLike, check_decoders, right_singular
@@ -26,6 +28,26 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     }
 
 
+class ClassifierPair(TypedDict):
+    """One (train, test) seed pair (the intervals and the verdict resample them); other scores may follow."""
+
+    train: int
+    test: int
+    f1_stable: float | None
+    f1_unstable: float | None
+    balanced_accuracy: float | None
+
+
+class ClassifierResult(TypedDict):
+    """:func:`cross_seed_classifier`; ``mean``: every score of the pairs averaged over them, by name (empty when
+    no training seed had both classes, so no pair was scored)."""
+
+    pairs: list[ClassifierPair]
+    mean: dict[str, float | None]
+    C: float
+    class_weight: str | None
+
+
 def cross_seed_classifier(
     decoders: list[ArrayLike],
     labels: list[ArrayLike],
@@ -35,7 +57,7 @@ def cross_seed_classifier(
     projection_rank: int = 16,
     max_pairs: int | None = None,
     seed: int = 0,
-) -> dict:
+) -> ClassifierResult:
     """Train on each seed, test on every other; ``labels[s]`` (F_s,) in the STABLE/UNSTABLE/NEITHER coding.
 
     Returns ``{"pairs": [per (train, test) dicts], "mean": {metric: mean over pairs}}``; a seed whose labels

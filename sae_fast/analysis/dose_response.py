@@ -13,6 +13,8 @@ Memory: that of :func:`subspace_test` per bin (one n × d subsample per seed at 
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 from scipy.stats import spearmanr
 
@@ -33,6 +35,37 @@ def bin_masks(values: np.ndarray, edges: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+class BinExcess(TypedDict):
+    excess: float | None
+    excess_lo: float | None
+    excess_hi: float | None
+    R: float | None
+    p_value: float | None
+
+
+class DoseBin(TypedDict):
+    """One bin; ``ranks`` is empty when the bin was skipped (too few latents)."""
+
+    lo: float | None
+    hi: float | None
+    centre: float | None
+    sizes: list[int]
+    skipped: bool
+    null_excludes_group: bool
+    ranks: dict[int, BinExcess]
+
+
+class Binning(TypedDict):
+    """:func:`dose_response`: one binning (by p̂ or by frequency) with the Spearman trend of excess per rank."""
+
+    by: str
+    edges: list[float]
+    bins: list[DoseBin]
+    trend: dict[int, float | None]
+    excluded_from_null: int
+    n: int
+
+
 def dose_response(
     decoders: list[ArrayLike],
     p_hat: ArrayLike,
@@ -50,7 +83,7 @@ def dose_response(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
-) -> dict:
+) -> Binning:
     """Subspace excess over the frequency-matched outside null per p̂ (or frequency) bin.
 
     Parameters

@@ -21,6 +21,7 @@ Memory: the (A, N, F) match indicators (bool) plus one (A, N', F) subsample at a
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypedDict
 
 import numpy as np
 from scipy.stats import binom, hypergeom
@@ -38,6 +39,31 @@ def _count_ranges(n: int, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """Which counts 0..n give a stable, unstable, neither label (bool (n+1,) each)."""
     lab = _label_of_count(np.arange(n + 1), n, eps)
     return lab == STABLE, lab == UNSTABLE, lab == NEITHER
+
+
+class AgreementRow(TypedDict):
+    num_seeds: int
+    agreement: float | None
+    agreement_sd: float | None
+    predicted_hypergeometric: float | None
+    predicted_binomial: float | None
+    share_stable: float | None
+    share_unstable: float | None
+
+
+class Recommendation(TypedDict):
+    """``num_seeds`` null when no seed count up to the largest in ``agreement_at`` reaches the target."""
+
+    target: float
+    num_seeds: int | None
+    agreement_at: dict[int, float | None]
+
+
+class SubsetRow(TypedDict):
+    """One S' of the seed subsets; each of ``subset_metrics`` follows as ``<name>`` and ``<name>_sd``."""
+
+    num_seeds: int
+    draws: int
 
 
 def label_probabilities(q: ArrayLike, n: int, eps: float = 0.05) -> np.ndarray:
@@ -71,7 +97,7 @@ def seed_count_curve(
     sizes: tuple[int, ...] | None = None,
     draws: int = 5,
     seed: int = 0,
-) -> list[dict]:
+) -> list[AgreementRow]:
     """Label agreement with the full run when only S' seeds are used.
 
     Parameters
@@ -121,7 +147,8 @@ def seed_count_curve(
     return rows
 
 
-def recommend_seeds(p_hat: ArrayLike, *, eps: float = 0.05, target: float = 0.9, max_seeds: int = 256) -> dict:
+def recommend_seeds(p_hat: ArrayLike, *, eps: float = 0.05, target: float = 0.9,
+                    max_seeds: int = 256) -> Recommendation:
     """The smallest seed count whose labels agree with the N → ∞ labels for at least ``target`` of the latents,
     if each latent's true match rate were its p̂ here (binomial model; NaN-free p̂ in [0, 1]).
 
@@ -172,7 +199,7 @@ def seed_subset_curve(
     sizes: tuple[int, ...] | None = None,
     draws: int = 2,
     seed: int = 0,
-) -> list[dict]:
+) -> list[SubsetRow]:
     """Downstream numbers recomputed on random subsets of S' seeds.
 
     Parameters

@@ -15,11 +15,63 @@ draws and a z-score of the set against the random subsets.
 
 from __future__ import annotations
 
+from typing import NotRequired, TypedDict
+
 import numpy as np
 
 from ..angles import principal_angles_pairs, random_subspace_angles, subspace_similarity
 from ._common import ArrayLike, check_decoders, index_array, right_singular
 from .linalg_device import gram
+
+
+class Similarity(TypedDict):
+    """Mean cos² between seeds' top-r subspaces (other statistics may follow)."""
+
+    mean_cos2: float | None
+
+
+class SetSimilarity(Similarity):
+    energy: float | None
+
+
+class RankSimilarity(TypedDict):
+    """One rank: the set, the Haar null, ``random_subset`` only with random subsets drawn (``n_random`` > 0),
+    and each reference set by name (the study's step passes ``stable``)."""
+
+    set: SetSimilarity
+    haar: Similarity
+    random_subset: NotRequired[Similarity]
+
+
+class SpreadSimilarity(TypedDict):
+    mean_cos2: float | None
+    mean_cos2_spread: float | None
+
+
+class MatchedRankSimilarity(TypedDict):
+    set: SpreadSimilarity
+    random: SpreadSimilarity
+    z_mean_cos2: float | None
+
+
+class MatchedSubspaces(TypedDict):
+    """:func:`matched_cross_seed_subspaces`: a set against random latents at a common n; ``ranks`` holds the
+    ranks <= min(n, d) only."""
+
+    d: int
+    n: int
+    draws: int
+    set_sizes: list[int]
+    share_of_F: float
+    ranks: dict[int, MatchedRankSimilarity]
+
+
+class CrossSeedSubspaces(TypedDict):
+    """:func:`cross_seed_subspaces`: ``ranks`` holds the ranks the smallest set (and d) reaches."""
+
+    d: int
+    sizes: list[int]
+    ranks: dict[int, RankSimilarity]
 
 
 def top_subspace(rows: np.ndarray, r: int) -> np.ndarray:
@@ -63,7 +115,7 @@ def cross_seed_subspaces(
     n_random: int = 5,
     reference_sets: dict[str, list[ArrayLike]] | None = None,
     seed: int = 0,
-) -> dict:
+) -> CrossSeedSubspaces:
     """Principal-angle reproducibility of ``sets[s]`` (latent indices or masks of seed s) across seeds.
 
     ``reference_sets`` (e.g. {"stable": [...]}) are treated the same way for comparison. Ranks larger than
@@ -124,7 +176,7 @@ def matched_cross_seed_subspaces(
     draws: int = 3,
     random_from: list[ArrayLike] | None = None,
     seed: int = 0,
-) -> dict:
+) -> MatchedSubspaces:
     """Cross-seed reproducibility of ``sets[s]`` against random latents at a common size n.
 
     Each draw subsamples every seed's set to n latents and, as the null, n latents of ``random_from[s]`` (default:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TypedDict
 
 from ..errors import UsageError
 
@@ -89,7 +90,26 @@ def verdict(row: ClaimRow, *, min_power: float = 0.8) -> str:
     return CONTRADICTED if math.isfinite(row.power) and row.power >= min_power else UNDERPOWERED
 
 
-def verdict_table(rows: list[ClaimRow], *, min_power: float = 0.8) -> list[dict]:
+class VerdictRow(TypedDict):
+    """One claim of :func:`verdict_table` (a :class:`ClaimRow` with its claim, the paper's figure and the
+    verdict); NaN numbers are stored as null."""
+
+    key: str
+    claim: str
+    metric: str
+    effect: float | None
+    lo: float | None
+    hi: float | None
+    null: float | None
+    null_name: str
+    direction: int
+    power: float | None
+    failed: str
+    paper: str
+    verdict: str
+
+
+def verdict_table(rows: list[ClaimRow], *, min_power: float = 0.8) -> list[VerdictRow]:
     """Rows as plain dicts with ``claim``, ``paper`` and ``verdict`` added, in the order of :data:`CLAIMS`
     (claims without a row appear as *not measured*)."""
     by_key = {r.key: r for r in rows}

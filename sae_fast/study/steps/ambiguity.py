@@ -18,6 +18,7 @@ import numpy as np
 
 from ...analysis._common import unit_rows
 from ...analysis.ambiguity import (
+    Curve,
     activation_null,
     activation_pursuit,
     curves_by_bin,
@@ -42,15 +43,6 @@ class AmbiguityOptions:
     """held-out rows for the activation R² (first half fits, second half tests)"""
     edges: tuple[float, ...] = (0.0, 0.05, 0.5, 0.95, 1.0)
     """p̂ bins of the curves"""
-
-
-class Curve(TypedDict):
-    """A p̂ bin's curve over m (``mean`` null when the bin holds no sampled latent)."""
-
-    lo: float
-    hi: float
-    count: int
-    mean: list[float | None] | None
 
 
 class AmbiguityEntry(TypedDict):

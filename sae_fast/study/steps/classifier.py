@@ -9,32 +9,13 @@ from __future__ import annotations
 from typing import ClassVar, TypedDict
 
 from ...analysis import classifier as clf_mod
+from ...analysis.classifier import ClassifierResult
 from ..step import Context
 from .section import Section, SectionStep
 
 
-class ClassifierPair(TypedDict):
-    """One (train, test) seed pair (the intervals and the verdict resample them); other scores may follow."""
-
-    train: int
-    test: int
-    f1_stable: float | None
-    f1_unstable: float | None
-    balanced_accuracy: float | None
-
-
-class ClassifierEntry(TypedDict):
-    """``mean``: every score of the pairs averaged over them, by name (empty when no training seed had both
-    classes, so no pair was scored)."""
-
-    pairs: list[ClassifierPair]
-    mean: dict[str, float | None]
-    C: float
-    class_weight: str | None
-
-
 class ClassifierEntries(TypedDict):
-    classifier: ClassifierEntry
+    classifier: ClassifierResult
 
 
 class ClassifierStep(SectionStep):

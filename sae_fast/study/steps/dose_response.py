@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, TypedDict
 
-from ...analysis.dose_response import dose_response
+from ...analysis.dose_response import Binning, dose_response
 from ..step import Block, Context
 from .section import Section, SectionStep
 from .traceable import columns, new_figure, png
@@ -31,34 +31,6 @@ class DoseOptions:
     """outside-null draws per bin"""
     n_boot: int = 500
     """seed-bootstrap resamples"""
-
-
-class BinExcess(TypedDict):
-    excess: float | None
-    excess_lo: float | None
-    excess_hi: float | None
-    R: float | None
-    p_value: float | None
-
-
-class DoseBin(TypedDict):
-    """One bin; ``ranks`` is empty when the bin was skipped (too few latents)."""
-
-    lo: float | None
-    hi: float | None
-    centre: float | None
-    sizes: list[int]
-    skipped: bool
-    null_excludes_group: bool
-    ranks: dict[str, BinExcess]
-
-
-class Binning(TypedDict):
-    by: str
-    edges: list[float]
-    bins: list[DoseBin]
-    trend: dict[str, float | None]
-    n: int
 
 
 class DoseEntry(TypedDict):

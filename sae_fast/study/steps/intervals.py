@@ -11,7 +11,7 @@ Memory: O(S·F·d) decoders (effective ranks, one seed at a time) + O(n_boot).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
@@ -23,14 +23,26 @@ from .subspaces import seed_sets
 NAN = float("nan")
 
 
-def _entry(name: str, unit: str, ci: Interval | None, *, estimate: float = NAN, reason: str = "") -> dict[str, Any]:
+class IntervalRow(TypedDict):
+    """A headline number with its seed-bootstrap interval, or the reason it has none; NaN stored as null."""
+
+    name: str
+    unit: str
+    estimate: float | None
+    lo: float | None
+    hi: float | None
+    draws: int
+    reason: str
+
+
+def _entry(name: str, unit: str, ci: Interval | None, *, estimate: float = NAN, reason: str = "") -> IntervalRow:
     if ci is None:
         return {"name": name, "unit": unit, "estimate": estimate, "lo": NAN, "hi": NAN, "draws": 0,
                 "reason": reason}
     return {"name": name, "unit": unit, **ci.as_dict(), "reason": reason}
 
 
-def _per_seed(name: str, values: list[float], n_boot: int, seed: int) -> dict[str, Any]:
+def _per_seed(name: str, values: list[float], n_boot: int, seed: int) -> IntervalRow:
     vals = [v for v in values if np.isfinite(v)]
     if len(vals) < 2:
         return _entry(name, "seed", None, estimate=float(np.mean(vals)) if vals else NAN,
@@ -38,7 +50,7 @@ def _per_seed(name: str, values: list[float], n_boot: int, seed: int) -> dict[st
     return _entry(name, "seed", seed_bootstrap(vals, n_boot=n_boot, seed=seed))
 
 
-def label_intervals(labels: np.ndarray, freq: np.ndarray, n_boot: int, seed: int) -> list[dict[str, Any]]:
+def label_intervals(labels: np.ndarray, freq: np.ndarray, n_boot: int, seed: int) -> list[IntervalRow]:
     """Shares of stable / unstable latents per seed and the frequency ratio unstable / stable per seed."""
     rows = [_per_seed("share stable", [float(np.mean(lab == STABLE)) for lab in labels], n_boot, seed),
             _per_seed("share unstable", [float(np.mean(lab == UNSTABLE)) for lab in labels], n_boot, seed)]
@@ -49,7 +61,7 @@ def label_intervals(labels: np.ndarray, freq: np.ndarray, n_boot: int, seed: int
     return [*rows, _per_seed("frequency ratio unstable / stable", ratios, n_boot, seed)]
 
 
-def rank_intervals(decoders: list, labels: np.ndarray, kind: str, n_boot: int, seed: int) -> list[dict[str, Any]]:
+def rank_intervals(decoders: list, labels: np.ndarray, kind: str, n_boot: int, seed: int) -> list[IntervalRow]:
     """Per seed, ER/d of the study's set and of the stable set at matched size (a random subset of the larger),
     and their difference."""
     rng = np.random.default_rng([seed, 0xE4])
@@ -70,7 +82,7 @@ def rank_intervals(decoders: list, labels: np.ndarray, kind: str, n_boot: int, s
             _per_seed(f"ER/d {kind} − ER/d stable", diff, n_boot, seed)]
 
 
-def classifier_intervals(pairs: list[dict], num_seeds: int, n_boot: int, seed: int) -> list[dict[str, Any]]:
+def classifier_intervals(pairs: list[dict], num_seeds: int, n_boot: int, seed: int) -> list[IntervalRow]:
     """Balanced accuracy and F1 of the unstable class over (train, test) seed pairs."""
     out = []
     for key, name in (("balanced_accuracy", "classifier balanced accuracy"), ("f1_unstable", "classifier F1")):
@@ -85,7 +97,7 @@ def classifier_intervals(pairs: list[dict], num_seeds: int, n_boot: int, seed: i
     return out
 
 
-def pooling_intervals(pooling: dict, n_boot: int, seed: int) -> list[dict[str, Any]]:
+def pooling_intervals(pooling: dict, n_boot: int, seed: int) -> list[IntervalRow]:
     """Pooled SAE minus each single pool seed: p̂, EV and share of stable latents."""
     if "pooled" not in pooling or not pooling.get("single"):
         return [_entry("pooling gain in p̂", "seed", None, reason="pooling step not run")]
@@ -105,7 +117,7 @@ CONTRAST_NAMES = {"stable_vs_unstable": "ΔEV(n stable) − ΔEV(ratio·n unstab
 """the masking ΔEV contrasts (:data:`sae_fast.analysis.masking.CONTRASTS`) as the tables name them"""
 
 
-def masking_entries(masking: dict, n_boot: int, seed: int) -> list[dict[str, Any]]:
+def masking_entries(masking: dict, n_boot: int, seed: int) -> list[IntervalRow]:
     """The masking ΔEV contrasts with their seed-bootstrap interval over the masked seeds' per-seed values
     (``masking.per_seed``), then the anchor's whole-set ΔEVs (measured on the anchor only, no interval)."""
     dev = masking.get("delta_ev", {})
@@ -121,7 +133,7 @@ def masking_entries(masking: dict, n_boot: int, seed: int) -> list[dict[str, Any
                      for k, v in dev.items() if k in ("stable", "unstable"))]
 
 
-def subspace_entries(subspace: dict) -> list[dict[str, Any]]:
+def subspace_entries(subspace: dict) -> list[IntervalRow]:
     """The nulls step's subspace excess per rank, with its seed-pair bootstrap interval."""
     if not subspace:
         return [_entry("subspace excess", "seed pair", None, reason="nulls step not run")]

@@ -18,7 +18,15 @@ import numpy as np
 
 from ...analysis.classifier import cross_seed_classifier
 from ...analysis.nulls import subspace_test
-from ...analysis.seed_count import label_probabilities, recommend_seeds, seed_count_curve, seed_subset_curve
+from ...analysis.seed_count import (
+    AgreementRow,
+    Recommendation,
+    SubsetRow,
+    label_probabilities,
+    recommend_seeds,
+    seed_count_curve,
+    seed_subset_curve,
+)
 from ...errors import UsageError
 from ..step import Block, Context
 from .section import Section, SectionStep
@@ -53,35 +61,10 @@ class SeedCountOptions:
                              "'subspace_excess'")
 
 
-class AgreementRow(TypedDict):
-    num_seeds: int
-    agreement: float | None
-    agreement_sd: float | None
-    predicted_hypergeometric: float | None
-    predicted_binomial: float | None
-    share_stable: float | None
-    share_unstable: float | None
-
-
-class Recommendation(TypedDict):
-    """``num_seeds`` null when no seed count up to the largest in ``agreement_at`` reaches the target."""
-
-    target: float
-    num_seeds: int | None
-    agreement_at: dict[str, float | None]
-
-
 class LabelNoise(TypedDict):
     q: float
     comparisons: int
     p_unstable: float
-
-
-class SubsetRow(TypedDict):
-    """One S' of the seed subsets; each of ``subset_metrics`` follows as ``<name>`` and ``<name>_sd``."""
-
-    num_seeds: int
-    draws: int
 
 
 class SeedCountEntry(TypedDict):

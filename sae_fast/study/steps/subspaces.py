@@ -8,63 +8,21 @@ Memory: O(S·F·d) unit decoders (float64) + O(d²) per Gram matrix. Artifacts: 
 
 from __future__ import annotations
 
-from typing import ClassVar, NotRequired, TypedDict
+from typing import ClassVar, TypedDict
 
 import numpy as np
 
 from ...analysis import subspaces as sub_mod
 from ...analysis._common import STABLE, UNSTABLE
+from ...analysis.subspaces import CrossSeedSubspaces, MatchedSubspaces
 from ..step import Context
 from .section import Section, SectionStep
 
 
-class Similarity(TypedDict):
-    """Mean cos² between seeds' top-r subspaces (other statistics may follow)."""
-
-    mean_cos2: float | None
-
-
-class SetSimilarity(Similarity):
-    energy: float | None
-
-
-class RankSimilarity(TypedDict):
-    """One rank: the study's set, the Haar null; ``stable`` when the stable sets reach the rank,
-    ``random_subset`` only with random subsets drawn (``n_random`` > 0; the step draws none)."""
-
-    set: SetSimilarity
-    haar: Similarity
-    stable: NotRequired[Similarity]
-    random_subset: NotRequired[Similarity]
-
-
-class SpreadSimilarity(TypedDict):
-    mean_cos2: float | None
-    mean_cos2_spread: float | None
-
-
-class MatchedRankSimilarity(TypedDict):
-    set: SpreadSimilarity
-    random: SpreadSimilarity
-    z_mean_cos2: float | None
-
-
-class MatchedSubspaces(TypedDict):
-    """A set against random live latents at a common n; ``ranks`` holds the ranks <= min(n, d) only."""
-
-    n: int
-    draws: int
-    share_of_F: float
-    ranks: dict[str, MatchedRankSimilarity]
-
-
-class SubspacesEntry(TypedDict):
-    """``ranks``: the ranks the smallest set reaches; ``matched``: each kind whose every seed has >= 2 latents."""
+class SubspacesEntry(CrossSeedSubspaces):
+    """The study's set across seeds; ``matched``: each kind whose every seed has >= 2 latents."""
 
     set: str
-    d: int
-    sizes: list[int]
-    ranks: dict[str, RankSimilarity]
     matched: dict[str, MatchedSubspaces]
     large_sets: list[str]
 

@@ -25,9 +25,10 @@ from ...analysis._common import STABLE, UNSTABLE
 from ...analysis.bootstrap import Interval, pair_bootstrap, seed_bootstrap
 from ...analysis.calibration import power_at
 from ...analysis.effective_rank import effective_rank
-from ...analysis.verdict import ClaimRow, verdict_table
+from ...analysis.verdict import ClaimRow, VerdictRow, verdict_table
 from ..step import Block, Context
 from . import intervals as iv
+from .intervals import IntervalRow
 from .section import Section, SectionStep
 from .subspaces import seed_sets
 from .traceable import columns
@@ -133,7 +134,7 @@ def _entries(results: dict, step: str, key: str) -> Any:
     return results[step].entries.get(key, {}) if step in results else {}
 
 
-def _intervals(ctx: Context, results: dict, n_boot: int) -> list[dict]:
+def _intervals(ctx: Context, results: dict, n_boot: int) -> list[IntervalRow]:
     """Every headline number with its seed-bootstrap interval, or the reason it has none."""
     cfg, labels, freq = ctx.cfg, ctx.result("stability").labels, ctx.result("firing").freq
     pairs = _entries(results, "classifier", "classifier").get("pairs", [])
@@ -143,36 +144,6 @@ def _intervals(ctx: Context, results: dict, n_boot: int) -> list[dict]:
             *iv.subspace_entries(_entries(results, "nulls", "nulls").get("subspace", {})),
             *iv.pooling_intervals(_entries(results, "pooling", "pooling"), n_boot, cfg.seed),
             *iv.masking_entries(_entries(results, "masking", "masking"), n_boot, cfg.seed)]
-
-
-class VerdictRow(TypedDict):
-    """One claim (:func:`~sae_fast.analysis.verdict.verdict_table`); NaN numbers are stored as null."""
-
-    key: str
-    claim: str
-    metric: str
-    effect: float | None
-    lo: float | None
-    hi: float | None
-    null: float | None
-    null_name: str
-    direction: int
-    power: float | None
-    failed: str
-    paper: str
-    verdict: str
-
-
-class IntervalRow(TypedDict):
-    """A headline number with its seed-bootstrap interval, or the reason it has none (:mod:`.intervals`)."""
-
-    name: str
-    unit: str
-    estimate: float | None
-    lo: float | None
-    hi: float | None
-    draws: int
-    reason: str
 
 
 class VerdictEntries(TypedDict):
