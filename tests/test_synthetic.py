@@ -121,9 +121,13 @@ def test_isolated_features_are_stable_latents_grouped_features_a_stable_subspace
 
 def test_key_claim_with_sae_fast_trainer():
     """The same claim with the seeds trained by sae_fast.train (as `sae-fast study` does)."""
+    from sae_fast.provenance import to_jsonable
     from sae_fast.seed_study import synthetic_section
+    from sae_fast.study.steps.synthetic import SyntheticEntry
+    from sae_fast.study.typed import check_typed
 
     res = synthetic_section(num_seeds=4, steps=800, progress=False)
+    check_typed(to_jsonable(res), SyntheticEntry, "study step 'synthetic'", root="synthetic")  # what the step saves
     assert res["sae"]["num_latents"] == SyntheticConfig().natural_num_latents
     _check_key_claim(res)
     # candidate subspaces tell basis ambiguity (non-stable latents of a group) from the rest

@@ -178,3 +178,24 @@ def test_sections_of_steps_that_did_not_run_are_not_rendered(small_study, tmp_pa
     md = _report_of(partial, tmp_path / "partial")
     assert "Pooling unique features" not in md and "Stability classifier" not in md
     assert "`stability.anchor.share_stable`" in md
+
+
+def test_every_entries_type_resolves_down_to_its_leaves():
+    """Each step's TypedDict and every type nested in it can be read (names resolvable in their modules)."""
+    from typing import get_args, get_type_hints, is_typeddict
+
+    from sae_fast.study.steps import default_steps
+
+    seen: set = set()
+
+    def walk(tp) -> None:
+        if is_typeddict(tp) and tp not in seen:
+            seen.add(tp)
+            for hint in get_type_hints(tp, include_extras=True).values():
+                walk(hint)
+        for arg in get_args(tp):
+            walk(arg)
+
+    for step in default_steps(synthetic=True):
+        walk(step.entries_type)
+    assert len(seen) > 60
