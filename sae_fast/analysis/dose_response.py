@@ -21,7 +21,7 @@ from scipy.stats import spearmanr
 from ..errors import UsageError
 from ._common import ArrayLike, as_numpy
 from .bootstrap import pair_bootstrap
-from .nulls import subspace_test
+from .nulls import MAX_OUTSIDE_SHARE, null_sample_cap, subspace_test
 
 P_HAT_EDGES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
@@ -78,6 +78,7 @@ def dose_response(
     alive: ArrayLike | None = None,
     exclude_from_null: ArrayLike | None = None,
     max_n: int = 256,
+    max_outside_share: float = MAX_OUTSIDE_SHARE,
     null_draws: int = 50,
     set_draws: int = 3,
     n_boot: int = 1000,
@@ -101,6 +102,8 @@ def dose_response(
         max(ranks) latents keeps the full pool (``null_excludes_group`` False in its entry).
     max_n, null_draws, set_draws: see :func:`subspace_test`; n is common to all bins with at least 2 max(ranks)
         latents in every seed (smaller bins are reported as skipped).
+    max_outside_share: n is at most this share of each usable bin's smallest outside pool (see
+        :func:`subspace_test`).
     n_boot, alpha: seed-bootstrap interval of each excess.
     seed: seed of all draws.
 
@@ -124,7 +127,7 @@ def dose_response(
     sizes = [[int(m[s].sum()) for s in range(S)] for m in masks]
     pools, excluded = _null_pools(masks, ok, excl, max(ranks))
     usable = [min(sz) >= 2 * max(ranks) and _fits(m, pl, max(ranks)) for sz, m, pl in zip(sizes, masks, pools)]
-    n = _common_n(masks, pools, sizes, usable, max_n)
+    n = _common_n(masks, pools, sizes, usable, max_n, max_outside_share, max(ranks))
     out: dict = {"by": by, "edges": e.tolist(), "bins": [], "trend": {}, "excluded_from_null": int(excl.sum()),
                  "n": n}
     for i, (m, pl, sz, use) in enumerate(zip(masks, pools, sizes, usable)):
@@ -168,13 +171,15 @@ def _null_pools(masks: list[np.ndarray], ok: np.ndarray, excl: np.ndarray, r_max
 
 
 def _common_n(masks: list[np.ndarray], pools: list[np.ndarray], sizes: list[list[int]], usable: list[bool],
-              max_n: int) -> int:
-    """The set size n shared by all usable bins (half the smallest bin, at most its outside pool and max_n)."""
+              max_n: int, max_outside_share: float, max_rank: int) -> int:
+    """The set size n shared by all usable bins (half the smallest bin, at most max_n and the share of its outside
+    pool that keeps the null's draws nearly independent, :func:`sae_fast.analysis.nulls.null_sample_cap`)."""
     if not any(usable):
         return 0
     S = len(sizes[0])
     return min([max_n] + [min(sz) // 2 for sz, u in zip(sizes, usable) if u]
-               + [min(int((pl[s] & ~m[s]).sum()) for s in range(S)) for m, pl, u in zip(masks, pools, usable) if u])
+               + [null_sample_cap(min(int((pl[s] & ~m[s]).sum()) for s in range(S)), max_outside_share, max_rank)
+                  for m, pl, u in zip(masks, pools, usable) if u])
 
 
 def _rank_entries(res: dict, S: int, n_boot: int, alpha: float, seed: int) -> dict:

@@ -21,6 +21,18 @@ pair the second seed's draw, for the set as for the null, excludes the individua
 and the ceiling splits each seed's set into two halves and compares their subspaces within the seed (the best a
 reproducible subspace can do at this n). ``R = (cross − null) / (ceiling − null)``: 0 at the null, 1 at the
 ceiling. The p-value is the share of null draws at least as large as the statistic (with the usual +1).
+
+**The null's sample size.** The outside latents are mostly stable, i.e. the *same* directions in every seed, so
+a pair's two null draws come from one finite population and, with the individual matches excluded, are disjoint
+samples of it. Disjoint samples of a finite population are anti-correlated (the second holds what the first
+lacks: the correlation of their means is about −n / (N − n) for N outside latents), so their top subspaces agree
+less than two independent samples' would, while the tested sets of two seeds are close to independent samples.
+That biases the null low and the test towards rejecting, the more so the more seed pairs are averaged. Measured on
+planted negative controls with 160 outside latents at 8 seeds (:mod:`sae_fast.analysis.calibration`, p <= 0.05):
+n = 32 (a fifth of them) rejected 5/24 (mean excess +0.0039), n = 20 7/48 (+0.0026), n = 16 5/48 (+0.0016),
+n = 8 (a twentieth) 3/48 (+0.0009): the bias follows n / N. The default n is therefore at most
+``max_outside_share`` (1/20) of the smallest outside set, but at least the largest rank tested (where half the
+outside set allows: a small study keeps its test, with some of that bias).
 """
 
 from __future__ import annotations
@@ -228,11 +240,24 @@ def _set_masks(decs: list[np.ndarray], sets: list[ArrayLike],
     return masks, ok
 
 
-def _common_n(masks: list[np.ndarray], ok: list[np.ndarray], n: int | None, max_n: int, theta: float | None) -> int:
+MAX_OUTSIDE_SHARE = 0.05
+"""default largest share of the smallest outside set that one null draw takes (module docstring)"""
+
+
+def null_sample_cap(smallest_out: int, max_outside_share: float = MAX_OUTSIDE_SHARE, floor: int = 0) -> int:
+    """The largest default subsample n for an outside set of ``smallest_out`` latents (module docstring): that
+    share of it, but at least ``floor`` (the largest rank tested) where half the outside set allows, so a small
+    study keeps its test at the cost of some of the bias the share avoids."""
+    return max(int(smallest_out * max_outside_share), min(floor, smallest_out // 2))
+
+
+def _common_n(masks: list[np.ndarray], ok: list[np.ndarray], n: int | None, max_n: int, theta: float | None,
+              max_outside_share: float, max_rank: int) -> int:
     """The subsample size of :func:`subspace_test` (given or default); a UsageError when it does not fit."""
     smallest_out = min(int((a & ~m).sum()) for m, a in zip(masks, ok))
     smallest_set = min(int(m.sum()) for m in masks)
-    out_cap = smallest_out // 2 if theta is not None else smallest_out  # room to exclude the other seed's matches
+    # disjoint draws of a finite outside population bias the null low (module docstring)
+    out_cap = null_sample_cap(smallest_out, max_outside_share, max_rank) if theta is not None else smallest_out
     n = int(n if n is not None else min(smallest_set // 2, out_cap, max_n))
     if n < 2 or 2 * n > smallest_set or n > smallest_out:
         raise UsageError(f"n={n} must be >= 2, at most half of every set (smallest {smallest_set}: the split-half "
@@ -263,6 +288,7 @@ def subspace_test(
     ranks: tuple[int, ...] = (8, 16, 32),
     n: int | None = None,
     max_n: int = 512,
+    max_outside_share: float = MAX_OUTSIDE_SHARE,
     set_draws: int = 5,
     null_draws: int = 100,
     ceiling_draws: int = 5,
@@ -279,9 +305,11 @@ def subspace_test(
     freqs: per seed, (F_s,) firing frequencies for the frequency match (None: outside latents drawn uniformly).
     allowed: per seed, (F_s,) bool latents that may enter the set or the null (e.g. live latents).
     ranks: subspace ranks r; ranks above n or d are skipped.
-    n: common subsample size of the set, the null and each split half (default: min(half the smallest set, half
-        the smallest outside set (all of it when theta is None), max_n)); with fewer than n unmatched outside
-        latents left in a pair, that pair's null draw falls back to no exclusion.
+    n: common subsample size of the set, the null and each split half (default: min(half the smallest set,
+        ``max_outside_share`` of the smallest outside set (all of it when theta is None), max_n)); with fewer
+        than n unmatched outside latents left in a pair, that pair's null draw falls back to no exclusion.
+    max_outside_share: with theta, the default n is at most this share of the smallest outside set, so that the
+        two disjoint null draws of a pair stay nearly independent (module docstring, "The null's sample size").
     set_draws, null_draws, ceiling_draws: subsamples of the set, null draws, split-half draws.
     freq_bins: quantile bins of the frequency match.
     theta: in each pair (a, b), seed b's latents (set and null alike) exclude the cos >= theta matches of seed
@@ -304,7 +332,9 @@ def subspace_test(
         raise UsageError("set_draws, null_draws and ceiling_draws must be >= 1")
     masks, ok = _set_masks(decs, sets, allowed)
     idx = [np.flatnonzero(m) for m in masks]
-    n = _common_n(masks, ok, n, max_n, theta)
+    if not 0.0 < max_outside_share <= 0.5:
+        raise UsageError(f"max_outside_share must be in (0, 0.5], got {max_outside_share}")
+    n = _common_n(masks, ok, n, max_n, theta, max_outside_share, max(ranks, default=0))
     d = decs[0].shape[1]
     half = n
     rk = [int(r) for r in ranks if 1 <= r <= min(n, d)]

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from sae_fast.analysis.nulls import (
+    MAX_OUTSIDE_SHARE,
     frequency_matched_outside,
+    null_sample_cap,
     random_dictionary_null,
     spectrum_matched_decoder,
     subspace_test,
@@ -107,7 +109,10 @@ def test_subspace_test_false_positive_rate_on_exchangeable_null():
     ps = []
     for i in range(30):
         decs, sets = _study(rng, 3, 24, False)
-        res = subspace_test(decs, sets, ranks=(4,), null_draws=20, set_draws=1, seed=i)["ranks"][4]
+        # each seed's outside latents are its own random directions (no population shared across seeds), so the
+        # disjoint-draw bias the default max_outside_share guards against does not arise here
+        res = subspace_test(decs, sets, ranks=(4,), null_draws=20, set_draws=1, max_outside_share=0.5,
+                            seed=i)["ranks"][4]
         ps.append(res["p_value"])
         assert res["cross"] > 2 * 4 / 24  # far above the Haar value r/d: the anisotropy is real
     assert np.mean(np.array(ps) <= 0.05) <= 0.2
@@ -118,3 +123,21 @@ def test_subspace_test_checks_sizes():
     decs, sets = _study(rng, 2, 16, True, n_set=6, n_out=20)
     with pytest.raises(UsageError, match="at most half of every set"):
         subspace_test(decs, sets, n=5)
+
+
+def test_default_n_takes_at_most_a_twentieth_of_the_outside_set():
+    # disjoint null draws of one shared outside population are anti-correlated (module docstring): the default n
+    # stays at MAX_OUTSIDE_SHARE of the smallest outside set, but at least the largest rank where half of it allows
+    rng = np.random.default_rng(7)
+    frame = np.linalg.qr(rng.standard_normal((24, 24)))[0]
+    shared = _aniso(rng, 160, 24, frame)  # the same outside directions in every seed, like stable latents
+    decs = [np.concatenate([shared, _aniso(rng, 64, 24, frame)]) for _ in range(3)]
+    sets = [np.arange(224) >= 160] * 3
+    assert null_sample_cap(160) == int(160 * MAX_OUTSIDE_SHARE) == 8
+    assert subspace_test(decs, sets, ranks=(4,), null_draws=2, set_draws=1)["n"] == 8
+    assert subspace_test(decs, sets, ranks=(4, 12), null_draws=2, set_draws=1)["n"] == 12  # the largest rank
+    assert subspace_test(decs, sets, ranks=(4,), null_draws=2, set_draws=1, max_outside_share=0.5)["n"] == 32
+    assert subspace_test(decs, sets, ranks=(4,), null_draws=2, set_draws=1, theta=None)["n"] == 32  # no exclusion
+    assert null_sample_cap(40, floor=8) == 8 and null_sample_cap(10, floor=8) == 5
+    with pytest.raises(UsageError, match="max_outside_share"):
+        subspace_test(decs, sets, max_outside_share=0.0)

@@ -31,8 +31,11 @@ def test_native_merge_equals_the_torch_merge(m, blocks, absolute, monkeypatch):
     full = a @ b.T
     full = full.abs() if absolute else full
     for got, want, scores in ((nat[:2], ref[:2], full), (nat[2:], ref[2:], full.T)):
-        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-        assert torch.equal(got[0], scores.topk(m, dim=1).values)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])  # same tiles: bit for bit
+        # the full product is another GEMM call, equal only to rounding on some CPUs (AMD EPYC: last bits differ)
+        top = scores.topk(m, dim=1)
+        torch.testing.assert_close(got[0], top.values, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(scores.gather(1, got[1]), top.values, rtol=1e-5, atol=1e-5)
 
 
 def test_segments_fold_per_dictionary(monkeypatch):

@@ -16,11 +16,17 @@ RANKS = ("4", "8")
 def _dose(tmp_path_factory, grouped: bool) -> dict:
     from sae_fast import study
     from sae_fast.study.config import StudyConfig
+    from sae_fast.study.steps import default_steps
+    from sae_fast.study.steps.dose_response import DoseOptions, DoseResponseStep
 
     tmp = tmp_path_factory.mktemp("dose_grouped" if grouped else "dose_control")
     run, x = planted_dose_run(tmp, grouped=grouped)
+    # 132 latents per seed: the default cap on the null's sample (1/8 of a bin's outside pool of ~90) would leave
+    # n = 10 for every bin; a quarter keeps n = 16 (half the smallest bin), enough to see half a group at p̂ = 1/3
+    plan = [DoseResponseStep(DoseOptions(max_outside_share=0.25), requires=s.requires) if s.name == "dose_response"
+            else s for s in default_steps(False)]
     res = study(run, activations=x, out_dir=tmp / "study", progress=False, synthetic=False, only=["dose_response"],
-                config=StudyConfig(ranks=(4, 8)))
+                config=StudyConfig(ranks=(4, 8)), steps=plan)
     saved = json.loads((tmp / "study" / "dose_response" / "section.json").read_text())["dose_response"]
     assert saved == res["dose_response"]  # what the step saved is what the study reports
     return saved

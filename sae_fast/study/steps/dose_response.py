@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, TypedDict
 
 from ...analysis.dose_response import Binning, dose_response
+from ...analysis.nulls import MAX_OUTSIDE_SHARE
 from ..step import Block, Context
 from .section import Section, SectionStep
 from .traceable import columns, new_figure, png
@@ -27,6 +28,8 @@ class DoseOptions:
     """firing-frequency quantile bins"""
     max_n: int = 64
     """largest common subsample size"""
+    max_outside_share: float = MAX_OUTSIDE_SHARE
+    """n is at most this share of each bin's outside pool (:func:`sae_fast.analysis.nulls.subspace_test`)"""
     null_draws: int = 10
     """outside-null draws per bin"""
     n_boot: int = 500
@@ -64,6 +67,7 @@ class DoseResponseStep(SectionStep):
         decoders = ctx.inputs.seeds.decoders()
         exclude = ctx.result("candidates").array("candidate_id") >= 0 if "candidates" in self.requires else None
         common = dict(ranks=cfg.ranks, alive=alive, exclude_from_null=exclude, max_n=opt.max_n,
+                      max_outside_share=opt.max_outside_share,
                       null_draws=opt.null_draws, n_boot=opt.n_boot, seed=cfg.seed)
         out = {"p_hat": dose_response(decoders, p_hat, freq, by="p_hat", edges=opt.p_hat_edges, **common),
                "frequency": dose_response(decoders, p_hat, freq, by="frequency", freq_bins=opt.freq_bins, **common)}

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypedDict
 import numpy as np
 
 from ...analysis.bootstrap import pair_bootstrap
-from ...analysis.nulls import random_dictionary_null, subspace_test
+from ...analysis.nulls import MAX_OUTSIDE_SHARE, random_dictionary_null, subspace_test
 from ..step import Block, Context
 from .section import Section, SectionStep
 from .subspaces import seed_sets
@@ -30,6 +30,9 @@ class NullsOptions:
     """PW-MCC (Hungarian, dense F × F per pair) only up to this F"""
     max_n: int = 128
     """largest common subsample size of the subspace test"""
+    max_outside_share: float = MAX_OUTSIDE_SHARE
+    """the subsample is at most this share of the smallest outside set (disjoint null draws of a small shared
+    population are anti-correlated: :mod:`sae_fast.analysis.nulls`)"""
     null_draws: int = 20
     """frequency-matched outside draws of the subspace test"""
     n_boot: int = 1000
@@ -111,7 +114,8 @@ class NullsStep(SectionStep):
         arrays: dict[str, np.ndarray] = {}
         try:
             sub = subspace_test(decoders, sets, freqs=list(freq), allowed=list(live), ranks=cfg.ranks,
-                                max_n=opt.max_n, null_draws=opt.null_draws, seed=cfg.seed)
+                                max_n=opt.max_n, max_outside_share=opt.max_outside_share,
+                                null_draws=opt.null_draws, seed=cfg.seed)
         except ValueError as err:  # too few latents in the set or outside it
             entry["subspace_skipped"] = str(err)
             return Section({"nulls": entry})
