@@ -131,6 +131,9 @@ class CalibrationSettings:
     candidate_threshold: float = 0.3
     alpha: float = 0.05
     fdr: float = 0.05
+    candidate_beyond_matches: bool = True
+    """score candidates on their span beyond latents that recur one by one in the other seed (the study's default,
+    :func:`sae_fast.analysis.candidates.candidate_subspaces` ``matched``)"""
 
 
 def run_tests(planted: Planted, settings: CalibrationSettings = CalibrationSettings(), seed: int = 0) -> dict:
@@ -151,7 +154,9 @@ def run_tests(planted: Planted, settings: CalibrationSettings = CalibrationSetti
                                      threshold=settings.candidate_threshold, freqs=planted.freqs,
                                      min_null_draws=settings.candidate_null_draws,
                                      null_neighbours=settings.candidate_null_draws,
-                                     pvalues=settings.candidate_pvalues, seed=seed)
+                                     pvalues=settings.candidate_pvalues, seed=seed,
+                                     matched=(cand.individual_matches(decs, settings.theta)
+                                              if settings.candidate_beyond_matches else None))
     fdr = candidate_fdr(cands, [len(D) for D in decs], levels=(settings.fdr,))
     y = np.concatenate([planted.grouped[s][nonstable[s]] for s in range(S)])
     score = np.concatenate([1 - fdr["latent_q"][s][nonstable[s]] for s in range(S)])

@@ -40,6 +40,7 @@ from .affinity import (  # the first two are re-exported: they were defined here
 )
 from .clustering import average_linkage
 from .fdr import tail_pvalues
+from .subspace_similarity import best_beyond_matches as _best_beyond_matches
 from .subspace_similarity import best_similarity as _best_similarity
 from .subspace_similarity import candidate_partners as _partners
 from .subspace_similarity import cos2_chunks as _cos2_chunks  # noqa: F401  (tests import it from here)
@@ -89,6 +90,22 @@ def candidate_basis(rows: np.ndarray, *, energy: float = 0.95, max_rank: int = 3
     cum = np.cumsum(s**2) / max(float((s**2).sum()), 1e-300)
     r = int(min(np.searchsorted(cum, energy - 1e-12) + 1, max_rank, len(s)))
     return vt[:r].T.copy()
+
+
+def individual_matches(decoders: list[ArrayLike], theta: float, *, absolute: bool = False,
+                       chunk: int = 4096) -> list[list[np.ndarray]]:
+    """``[a][b]``: (F_a,) bool, latent i of seed a has a latent of seed b at cosine >= ``theta`` (``|cos|`` with
+    ``absolute``; all False for b == a). Memory O(chunk · F) per tile; time S² · F² · d (the study passes the
+    matching step's top-1 cosines instead)."""
+    decs = check_decoders(decoders)
+    out = [[np.zeros(len(D), dtype=bool) for _ in decs] for D in decs]
+    for a, Da in enumerate(decs):
+        for b, Db in enumerate(decs):
+            if a != b:
+                for i in range(0, len(Da), chunk):
+                    g = Da[i:i + chunk] @ Db.T
+                    out[a][b][i:i + chunk] = (np.abs(g) if absolute else g).max(axis=1) >= theta
+    return out
 
 
 def _frequency_bins(freq: ArrayLike, bins: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -288,6 +305,7 @@ def candidate_subspaces(
     pvalues: str = "empirical",
     tail_fraction: float = 0.05,
     clusters: list[tuple[int, ArrayLike]] | None = None,
+    matched: list[list[np.ndarray]] | None = None,
     seed: int = 0,
 ) -> dict:
     """Candidate subspaces of ``sets[s]`` (e.g. each seed's unstable latents) and their reproducibility.
@@ -310,6 +328,12 @@ def candidate_subspaces(
     array, "mean_best_similarity": (D,) float array}`` (memory O(D)). ``clusters``: the candidates as found before,
     ``(seed, latent indices)`` each in the order of an earlier result's ``candidates`` (the same ``sets``, method
     and thresholds): the clustering is skipped and only the bases, similarities and nulls are computed.
+    ``matched`` (``[a][b]``: (F_a,) bool, e.g. :func:`individual_matches`): a candidate's similarity in seed b leaves
+    out its latents that recur one by one in seed b (re-scored from the rest, 0 when none is left), so a candidate
+    of rare features that two seeds share scores as the span beyond them; on planted negative controls whose
+    unstable latents are drawn from one pool (so pairs of seeds share a few directions) every false discovery was
+    such a candidate. The subset null is not re-scored (its draws are mostly stable latents, which no other seed's
+    candidate holds). None: no exclusion.
     Returns ``{"candidates": [per-candidate dicts: seed, latents, rank, score, mean_best_similarity,
     null_similarity, p_value, reproducible], "null": {subset null: "score_mean", "reproduced_share", ...},
     "null_haar": {...}, "per_seed": [{"num_set", "num_in_reproducible", "share_in_reproducible",
@@ -327,6 +351,7 @@ def candidate_subspaces(
     params = {"method": method, "threshold": threshold, "min_size": min_size, "energy": energy,
               "max_rank": max_rank, "tau": tau, "normalize": normalize, "min_score": min_score, "alpha": alpha,
               "pvalues": pvalues, "tail_fraction": tail_fraction,
+              "beyond_individual_matches": matched is not None,
               "null": "random latent subsets of the same size from the same seed"
                       + (", frequency-matched" if freqs is not None else "")}
     out: dict = {"params": params, "candidates": [], "null": {}, "null_haar": {}, "per_seed": [],
@@ -335,6 +360,9 @@ def candidate_subspaces(
         use_graph = neighbour_index is not None and len(bases) > dense_limit
         part = _partners(members, owner_arr, members, owner_arr, neighbour_index) if use_graph else None
         best = _best_similarity(bases, owner_arr, bases, owner_arr, S, normalize, part)
+        if matched is not None:
+            best = _best_beyond_matches(best, bases, owner_arr, members, decs, bases, owner_arr, matched, normalize,
+                                        lambda rows: candidate_basis(rows, energy=energy, max_rank=max_rank))
         n_null = max(n_null, -(-min_null_draws // len(bases)))
         haar, sub, sub_sizes = _null_summaries(
             decs, bases, owner_arr, members, part, neighbour_index, freqs, n_null=n_null, normalize=normalize,

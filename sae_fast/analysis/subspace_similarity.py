@@ -113,3 +113,34 @@ def candidate_partners(latent_sets: list[np.ndarray], set_owner: np.ndarray, mem
         found = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
         out.append(found[found >= 0])
     return out
+
+
+def best_beyond_matches(best: np.ndarray, queries: list[np.ndarray], query_owner: np.ndarray,
+                        query_latents: list[np.ndarray], decs: list[np.ndarray], bases: list[np.ndarray],
+                        owner: np.ndarray, matched: list[list[np.ndarray]], normalize: str, basis) -> np.ndarray:
+    """``best`` (Q, S) with every (query, seed b) whose query holds latents individually matched in seed b
+    (``matched[a][b]``: (F_a,) bool, cos >= theta to some latent of seed b) re-scored without those latents: the
+    basis of the rest (``basis(rows)``) against every candidate of seed b (0 when every latent is matched). A
+    latent that recurs one by one in seed b is a feature, not evidence that the span recurs there.
+    Memory: one seed's stacked candidate bases, O(d · sum of their ranks)."""
+    out = best.copy()
+    pick = np.maximum if normalize == "max" else np.minimum
+    b_ranks = np.array([b.shape[1] for b in bases])
+    for s in range(best.shape[1]):
+        cols = np.flatnonzero(owner == s)
+        stacked = np.concatenate([bases[c] for c in cols], axis=1) if len(cols) else None
+        starts = np.concatenate([[0], np.cumsum(b_ranks[cols])[:-1]]) if len(cols) else None
+        for q, (lat, a) in enumerate(zip(query_latents, query_owner.tolist())):
+            if a == s or not np.isfinite(best[q, s]):
+                continue
+            hit = matched[a][s][lat]
+            if not hit.any():
+                continue
+            rest = lat[~hit]
+            if not len(rest) or stacked is None:
+                out[q, s] = 0.0
+                continue
+            u = basis(decs[a][rest])
+            g = u.T @ stacked
+            out[q, s] = float((np.add.reduceat((g * g).sum(axis=0), starts) / pick(u.shape[1], b_ranks[cols])).max())
+    return out

@@ -83,7 +83,7 @@ class CandidatesStep(SectionStep):
     name: ClassVar[str] = "candidates"
     requires = ("matching", "stability", "firing")
     setting_names = ("subspace_set", "candidate_method", "candidate_threshold", "candidate_tau", "exclude_dead",
-                     "coactivation_rows", "neighbours", "seed")
+                     "coactivation_rows", "neighbours", "theta", "absolute", "seed")
     entries_type = CandidatesEntries
 
     def compute(self, ctx: Context) -> Section:
@@ -96,6 +96,7 @@ class CandidatesStep(SectionStep):
             ctx.inputs.seeds.decoders(), seed_sets(labels, live, cfg.subspace_set), fires=fires,
             method=cfg.candidate_method, threshold=cfg.candidate_threshold, tau=cfg.candidate_tau,
             freqs=list(firing.freq), neighbours=cfg.neighbours, neighbour_index=ctx.result("matching").index,
+            matched=ctx.result("matching").matched(cfg.theta, cfg.absolute),
             seed=cfg.seed)}
         raw = res.pop("null_draws")  # arrays, not results.json
         S, F = labels.shape

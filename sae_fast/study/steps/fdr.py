@@ -82,7 +82,7 @@ class FdrStep(SectionStep):
     entries_type = FdrEntries
 
     setting_names = ("subspace_set", "candidate_method", "candidate_threshold", "candidate_tau", "exclude_dead",
-                     "coactivation_rows", "neighbours", "seed")
+                     "coactivation_rows", "neighbours", "theta", "absolute", "seed")
 
     def __init__(self, options: FdrOptions | None = None,
                  requires: tuple[str, ...] = ("matching", "stability", "firing", "candidates")) -> None:
@@ -109,6 +109,7 @@ class FdrStep(SectionStep):
             ctx.inputs.seeds.decoders(), seed_sets(labels, live, cfg.subspace_set), fires=fires,
             method=cfg.candidate_method, threshold=cfg.candidate_threshold, tau=cfg.candidate_tau,
             freqs=list(firing.freq), neighbours=cfg.neighbours, neighbour_index=ctx.result("matching").index,
+            matched=ctx.result("matching").matched(cfg.theta, cfg.absolute),
             min_null_draws=opt.null_draws,
             null_neighbours=2**62, pvalues=opt.pvalues, tail_fraction=opt.tail_fraction, clusters=clusters,
             seed=cfg.seed)  # all draws

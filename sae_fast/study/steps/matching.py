@@ -31,6 +31,15 @@ class Neighbours(Section):
     def cos(self) -> np.ndarray:
         return self.array("cos")
 
+    def matched(self, theta: float, absolute: bool = False) -> list[list[np.ndarray]]:
+        """``[a][b]``: (F,) bool, latent i of seed a has a latent of seed b at cosine >= theta (its top-1
+        neighbour's; ``|cos|`` with ``absolute``); all False for b == a. Memory O(S²·F)."""
+        top = self.cos[:, :, :, 0]
+        top = np.abs(top) if absolute else top
+        S = top.shape[0]
+        return [[np.zeros(top.shape[2], dtype=bool) if a == b else np.nan_to_num(top[a, b], nan=-1.0) >= theta
+                 for b in range(S)] for a in range(S)]
+
 
 class MatchingStep(SectionStep):
     name: ClassVar[str] = "matching"
