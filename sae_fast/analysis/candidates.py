@@ -16,9 +16,10 @@
    A candidate is *reproduced* in seed b when its best similarity there is >= ``tau``.
 4. **Score** of a candidate = share of the other seeds in which it is reproduced, the subspace analogue of
    p̂. With ``matched`` (the study's default), a candidate's similarity in seed b leaves out its latents that recur
-   one by one in seed b: a shared rare feature is a feature, not a reproduced span. **Null** (``"null"``): the same procedure (basis, matching) applied to random latent subsets of the same
-   size drawn from the same seed (frequency-matched when ``freqs`` are given). Decoder rows are far from
-   isotropic (random subsets of real decoders share much of their span across seeds), so this null, not a
+   one by one in seed b: a shared rare feature is a feature, not a reproduced span. **Null** (``"null"``): the
+   same procedure (basis, matching) applied to random latent subsets of the same size drawn from the same seed
+   (frequency-matched when ``freqs`` are given). Decoder rows are far from isotropic (random subsets of real
+   decoders share much of their span across seeds), so this null, not a
    Haar-random one, says whether a cluster is more than "some latents of this seed". Each candidate gets the
    mean similarity of the subset draws of nearest size (``null_similarity``) and an empirical p-value
    (share of those draws with at least its mean best similarity). The Haar null (``"null_haar"``: random

@@ -7,14 +7,12 @@ import json
 import shutil
 from typing import NotRequired, TypedDict
 
-import numpy as np
 import pytest
-import torch
 
-from sae_fast.checkpoint import save_sae
-from sae_fast.sae import TopKSAE
 from sae_fast.study.step import StepError
 from sae_fast.study.typed import MissingResultError, check_typed
+
+from ._planted import planted_run
 
 D, F, K, SHARED = 16, 24, 4, 12
 
@@ -71,20 +69,6 @@ def test_checker_allows_absent_not_required_parts_and_typed_nulls():
         check_typed(value, Outer, "s")
 
 
-def _run_dir(root, num_seeds: int = 4):
-    rng = np.random.default_rng(0)
-    common = rng.standard_normal((SHARED, D))
-    for s in range(num_seeds):
-        rows = np.concatenate([common + 0.02 * rng.standard_normal((SHARED, D)), rng.standard_normal((F - SHARED, D))])
-        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-        sae = TopKSAE(D, F, K, seed=s)
-        with torch.no_grad():
-            sae.W_dec.copy_(torch.as_tensor(rows, dtype=torch.float32))
-            sae.W_enc.copy_(torch.as_tensor(rows, dtype=torch.float32))
-        save_sae(sae, root / "run" / f"seed{s}")
-    return root / "run", torch.as_tensor(rng.standard_normal((3000, D)), dtype=torch.float32)
-
-
 @pytest.fixture(scope="module")
 def small_study(tmp_path_factory):
     """Every step but synthetic on 4 small seeds, pooling without refit or fine-tuning."""
@@ -92,7 +76,7 @@ def small_study(tmp_path_factory):
     from sae_fast.seed_study import StudyConfig
 
     root = tmp_path_factory.mktemp("typed")
-    run, x = _run_dir(root)
+    run, x = planted_run(root, num_seeds=4, d=D, F=F, k=K, shared=SHARED, rows=3000)
     cfg = StudyConfig(ranks=(2, 4), n_random=1, refit_steps=0, finetune_steps=0)
     res = study(run, activations=x, out_dir=root / "study", synthetic=False, progress=False, config=cfg)
     return root / "study", res, cfg
