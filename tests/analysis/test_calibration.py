@@ -35,6 +35,16 @@ def test_calibration_power_and_false_positive_rate():
     assert power_at(rows, 5) == 1.0
 
 
+def test_negative_control_at_eight_seeds_rejects_at_most_alpha():
+    """8 planted negative controls of 8 seeds (640 stable latents, unstable ones from one shared pool). Before the
+    two fixes the candidate test rejected about half of them (a candidate of rare features two seeds share one by
+    one counted as a reproduced span) and the subspace test about a fifth (disjoint null draws of a small shared
+    outside population); now neither rejects any of these 8."""
+    rows = calibrate(shares=(0.0,), seed_counts=(8,), repeats=8, base=PlantedStudy(),
+                     settings=CalibrationSettings(null_draws=20, candidate_null_draws=500))
+    assert rows[0]["candidate_rejection"] <= 1 / 8 and rows[0]["subspace_rejection"] <= 1 / 8
+
+
 def test_candidate_detection_ranks_grouped_latents():
     res = run_tests(planted_study(PlantedStudy(num_seeds=4, grouped_share=0.5, seed=3)), FAST)
     assert res["candidate_auc"] > 0.8 and res["candidate_discoveries"] > 0
