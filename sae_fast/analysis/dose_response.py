@@ -127,7 +127,7 @@ def dose_response(
     sizes = [[int(m[s].sum()) for s in range(S)] for m in masks]
     pools, excluded = _null_pools(masks, ok, excl, max(ranks))
     usable = [min(sz) >= 2 * max(ranks) and _fits(m, pl, max(ranks)) for sz, m, pl in zip(sizes, masks, pools)]
-    n = _common_n(masks, pools, sizes, usable, max_n, max_outside_share, max(ranks))
+    n = _common_n(masks, pools, sizes, usable, max_n, max_outside_share, min(ranks))
     out: dict = {"by": by, "edges": e.tolist(), "bins": [], "trend": {}, "excluded_from_null": int(excl.sum()),
                  "n": n}
     for i, (m, pl, sz, use) in enumerate(zip(masks, pools, sizes, usable)):
@@ -171,14 +171,14 @@ def _null_pools(masks: list[np.ndarray], ok: np.ndarray, excl: np.ndarray, r_max
 
 
 def _common_n(masks: list[np.ndarray], pools: list[np.ndarray], sizes: list[list[int]], usable: list[bool],
-              max_n: int, max_outside_share: float, max_rank: int) -> int:
+              max_n: int, max_outside_share: float, min_rank: int) -> int:
     """The set size n shared by all usable bins (half the smallest bin, at most max_n and the share of its outside
     pool that keeps the null's draws nearly independent, :func:`sae_fast.analysis.nulls.null_sample_cap`)."""
     if not any(usable):
         return 0
     S = len(sizes[0])
     return min([max_n] + [min(sz) // 2 for sz, u in zip(sizes, usable) if u]
-               + [null_sample_cap(min(int((pl[s] & ~m[s]).sum()) for s in range(S)), max_outside_share, max_rank)
+               + [null_sample_cap(min(int((pl[s] & ~m[s]).sum()) for s in range(S)), max_outside_share, min_rank)
                   for m, pl, u in zip(masks, pools, usable) if u])
 
 

@@ -31,8 +31,9 @@ That biases the null low and the test towards rejecting, the more so the more se
 planted negative controls with 160 outside latents at 8 seeds (:mod:`sae_fast.analysis.calibration`, p <= 0.05):
 n = 32 (a fifth of them) rejected 5/24 (mean excess +0.0039), n = 20 7/48 (+0.0026), n = 16 5/48 (+0.0016),
 n = 8 (a twentieth) 3/48 (+0.0009): the bias follows n / N. The default n is therefore at most
-``max_outside_share`` (1/20) of the smallest outside set, but at least the largest rank tested (where half the
-outside set allows: a small study keeps its test, with some of that bias).
+``max_outside_share`` (1/20) of the smallest outside set, but at least the smallest rank tested (where half the
+outside set allows: a small study keeps one rank of its test, with some of that bias; ranks above n are skipped).
+The result reports ``outside_share`` = n / (smallest outside set).
 """
 
 from __future__ import annotations
@@ -246,18 +247,18 @@ MAX_OUTSIDE_SHARE = 0.05
 
 def null_sample_cap(smallest_out: int, max_outside_share: float = MAX_OUTSIDE_SHARE, floor: int = 0) -> int:
     """The largest default subsample n for an outside set of ``smallest_out`` latents (module docstring): that
-    share of it, but at least ``floor`` (the largest rank tested) where half the outside set allows, so a small
-    study keeps its test at the cost of some of the bias the share avoids."""
+    share of it, but at least ``floor`` (the smallest rank tested) where half the outside set allows, so a small
+    study keeps one rank of its test at the cost of some of the bias the share avoids (larger ranks are skipped)."""
     return max(int(smallest_out * max_outside_share), min(floor, smallest_out // 2))
 
 
 def _common_n(masks: list[np.ndarray], ok: list[np.ndarray], n: int | None, max_n: int, theta: float | None,
-              max_outside_share: float, max_rank: int) -> int:
+              max_outside_share: float, min_rank: int) -> int:
     """The subsample size of :func:`subspace_test` (given or default); a UsageError when it does not fit."""
     smallest_out = min(int((a & ~m).sum()) for m, a in zip(masks, ok))
     smallest_set = min(int(m.sum()) for m in masks)
     # disjoint draws of a finite outside population bias the null low (module docstring)
-    out_cap = null_sample_cap(smallest_out, max_outside_share, max_rank) if theta is not None else smallest_out
+    out_cap = null_sample_cap(smallest_out, max_outside_share, min_rank) if theta is not None else smallest_out
     n = int(n if n is not None else min(smallest_set // 2, out_cap, max_n))
     if n < 2 or 2 * n > smallest_set or n > smallest_out:
         raise UsageError(f"n={n} must be >= 2, at most half of every set (smallest {smallest_set}: the split-half "
@@ -319,10 +320,10 @@ def subspace_test(
 
     Returns
     -------
-    ``{"n", "pairs": (P, 2), "ranks": {r: {"cross", "cross_pairs", "null", "null_pairs", "null_sd",
-    "ceiling", "excess", "excess_pairs", "R", "p_value"}}}``; ``*_pairs`` are per seed pair (for
-    :func:`sae_fast.analysis.bootstrap.pair_bootstrap`). Memory: one n × d subsample per seed at a time, plus
-    null_draws × P floats; time ~ (set_draws + null_draws) × S SVDs of n × d.
+    ``{"n", "outside_share": n / smallest outside set, "pairs": (P, 2), "ranks": {r: {"cross", "cross_pairs",
+    "null", "null_pairs", "null_sd", "ceiling", "excess", "excess_pairs", "R", "p_value"}}}``; ``*_pairs`` are
+    per seed pair (for :func:`sae_fast.analysis.bootstrap.pair_bootstrap`). Memory: one n × d subsample per seed
+    at a time, plus null_draws × P floats; time ~ (set_draws + null_draws) × S SVDs of n × d.
     """
     decs = check_decoders(decoders)
     S = len(decs)
@@ -334,12 +335,13 @@ def subspace_test(
     idx = [np.flatnonzero(m) for m in masks]
     if not 0.0 < max_outside_share <= 0.5:
         raise UsageError(f"max_outside_share must be in (0, 0.5], got {max_outside_share}")
-    n = _common_n(masks, ok, n, max_n, theta, max_outside_share, max(ranks, default=0))
+    n = _common_n(masks, ok, n, max_n, theta, max_outside_share, min(ranks, default=0))
     d = decs[0].shape[1]
     half = n
     rk = [int(r) for r in ranks if 1 <= r <= min(n, d)]
     pairs = _seed_pairs(S)
-    out: dict = {"n": n, "half": half, "pairs": pairs, "ranks": {}}
+    smallest_out = min(int((a & ~m).sum()) for m, a in zip(masks, ok))
+    out: dict = {"n": n, "half": half, "pairs": pairs, "ranks": {}, "outside_share": n / max(smallest_out, 1)}
     if not rk:
         return out
     rng = np.random.default_rng([seed, 0x5B7E])

@@ -127,7 +127,7 @@ def test_subspace_test_checks_sizes():
 
 def test_default_n_takes_at_most_a_twentieth_of_the_outside_set():
     # disjoint null draws of one shared outside population are anti-correlated (module docstring): the default n
-    # stays at MAX_OUTSIDE_SHARE of the smallest outside set, but at least the largest rank where half of it allows
+    # stays at MAX_OUTSIDE_SHARE of the smallest outside set, but at least the smallest rank where half of it allows
     rng = np.random.default_rng(7)
     frame = np.linalg.qr(rng.standard_normal((24, 24)))[0]
     shared = _aniso(rng, 160, 24, frame)  # the same outside directions in every seed, like stable latents
@@ -135,7 +135,8 @@ def test_default_n_takes_at_most_a_twentieth_of_the_outside_set():
     sets = [np.arange(224) >= 160] * 3
     assert null_sample_cap(160) == int(160 * MAX_OUTSIDE_SHARE) == 8
     assert subspace_test(decs, sets, ranks=(4,), null_draws=2, set_draws=1)["n"] == 8
-    assert subspace_test(decs, sets, ranks=(4, 12), null_draws=2, set_draws=1)["n"] == 12  # the largest rank
+    res = subspace_test(decs, sets, ranks=(12, 16), null_draws=2, set_draws=1)  # at least the smallest rank
+    assert res["n"] == 12 and list(res["ranks"]) == [12] and res["outside_share"] == 12 / 160  # 16 > n: skipped
     assert subspace_test(decs, sets, ranks=(4,), null_draws=2, set_draws=1, max_outside_share=0.5)["n"] == 32
     assert subspace_test(decs, sets, ranks=(4,), null_draws=2, set_draws=1, theta=None)["n"] == 32  # no exclusion
     assert null_sample_cap(40, floor=8) == 8 and null_sample_cap(10, floor=8) == 5

@@ -75,6 +75,8 @@ class NullsTested(NullsBase):
     """The subspace test ran at a common n per seed."""
 
     n: int
+    outside_share: float
+    """n / the smallest outside set: above 1/20 the null is biased low (:mod:`sae_fast.analysis.nulls`)"""
 
 
 class NullsSkipped(NullsBase):
@@ -119,7 +121,7 @@ class NullsStep(SectionStep):
         except ValueError as err:  # too few latents in the set or outside it
             entry["subspace_skipped"] = str(err)
             return Section({"nulls": entry})
-        entry["n"] = sub["n"]
+        entry["n"], entry["outside_share"] = sub["n"], sub["outside_share"]
         for r, t in sub["ranks"].items():
             ci = pair_bootstrap(t["excess_pairs"], sub["pairs"], num_seeds=len(decoders), n_boot=opt.n_boot,
                                 seed=cfg.seed)
@@ -140,6 +142,12 @@ class NullsStep(SectionStep):
                     [("mean p̂", "p_hat_mean"), ("PW-MCC", "pw_mcc")])]
         if "subspace_skipped" in e:
             return [*blocks, ("p", f"Subspace test skipped: {e['subspace_skipped']}")]
+        share = float(e["outside_share"])
+        blocks.append(("p", f"Each null draw takes n = {e['n']} latents, {share:.1%} of the smallest outside set "
+                            "(results.json → nulls.outside_share)."
+                       + (" <b>Caution</b>: above 5 %, disjoint draws of a small shared outside population bias the "
+                          "null low and the test towards rejecting (bench/RESULTS.md, \"recalibrated\")."
+                          if share > MAX_OUTSIDE_SHARE + 1e-9 else "")))
         blocks.append(columns(res, [f"nulls.subspace.{r}" for r in e["subspace"]],
                               [("cross-seed cos²", "cross"), ("outside null", "null"), ("ceiling", "ceiling"),
                                ("excess", "excess"), ("CI low", "excess_lo"), ("CI high", "excess_hi"), ("R", "R"),
