@@ -39,7 +39,7 @@ from ..errors import UsageError
 from . import candidates as cand
 from ._common import STABLE
 from .fdr import candidate_fdr
-from .nulls import subspace_test
+from .nulls import MAX_OUTSIDE_SHARE, subspace_test
 from .stability import anchor_scores, split
 
 
@@ -122,6 +122,8 @@ class CalibrationSettings:
     eps: float = 0.05
     rank: int = 8
     max_n: int = 32
+    max_outside_share: float = MAX_OUTSIDE_SHARE
+    """the subspace test's largest null sample as a share of the outside set (:mod:`sae_fast.analysis.nulls`)"""
     null_draws: int = 100
     candidate_null_draws: int = 2000
     candidate_pvalues: str = "tail"
@@ -148,6 +150,7 @@ def run_tests(planted: Planted, settings: CalibrationSettings = CalibrationSetti
     labels = [split(p, settings.eps) for p in anchor_scores(decs, theta=settings.theta).p_hat]
     nonstable = [lab != STABLE for lab in labels]
     sub = subspace_test(decs, nonstable, freqs=planted.freqs, ranks=(settings.rank,), max_n=settings.max_n,
+                        max_outside_share=settings.max_outside_share,
                         null_draws=settings.null_draws, seed=seed)
     entry = sub["ranks"].get(settings.rank, {})
     cands = cand.candidate_subspaces(decs, nonstable, method=settings.candidate_method,
