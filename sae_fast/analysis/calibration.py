@@ -147,7 +147,8 @@ def run_tests(planted: Planted, settings: CalibrationSettings = CalibrationSetti
     """
     decs = planted.decoders
     S = len(decs)
-    labels = [split(p, settings.eps) for p in anchor_scores(decs, theta=settings.theta).p_hat]
+    scores = anchor_scores(decs, theta=settings.theta)
+    labels = [split(p, settings.eps) for p in scores.p_hat]
     nonstable = [lab != STABLE for lab in labels]
     sub = subspace_test(decs, nonstable, freqs=planted.freqs, ranks=(settings.rank,), max_n=settings.max_n,
                         max_outside_share=settings.max_outside_share,
@@ -158,8 +159,7 @@ def run_tests(planted: Planted, settings: CalibrationSettings = CalibrationSetti
                                      min_null_draws=settings.candidate_null_draws,
                                      null_neighbours=settings.candidate_null_draws,
                                      pvalues=settings.candidate_pvalues, seed=seed,
-                                     matched=(cand.individual_matches(decs, settings.theta)
-                                              if settings.candidate_beyond_matches else None))
+                                     matched=scores.matched() if settings.candidate_beyond_matches else None)
     fdr = candidate_fdr(cands, [len(D) for D in decs], levels=(settings.fdr,))
     y = np.concatenate([planted.grouped[s][nonstable[s]] for s in range(S)])
     score = np.concatenate([1 - fdr["latent_q"][s][nonstable[s]] for s in range(S)])

@@ -94,22 +94,6 @@ def candidate_basis(rows: np.ndarray, *, energy: float = 0.95, max_rank: int = 3
     return vt[:r].T.copy()
 
 
-def individual_matches(decoders: list[ArrayLike], theta: float, *, absolute: bool = False,
-                       chunk: int = 4096) -> list[list[np.ndarray]]:
-    """``[a][b]``: (F_a,) bool, latent i of seed a has a latent of seed b at cosine >= ``theta`` (``|cos|`` with
-    ``absolute``; all False for b == a). Memory O(chunk · F) per tile; time S² · F² · d (the study passes the
-    matching step's top-1 cosines instead)."""
-    decs = check_decoders(decoders)
-    out = [[np.zeros(len(D), dtype=bool) for _ in decs] for D in decs]
-    for a, Da in enumerate(decs):
-        for b, Db in enumerate(decs):
-            if a != b:
-                for i in range(0, len(Da), chunk):
-                    g = Da[i:i + chunk] @ Db.T
-                    out[a][b][i:i + chunk] = (np.abs(g) if absolute else g).max(axis=1) >= theta
-    return out
-
-
 def _frequency_bins(freq: ArrayLike, bins: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(latents sorted by frequency, each latent's rank in that order, bin edges over the ranks) of one seed."""
     order = np.argsort(np.asarray(freq, dtype=np.float64).reshape(-1), kind="stable")
@@ -330,12 +314,12 @@ def candidate_subspaces(
     array, "mean_best_similarity": (D,) float array}`` (memory O(D)). ``clusters``: the candidates as found before,
     ``(seed, latent indices)`` each in the order of an earlier result's ``candidates`` (the same ``sets``, method
     and thresholds): the clustering is skipped and only the bases, similarities and nulls are computed.
-    ``matched`` (``[a][b]``: (F_a,) bool, e.g. :func:`individual_matches`): a candidate's similarity in seed b leaves
-    out its latents that recur one by one in seed b (re-scored from the rest, 0 when none is left), so a candidate
-    of rare features that two seeds share scores as the span beyond them; on planted negative controls whose
-    unstable latents are drawn from one pool (so pairs of seeds share a few directions) every false discovery was
-    such a candidate. The subset null is not re-scored (its draws are mostly stable latents, which no other seed's
-    candidate holds). None: no exclusion.
+    ``matched`` (``[a][b]``: (F_a,) bool, e.g. :meth:`sae_fast.analysis.stability.AnchorScores.matched`): a
+    candidate's similarity in seed b leaves out its latents that recur one by one in seed b (re-scored from the
+    rest, 0 when none is left), so a candidate of rare features that two seeds share scores as the span beyond
+    them; on planted negative controls whose unstable latents are drawn from one pool (so pairs of seeds share a
+    few directions) every false discovery was such a candidate. The subset null is not re-scored (its draws are
+    mostly stable latents, which no other seed's candidate holds). None: no exclusion.
     Returns ``{"candidates": [per-candidate dicts: seed, latents, rank, score, mean_best_similarity,
     null_similarity, p_value, reproducible], "null": {subset null: "score_mean", "reproduced_share", ...},
     "null_haar": {...}, "per_seed": [{"num_set", "num_in_reproducible", "share_in_reproducible",
@@ -363,7 +347,7 @@ def candidate_subspaces(
         part = _partners(members, owner_arr, members, owner_arr, neighbour_index) if use_graph else None
         best = _best_similarity(bases, owner_arr, bases, owner_arr, S, normalize, part)
         if matched is not None:
-            best = _best_beyond_matches(best, bases, owner_arr, members, decs, bases, owner_arr, matched, normalize,
+            best = _best_beyond_matches(best, owner_arr, members, decs, bases, owner_arr, matched, normalize,
                                         lambda rows: candidate_basis(rows, energy=energy, max_rank=max_rank))
         n_null = max(n_null, -(-min_null_draws // len(bases)))
         haar, sub, sub_sizes = _null_summaries(

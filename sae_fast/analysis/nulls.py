@@ -253,8 +253,9 @@ def null_sample_cap(smallest_out: int, max_outside_share: float = MAX_OUTSIDE_SH
 
 
 def _common_n(masks: list[np.ndarray], ok: list[np.ndarray], n: int | None, max_n: int, theta: float | None,
-              max_outside_share: float, min_rank: int) -> int:
-    """The subsample size of :func:`subspace_test` (given or default); a UsageError when it does not fit."""
+              max_outside_share: float, min_rank: int) -> tuple[int, int]:
+    """The subsample size of :func:`subspace_test` (given or default) and the smallest outside set; a UsageError
+    when n does not fit."""
     smallest_out = min(int((a & ~m).sum()) for m, a in zip(masks, ok))
     smallest_set = min(int(m.sum()) for m in masks)
     # disjoint draws of a finite outside population bias the null low (module docstring)
@@ -263,7 +264,7 @@ def _common_n(masks: list[np.ndarray], ok: list[np.ndarray], n: int | None, max_
     if n < 2 or 2 * n > smallest_set or n > smallest_out:
         raise UsageError(f"n={n} must be >= 2, at most half of every set (smallest {smallest_set}: the split-half "
                          f"ceiling needs two disjoint halves of n) and fit outside it (smallest {smallest_out})")
-    return n
+    return n, smallest_out
 
 
 def _rank_result(cross: np.ndarray, nulls: np.ndarray, ceiling: np.ndarray) -> dict:
@@ -335,12 +336,11 @@ def subspace_test(
     idx = [np.flatnonzero(m) for m in masks]
     if not 0.0 < max_outside_share <= 0.5:
         raise UsageError(f"max_outside_share must be in (0, 0.5], got {max_outside_share}")
-    n = _common_n(masks, ok, n, max_n, theta, max_outside_share, min(ranks, default=0))
+    n, smallest_out = _common_n(masks, ok, n, max_n, theta, max_outside_share, min(ranks, default=0))
     d = decs[0].shape[1]
     half = n
     rk = [int(r) for r in ranks if 1 <= r <= min(n, d)]
     pairs = _seed_pairs(S)
-    smallest_out = min(int((a & ~m).sum()) for m, a in zip(masks, ok))
     out: dict = {"n": n, "half": half, "pairs": pairs, "ranks": {}, "outside_share": n / max(smallest_out, 1)}
     if not rk:
         return out

@@ -30,6 +30,19 @@ class AnchorScores:
     anchors: np.ndarray  # (A,) seed index of each anchor
     theta: float
 
+    def matched(self) -> list[list[np.ndarray]]:
+        """``[a][b]``: (F,) bool, feature i of seed a has a feature of seed b at cosine >= theta (the matches p̂
+        counts; all False for b == a), for :func:`sae_fast.analysis.candidates.candidate_subspaces` ``matched``.
+        Needs every seed as an anchor. Memory O(S²·F) bools."""
+        S = self.best_cos.shape[1] + 1
+        if sorted(self.anchors.tolist()) != list(range(S)):
+            raise ValueError(f"matched() needs every seed as an anchor, got anchors {self.anchors.tolist()}")
+        out: list[list[np.ndarray]] = [[] for _ in range(S)]
+        for i, a in enumerate(self.anchors.tolist()):
+            hit = iter(self.best_cos[i] >= self.theta)  # the other seeds in order (NaN: no match)
+            out[a] = [np.zeros(self.best_cos.shape[2], dtype=bool) if b == a else next(hit) for b in range(S)]
+        return out
+
 
 def anchor_scores(
     decoders: list[ArrayLike],

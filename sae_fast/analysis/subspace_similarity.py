@@ -115,14 +115,14 @@ def candidate_partners(latent_sets: list[np.ndarray], set_owner: np.ndarray, mem
     return out
 
 
-def best_beyond_matches(best: np.ndarray, queries: list[np.ndarray], query_owner: np.ndarray,
-                        query_latents: list[np.ndarray], decs: list[np.ndarray], bases: list[np.ndarray],
-                        owner: np.ndarray, matched: list[list[np.ndarray]], normalize: str, basis) -> np.ndarray:
-    """``best`` (Q, S) with every (query, seed b) whose query holds latents individually matched in seed b
-    (``matched[a][b]``: (F_a,) bool, cos >= theta to some latent of seed b) re-scored without those latents: the
-    basis of the rest (``basis(rows)``) against every candidate of seed b (0 when every latent is matched). A
-    latent that recurs one by one in seed b is a feature, not evidence that the span recurs there.
-    Memory: one seed's stacked candidate bases, O(d · sum of their ranks)."""
+def best_beyond_matches(best: np.ndarray, query_owner: np.ndarray, query_latents: list[np.ndarray],
+                        decs: list[np.ndarray], bases: list[np.ndarray], owner: np.ndarray,
+                        matched: list[list[np.ndarray]], normalize: str, basis) -> np.ndarray:
+    """``best`` (Q, S) with every (query, seed b) whose latents (``query_latents``, of seed ``query_owner``)
+    include some individually matched in seed b (``matched[a][b]``: (F_a,) bool, cos >= theta to some latent of
+    seed b) re-scored without those latents: the basis of the rest (``basis(rows)``) against every candidate of
+    seed b (0 when every latent is matched). A latent that recurs one by one in seed b is a feature, not evidence
+    that the span recurs there. Memory: one seed's stacked candidate bases, O(d · sum of their ranks)."""
     out = best.copy()
     pick = np.maximum if normalize == "max" else np.minimum
     b_ranks = np.array([b.shape[1] for b in bases])

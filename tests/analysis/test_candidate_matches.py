@@ -1,11 +1,12 @@
 """Candidates are scored on their span beyond latents that recur one by one in the other seed
-(`candidate_subspaces(matched=...)`, `individual_matches`)."""
+(`candidate_subspaces(matched=...)`, `AnchorScores.matched`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from sae_fast.analysis.candidates import candidate_subspaces, individual_matches
+from sae_fast.analysis.candidates import candidate_subspaces
+from sae_fast.analysis.stability import anchor_scores
 
 
 def _rotation_without_matches(rng: np.random.Generator, r: int) -> np.ndarray:
@@ -27,9 +28,9 @@ def _seeds(rng: np.random.Generator, d: int = 24, F: int = 30):
     return [D / np.linalg.norm(D, axis=1, keepdims=True) for D in decs]
 
 
-def test_individual_matches_find_the_shared_rows_only():
+def test_matched_finds_the_shared_rows_only():
     decs = _seeds(np.random.default_rng(0))
-    m = individual_matches(decs, 0.7)
+    m = anchor_scores(decs, theta=0.7).matched()
     assert m[0][1][[0, 1]].all() and m[1][0][[5, 6]].all() and not m[0][0].any()
     assert not m[0][1][2:5].any() and not m[1][0][7:10].any()  # the shared span has no latent matched
     assert not m[0][2][:10].any()
@@ -40,7 +41,7 @@ def test_candidates_score_the_span_beyond_individual_matches():
     clusters = [(0, [0, 1]), (0, [2, 3, 4]), (1, [5, 6]), (1, [7, 8, 9])]
     kw = dict(clusters=clusters, energy=0.999, min_null_draws=20, seed=0)
     plain = candidate_subspaces(decs, [np.ones(30, bool)] * 3, **kw)["candidates"]
-    beyond = candidate_subspaces(decs, [np.ones(30, bool)] * 3, matched=individual_matches(decs, 0.7),
+    beyond = candidate_subspaces(decs, [np.ones(30, bool)] * 3, matched=anchor_scores(decs, theta=0.7).matched(),
                                  **kw)["candidates"]
     # the two shared features: the same span in seed 1 (similarity 1) without the exclusion, nothing beyond them
     assert plain[0]["mean_best_similarity"] > 0.45 and beyond[0]["mean_best_similarity"] < 0.2
